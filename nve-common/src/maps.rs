@@ -1,0 +1,162 @@
+//! Map names, capacities and layouts. The eBPF side declares its maps with these names and
+//! the daemon opens the pinned maps by the same names under `PIN_ROOT/<instance>/`.
+
+/// bpffs directory holding one subdirectory per daemon instance.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/nve";
+
+pub const CONFIG_MAP: &str = "NVE_CONFIG";
+pub const PORTS_MAP: &str = "NVE_PORTS";
+pub const VNS_MAP: &str = "NVE_VNS";
+pub const FDB_MAP: &str = "NVE_FDB";
+pub const STATS_MAP: &str = "NVE_STATS";
+
+pub const PORTS_MAX_ENTRIES: u32 = 4096;
+pub const VNS_MAX_ENTRIES: u32 = 4096;
+pub const FDB_MAX_ENTRIES: u32 = 65536;
+/// Remote VTEPs a VN floods broadcast to (head-end replication).
+pub const FLOOD_MAX_REMOTES: usize = 16;
+/// Local ports a VN floods broadcast to.
+pub const FLOOD_MAX_PORTS: usize = 16;
+
+/// Per-instance dataplane settings, one entry at index 0 of `CONFIG_MAP`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// This NVE's VTEP address, network order.
+    pub vtep_ipv4: [u8; 4],
+    /// The underlay interface encapsulated frames leave by.
+    pub underlay_ifindex: u32,
+    /// Outer IPv4 TTL.
+    pub ttl: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<DataplaneConfig>() == 12);
+
+/// A VM port, or one VLAN on a trunk VM port: what a frame arrives on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub ifindex: u32,
+    /// 802.1Q VID the frame carries, 0 for untagged.
+    pub vid: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<PortKey>() == 8);
+
+impl PortKey {
+    pub const fn new(ifindex: u32, vid: u16) -> Self {
+        Self { ifindex, vid, _pad: 0 }
+    }
+}
+
+/// The VN a port (and VID) belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortValue {
+    /// VNI, host order.
+    pub vni: u32,
+}
+const _: () = assert!(size_of::<PortValue>() == 4);
+
+/// A local delivery point: a VM port and the VID to tag frames with (0: untagged).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LocalPort {
+    pub ifindex: u32,
+    pub vid: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<LocalPort>() == 8);
+
+impl LocalPort {
+    pub const fn new(ifindex: u32, vid: u16) -> Self {
+        Self { ifindex, vid, _pad: 0 }
+    }
+}
+
+/// A VN as the dataplane sees it, keyed by VNI (host order) in `VNS_MAP`: where its
+/// broadcast goes. The daemon rewrites the whole value on every change, so a reader never
+/// sees half a list.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VnInfo {
+    /// Valid entries at the front of `remotes`.
+    pub remote_count: u32,
+    /// Valid entries at the front of `ports`.
+    pub port_count: u32,
+    /// Remote VTEPs (network order) for head-end replication.
+    pub remotes: [[u8; 4]; FLOOD_MAX_REMOTES],
+    /// This host's ports in the VN.
+    pub ports: [LocalPort; FLOOD_MAX_PORTS],
+}
+const _: () = assert!(size_of::<VnInfo>() == 8 + 4 * FLOOD_MAX_REMOTES + 8 * FLOOD_MAX_PORTS);
+
+impl Default for VnInfo {
+    fn default() -> Self {
+        Self {
+            remote_count: 0,
+            port_count: 0,
+            remotes: [[0; 4]; FLOOD_MAX_REMOTES],
+            ports: [LocalPort::default(); FLOOD_MAX_PORTS],
+        }
+    }
+}
+
+/// (VN, MAC) in `FDB_MAP`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FdbKey {
+    /// VNI, host order.
+    pub vni: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FdbKey>() == 12);
+
+impl FdbKey {
+    pub const fn new(vni: u32, mac: [u8; 6]) -> Self {
+        Self { vni, mac, _pad: [0; 2] }
+    }
+}
+
+/// `FdbEntry::kind`: the MAC is behind a local port.
+pub const FDB_LOCAL: u32 = 1;
+/// `FdbEntry::kind`: the MAC is behind a remote VTEP.
+pub const FDB_REMOTE: u32 = 2;
+
+/// Where a MAC of a VN lives. `u32` kind rather than an enum so any bit pattern read from
+/// the map is a valid value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// `FDB_LOCAL` or `FDB_REMOTE`.
+    pub kind: u32,
+    /// `FDB_LOCAL`: the port.
+    pub port: LocalPort,
+    /// `FDB_REMOTE`: the VTEP, network order.
+    pub remote: [u8; 4],
+}
+const _: () = assert!(size_of::<FdbEntry>() == 16);
+
+impl FdbEntry {
+    pub const fn local(port: LocalPort) -> Self {
+        Self { kind: FDB_LOCAL, port, remote: [0; 4] }
+    }
+    pub const fn remote(vtep: [u8; 4]) -> Self {
+        Self { kind: FDB_REMOTE, port: LocalPort::new(0, 0), remote: vtep }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), Copy, with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for DataplaneConfig {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for PortValue {}
+    unsafe impl aya::Pod for LocalPort {}
+    unsafe impl aya::Pod for VnInfo {}
+    unsafe impl aya::Pod for FdbKey {}
+    unsafe impl aya::Pod for FdbEntry {}
+    unsafe impl aya::Pod for crate::metrics::Counter {}
+}

@@ -1,0 +1,189 @@
+//! What happened to each packet. Every packet a program sees lands in exactly one counter:
+//! a [`Forward`] outcome or a [`DropReason`], per [`Hook`]. Discriminants are never reused;
+//! retired ones stay reserved.
+
+/// Packet and byte count of one outcome (per CPU in the map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<Counter>() == 16);
+
+/// Where a program is attached.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// Underlay ingress (decapsulation), XDP or TC.
+    UnderlayRx = 0,
+    /// VM port egress from the VM (TC ingress on the host side): encapsulation and switching.
+    VmEgress = 1,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 2] = [Hook::UnderlayRx, Hook::VmEgress];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::UnderlayRx => "underlay_rx",
+            Hook::VmEgress => "vm_egress",
+        }
+    }
+}
+
+/// Packets that went somewhere.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forward {
+    /// Encapsulated and sent to one remote VTEP.
+    Encapsulated = 1,
+    /// Decapsulated and delivered to one local port.
+    Decapsulated = 2,
+    /// Switched to another local port without encapsulation.
+    LocalSwitched = 3,
+    /// Broadcast/multicast replicated to the VN's flood list.
+    Flooded = 4,
+    /// Not for nve (not VXLAN to this VTEP): left to the host's stack untouched.
+    PassedToHost = 5,
+    /// An outer IPv4 fragment: left to the host's stack, which reassembles.
+    PassedFragment = 6,
+    /// XDP left a VXLAN frame to the TC program (broadcast, or a tagged port).
+    DeferredToTc = 7,
+}
+
+impl Forward {
+    pub const ALL: [Forward; 7] = [
+        Forward::Encapsulated,
+        Forward::Decapsulated,
+        Forward::LocalSwitched,
+        Forward::Flooded,
+        Forward::PassedToHost,
+        Forward::PassedFragment,
+        Forward::DeferredToTc,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Forward::Encapsulated => "ENCAPSULATED",
+            Forward::Decapsulated => "DECAPSULATED",
+            Forward::LocalSwitched => "LOCAL_SWITCHED",
+            Forward::Flooded => "FLOODED",
+            Forward::PassedToHost => "PASSED_TO_HOST",
+            Forward::PassedFragment => "PASSED_FRAGMENT",
+            Forward::DeferredToTc => "DEFERRED_TO_TC",
+        }
+    }
+}
+
+/// Why a packet was dropped. Names follow the kernel's skb drop reasons.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Shorter than an Ethernet (or 802.1Q) header.
+    PktTooSmall = 1,
+    /// VXLAN to this VTEP with the I flag clear or a truncated VXLAN header.
+    VxlanInvalidHdr = 2,
+    /// VXLAN for a VNI this NVE does not serve.
+    VniNotFound = 3,
+    /// Decapsulated payload shorter than an Ethernet header.
+    InnerTruncated = 4,
+    /// A VM port (or VID on it) that belongs to no VN.
+    PortNotInVn = 5,
+    /// Unicast to a MAC the VN's FDB does not know.
+    FdbMiss = 6,
+    /// Broadcast in a VN with nowhere to flood to.
+    FloodListEmpty = 7,
+    /// The kernel has no route to the remote VTEP.
+    UnderlayNoRoute = 8,
+    /// The underlay next hop is not resolved yet (the daemon keeps VTEP neighbours managed).
+    UnderlayNoNeigh = 9,
+    /// The encapsulated frame does not fit the underlay MTU.
+    UnderlayMtuExceeded = 10,
+    /// A helper refused to add or remove headers.
+    HeaderAdjustFailed = 11,
+    /// A helper refused to redirect or clone.
+    RedirectFailed = 12,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 12] = [
+        DropReason::PktTooSmall,
+        DropReason::VxlanInvalidHdr,
+        DropReason::VniNotFound,
+        DropReason::InnerTruncated,
+        DropReason::PortNotInVn,
+        DropReason::FdbMiss,
+        DropReason::FloodListEmpty,
+        DropReason::UnderlayNoRoute,
+        DropReason::UnderlayNoNeigh,
+        DropReason::UnderlayMtuExceeded,
+        DropReason::HeaderAdjustFailed,
+        DropReason::RedirectFailed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::PktTooSmall => "PKT_TOO_SMALL",
+            DropReason::VxlanInvalidHdr => "VXLAN_INVALID_HDR",
+            DropReason::VniNotFound => "VNI_NOT_FOUND",
+            DropReason::InnerTruncated => "INNER_TRUNCATED",
+            DropReason::PortNotInVn => "PORT_NOT_IN_VN",
+            DropReason::FdbMiss => "FDB_MISS",
+            DropReason::FloodListEmpty => "FLOOD_LIST_EMPTY",
+            DropReason::UnderlayNoRoute => "UNDERLAY_NO_ROUTE",
+            DropReason::UnderlayNoNeigh => "UNDERLAY_NO_NEIGH",
+            DropReason::UnderlayMtuExceeded => "UNDERLAY_MTU_EXCEEDED",
+            DropReason::HeaderAdjustFailed => "HEADER_ADJUST_FAILED",
+            DropReason::RedirectFailed => "REDIRECT_FAILED",
+        }
+    }
+}
+
+/// Slots per hook in `STATS_MAP`: forwards in [0, 32), drops in [32, 64).
+pub const SLOTS_PER_HOOK: u32 = 64;
+const DROP_BASE: u32 = 32;
+/// Entries of `STATS_MAP`.
+pub const STATS_MAX_ENTRIES: u32 = SLOTS_PER_HOOK * Hook::ALL.len() as u32;
+
+/// One counter slot: a forward or a drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Forward(Forward),
+    Drop(DropReason),
+}
+
+impl Outcome {
+    /// Index of this outcome's counter for `hook` in `STATS_MAP`.
+    #[inline(always)]
+    pub const fn slot(self, hook: Hook) -> u32 {
+        let base = hook as u32 * SLOTS_PER_HOOK;
+        match self {
+            Outcome::Forward(f) => base + f as u32,
+            Outcome::Drop(d) => base + DROP_BASE + d as u32,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Outcome::Forward(f) => f.name(),
+            Outcome::Drop(d) => d.name(),
+        }
+    }
+
+    pub const fn is_drop(self) -> bool {
+        matches!(self, Outcome::Drop(_))
+    }
+}
+
+impl From<DropReason> for Outcome {
+    fn from(d: DropReason) -> Self {
+        Outcome::Drop(d)
+    }
+}
+
+impl From<Forward> for Outcome {
+    fn from(f: Forward) -> Self {
+        Outcome::Forward(f)
+    }
+}

@@ -1,0 +1,89 @@
+//! Classification of underlay frames, shared by `xdp_underlay_rx` and `tc_underlay_rx`.
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
+use nve_common::{
+    maps::{DataplaneConfig, FDB_LOCAL, LocalPort, VnInfo},
+    metrics::{DropReason, Forward},
+    wire::{VXLAN_FLAG_I, VXLAN_PORT},
+};
+
+use crate::{
+    maps,
+    parse::{ETH_LEN, ETH_P_IPV4, Frame, IPPROTO_UDP, be16, header, is_multicast, require},
+};
+
+/// Where a decapsulated frame goes.
+pub enum Target {
+    /// One local port (known unicast).
+    Port(LocalPort),
+    /// Every local port of the VN (broadcast, multicast).
+    Flood(&'static VnInfo),
+}
+
+/// A VXLAN frame for this VTEP and a VN it serves.
+pub struct Decap {
+    /// Offset of the inner Ethernet header: the bytes decapsulation removes.
+    pub inner_offset: usize,
+    pub target: Target,
+}
+
+/// What an underlay frame is.
+pub enum Underlay {
+    /// Not nve's: the host's stack gets it untouched.
+    Host(Forward),
+    Vxlan(Decap),
+}
+
+/// Classifies an underlay frame. Only UDP/4789 to this VTEP is nve's; anything else,
+/// including frames too short to tell, goes to the host. A frame that is nve's but invalid,
+/// or for a VN or MAC this NVE does not serve, is an `Err` with its drop reason.
+#[inline(always)]
+pub fn classify(f: &impl Frame, cfg: &DataplaneConfig) -> Result<Underlay, DropReason> {
+    let host = Ok(Underlay::Host(Forward::PassedToHost));
+    let Some(eth) = header::<EthHdr>(f, 0) else {
+        return host;
+    };
+    if u16::from_be(eth.ether_type) != ETH_P_IPV4 {
+        return host;
+    }
+    let Some(ip) = header::<Ipv4Hdr>(f, ETH_LEN) else {
+        return host;
+    };
+    let ihl = ip.ihl() as usize;
+    if ip.version() != 4 || ihl < Ipv4Hdr::LEN || ip.dst_addr != cfg.vtep_ipv4 {
+        return host;
+    }
+    // SAFETY: `proto` is one byte of the header bounds-checked above; read it as a byte so
+    // no unknown protocol number is ever held as an `IpProto`.
+    let proto = unsafe { *(core::ptr::addr_of!(ip.proto) as *const u8) };
+    if proto != IPPROTO_UDP {
+        return host;
+    }
+    if be16(ip.frags) & 0x3fff != 0 {
+        return Ok(Underlay::Host(Forward::PassedFragment));
+    }
+    let udp_offset = ETH_LEN + ihl;
+    let Some(udp) = header::<UdpHdr>(f, udp_offset) else {
+        return host;
+    };
+    if be16(udp.dst) != VXLAN_PORT {
+        return host;
+    }
+    let vxlan_offset = udp_offset + UdpHdr::LEN;
+    let vxlan = require::<VxlanHdr>(f, vxlan_offset, DropReason::VxlanInvalidHdr)?;
+    if vxlan.flags & VXLAN_FLAG_I == 0 {
+        return Err(DropReason::VxlanInvalidHdr);
+    }
+    let vni = (vxlan.vni[0] as u32) << 16 | (vxlan.vni[1] as u32) << 8 | vxlan.vni[2] as u32;
+    let vn = maps::vn(vni).ok_or(DropReason::VniNotFound)?;
+    let inner_offset = vxlan_offset + VxlanHdr::LEN;
+    let inner = require::<EthHdr>(f, inner_offset, DropReason::InnerTruncated)?;
+    let target = if is_multicast(&inner.dst_addr) {
+        Target::Flood(vn)
+    } else {
+        match maps::fdb(vni, inner.dst_addr) {
+            Some(entry) if entry.kind == FDB_LOCAL => Target::Port(entry.port),
+            _ => return Err(DropReason::FdbMiss),
+        }
+    };
+    Ok(Underlay::Vxlan(Decap { inner_offset, target }))
+}

@@ -1,0 +1,211 @@
+//! VXLAN encapsulation on the TC path: outer Ethernet / IPv4 / UDP / VXLAN written by the
+//! program, the next hop's MAC from the kernel's FIB and neighbour tables.
+use aya_ebpf::{
+    bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, TC_ACT_REDIRECT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
+    },
+    helpers::{
+        bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh,
+        bpf_skb_change_head,
+    },
+    programs::TcContext,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
+use nve_common::{
+    maps::DataplaneConfig,
+    metrics::DropReason,
+    wire::{UDP_SRC_PORT_MIN, VXLAN_FLAG_I, VXLAN_IPV4_OVERHEAD, VXLAN_PORT},
+};
+
+use crate::parse::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP};
+
+const AF_INET: u8 = 2;
+const IP_DF: u16 = 0x4000;
+const IPV4_OFFSET: u32 = ETH_LEN as u32;
+
+/// Everything encapsulation puts in front of the inner frame. Byte arrays only (no padding).
+#[repr(C)]
+struct OuterIpv4 {
+    eth: [u8; 14],
+    ip: [u8; 20],
+    udp: [u8; 8],
+    vxlan: [u8; 8],
+}
+const _: () = assert!(size_of::<OuterIpv4>() == VXLAN_IPV4_OVERHEAD as usize);
+const _: () = assert!(size_of::<EthHdr>() + Ipv4Hdr::LEN + UdpHdr::LEN + VxlanHdr::LEN == 50);
+
+/// Encapsulates the frame for `vni`, addressed to `remote`. On return the outer Ethernet
+/// addresses are not yet set: [`send`] fills them from the kernel's tables.
+///
+/// IP frames grow with `bpf_skb_adjust_room` and the encap flags, which keeps a GSO skb one
+/// skb (gso_type gains UDP_TUNNEL; FIXED_GSO keeps gso_size). That helper refuses non-IP
+/// skbs (ARP), which are never GSO and grow at the head instead.
+#[inline(always)]
+pub fn encapsulate(
+    ctx: &TcContext,
+    cfg: &DataplaneConfig,
+    vni: u32,
+    remote: [u8; 4],
+) -> Result<(), DropReason> {
+    let inner_len = ctx.len();
+    // SAFETY: helper call; the flow hash of the inner frame (RFC 7348 source port entropy).
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let src_port = UDP_SRC_PORT_MIN | ((hash ^ (hash >> 16)) as u16 & 0x3fff);
+    let outer = outer_ipv4(cfg, vni, remote, src_port, inner_len);
+    let proto = u16::from_be(ctx.skb.protocol() as u16);
+    if proto == ETH_P_IPV4 || proto == ETH_P_IPV6 {
+        let inner_eth: [u8; ETH_LEN] = ctx.load(0).map_err(|_| DropReason::PktTooSmall)?;
+        let flags = BPF_F_ADJ_ROOM_FIXED_GSO
+            | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+            | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
+            | BPF_F_ADJ_ROOM_ENCAP_L2_ETH;
+        let flags = flags as u64 | encap_l2_len(ETH_LEN as u64);
+        ctx.adjust_room(VXLAN_IPV4_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags)
+            .map_err(|_| DropReason::HeaderAdjustFailed)?;
+        ctx.store(VXLAN_IPV4_OVERHEAD as usize, &inner_eth, 0)
+            .map_err(|_| DropReason::HeaderAdjustFailed)?;
+    } else {
+        // SAFETY: helper call on our own skb.
+        if unsafe { bpf_skb_change_head(ctx.skb.skb, VXLAN_IPV4_OVERHEAD, 0) } != 0 {
+            return Err(DropReason::HeaderAdjustFailed);
+        }
+    }
+    ctx.store(0, &outer, 0).map_err(|_| DropReason::HeaderAdjustFailed)
+}
+
+/// Re-addresses an encapsulated frame to another VTEP (head-end replication).
+#[inline(always)]
+pub fn readdress(
+    ctx: &TcContext,
+    cfg: &DataplaneConfig,
+    remote: [u8; 4],
+) -> Result<(), DropReason> {
+    let mut ip: [u8; 20] = ctx
+        .load(IPV4_OFFSET as usize)
+        .map_err(|_| DropReason::HeaderAdjustFailed)?;
+    ip[16..20].copy_from_slice(&remote);
+    ip[12..16].copy_from_slice(&cfg.vtep_ipv4);
+    ip[10] = 0;
+    ip[11] = 0;
+    let check = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    ctx.store(IPV4_OFFSET as usize, &ip, 0)
+        .map_err(|_| DropReason::HeaderAdjustFailed)
+}
+
+/// Sends an encapsulated frame to `remote` over the underlay: the kernel's FIB gives the
+/// egress interface and next-hop MACs. With `copy` the frame is cloned and stays with the
+/// caller (returns 0); otherwise it is redirected (returns the TC action). An unresolved
+/// next hop of a lone IP frame is left to `bpf_redirect_neigh`, which resolves it.
+#[inline(always)]
+pub fn send(
+    ctx: &TcContext,
+    cfg: &DataplaneConfig,
+    remote: [u8; 4],
+    copy: bool,
+) -> Result<i32, DropReason> {
+    // SAFETY: plain-old-data struct; all-zero is its neutral value.
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = IPPROTO_UDP;
+    fib.ifindex = cfg.underlay_ifindex;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(cfg.vtep_ipv4);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(remote);
+    // SAFETY: helper call with a correctly sized parameter block.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut fib,
+            size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_OUTPUT,
+        )
+    } as u32;
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_NO_NEIGH if !copy => {
+            // SAFETY: helper call; NULL params: the kernel looks the route up itself.
+            let action =
+                unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+            if action != TC_ACT_REDIRECT {
+                return Err(DropReason::UnderlayNoNeigh);
+            }
+            return Ok(action);
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(DropReason::UnderlayNoNeigh),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(DropReason::UnderlayMtuExceeded),
+        _ => return Err(DropReason::UnderlayNoRoute),
+    }
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&fib.dmac);
+    macs[6..].copy_from_slice(&fib.smac);
+    ctx.store(0, &macs, 0).map_err(|_| DropReason::HeaderAdjustFailed)?;
+    if copy {
+        ctx.clone_redirect(fib.ifindex, 0)
+            .map_err(|_| DropReason::RedirectFailed)?;
+        return Ok(0);
+    }
+    // SAFETY: helper call.
+    let action = unsafe { bpf_redirect(fib.ifindex, 0) } as i32;
+    if action != TC_ACT_REDIRECT {
+        return Err(DropReason::RedirectFailed);
+    }
+    Ok(action)
+}
+
+/// `BPF_F_ADJ_ROOM_ENCAP_L2(len)`: a u64 flag the bindings do not provide.
+#[inline(always)]
+const fn encap_l2_len(len: u64) -> u64 {
+    (len & 0xff) << 56
+}
+
+#[inline(always)]
+fn outer_ipv4(
+    cfg: &DataplaneConfig,
+    vni: u32,
+    remote: [u8; 4],
+    src_port: u16,
+    inner_len: u32,
+) -> OuterIpv4 {
+    let udp_len = (inner_len + (UdpHdr::LEN + VxlanHdr::LEN) as u32) as u16;
+    let ip_len = udp_len + Ipv4Hdr::LEN as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[6..8].copy_from_slice(&IP_DF.to_be_bytes());
+    ip[8] = cfg.ttl;
+    ip[9] = IPPROTO_UDP;
+    ip[12..16].copy_from_slice(&cfg.vtep_ipv4);
+    ip[16..20].copy_from_slice(&remote);
+    let check = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    let mut udp = [0u8; 8];
+    udp[0..2].copy_from_slice(&src_port.to_be_bytes());
+    udp[2..4].copy_from_slice(&VXLAN_PORT.to_be_bytes());
+    udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
+    // udp[6..8]: checksum 0 on IPv4 (RFC 7348); segmentation copies it into every segment.
+    let mut vxlan = [0u8; 8];
+    vxlan[0] = VXLAN_FLAG_I;
+    vxlan[4] = (vni >> 16) as u8;
+    vxlan[5] = (vni >> 8) as u8;
+    vxlan[6] = vni as u8;
+    let mut eth = [0u8; 14];
+    eth[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
+    OuterIpv4 { eth, ip, udp, vxlan }
+}
+
+/// RFC 1071 checksum of an option-less IPv4 header whose checksum field is zero.
+#[inline(always)]
+fn ipv4_checksum(ip: &[u8; 20]) -> u16 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < 20 {
+        sum += (ip[i] as u32) << 8 | ip[i + 1] as u32;
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}

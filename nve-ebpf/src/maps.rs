@@ -1,0 +1,52 @@
+//! Every map of the dataplane. Static names equal `nve_common::maps::*_MAP`, which the
+//! daemon uses to open the pins.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use nve_common::{
+    maps::{
+        DataplaneConfig, FDB_MAX_ENTRIES, FdbEntry, FdbKey, PORTS_MAX_ENTRIES, PortKey, PortValue,
+        VNS_MAX_ENTRIES, VnInfo,
+    },
+    metrics::{Counter, STATS_MAX_ENTRIES},
+};
+
+#[map]
+pub static NVE_CONFIG: Array<DataplaneConfig> = Array::pinned(1, 0);
+
+#[map]
+pub static NVE_PORTS: HashMap<PortKey, PortValue> = HashMap::pinned(PORTS_MAX_ENTRIES, 0);
+
+#[map]
+pub static NVE_VNS: HashMap<u32, VnInfo> = HashMap::pinned(VNS_MAX_ENTRIES, 0);
+
+#[map]
+pub static NVE_FDB: HashMap<FdbKey, FdbEntry> = HashMap::pinned(FDB_MAX_ENTRIES, 0);
+
+#[map]
+pub static NVE_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_MAX_ENTRIES, 0);
+
+/// The instance's settings, or `None` before the daemon has written them.
+#[inline(always)]
+pub fn config() -> Option<&'static DataplaneConfig> {
+    NVE_CONFIG.get(0).filter(|c| c.underlay_ifindex != 0)
+}
+
+#[inline(always)]
+pub fn vn(vni: u32) -> Option<&'static VnInfo> {
+    // SAFETY: the value is copied out or read before the program returns.
+    unsafe { NVE_VNS.get(&vni) }
+}
+
+#[inline(always)]
+pub fn fdb(vni: u32, mac: [u8; 6]) -> Option<&'static FdbEntry> {
+    // SAFETY: as above.
+    unsafe { NVE_FDB.get(&FdbKey::new(vni, mac)) }
+}
+
+#[inline(always)]
+pub fn port(ifindex: u32, vid: u16) -> Option<&'static PortValue> {
+    // SAFETY: as above.
+    unsafe { NVE_PORTS.get(&PortKey::new(ifindex, vid)) }
+}

@@ -1,0 +1,73 @@
+//! Bounds-checked header access shared by the XDP and TC programs.
+use aya_ebpf::programs::{TcContext, XdpContext};
+use nve_common::metrics::DropReason;
+
+pub const ETH_LEN: usize = 14;
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// A packet buffer as the verifier sees it: [data, data_end).
+pub trait Frame {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// Bytes in the frame from the Ethernet header on.
+    fn frame_len(&self) -> u32 {
+        (self.data_end() - self.data()) as u32
+    }
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn frame_len(&self) -> u32 {
+        // skb->len: includes paged data the linear window does not show.
+        self.len()
+    }
+}
+
+/// `T` at `offset`, if the whole of it lies inside the frame.
+#[inline(always)]
+pub fn header<T>(f: &impl Frame, offset: usize) -> Option<&T> {
+    let start = f.data() + offset;
+    if start + size_of::<T>() > f.data_end() {
+        return None;
+    }
+    // SAFETY: bounds checked above; headers are read unaligned-safe byte arrays.
+    Some(unsafe { &*(start as *const T) })
+}
+
+/// Like [`header`], with the drop reason a missing header means.
+#[inline(always)]
+pub fn require<T>(f: &impl Frame, offset: usize, reason: DropReason) -> Result<&T, DropReason> {
+    header(f, offset).ok_or(reason)
+}
+
+#[inline(always)]
+pub fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+#[inline(always)]
+pub fn is_multicast(mac: &[u8; 6]) -> bool {
+    mac[0] & 1 != 0
+}

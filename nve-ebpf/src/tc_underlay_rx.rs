@@ -1,0 +1,63 @@
+//! TC ingress on the underlay interface: decapsulates VXLAN for the VNs this NVE serves and
+//! delivers it to local ports; keeps GSO (FIXED_GSO), so large TCP segments stay large.
+use aya_ebpf::{
+    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    macros::classifier,
+    programs::TcContext,
+};
+use network_types::eth::EthHdr;
+use nve_common::{
+    maps::LocalPort,
+    metrics::{DropReason, Forward, Hook, Outcome},
+};
+
+use crate::{
+    decap::{self, Target, Underlay},
+    deliver, maps, metrics,
+    parse::Frame,
+};
+
+#[classifier]
+pub fn tc_underlay_rx(ctx: TcContext) -> i32 {
+    let len = ctx.frame_len();
+    match try_tc_underlay_rx(&ctx) {
+        Ok((action, forward)) => {
+            metrics::count(Hook::UnderlayRx, Outcome::Forward(forward), len);
+            action
+        }
+        Err(reason) => {
+            metrics::count(Hook::UnderlayRx, Outcome::Drop(reason), len);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+#[inline(always)]
+fn try_tc_underlay_rx(ctx: &TcContext) -> Result<(i32, Forward), DropReason> {
+    let Some(cfg) = maps::config() else {
+        return Ok((TC_ACT_OK, Forward::PassedToHost));
+    };
+    let d = match decap::classify(ctx, cfg)? {
+        Underlay::Host(forward) => return Ok((TC_ACT_OK, forward)),
+        Underlay::Vxlan(d) => d,
+    };
+    let inner: EthHdr = ctx.load(d.inner_offset).map_err(|_| DropReason::InnerTruncated)?;
+    // Removes outer IPv4 + UDP + VXLAN + inner Ethernet right after the outer Ethernet
+    // header, then the inner Ethernet header takes the outer one's place.
+    ctx.adjust_room(
+        -(d.inner_offset as i32),
+        BPF_ADJ_ROOM_MAC,
+        BPF_F_ADJ_ROOM_FIXED_GSO as u64,
+    )
+    .map_err(|_| DropReason::HeaderAdjustFailed)?;
+    ctx.store(0, &inner, 0).map_err(|_| DropReason::HeaderAdjustFailed)?;
+    match d.target {
+        Target::Port(port) => Ok((deliver::to_port(ctx, port)?, Forward::Decapsulated)),
+        Target::Flood(vn) => {
+            if deliver::flood_ports(ctx, vn, LocalPort::default())? == 0 {
+                return Err(DropReason::FloodListEmpty);
+            }
+            Ok((TC_ACT_SHOT, Forward::Flooded))
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Frames a VM sends (TC ingress on the host side of its tap or veth): port (+VID) -> VN;
+//! (VN, destination MAC) -> a local port (switched as is) or a remote VTEP (encapsulated);
+//! broadcast and multicast to the VN's other local ports and its flood list of VTEPs.
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
+use network_types::{eth::EthHdr, vlan::VlanHdr};
+use nve_common::{
+    maps::{DataplaneConfig, FDB_LOCAL, FDB_REMOTE, FLOOD_MAX_REMOTES, LocalPort, VnInfo},
+    metrics::{DropReason, Forward, Hook, Outcome},
+};
+
+use crate::{
+    deliver, encap, maps, metrics,
+    parse::{ETH_LEN, ETH_P_8021Q, Frame, be16, is_multicast, require},
+};
+
+#[classifier]
+pub fn tc_vm_egress(ctx: TcContext) -> i32 {
+    let len = ctx.frame_len();
+    match try_tc_vm_egress(&ctx) {
+        Ok((action, forward)) => {
+            metrics::count(Hook::VmEgress, Outcome::Forward(forward), len);
+            action
+        }
+        Err(reason) => {
+            metrics::count(Hook::VmEgress, Outcome::Drop(reason), len);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+#[inline(always)]
+fn try_tc_vm_egress(ctx: &TcContext) -> Result<(i32, Forward), DropReason> {
+    let cfg = maps::config().ok_or(DropReason::PortNotInVn)?;
+    let eth = require::<EthHdr>(ctx, 0, DropReason::PktTooSmall)?;
+    let dst = eth.dst_addr;
+    let vid = ingress_vid(ctx, eth)?;
+    // SAFETY: reading a field of our own __sk_buff.
+    let ingress = LocalPort::new(unsafe { (*ctx.skb.skb).ifindex }, vid);
+    let vni = maps::port(ingress.ifindex, vid)
+        .ok_or(DropReason::PortNotInVn)?
+        .vni;
+    let vn = maps::vn(vni).ok_or(DropReason::PortNotInVn)?;
+    if vid != 0 {
+        deliver::vlan_pop(ctx)?;
+    }
+    if is_multicast(&dst) {
+        return flood(ctx, cfg, vni, vn, ingress);
+    }
+    let entry = maps::fdb(vni, dst).ok_or(DropReason::FdbMiss)?;
+    match entry.kind {
+        FDB_LOCAL => Ok((deliver::to_port(ctx, entry.port)?, Forward::LocalSwitched)),
+        FDB_REMOTE => {
+            let remote = entry.remote;
+            encap::encapsulate(ctx, cfg, vni, remote)?;
+            Ok((encap::send(ctx, cfg, remote, false)?, Forward::Encapsulated))
+        }
+        _ => Err(DropReason::FdbMiss),
+    }
+}
+
+/// The frame's 802.1Q VID (0: untagged): the offloaded tag the stack has already taken out
+/// of the frame, else a tag still in it.
+#[inline(always)]
+fn ingress_vid(ctx: &TcContext, eth: &EthHdr) -> Result<u16, DropReason> {
+    // SAFETY: reading fields of our own __sk_buff.
+    let (present, tci) = unsafe { ((*ctx.skb.skb).vlan_present, (*ctx.skb.skb).vlan_tci) };
+    if present != 0 {
+        return Ok(tci as u16 & 0x0fff);
+    }
+    if u16::from_be(eth.ether_type) != ETH_P_8021Q {
+        return Ok(0);
+    }
+    let tag = require::<VlanHdr>(ctx, ETH_LEN, DropReason::PktTooSmall)?;
+    Ok(be16(tag.tci) & 0x0fff)
+}
+
+/// Head-end replication: a copy to each other local port of the VN, then one encapsulated
+/// copy per remote VTEP of its flood list (encapsulated once, re-addressed per VTEP).
+#[inline(always)]
+fn flood(
+    ctx: &TcContext,
+    cfg: &DataplaneConfig,
+    vni: u32,
+    vn: &VnInfo,
+    ingress: LocalPort,
+) -> Result<(i32, Forward), DropReason> {
+    let local = deliver::flood_ports(ctx, vn, ingress)?;
+    let remotes = vn.remote_count;
+    if remotes == 0 {
+        if local == 0 {
+            return Err(DropReason::FloodListEmpty);
+        }
+        return Ok((TC_ACT_SHOT, Forward::Flooded));
+    }
+    let first = vn.remotes[0];
+    encap::encapsulate(ctx, cfg, vni, first)?;
+    for i in 0..FLOOD_MAX_REMOTES {
+        if i as u32 >= remotes {
+            break;
+        }
+        let remote = vn.remotes[i];
+        if i > 0 {
+            encap::readdress(ctx, cfg, remote)?;
+        }
+        encap::send(ctx, cfg, remote, true)?;
+    }
+    Ok((TC_ACT_SHOT, Forward::Flooded))
+}

@@ -1,0 +1,141 @@
+//! The local API: JSON bodies of `/v1/...` on the instance's Unix socket, shared by the
+//! daemon and its clients. Every error is an [`ErrorBody`] with a stable code.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::mac::MacAddr;
+
+/// Path prefix of this API version.
+pub const PREFIX: &str = "/v1";
+
+/// Stable error codes (spec.md 2.3), as the `code` of an [`ErrorBody`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// Malformed request: bad JSON, unknown or missing field, bad MAC, VNI, VID or address.
+    EFormat,
+    /// The VN named is not known here.
+    EUnknownVn,
+    /// A VN of that name or VNI exists already.
+    EExists,
+    /// The port, MAC or VTEP named is not in the VN.
+    ENotFound,
+    /// The MAC is already bound elsewhere in the VN.
+    EMacConflict,
+    /// The port (and VID) is bound to another VN.
+    EVidConflict,
+    /// A table of the dataplane is full.
+    EResources,
+    /// The host refused: no such interface, or a kernel error.
+    EHost,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVn {
+    pub name: String,
+    pub vni: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachPort {
+    /// Host-side interface name of the VM's tap or veth.
+    pub port: String,
+    /// 802.1Q VID the VN uses on this port; 0 or absent: untagged.
+    #[serde(default)]
+    pub vid: u16,
+    /// MACs of the VM behind this port, delivered to it by decapsulation.
+    #[serde(default)]
+    pub macs: Vec<MacAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteMac {
+    pub mac: MacAddr,
+    pub vtep: Ipv4Addr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloodVtep {
+    pub vtep: Ipv4Addr,
+}
+
+/// A VN as `GET /v1/vns` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VnView {
+    pub name: String,
+    pub vni: u32,
+    pub ports: Vec<PortView>,
+    pub flood: Vec<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortView {
+    pub port: String,
+    pub vid: u16,
+    pub macs: Vec<MacAddr>,
+}
+
+/// Where an FDB entry points.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FdbTarget {
+    Port { port: String, vid: u16 },
+    Vtep { vtep: Ipv4Addr },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdbView {
+    pub vn: String,
+    pub vni: u32,
+    pub mac: MacAddr,
+    #[serde(flatten)]
+    pub target: FdbTarget,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterView {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// `GET /v1/stats`: per hook, per outcome name (forwards and drop reasons), summed over CPUs.
+/// Outcomes never seen are left out.
+pub type StatsView = BTreeMap<String, BTreeMap<String, CounterView>>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub instance: String,
+    pub vtep: Ipv4Addr,
+    pub underlay: String,
+    pub underlay_mode: String,
+    pub pin_dir: String,
+    pub vns: usize,
+    pub ports: usize,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = serde_json::to_value(self.code).map_err(|_| std::fmt::Error)?;
+        write!(f, "{}: {}", code.as_str().unwrap_or("?"), self.message)
+    }
+}
+
+impl std::error::Error for ErrorBody {}

@@ -1,0 +1,227 @@
+//! `nve daemon`: one NVE instance. Takes the instance lock, loads and attaches the
+//! dataplane, applies the startup configuration, serves the API until SIGTERM or SIGINT,
+//! then detaches everything and removes its pins and socket.
+use std::{
+    fs::{self, File},
+    net::Ipv4Addr,
+    os::{fd::AsRawFd, unix::fs::PermissionsExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{Context as _, bail};
+use nve_common::{maps::DataplaneConfig, wire::DEFAULT_TTL};
+use serde::Deserialize;
+use tokio::{net::UnixListener, signal::unix::SignalKind, sync::Mutex};
+
+use crate::{
+    api::{AttachPort, CreateVn, RemoteMac, StatusView},
+    dataplane::{Dataplane, UnderlayMode},
+    model::Model,
+    netlink,
+    paths::Paths,
+    server::{self, Nve},
+};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// This NVE's VTEP address (an address of the underlay interface).
+    #[arg(long)]
+    pub vtep: Ipv4Addr,
+    /// The underlay interface VXLAN arrives on and leaves by.
+    #[arg(long)]
+    pub underlay: String,
+    /// Decapsulation hook on the underlay.
+    #[arg(long, value_enum, default_value_t = UnderlayMode::Tc)]
+    pub underlay_mode: UnderlayMode,
+    /// Outer IPv4 TTL.
+    #[arg(long, default_value_t = DEFAULT_TTL)]
+    pub ttl: u8,
+    /// JSON file of VNs to create at start (see README).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// The startup configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub vns: Vec<ConfigVn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigVn {
+    pub name: String,
+    pub vni: u32,
+    #[serde(default)]
+    pub ports: Vec<AttachPort>,
+    #[serde(default)]
+    pub remote: Vec<RemoteMac>,
+    #[serde(default)]
+    pub flood: Vec<Ipv4Addr>,
+}
+
+impl ConfigFile {
+    /// The model this configuration describes; errors name the offending entry.
+    pub fn model(&self) -> anyhow::Result<Model> {
+        let mut m = Model::default();
+        for vn in &self.vns {
+            let ctx = || format!("VN {:?}", vn.name);
+            m.create_vn(&CreateVn { name: vn.name.clone(), vni: vn.vni }).with_context(ctx)?;
+            for p in &vn.ports {
+                m.attach_port(&vn.name, p).with_context(ctx)?;
+            }
+            for r in &vn.remote {
+                m.add_remote(&vn.name, r).with_context(ctx)?;
+            }
+            for &v in &vn.flood {
+                m.add_flood(&vn.name, v).with_context(ctx)?;
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// Holds the instance lock for the daemon's lifetime.
+struct InstanceLock {
+    _file: File,
+}
+
+impl InstanceLock {
+    fn take(path: &Path, instance: &str) -> anyhow::Result<Self> {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening lock {}", path.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            bail!(
+                "instance {instance:?} is already running (another daemon holds {})",
+                path.display()
+            );
+        }
+        Ok(Self { _file: file })
+    }
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Mounts bpffs on /sys/fs/bpf where it is missing (e.g. under `ip netns exec`, which
+/// mounts a fresh /sys), so pins have somewhere to live.
+fn ensure_bpffs() -> anyhow::Result<()> {
+    let path = c"/sys/fs/bpf";
+    // SAFETY: statfs into a zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    // SAFETY: mount with static, NUL-terminated arguments.
+    let rc = unsafe {
+        libc::mount(c"bpffs".as_ptr(), path.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        bail!("mounting bpffs on /sys/fs/bpf: {}", std::io::Error::last_os_error());
+    }
+    tracing::info!("mounted bpffs on /sys/fs/bpf");
+    Ok(())
+}
+
+pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
+    let initial = match &args.config {
+        Some(path) => {
+            let text = fs::read_to_string(path)
+                .with_context(|| format!("reading config {}", path.display()))?;
+            let cfg: ConfigFile = serde_json::from_str(&text)
+                .with_context(|| format!("parsing config {}", path.display()))?;
+            cfg.model().with_context(|| format!("config {}", path.display()))?
+        }
+        None => Model::default(),
+    };
+    let run_dir = socket.parent().context("socket path has no directory")?;
+    fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    if let Some(dir) = paths.lock.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _lock = InstanceLock::take(&paths.lock, &paths.instance)?;
+    fs::create_dir_all(&paths.state_dir)
+        .with_context(|| format!("creating state dir {}", paths.state_dir.display()))?;
+    ensure_bpffs()?;
+    let underlay_ifindex = netlink::ifindex(&args.underlay)
+        .with_context(|| format!("underlay {:?}: no such interface", args.underlay))?;
+
+    let config = DataplaneConfig {
+        vtep_ipv4: args.vtep.octets(),
+        underlay_ifindex,
+        ttl: args.ttl,
+        _pad: [0; 3],
+    };
+    let dataplane = Dataplane::load(&paths.pin_dir, &args.underlay, args.underlay_mode, config)
+        .context("loading the dataplane")?;
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    tokio::spawn(conn);
+
+    let status = StatusView {
+        instance: paths.instance.clone(),
+        vtep: args.vtep,
+        underlay: args.underlay.clone(),
+        underlay_mode: args.underlay_mode.to_string(),
+        pin_dir: paths.pin_dir.display().to_string(),
+        vns: 0,
+        ports: 0,
+    };
+    let mut nve = Nve {
+        model: Model::default(),
+        dataplane,
+        netlink: handle,
+        status,
+        underlay_ifindex,
+        managed_neighbours: Default::default(),
+    };
+    if let Err(e) = nve.change(|m| {
+        *m = initial;
+        Ok(())
+    })
+    .await
+    {
+        nve.dataplane.teardown();
+        bail!("applying the startup configuration: {e}");
+    }
+
+    let _ = fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("binding API socket {}", socket.display()))?;
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", socket.display()))?;
+    tracing::info!(
+        instance = %paths.instance,
+        socket = %socket.display(),
+        vtep = %args.vtep,
+        underlay = %args.underlay,
+        mode = %args.underlay_mode,
+        "nve daemon ready"
+    );
+
+    let shared = Arc::new(Mutex::new(nve));
+    let served = axum::serve(listener, server::router(shared.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    let _ = fs::remove_file(&socket);
+    let nve = Arc::try_unwrap(shared)
+        .map_err(|_| anyhow::anyhow!("API still holds the state after shutdown"))?
+        .into_inner();
+    nve.dataplane.teardown();
+    tracing::info!(instance = %paths.instance, "nve daemon stopped; dataplane removed");
+    served.context("serving the API")
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,13 @@
+//! The nve daemon and its clients: the model of VNs and ports, the dataplane it derives,
+//! the local API over a Unix socket, and the CLI on top of it.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod dataplane;
+pub mod mac;
+pub mod model;
+pub mod netlink;
+pub mod paths;
+pub mod server;

@@ -1,0 +1,417 @@
+//! The daemon's truth: VNs, the ports bound to them, remote MACs and flood lists. Pure:
+//! requests are validated and applied here, and the dataplane's map contents are derived
+//! from it by [`Model::desired`]. A rejected request leaves the model unchanged.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+};
+
+use nve_common::{
+    maps::{
+        FLOOD_MAX_PORTS, FLOOD_MAX_REMOTES, FdbEntry, FdbKey, LocalPort, PortKey, PortValue,
+        VnInfo,
+    },
+    wire::VNI_MAX,
+};
+
+use crate::{
+    api::{
+        AttachPort, CreateVn, ErrorBody, ErrorCode, FdbTarget, FdbView, PortView, RemoteMac,
+        VnView,
+    },
+    mac::MacAddr,
+};
+
+pub type Result<T> = std::result::Result<T, ErrorBody>;
+
+/// Longest interface name Linux accepts.
+pub const IFNAME_MAX: usize = 15;
+pub const VID_MAX: u16 = 4094;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Model {
+    vns: BTreeMap<String, Vn>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Vn {
+    pub vni: u32,
+    /// (interface, VID) -> MACs behind it.
+    pub ports: BTreeMap<(String, u16), BTreeSet<MacAddr>>,
+    pub remote: BTreeMap<MacAddr, Ipv4Addr>,
+    pub flood: BTreeSet<Ipv4Addr>,
+}
+
+/// Map contents the dataplane should hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub ports: HashMap<PortKey, PortValue>,
+    pub vns: HashMap<u32, VnInfo>,
+    pub fdb: HashMap<FdbKey, FdbEntry>,
+}
+
+fn format_err(message: String) -> ErrorBody {
+    ErrorBody::new(ErrorCode::EFormat, message)
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        return Err(format_err(format!(
+            "VN name {name:?}: 1 to 64 characters of [A-Za-z0-9._-]"
+        )));
+    }
+    Ok(())
+}
+
+fn check_unicast(mac: MacAddr) -> Result<()> {
+    if mac.is_multicast() || mac.0 == [0; 6] {
+        return Err(format_err(format!("MAC {mac}: must be a unicast, non-zero address")));
+    }
+    Ok(())
+}
+
+fn check_vtep(vtep: Ipv4Addr) -> Result<()> {
+    if vtep.is_unspecified() || vtep.is_multicast() || vtep.is_broadcast() {
+        return Err(format_err(format!("VTEP {vtep}: must be a unicast address")));
+    }
+    Ok(())
+}
+
+impl Model {
+    pub fn vn(&self, name: &str) -> Result<&Vn> {
+        self.vns.get(name).ok_or_else(|| unknown_vn(name))
+    }
+
+    fn vn_mut(&mut self, name: &str) -> Result<&mut Vn> {
+        self.vns.get_mut(name).ok_or_else(|| unknown_vn(name))
+    }
+
+    pub fn vns(&self) -> impl Iterator<Item = (&String, &Vn)> {
+        self.vns.iter()
+    }
+
+    /// Every (interface, VID) bound to some VN.
+    pub fn ports(&self) -> impl Iterator<Item = &(String, u16)> {
+        self.vns.values().flat_map(|vn| vn.ports.keys())
+    }
+
+    pub fn create_vn(&mut self, req: &CreateVn) -> Result<()> {
+        check_name(&req.name)?;
+        if req.vni == 0 || req.vni > VNI_MAX {
+            return Err(format_err(format!("VNI {}: must be 1 to {VNI_MAX}", req.vni)));
+        }
+        if let Some(vn) = self.vns.get(&req.name) {
+            if vn.vni == req.vni {
+                return Ok(());
+            }
+            return Err(ErrorBody::new(
+                ErrorCode::EExists,
+                format!("VN {} exists with VNI {}", req.name, vn.vni),
+            ));
+        }
+        if let Some((other, _)) = self.vns.iter().find(|(_, vn)| vn.vni == req.vni) {
+            return Err(ErrorBody::new(
+                ErrorCode::EExists,
+                format!("VNI {} is already VN {other}", req.vni),
+            ));
+        }
+        self.vns.insert(req.name.clone(), Vn { vni: req.vni, ..Vn::default() });
+        Ok(())
+    }
+
+    pub fn delete_vn(&mut self, name: &str) -> Result<()> {
+        self.vns.remove(name).map(|_| ()).ok_or_else(|| unknown_vn(name))
+    }
+
+    /// Binds (port, VID) to the VN with the MACs behind it; a repeat replaces the MACs.
+    pub fn attach_port(&mut self, vn_name: &str, req: &AttachPort) -> Result<()> {
+        if req.port.is_empty() || req.port.len() > IFNAME_MAX || req.port.contains(['/', ' ']) {
+            return Err(format_err(format!(
+                "port {:?}: an interface name of 1 to {IFNAME_MAX} bytes",
+                req.port
+            )));
+        }
+        if req.vid > VID_MAX {
+            return Err(format_err(format!("VID {}: must be 0 (untagged) to {VID_MAX}", req.vid)));
+        }
+        for &mac in &req.macs {
+            check_unicast(mac)?;
+        }
+        let key = (req.port.clone(), req.vid);
+        if let Some((other, _)) = self
+            .vns
+            .iter()
+            .find(|(name, vn)| *name != vn_name && vn.ports.contains_key(&key))
+        {
+            return Err(ErrorBody::new(
+                ErrorCode::EVidConflict,
+                format!("port {} VID {} is bound to VN {other}", req.port, req.vid),
+            ));
+        }
+        let vn = self.vn(vn_name)?;
+        if !vn.ports.contains_key(&key) && vn.ports.len() >= FLOOD_MAX_PORTS {
+            return Err(ErrorBody::new(
+                ErrorCode::EResources,
+                format!("VN {vn_name} has the maximum of {FLOOD_MAX_PORTS} ports"),
+            ));
+        }
+        for &mac in &req.macs {
+            if let Some(owner) = vn.mac_owner(mac).filter(|o| *o != FdbTarget::port(&key)) {
+                return Err(ErrorBody::new(
+                    ErrorCode::EMacConflict,
+                    format!("MAC {mac} in VN {vn_name} is already at {}", owner.describe()),
+                ));
+            }
+        }
+        let vn = self.vn_mut(vn_name)?;
+        vn.ports.insert(key, req.macs.iter().copied().collect());
+        Ok(())
+    }
+
+    pub fn detach_port(&mut self, vn_name: &str, port: &str, vid: u16) -> Result<()> {
+        let vn = self.vn_mut(vn_name)?;
+        vn.ports
+            .remove(&(port.to_string(), vid))
+            .map(|_| ())
+            .ok_or_else(|| not_found(format!("port {port} VID {vid} is not in VN {vn_name}")))
+    }
+
+    pub fn add_remote(&mut self, vn_name: &str, req: &RemoteMac) -> Result<()> {
+        check_unicast(req.mac)?;
+        check_vtep(req.vtep)?;
+        let vn = self.vn(vn_name)?;
+        if let Some(owner @ FdbTarget::Port { .. }) = vn.mac_owner(req.mac) {
+            return Err(ErrorBody::new(
+                ErrorCode::EMacConflict,
+                format!("MAC {} in VN {vn_name} is local, at {}", req.mac, owner.describe()),
+            ));
+        }
+        self.vn_mut(vn_name)?.remote.insert(req.mac, req.vtep);
+        Ok(())
+    }
+
+    pub fn del_remote(&mut self, vn_name: &str, mac: MacAddr) -> Result<()> {
+        let vn = self.vn_mut(vn_name)?;
+        vn.remote
+            .remove(&mac)
+            .map(|_| ())
+            .ok_or_else(|| not_found(format!("no remote MAC {mac} in VN {vn_name}")))
+    }
+
+    pub fn add_flood(&mut self, vn_name: &str, vtep: Ipv4Addr) -> Result<()> {
+        check_vtep(vtep)?;
+        let vn = self.vn_mut(vn_name)?;
+        if !vn.flood.contains(&vtep) && vn.flood.len() >= FLOOD_MAX_REMOTES {
+            return Err(ErrorBody::new(
+                ErrorCode::EResources,
+                format!("VN {vn_name} floods to the maximum of {FLOOD_MAX_REMOTES} VTEPs"),
+            ));
+        }
+        vn.flood.insert(vtep);
+        Ok(())
+    }
+
+    pub fn del_flood(&mut self, vn_name: &str, vtep: Ipv4Addr) -> Result<()> {
+        let vn = self.vn_mut(vn_name)?;
+        if !vn.flood.remove(&vtep) {
+            return Err(not_found(format!("VTEP {vtep} is not in VN {vn_name}'s flood list")));
+        }
+        Ok(())
+    }
+
+    /// Every remote VTEP some VN sends to.
+    pub fn vteps(&self) -> BTreeSet<Ipv4Addr> {
+        self.vns
+            .values()
+            .flat_map(|vn| vn.flood.iter().chain(vn.remote.values()).copied())
+            .collect()
+    }
+
+    pub fn vn_views(&self) -> Vec<VnView> {
+        self.vns
+            .iter()
+            .map(|(name, vn)| VnView {
+                name: name.clone(),
+                vni: vn.vni,
+                ports: vn
+                    .ports
+                    .iter()
+                    .map(|((port, vid), macs)| PortView {
+                        port: port.clone(),
+                        vid: *vid,
+                        macs: macs.iter().copied().collect(),
+                    })
+                    .collect(),
+                flood: vn.flood.iter().copied().collect(),
+            })
+            .collect()
+    }
+
+    pub fn fdb_views(&self) -> Vec<FdbView> {
+        let mut out = Vec::new();
+        for (name, vn) in &self.vns {
+            for (key, macs) in &vn.ports {
+                for &mac in macs {
+                    out.push(FdbView {
+                        vn: name.clone(),
+                        vni: vn.vni,
+                        mac,
+                        target: FdbTarget::port(key),
+                    });
+                }
+            }
+            for (&mac, &vtep) in &vn.remote {
+                out.push(FdbView {
+                    vn: name.clone(),
+                    vni: vn.vni,
+                    mac,
+                    target: FdbTarget::Vtep { vtep },
+                });
+            }
+        }
+        out
+    }
+
+    /// The dataplane's map contents. Ports whose interface does not exist (`ifindex` gives
+    /// `None`) are left out until it appears.
+    pub fn desired(&self, ifindex: impl Fn(&str) -> Option<u32>) -> Desired {
+        let mut d = Desired::default();
+        for vn in self.vns.values() {
+            let mut info = VnInfo::default();
+            for (i, vtep) in vn.flood.iter().take(FLOOD_MAX_REMOTES).enumerate() {
+                info.remotes[i] = vtep.octets();
+                info.remote_count += 1;
+            }
+            for ((port, vid), macs) in &vn.ports {
+                let Some(ifindex) = ifindex(port) else { continue };
+                let local = LocalPort::new(ifindex, *vid);
+                info.ports[info.port_count as usize] = local;
+                info.port_count += 1;
+                d.ports.insert(PortKey::new(ifindex, *vid), PortValue { vni: vn.vni });
+                for mac in macs {
+                    d.fdb.insert(FdbKey::new(vn.vni, mac.0), FdbEntry::local(local));
+                }
+            }
+            for (mac, vtep) in &vn.remote {
+                d.fdb.insert(FdbKey::new(vn.vni, mac.0), FdbEntry::remote(vtep.octets()));
+            }
+            d.vns.insert(vn.vni, info);
+        }
+        d
+    }
+}
+
+impl Vn {
+    fn mac_owner(&self, mac: MacAddr) -> Option<FdbTarget> {
+        if let Some(key) = self.ports.iter().find(|(_, macs)| macs.contains(&mac)).map(|(k, _)| k) {
+            return Some(FdbTarget::port(key));
+        }
+        self.remote.get(&mac).map(|&vtep| FdbTarget::Vtep { vtep })
+    }
+}
+
+impl FdbTarget {
+    fn port((port, vid): &(String, u16)) -> Self {
+        FdbTarget::Port { port: port.clone(), vid: *vid }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            FdbTarget::Port { port, vid } => format!("port {port} VID {vid}"),
+            FdbTarget::Vtep { vtep } => format!("VTEP {vtep}"),
+        }
+    }
+}
+
+fn unknown_vn(name: &str) -> ErrorBody {
+    ErrorBody::new(ErrorCode::EUnknownVn, format!("no VN named {name:?}"))
+}
+
+fn not_found(message: String) -> ErrorBody {
+    ErrorBody::new(ErrorCode::ENotFound, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(s: &str) -> MacAddr {
+        s.parse().unwrap()
+    }
+
+    fn model() -> Model {
+        let mut m = Model::default();
+        m.create_vn(&CreateVn { name: "blue".into(), vni: 100 }).unwrap();
+        m
+    }
+
+    fn attach(port: &str, vid: u16, macs: &[&str]) -> AttachPort {
+        AttachPort { port: port.into(), vid, macs: macs.iter().map(|m| mac(m)).collect() }
+    }
+
+    #[test]
+    fn create_is_idempotent_and_rejects_conflicts() {
+        let mut m = model();
+        m.create_vn(&CreateVn { name: "blue".into(), vni: 100 }).unwrap();
+        let before = m.clone();
+        let e = m.create_vn(&CreateVn { name: "blue".into(), vni: 101 }).unwrap_err();
+        assert_eq!(e.code, ErrorCode::EExists);
+        let e = m.create_vn(&CreateVn { name: "red".into(), vni: 100 }).unwrap_err();
+        assert_eq!(e.code, ErrorCode::EExists);
+        let e = m.create_vn(&CreateVn { name: "red".into(), vni: 1 << 24 }).unwrap_err();
+        assert_eq!(e.code, ErrorCode::EFormat);
+        let e = m.create_vn(&CreateVn { name: "a b".into(), vni: 5 }).unwrap_err();
+        assert_eq!(e.code, ErrorCode::EFormat);
+        assert_eq!(m, before);
+    }
+
+    #[test]
+    fn a_port_vid_is_in_one_vn_and_a_mac_in_one_place() {
+        let mut m = model();
+        m.create_vn(&CreateVn { name: "red".into(), vni: 200 }).unwrap();
+        m.attach_port("blue", &attach("tap1", 0, &["02:00:00:00:00:01"])).unwrap();
+        let before = m.clone();
+        let e = m.attach_port("red", &attach("tap1", 0, &[])).unwrap_err();
+        assert_eq!(e.code, ErrorCode::EVidConflict);
+        let e = m.attach_port("blue", &attach("tap2", 0, &["02:00:00:00:00:01"])).unwrap_err();
+        assert_eq!(e.code, ErrorCode::EMacConflict);
+        let e = m
+            .add_remote("blue", &RemoteMac { mac: mac("02:00:00:00:00:01"), vtep: [10, 0, 0, 2].into() })
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::EMacConflict);
+        let e = m.attach_port("blue", &attach("tap2", 4095, &[])).unwrap_err();
+        assert_eq!(e.code, ErrorCode::EFormat);
+        let e = m.attach_port("blue", &attach("tap2", 0, &["01:00:5e:00:00:01"])).unwrap_err();
+        assert_eq!(e.code, ErrorCode::EFormat);
+        assert_eq!(m, before);
+        // Same port on another VID of another VN is fine; same MAC in another VN too.
+        m.attach_port("red", &attach("tap1", 20, &["02:00:00:00:00:01"])).unwrap();
+    }
+
+    #[test]
+    fn desired_maps_follow_the_model() {
+        let mut m = model();
+        m.attach_port("blue", &attach("tap1", 0, &["02:00:00:00:00:01"])).unwrap();
+        m.attach_port("blue", &attach("gone", 0, &["02:00:00:00:00:03"])).unwrap();
+        m.add_remote("blue", &RemoteMac { mac: mac("02:00:00:00:00:02"), vtep: [10, 0, 0, 2].into() })
+            .unwrap();
+        m.add_flood("blue", [10, 0, 0, 2].into()).unwrap();
+        let d = m.desired(|name| (name == "tap1").then_some(7));
+        assert_eq!(d.ports.len(), 1);
+        assert_eq!(d.ports[&PortKey::new(7, 0)], PortValue { vni: 100 });
+        assert_eq!(d.fdb.len(), 2);
+        assert_eq!(
+            d.fdb[&FdbKey::new(100, mac("02:00:00:00:00:01").0)],
+            FdbEntry::local(LocalPort::new(7, 0))
+        );
+        assert_eq!(d.fdb[&FdbKey::new(100, mac("02:00:00:00:00:02").0)], FdbEntry::remote([10, 0, 0, 2]));
+        let vn = d.vns[&100];
+        assert_eq!((vn.remote_count, vn.port_count), (1, 1));
+        assert_eq!(vn.remotes[0], [10, 0, 0, 2]);
+        m.delete_vn("blue").unwrap();
+        assert_eq!(m.desired(|_| Some(7)), Desired::default());
+    }
+}

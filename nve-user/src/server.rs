@@ -1,0 +1,265 @@
+//! The API on the instance's Unix socket: HTTP/1.1 with JSON bodies under `/v1`. Handlers
+//! translate requests into model changes; [`Nve::change`] applies one to a copy of the
+//! model, brings the dataplane to it and commits it only if all of that succeeded.
+use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, Query, State, rejection::BytesRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{delete, get, put},
+};
+use serde::{Deserialize, de::DeserializeOwned};
+use tokio::sync::Mutex;
+
+use crate::{
+    api::{
+        AttachPort, CreateVn, ErrorBody, ErrorCode, FdbView, FloodVtep, RemoteMac, StatsView,
+        StatusView, VnView,
+    },
+    dataplane::Dataplane,
+    mac::MacAddr,
+    model::Model,
+    netlink,
+};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The daemon's state behind the API.
+pub struct Nve {
+    pub model: Model,
+    pub dataplane: Dataplane,
+    pub netlink: rtnetlink::Handle,
+    pub status: StatusView,
+    pub underlay_ifindex: u32,
+    /// VTEPs whose neighbour entries the kernel keeps resolved for us.
+    pub managed_neighbours: BTreeSet<Ipv4Addr>,
+}
+
+pub type Shared = Arc<Mutex<Nve>>;
+
+impl Nve {
+    /// Applies `f` to a copy of the model and the dataplane to match; on any error the
+    /// model and the dataplane stay as they were.
+    pub async fn change(
+        &mut self,
+        f: impl FnOnce(&mut Model) -> Result<(), ErrorBody>,
+    ) -> Result<(), ErrorBody> {
+        let mut next = self.model.clone();
+        f(&mut next)?;
+        if next == self.model {
+            return Ok(());
+        }
+        if let Err(e) = self.sync(&next).await {
+            let current = self.model.clone();
+            if let Err(again) = self.sync(&current).await {
+                tracing::error!("restoring the dataplane after a failed change: {again}");
+            }
+            return Err(e);
+        }
+        self.model = next;
+        Ok(())
+    }
+
+    /// Brings VM port attachments, maps and underlay neighbours to `model`.
+    pub async fn sync(&mut self, model: &Model) -> Result<(), ErrorBody> {
+        let host = |e: &dyn std::fmt::Display| ErrorBody::new(ErrorCode::EHost, e.to_string());
+        let ports: BTreeSet<&str> = model.ports().map(|(p, _)| p.as_str()).collect();
+        if let Some(missing) = ports.iter().find(|p| netlink::ifindex(p).is_none()) {
+            return Err(ErrorBody::new(
+                ErrorCode::EHost,
+                format!("port {missing}: no such interface in the daemon's network namespace"),
+            ));
+        }
+        for vtep in model.vteps() {
+            if self.managed_neighbours.contains(&vtep) {
+                continue;
+            }
+            netlink::keep_neighbour_resolved(&self.netlink, self.underlay_ifindex, vtep)
+                .await
+                .map_err(|e| host(&format!("managed neighbour {vtep}: {e}")))?;
+            self.managed_neighbours.insert(vtep);
+        }
+        self.dataplane.set_vm_ports(ports.iter().copied()).map_err(|e| host(&format!("{e:#}")))?;
+        let desired = model.desired(netlink::ifindex);
+        self.dataplane.apply(&desired).map_err(|e| match e {
+            crate::dataplane::DataplaneError::MapFull { .. } => {
+                ErrorBody::new(ErrorCode::EResources, e.to_string())
+            }
+            e => host(&anyhow::Error::from(e).to_string()),
+        })
+    }
+}
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/stats", get(stats))
+        .route("/v1/fdb", get(fdb))
+        .route("/v1/vns", get(list_vns).post(create_vn))
+        .route("/v1/vns/{vn}", delete(delete_vn))
+        .route("/v1/vns/{vn}/ports", put(attach_port))
+        .route("/v1/vns/{vn}/ports/{port}", delete(detach_port))
+        .route("/v1/vns/{vn}/fdb", put(add_remote))
+        .route("/v1/vns/{vn}/fdb/{mac}", delete(del_remote))
+        .route("/v1/vns/{vn}/flood", put(add_flood))
+        .route("/v1/vns/{vn}/flood/{vtep}", delete(del_flood))
+        .fallback(|| async {
+            ApiError(ErrorBody::new(ErrorCode::ENotFound, "no such API path (this is API v1)"))
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// An error reply: the body, and an HTTP status derived from its code.
+pub struct ApiError(pub ErrorBody);
+
+impl From<ErrorBody> for ApiError {
+    fn from(e: ErrorBody) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self.0.code {
+            ErrorCode::EFormat => StatusCode::BAD_REQUEST,
+            ErrorCode::EUnknownVn | ErrorCode::ENotFound => StatusCode::NOT_FOUND,
+            ErrorCode::EExists | ErrorCode::EMacConflict | ErrorCode::EVidConflict => {
+                StatusCode::CONFLICT
+            }
+            ErrorCode::EResources => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::EHost => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        (status, Json(self.0)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Parses a JSON body into `T`; every failure is E_FORMAT naming what was wrong.
+fn body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ErrorBody> {
+    let bytes = body.map_err(|e| {
+        ErrorBody::new(ErrorCode::EFormat, format!("request body (limit {MAX_BODY} bytes): {e}"))
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ErrorBody::new(ErrorCode::EFormat, format!("request body: {e}")))
+}
+
+fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, ErrorBody>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e| ErrorBody::new(ErrorCode::EFormat, format!("{what} {s:?}: {e}")))
+}
+
+fn ok() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+async fn status(State(s): State<Shared>) -> Json<StatusView> {
+    let nve = s.lock().await;
+    let mut v = nve.status.clone();
+    v.vns = nve.model.vns().count();
+    v.ports = nve.model.ports().count();
+    Json(v)
+}
+
+async fn stats(State(s): State<Shared>) -> ApiResult<Json<StatsView>> {
+    let nve = s.lock().await;
+    let stats = nve
+        .dataplane
+        .stats()
+        .map_err(|e| ErrorBody::new(ErrorCode::EHost, anyhow::Error::from(e).to_string()))?;
+    Ok(Json(stats))
+}
+
+async fn fdb(State(s): State<Shared>) -> Json<Vec<FdbView>> {
+    Json(s.lock().await.model.fdb_views())
+}
+
+async fn list_vns(State(s): State<Shared>) -> Json<Vec<VnView>> {
+    Json(s.lock().await.model.vn_views())
+}
+
+async fn create_vn(
+    State(s): State<Shared>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<StatusCode> {
+    let req: CreateVn = body(b)?;
+    s.lock().await.change(|m| m.create_vn(&req)).await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn delete_vn(State(s): State<Shared>, Path(vn): Path<String>) -> ApiResult<StatusCode> {
+    s.lock().await.change(|m| m.delete_vn(&vn)).await?;
+    Ok(ok())
+}
+
+async fn attach_port(
+    State(s): State<Shared>,
+    Path(vn): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<StatusCode> {
+    let req: AttachPort = body(b)?;
+    s.lock().await.change(|m| m.attach_port(&vn, &req)).await?;
+    Ok(ok())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VidQuery {
+    #[serde(default)]
+    vid: u16,
+}
+
+async fn detach_port(
+    State(s): State<Shared>,
+    Path((vn, port)): Path<(String, String)>,
+    q: Result<Query<VidQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<StatusCode> {
+    let Query(q) = q.map_err(|e| ErrorBody::new(ErrorCode::EFormat, e.body_text()))?;
+    s.lock().await.change(|m| m.detach_port(&vn, &port, q.vid)).await?;
+    Ok(ok())
+}
+
+async fn add_remote(
+    State(s): State<Shared>,
+    Path(vn): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<StatusCode> {
+    let req: RemoteMac = body(b)?;
+    s.lock().await.change(|m| m.add_remote(&vn, &req)).await?;
+    Ok(ok())
+}
+
+async fn del_remote(
+    State(s): State<Shared>,
+    Path((vn, mac)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let mac: MacAddr = parse("MAC", &mac)?;
+    s.lock().await.change(|m| m.del_remote(&vn, mac)).await?;
+    Ok(ok())
+}
+
+async fn add_flood(
+    State(s): State<Shared>,
+    Path(vn): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<StatusCode> {
+    let req: FloodVtep = body(b)?;
+    s.lock().await.change(|m| m.add_flood(&vn, req.vtep)).await?;
+    Ok(ok())
+}
+
+async fn del_flood(
+    State(s): State<Shared>,
+    Path((vn, vtep)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let vtep: Ipv4Addr = parse("VTEP", &vtep)?;
+    s.lock().await.change(|m| m.del_flood(&vn, vtep)).await?;
+    Ok(ok())
+}
