@@ -9,10 +9,12 @@ pub const PORTS_MAP: &str = "NVE_PORTS";
 pub const VNS_MAP: &str = "NVE_VNS";
 pub const FDB_MAP: &str = "NVE_FDB";
 pub const STATS_MAP: &str = "NVE_STATS";
+pub const NEXTHOPS_MAP: &str = "NVE_NEXTHOPS";
 
 pub const PORTS_MAX_ENTRIES: u32 = 4096;
 pub const VNS_MAX_ENTRIES: u32 = 4096;
 pub const FDB_MAX_ENTRIES: u32 = 65536;
+pub const NEXTHOPS_MAX_ENTRIES: u32 = 4096;
 /// Remote VTEPs a VN floods broadcast to (head-end replication).
 pub const FLOOD_MAX_REMOTES: usize = 16;
 /// Local ports a VN floods broadcast to.
@@ -45,7 +47,11 @@ const _: () = assert!(size_of::<PortKey>() == 8);
 
 impl PortKey {
     pub const fn new(ifindex: u32, vid: u16) -> Self {
-        Self { ifindex, vid, _pad: 0 }
+        Self {
+            ifindex,
+            vid,
+            _pad: 0,
+        }
     }
 }
 
@@ -70,7 +76,11 @@ const _: () = assert!(size_of::<LocalPort>() == 8);
 
 impl LocalPort {
     pub const fn new(ifindex: u32, vid: u16) -> Self {
-        Self { ifindex, vid, _pad: 0 }
+        Self {
+            ifindex,
+            vid,
+            _pad: 0,
+        }
     }
 }
 
@@ -115,7 +125,11 @@ const _: () = assert!(size_of::<FdbKey>() == 12);
 
 impl FdbKey {
     pub const fn new(vni: u32, mac: [u8; 6]) -> Self {
-        Self { vni, mac, _pad: [0; 2] }
+        Self {
+            vni,
+            mac,
+            _pad: [0; 2],
+        }
     }
 }
 
@@ -140,12 +154,36 @@ const _: () = assert!(size_of::<FdbEntry>() == 16);
 
 impl FdbEntry {
     pub const fn local(port: LocalPort) -> Self {
-        Self { kind: FDB_LOCAL, port, remote: [0; 4] }
+        Self {
+            kind: FDB_LOCAL,
+            port,
+            remote: [0; 4],
+        }
     }
     pub const fn remote(vtep: [u8; 4]) -> Self {
-        Self { kind: FDB_REMOTE, port: LocalPort::new(0, 0), remote: vtep }
+        Self {
+            kind: FDB_REMOTE,
+            port: LocalPort::new(0, 0),
+            remote: vtep,
+        }
     }
 }
+
+/// How to reach a remote VTEP (key: its address, network order) on the underlay: the
+/// kernel's route and resolved neighbour, mirrored by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// Egress interface.
+    pub ifindex: u32,
+    /// Its MTU: a non-GSO encapsulated frame longer than this is dropped, counted.
+    pub mtu: u32,
+    /// Egress interface's MAC.
+    pub smac: [u8; 6],
+    /// The next hop's MAC (the VTEP's, or its gateway's).
+    pub dmac: [u8; 6],
+}
+const _: () = assert!(size_of::<NextHop>() == 20);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -158,5 +196,6 @@ mod pod {
     unsafe impl aya::Pod for VnInfo {}
     unsafe impl aya::Pod for FdbKey {}
     unsafe impl aya::Pod for FdbEntry {}
+    unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for crate::metrics::Counter {}
 }

@@ -94,9 +94,10 @@ pub enum DropReason {
     FdbMiss = 6,
     /// Broadcast in a VN with nowhere to flood to.
     FloodListEmpty = 7,
-    /// The kernel has no route to the remote VTEP.
+    /// The kernel could not route an encapsulated frame to the remote VTEP.
     UnderlayNoRoute = 8,
-    /// The underlay next hop is not resolved yet (the daemon keeps VTEP neighbours managed).
+    /// A copy (broadcast) to a VTEP whose next hop is not resolved yet; the daemon has the
+    /// kernel keep VTEP neighbours resolved, so this is transient.
     UnderlayNoNeigh = 9,
     /// The encapsulated frame does not fit the underlay MTU.
     UnderlayMtuExceeded = 10,

@@ -85,5 +85,8 @@ pub fn classify(f: &impl Frame, cfg: &DataplaneConfig) -> Result<Underlay, DropR
             _ => return Err(DropReason::FdbMiss),
         }
     };
-    Ok(Underlay::Vxlan(Decap { inner_offset, target }))
+    Ok(Underlay::Vxlan(Decap {
+        inner_offset,
+        target,
+    }))
 }

@@ -1,7 +1,8 @@
 //! Delivery of a (decapsulated or locally switched) frame to VM ports, on the TC path.
 use aya_ebpf::{
-    bindings::TC_ACT_REDIRECT,
-    helpers::{bpf_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push},
+    bindings::{__sk_buff, TC_ACT_REDIRECT},
+    cty::c_void,
+    helpers::{bpf_loop, bpf_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push},
     programs::TcContext,
 };
 use nve_common::{
@@ -27,29 +28,74 @@ pub fn to_port(ctx: &TcContext, port: LocalPort) -> Result<i32, DropReason> {
 }
 
 /// Sends a copy of the frame to every port of `vn` except `except`, leaving the frame as it
-/// was. Returns the number of copies.
+/// was. Returns the number of copies. A `bpf_loop` keeps the verifier's work to one pass
+/// over the body, however long the list.
 #[inline(always)]
 pub fn flood_ports(ctx: &TcContext, vn: &VnInfo, except: LocalPort) -> Result<u32, DropReason> {
-    let mut copies = 0;
-    for i in 0..FLOOD_MAX_PORTS {
-        if i as u32 >= vn.port_count {
-            break;
-        }
-        let port = vn.ports[i];
-        if port == except {
-            continue;
-        }
-        if port.vid != 0 {
-            vlan_push(ctx, port.vid)?;
-        }
-        let cloned = ctx.clone_redirect(port.ifindex, 0);
-        if port.vid != 0 {
-            vlan_pop(ctx)?;
-        }
-        cloned.map_err(|_| DropReason::RedirectFailed)?;
-        copies += 1;
+    let mut state = PortsLoop {
+        skb: ctx.skb.skb,
+        vn,
+        except,
+        copies: 0,
+        error: None,
+    };
+    let n = vn.port_count.min(FLOOD_MAX_PORTS as u32);
+    // SAFETY: the callback and its state live for the call; the state is ours.
+    unsafe {
+        bpf_loop(
+            n,
+            port_copy as *mut c_void,
+            &mut state as *mut _ as *mut c_void,
+            0,
+        )
+    };
+    match state.error {
+        Some(reason) => Err(reason),
+        None => Ok(state.copies),
     }
-    Ok(copies)
+}
+
+struct PortsLoop<'a> {
+    skb: *mut __sk_buff,
+    vn: &'a VnInfo,
+    except: LocalPort,
+    copies: u32,
+    error: Option<DropReason>,
+}
+
+extern "C" fn port_copy(index: u64, state: *mut c_void) -> i64 {
+    // SAFETY: `state` is the `PortsLoop` flood_ports passed to bpf_loop.
+    let state = unsafe { &mut *(state as *mut PortsLoop) };
+    let i = index as usize;
+    if i >= FLOOD_MAX_PORTS {
+        return 1;
+    }
+    let port = state.vn.ports[i];
+    if port == state.except {
+        return 0;
+    }
+    match copy_to_port(&TcContext::new(state.skb), port) {
+        Ok(()) => {
+            state.copies += 1;
+            0
+        }
+        Err(reason) => {
+            state.error = Some(reason);
+            1
+        }
+    }
+}
+
+#[inline(always)]
+fn copy_to_port(ctx: &TcContext, port: LocalPort) -> Result<(), DropReason> {
+    if port.vid != 0 {
+        vlan_push(ctx, port.vid)?;
+    }
+    let cloned = ctx.clone_redirect(port.ifindex, 0);
+    if port.vid != 0 {
+        vlan_pop(ctx)?;
+    }
+    cloned.map_err(|_| DropReason::RedirectFailed)
 }
 
 #[inline(always)]

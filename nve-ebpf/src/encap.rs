@@ -1,16 +1,12 @@
 //! VXLAN encapsulation on the TC path: outer Ethernet / IPv4 / UDP / VXLAN written by the
-//! program, the next hop's MAC from the kernel's FIB and neighbour tables.
+//! program; the next hop from the kernel's route and neighbour tables, as the daemon
+//! mirrors them in `NVE_NEXTHOPS`.
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
-        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, TC_ACT_REDIRECT,
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
+        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_REDIRECT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
-    helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh,
-        bpf_skb_change_head,
-    },
+    helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head},
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
@@ -20,9 +16,11 @@ use nve_common::{
     wire::{UDP_SRC_PORT_MIN, VXLAN_FLAG_I, VXLAN_IPV4_OVERHEAD, VXLAN_PORT},
 };
 
-use crate::parse::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP};
+use crate::{
+    maps,
+    parse::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP},
+};
 
-const AF_INET: u8 = 2;
 const IP_DF: u16 = 0x4000;
 const IPV4_OFFSET: u32 = ETH_LEN as u32;
 
@@ -38,7 +36,7 @@ const _: () = assert!(size_of::<OuterIpv4>() == VXLAN_IPV4_OVERHEAD as usize);
 const _: () = assert!(size_of::<EthHdr>() + Ipv4Hdr::LEN + UdpHdr::LEN + VxlanHdr::LEN == 50);
 
 /// Encapsulates the frame for `vni`, addressed to `remote`. On return the outer Ethernet
-/// addresses are not yet set: [`send`] fills them from the kernel's tables.
+/// addresses are not yet set: [`send`] fills them in.
 ///
 /// IP frames grow with `bpf_skb_adjust_room` and the encap flags, which keeps a GSO skb one
 /// skb (gso_type gains UDP_TUNNEL; FIXED_GSO keeps gso_size). That helper refuses non-IP
@@ -73,7 +71,8 @@ pub fn encapsulate(
             return Err(DropReason::HeaderAdjustFailed);
         }
     }
-    ctx.store(0, &outer, 0).map_err(|_| DropReason::HeaderAdjustFailed)
+    ctx.store(0, &outer, 0)
+        .map_err(|_| DropReason::HeaderAdjustFailed)
 }
 
 /// Re-addresses an encapsulated frame to another VTEP (head-end replication).
@@ -96,10 +95,11 @@ pub fn readdress(
         .map_err(|_| DropReason::HeaderAdjustFailed)
 }
 
-/// Sends an encapsulated frame to `remote` over the underlay: the kernel's FIB gives the
-/// egress interface and next-hop MACs. With `copy` the frame is cloned and stays with the
-/// caller (returns 0); otherwise it is redirected (returns the TC action). An unresolved
-/// next hop of a lone IP frame is left to `bpf_redirect_neigh`, which resolves it.
+/// Sends an encapsulated frame to `remote` over the underlay, by the next hop the daemon
+/// mirrors from the kernel's route and neighbour tables. With `copy` the frame is cloned and
+/// stays with the caller (returns 0); otherwise it is redirected (returns the TC action).
+/// A lone IPv4 frame to a VTEP whose next hop is not resolved yet goes through
+/// `bpf_redirect_neigh`, which routes it and resolves the neighbour.
 #[inline(always)]
 pub fn send(
     ctx: &TcContext,
@@ -107,48 +107,35 @@ pub fn send(
     remote: [u8; 4],
     copy: bool,
 ) -> Result<i32, DropReason> {
-    // SAFETY: plain-old-data struct; all-zero is its neutral value.
-    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
-    fib.l4_protocol = IPPROTO_UDP;
-    fib.ifindex = cfg.underlay_ifindex;
-    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(cfg.vtep_ipv4);
-    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(remote);
-    // SAFETY: helper call with a correctly sized parameter block.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.skb.skb as *mut _,
-            &mut fib,
-            size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_OUTPUT,
-        )
-    } as u32;
-    match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_NO_NEIGH if !copy => {
-            // SAFETY: helper call; NULL params: the kernel looks the route up itself.
-            let action =
-                unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
-            if action != TC_ACT_REDIRECT {
-                return Err(DropReason::UnderlayNoNeigh);
-            }
-            return Ok(action);
+    let Some(nh) = maps::next_hop(remote) else {
+        if copy || u16::from_be(ctx.skb.protocol() as u16) != ETH_P_IPV4 {
+            return Err(DropReason::UnderlayNoNeigh);
         }
-        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(DropReason::UnderlayNoNeigh),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(DropReason::UnderlayMtuExceeded),
-        _ => return Err(DropReason::UnderlayNoRoute),
+        // SAFETY: helper call; NULL params: the kernel looks the route up itself.
+        let action =
+            unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+        if action != TC_ACT_REDIRECT {
+            return Err(DropReason::UnderlayNoRoute);
+        }
+        return Ok(action);
+    };
+    // SAFETY: reading a field of our own __sk_buff.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 && ctx.len() > nh.mtu + ETH_LEN as u32 {
+        return Err(DropReason::UnderlayMtuExceeded);
     }
     let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&fib.dmac);
-    macs[6..].copy_from_slice(&fib.smac);
-    ctx.store(0, &macs, 0).map_err(|_| DropReason::HeaderAdjustFailed)?;
+    macs[..6].copy_from_slice(&nh.dmac);
+    macs[6..].copy_from_slice(&nh.smac);
+    ctx.store(0, &macs, 0)
+        .map_err(|_| DropReason::HeaderAdjustFailed)?;
     if copy {
-        ctx.clone_redirect(fib.ifindex, 0)
+        ctx.clone_redirect(nh.ifindex, 0)
             .map_err(|_| DropReason::RedirectFailed)?;
         return Ok(0);
     }
     // SAFETY: helper call.
-    let action = unsafe { bpf_redirect(fib.ifindex, 0) } as i32;
+    let action = unsafe { bpf_redirect(nh.ifindex, 0) } as i32;
     if action != TC_ACT_REDIRECT {
         return Err(DropReason::RedirectFailed);
     }
@@ -193,7 +180,12 @@ fn outer_ipv4(
     vxlan[6] = vni as u8;
     let mut eth = [0u8; 14];
     eth[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
-    OuterIpv4 { eth, ip, udp, vxlan }
+    OuterIpv4 {
+        eth,
+        ip,
+        udp,
+        vxlan,
+    }
 }
 
 /// RFC 1071 checksum of an option-less IPv4 header whose checksum field is zero.

@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use nve_common::{
     maps::{
-        DataplaneConfig, FDB_MAX_ENTRIES, FdbEntry, FdbKey, PORTS_MAX_ENTRIES, PortKey, PortValue,
-        VNS_MAX_ENTRIES, VnInfo,
+        DataplaneConfig, FDB_MAX_ENTRIES, FdbEntry, FdbKey, NEXTHOPS_MAX_ENTRIES, NextHop,
+        PORTS_MAX_ENTRIES, PortKey, PortValue, VNS_MAX_ENTRIES, VnInfo,
     },
     metrics::{Counter, STATS_MAX_ENTRIES},
 };
@@ -23,6 +23,9 @@ pub static NVE_VNS: HashMap<u32, VnInfo> = HashMap::pinned(VNS_MAX_ENTRIES, 0);
 
 #[map]
 pub static NVE_FDB: HashMap<FdbKey, FdbEntry> = HashMap::pinned(FDB_MAX_ENTRIES, 0);
+
+#[map]
+pub static NVE_NEXTHOPS: HashMap<[u8; 4], NextHop> = HashMap::pinned(NEXTHOPS_MAX_ENTRIES, 0);
 
 #[map]
 pub static NVE_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_MAX_ENTRIES, 0);
@@ -49,4 +52,10 @@ pub fn fdb(vni: u32, mac: [u8; 6]) -> Option<&'static FdbEntry> {
 pub fn port(ifindex: u32, vid: u16) -> Option<&'static PortValue> {
     // SAFETY: as above.
     unsafe { NVE_PORTS.get(&PortKey::new(ifindex, vid)) }
+}
+
+#[inline(always)]
+pub fn next_hop(vtep: [u8; 4]) -> Option<&'static NextHop> {
+    // SAFETY: as above.
+    unsafe { NVE_NEXTHOPS.get(&vtep) }
 }

@@ -1,7 +1,9 @@
 //! TC ingress on the underlay interface: decapsulates VXLAN for the VNs this NVE serves and
 //! delivers it to local ports; keeps GSO (FIXED_GSO), so large TCP segments stay large.
 use aya_ebpf::{
-    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    bindings::{
+        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    },
     macros::classifier,
     programs::TcContext,
 };
@@ -41,7 +43,9 @@ fn try_tc_underlay_rx(ctx: &TcContext) -> Result<(i32, Forward), DropReason> {
         Underlay::Host(forward) => return Ok((TC_ACT_OK, forward)),
         Underlay::Vxlan(d) => d,
     };
-    let inner: EthHdr = ctx.load(d.inner_offset).map_err(|_| DropReason::InnerTruncated)?;
+    let inner: EthHdr = ctx
+        .load(d.inner_offset)
+        .map_err(|_| DropReason::InnerTruncated)?;
     // Removes outer IPv4 + UDP + VXLAN + inner Ethernet right after the outer Ethernet
     // header, then the inner Ethernet header takes the outer one's place.
     ctx.adjust_room(
@@ -50,7 +54,8 @@ fn try_tc_underlay_rx(ctx: &TcContext) -> Result<(i32, Forward), DropReason> {
         BPF_F_ADJ_ROOM_FIXED_GSO as u64,
     )
     .map_err(|_| DropReason::HeaderAdjustFailed)?;
-    ctx.store(0, &inner, 0).map_err(|_| DropReason::HeaderAdjustFailed)?;
+    ctx.store(0, &inner, 0)
+        .map_err(|_| DropReason::HeaderAdjustFailed)?;
     match d.target {
         Target::Port(port) => Ok((deliver::to_port(ctx, port)?, Forward::Decapsulated)),
         Target::Flood(vn) => {

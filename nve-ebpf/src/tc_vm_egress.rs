@@ -2,7 +2,9 @@
 //! (VN, destination MAC) -> a local port (switched as is) or a remote VTEP (encapsulated);
 //! broadcast and multicast to the VN's other local ports and its flood list of VTEPs.
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT},
+    bindings::{__sk_buff, TC_ACT_SHOT},
+    cty::c_void,
+    helpers::bpf_loop,
     macros::classifier,
     programs::TcContext,
 };
@@ -89,24 +91,62 @@ fn flood(
     ingress: LocalPort,
 ) -> Result<(i32, Forward), DropReason> {
     let local = deliver::flood_ports(ctx, vn, ingress)?;
-    let remotes = vn.remote_count;
+    let remotes = vn.remote_count.min(FLOOD_MAX_REMOTES as u32);
     if remotes == 0 {
         if local == 0 {
             return Err(DropReason::FloodListEmpty);
         }
         return Ok((TC_ACT_SHOT, Forward::Flooded));
     }
-    let first = vn.remotes[0];
-    encap::encapsulate(ctx, cfg, vni, first)?;
-    for i in 0..FLOOD_MAX_REMOTES {
-        if i as u32 >= remotes {
-            break;
-        }
-        let remote = vn.remotes[i];
-        if i > 0 {
-            encap::readdress(ctx, cfg, remote)?;
-        }
-        encap::send(ctx, cfg, remote, true)?;
+    encap::encapsulate(ctx, cfg, vni, vn.remotes[0])?;
+    let mut state = RemotesLoop {
+        skb: ctx.skb.skb,
+        cfg,
+        vn,
+        error: None,
+    };
+    // SAFETY: the callback and its state live for the call; the state is ours.
+    unsafe {
+        bpf_loop(
+            remotes,
+            remote_copy as *mut c_void,
+            &mut state as *mut _ as *mut c_void,
+            0,
+        )
+    };
+    match state.error {
+        Some(reason) => Err(reason),
+        None => Ok((TC_ACT_SHOT, Forward::Flooded)),
     }
-    Ok((TC_ACT_SHOT, Forward::Flooded))
+}
+
+struct RemotesLoop<'a> {
+    skb: *mut __sk_buff,
+    cfg: &'a DataplaneConfig,
+    vn: &'a VnInfo,
+    error: Option<DropReason>,
+}
+
+extern "C" fn remote_copy(index: u64, state: *mut c_void) -> i64 {
+    // SAFETY: `state` is the `RemotesLoop` flood passed to bpf_loop.
+    let state = unsafe { &mut *(state as *mut RemotesLoop) };
+    let i = index as usize;
+    if i >= FLOOD_MAX_REMOTES {
+        return 1;
+    }
+    let ctx = TcContext::new(state.skb);
+    let remote = state.vn.remotes[i];
+    let sent = if i == 0 {
+        Ok(())
+    } else {
+        encap::readdress(&ctx, state.cfg, remote)
+    }
+    .and_then(|()| encap::send(&ctx, state.cfg, remote, true));
+    match sent {
+        Ok(_) => 0,
+        Err(reason) => {
+            state.error = Some(reason);
+            1
+        }
+    }
 }

@@ -37,9 +37,8 @@ fn try_xdp_underlay_rx(ctx: &XdpContext) -> Result<(u32, Forward), DropReason> {
     match d.target {
         Target::Port(port) if port.vid == 0 => {
             // SAFETY: helper call on our own context.
-            let rc = unsafe {
-                aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, d.inner_offset as i32)
-            };
+            let rc =
+                unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, d.inner_offset as i32) };
             if rc != 0 {
                 return Err(DropReason::HeaderAdjustFailed);
             }

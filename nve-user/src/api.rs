@@ -123,11 +123,24 @@ pub struct StatusView {
     pub pin_dir: String,
     pub vns: usize,
     pub ports: usize,
+    /// Remote VTEPs whose underlay next hop is resolved.
+    pub next_hops: Vec<NextHopView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextHopView {
+    pub vtep: Ipv4Addr,
+    pub ifindex: u32,
+    /// The next hop's MAC.
+    pub mac: MacAddr,
 }
 
 impl ErrorBody {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 

@@ -7,7 +7,10 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::{
-    api::{AttachPort, CreateVn, FdbTarget, FdbView, FloodVtep, RemoteMac, StatsView, StatusView, VnView},
+    api::{
+        AttachPort, CreateVn, FdbTarget, FdbView, FloodVtep, RemoteMac, StatsView, StatusView,
+        VnView,
+    },
     client::Client,
     daemon::{self, DaemonArgs},
     mac::MacAddr,
@@ -15,7 +18,11 @@ use crate::{
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "nve", version, about = "A co-resident VXLAN Network Virtualization Edge")]
+#[command(
+    name = "nve",
+    version,
+    about = "A co-resident VXLAN Network Virtualization Edge"
+)]
 pub struct Cli {
     /// Instance name: selects socket, state dir and pin dir.
     #[arg(long, global = true, env = "NVE_INSTANCE", default_value = "default")]
@@ -166,29 +173,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             VnCommand::Del { name } => Ok(c.delete(&format!("/v1/vns/{name}")).await?),
         },
         Command::Port { command } => match command {
-            PortCommand::Attach { vn, port, vid, macs } => {
-                Ok(c.put(&format!("/v1/vns/{vn}/ports"), &AttachPort { port, vid, macs }).await?)
-            }
-            PortCommand::Detach { vn, port, vid } => {
-                Ok(c.delete(&format!("/v1/vns/{vn}/ports/{port}?vid={vid}")).await?)
-            }
+            PortCommand::Attach {
+                vn,
+                port,
+                vid,
+                macs,
+            } => Ok(c
+                .put(
+                    &format!("/v1/vns/{vn}/ports"),
+                    &AttachPort { port, vid, macs },
+                )
+                .await?),
+            PortCommand::Detach { vn, port, vid } => Ok(c
+                .delete(&format!("/v1/vns/{vn}/ports/{port}?vid={vid}"))
+                .await?),
         },
         Command::Fdb { command, json } => match command {
             None => {
                 let fdb: Vec<FdbView> = c.get("/v1/fdb").await?;
                 print(&fdb, json.json, fdb_table)
             }
-            Some(FdbCommand::Add { vn, mac, vtep }) => {
-                Ok(c.put(&format!("/v1/vns/{vn}/fdb"), &RemoteMac { mac, vtep }).await?)
-            }
+            Some(FdbCommand::Add { vn, mac, vtep }) => Ok(c
+                .put(&format!("/v1/vns/{vn}/fdb"), &RemoteMac { mac, vtep })
+                .await?),
             Some(FdbCommand::Del { vn, mac }) => {
                 Ok(c.delete(&format!("/v1/vns/{vn}/fdb/{mac}")).await?)
             }
         },
         Command::Flood { command } => match command {
-            FloodCommand::Add { vn, vtep } => {
-                Ok(c.put(&format!("/v1/vns/{vn}/flood"), &FloodVtep { vtep }).await?)
-            }
+            FloodCommand::Add { vn, vtep } => Ok(c
+                .put(&format!("/v1/vns/{vn}/flood"), &FloodVtep { vtep })
+                .await?),
             FloodCommand::Del { vn, vtep } => {
                 Ok(c.delete(&format!("/v1/vns/{vn}/flood/{vtep}")).await?)
             }
@@ -202,7 +217,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn print<T: Serialize>(value: &T, json: bool, table: fn(&T) -> String) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(value).context("encoding JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).context("encoding JSON")?
+        );
     } else {
         print!("{}", table(value));
     }
@@ -213,7 +231,16 @@ fn status_table(s: &StatusView) -> String {
     format!(
         "instance      {}\nvtep          {}\nunderlay      {} ({})\npins          {}\nvns           {}\nports         {}\n",
         s.instance, s.vtep, s.underlay, s.underlay_mode, s.pin_dir, s.vns, s.ports
-    )
+    ) + &s
+        .next_hops
+        .iter()
+        .map(|n| {
+            format!(
+                "next hop      {} via {} (ifindex {})\n",
+                n.vtep, n.mac, n.ifindex
+            )
+        })
+        .collect::<String>()
 }
 
 fn vn_table(vns: &Vec<VnView>) -> String {
@@ -222,10 +249,22 @@ fn vn_table(vns: &Vec<VnView>) -> String {
         let ports: Vec<String> = vn
             .ports
             .iter()
-            .map(|p| if p.vid == 0 { p.port.clone() } else { format!("{}.{}", p.port, p.vid) })
+            .map(|p| {
+                if p.vid == 0 {
+                    p.port.clone()
+                } else {
+                    format!("{}.{}", p.port, p.vid)
+                }
+            })
             .collect();
         let flood: Vec<String> = vn.flood.iter().map(ToString::to_string).collect();
-        out += &format!("{:<16} {:>9}  {:<28} {}\n", vn.name, vn.vni, ports.join(","), flood.join(","));
+        out += &format!(
+            "{:<16} {:>9}  {:<28} {}\n",
+            vn.name,
+            vn.vni,
+            ports.join(","),
+            flood.join(",")
+        );
     }
     out
 }
@@ -244,10 +283,16 @@ fn fdb_table(fdb: &Vec<FdbView>) -> String {
 }
 
 fn stats_table(s: &StatsView) -> String {
-    let mut out = format!("{:<12} {:<24} {:>12} {:>14}\n", "HOOK", "OUTCOME", "PACKETS", "BYTES");
+    let mut out = format!(
+        "{:<12} {:<24} {:>12} {:>14}\n",
+        "HOOK", "OUTCOME", "PACKETS", "BYTES"
+    );
     for (hook, outcomes) in s {
         for (name, c) in outcomes {
-            out += &format!("{:<12} {:<24} {:>12} {:>14}\n", hook, name, c.packets, c.bytes);
+            out += &format!(
+                "{:<12} {:<24} {:>12} {:>14}\n",
+                hook, name, c.packets, c.bytes
+            );
         }
     }
     out

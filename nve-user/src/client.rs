@@ -11,8 +11,13 @@ use crate::api::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the nve daemon at {path}: {source} (is `nve daemon` running for this instance?)")]
-    Connect { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot reach the nve daemon at {path}: {source} (is `nve daemon` running for this instance?)"
+    )]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Api(ErrorBody),
     #[error("talking to the daemon: {0}")]
@@ -25,7 +30,9 @@ pub struct Client {
 
 impl Client {
     pub fn new(socket: impl AsRef<Path>) -> Self {
-        Self { socket: socket.as_ref().to_path_buf() }
+        Self {
+            socket: socket.as_ref().to_path_buf(),
+        }
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -34,11 +41,15 @@ impl Client {
     }
 
     pub async fn post(&self, path: &str, body: &impl Serialize) -> Result<(), ClientError> {
-        self.send(Method::POST, path, Some(json(body)?)).await.map(drop)
+        self.send(Method::POST, path, Some(json(body)?))
+            .await
+            .map(drop)
     }
 
     pub async fn put(&self, path: &str, body: &impl Serialize) -> Result<(), ClientError> {
-        self.send(Method::PUT, path, Some(json(body)?)).await.map(drop)
+        self.send(Method::PUT, path, Some(json(body)?))
+            .await
+            .map(drop)
     }
 
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
@@ -53,9 +64,13 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, ClientError> {
         let proto = |e: &dyn std::fmt::Display| ClientError::Protocol(e.to_string());
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Connect { path: self.socket.clone(), source })?;
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    path: self.socket.clone(),
+                    source,
+                })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| proto(&e))?;
@@ -69,7 +84,12 @@ impl Client {
             .map_err(|e| proto(&e))?;
         let resp = sender.send_request(req).await.map_err(|e| proto(&e))?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(|e| proto(&e))?.to_bytes();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| proto(&e))?
+            .to_bytes();
         if status.is_success() {
             return Ok(bytes);
         }

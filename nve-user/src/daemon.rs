@@ -69,7 +69,11 @@ impl ConfigFile {
         let mut m = Model::default();
         for vn in &self.vns {
             let ctx = || format!("VN {:?}", vn.name);
-            m.create_vn(&CreateVn { name: vn.name.clone(), vni: vn.vni }).with_context(ctx)?;
+            m.create_vn(&CreateVn {
+                name: vn.name.clone(),
+                vni: vn.vni,
+            })
+            .with_context(ctx)?;
             for p in &vn.ports {
                 m.attach_port(&vn.name, p).with_context(ctx)?;
             }
@@ -121,10 +125,19 @@ fn ensure_bpffs() -> anyhow::Result<()> {
     }
     // SAFETY: mount with static, NUL-terminated arguments.
     let rc = unsafe {
-        libc::mount(c"bpffs".as_ptr(), path.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"bpffs".as_ptr(),
+            path.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
-        bail!("mounting bpffs on /sys/fs/bpf: {}", std::io::Error::last_os_error());
+        bail!(
+            "mounting bpffs on /sys/fs/bpf: {}",
+            std::io::Error::last_os_error()
+        );
     }
     tracing::info!("mounted bpffs on /sys/fs/bpf");
     Ok(())
@@ -137,7 +150,8 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
                 .with_context(|| format!("reading config {}", path.display()))?;
             let cfg: ConfigFile = serde_json::from_str(&text)
                 .with_context(|| format!("parsing config {}", path.display()))?;
-            cfg.model().with_context(|| format!("config {}", path.display()))?
+            cfg.model()
+                .with_context(|| format!("config {}", path.display()))?
         }
         None => Model::default(),
     };
@@ -172,6 +186,7 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
         pin_dir: paths.pin_dir.display().to_string(),
         vns: 0,
         ports: 0,
+        next_hops: Vec::new(),
     };
     let mut nve = Nve {
         model: Model::default(),
@@ -180,12 +195,14 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
         status,
         underlay_ifindex,
         managed_neighbours: Default::default(),
+        next_hops: Default::default(),
     };
-    if let Err(e) = nve.change(|m| {
-        *m = initial;
-        Ok(())
-    })
-    .await
+    if let Err(e) = nve
+        .change(|m| {
+            *m = initial;
+            Ok(())
+        })
+        .await
     {
         nve.dataplane.teardown();
         bail!("applying the startup configuration: {e}");
@@ -206,16 +223,36 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     );
 
     let shared = Arc::new(Mutex::new(nve));
+    let (watch_conn, events) = netlink::watch_underlay().context("watching the underlay")?;
+    tokio::spawn(watch_conn);
+    let watcher = tokio::spawn(follow_underlay(shared.clone(), events));
     let served = axum::serve(listener, server::router(shared.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await;
     let _ = fs::remove_file(&socket);
+    watcher.abort();
+    let _ = watcher.await;
     let nve = Arc::try_unwrap(shared)
         .map_err(|_| anyhow::anyhow!("API still holds the state after shutdown"))?
         .into_inner();
     nve.dataplane.teardown();
     tracing::info!(instance = %paths.instance, "nve daemon stopped; dataplane removed");
     served.context("serving the API")
+}
+
+/// Re-resolves next hops whenever the kernel reports a link, neighbour or route change,
+/// coalescing bursts.
+async fn follow_underlay(state: server::Shared, mut events: impl futures_util::Stream + Unpin) {
+    use futures_util::StreamExt;
+    while events.next().await.is_some() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        while let Some(Some(_)) = futures_util::FutureExt::now_or_never(events.next()) {}
+        let mut nve = state.lock().await;
+        let model = nve.model.clone();
+        if let Err(e) = nve.refresh_next_hops(&model).await {
+            tracing::warn!("refreshing underlay next hops: {e:#}");
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -15,8 +15,8 @@ use aya::{
 };
 use nve_common::{
     maps::{
-        CONFIG_MAP, DataplaneConfig, FDB_MAP, FdbEntry, FdbKey, PORTS_MAP, PortKey, PortValue,
-        STATS_MAP, VNS_MAP, VnInfo,
+        CONFIG_MAP, DataplaneConfig, FDB_MAP, FdbEntry, FdbKey, NEXTHOPS_MAP, NextHop, PORTS_MAP,
+        PortKey, PortValue, STATS_MAP, VNS_MAP, VnInfo,
     },
     metrics::{Counter, DropReason, Forward, Hook, Outcome},
 };
@@ -62,11 +62,24 @@ pub enum DataplaneError {
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("program {name}")]
-    Program { name: &'static str, #[source] source: aya::programs::ProgramError },
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("attaching {name} to {iface}")]
-    Attach { name: &'static str, iface: String, #[source] source: aya::programs::ProgramError },
+    Attach {
+        name: &'static str,
+        iface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("map {name}")]
-    Map { name: &'static str, #[source] source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error("map {name} is full")]
     MapFull { name: &'static str },
 }
@@ -83,6 +96,7 @@ pub struct Dataplane {
     ports: BpfHashMap<MapData, PortKey, PortValue>,
     vns: BpfHashMap<MapData, u32, VnInfo>,
     fdb: BpfHashMap<MapData, FdbKey, FdbEntry>,
+    next_hops: BpfHashMap<MapData, [u8; 4], NextHop>,
     stats: PerCpuArray<MapData, Counter>,
     /// VM ports with `tc_vm_egress` attached.
     vm_links: BTreeMap<String, SchedClassifierLinkId>,
@@ -112,6 +126,7 @@ impl Dataplane {
             ports: take_map(&mut ebpf, PORTS_MAP)?,
             vns: take_map(&mut ebpf, VNS_MAP)?,
             fdb: take_map(&mut ebpf, FDB_MAP)?,
+            next_hops: take_map(&mut ebpf, NEXTHOPS_MAP)?,
             stats: take_map(&mut ebpf, STATS_MAP)?,
             ebpf,
             pin_dir: pin_dir.into(),
@@ -119,24 +134,32 @@ impl Dataplane {
         };
 
         let tc = dp.classifier(TC_UNDERLAY_RX)?;
-        tc.attach(underlay, TcAttachType::Ingress).map_err(|source| DataplaneError::Attach {
-            name: TC_UNDERLAY_RX,
-            iface: underlay.into(),
-            source,
-        })?;
+        tc.attach(underlay, TcAttachType::Ingress)
+            .map_err(|source| DataplaneError::Attach {
+                name: TC_UNDERLAY_RX,
+                iface: underlay.into(),
+                source,
+            })?;
         if mode == UnderlayMode::Xdp {
             let xdp: &mut Xdp = dp
                 .ebpf
                 .program_mut(XDP_UNDERLAY_RX)
                 .ok_or(DataplaneError::MissingProgram(XDP_UNDERLAY_RX))?
                 .try_into()
-                .map_err(|source| DataplaneError::Program { name: XDP_UNDERLAY_RX, source })?;
-            xdp.load().map_err(|source| DataplaneError::Program { name: XDP_UNDERLAY_RX, source })?;
-            xdp.attach(underlay, XdpMode::Default).map_err(|source| DataplaneError::Attach {
+                .map_err(|source| DataplaneError::Program {
+                    name: XDP_UNDERLAY_RX,
+                    source,
+                })?;
+            xdp.load().map_err(|source| DataplaneError::Program {
                 name: XDP_UNDERLAY_RX,
-                iface: underlay.into(),
                 source,
             })?;
+            xdp.attach(underlay, XdpMode::Default)
+                .map_err(|source| DataplaneError::Attach {
+                    name: XDP_UNDERLAY_RX,
+                    iface: underlay.into(),
+                    source,
+                })?;
         }
         dp.classifier(TC_VM_EGRESS)?;
         Ok(dp)
@@ -151,7 +174,8 @@ impl Dataplane {
             .try_into()
             .map_err(|source| DataplaneError::Program { name, source })?;
         if prog.fd().is_err() {
-            prog.load().map_err(|source| DataplaneError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
         }
         Ok(prog)
     }
@@ -159,8 +183,12 @@ impl Dataplane {
     /// Makes the VM ports with `tc_vm_egress` attached exactly `ports` (those that exist).
     pub fn set_vm_ports<'a>(&mut self, ports: impl IntoIterator<Item = &'a str>) -> Result<()> {
         let wanted: Vec<&str> = ports.into_iter().collect();
-        let stale: Vec<String> =
-            self.vm_links.keys().filter(|p| !wanted.contains(&p.as_str())).cloned().collect();
+        let stale: Vec<String> = self
+            .vm_links
+            .keys()
+            .filter(|p| !wanted.contains(&p.as_str()))
+            .cloned()
+            .collect();
         for port in stale {
             let id = self.vm_links.remove(&port).expect("listed above");
             // The interface may be gone already, taking the link with it.
@@ -170,9 +198,14 @@ impl Dataplane {
             if self.vm_links.contains_key(port) {
                 continue;
             }
-            let id = self.classifier(TC_VM_EGRESS)?.attach(port, TcAttachType::Ingress).map_err(
-                |source| DataplaneError::Attach { name: TC_VM_EGRESS, iface: port.into(), source },
-            )?;
+            let id = self
+                .classifier(TC_VM_EGRESS)?
+                .attach(port, TcAttachType::Ingress)
+                .map_err(|source| DataplaneError::Attach {
+                    name: TC_VM_EGRESS,
+                    iface: port.into(),
+                    source,
+                })?;
             self.vm_links.insert(port.to_string(), id);
         }
         Ok(())
@@ -190,6 +223,12 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Makes the underlay next hops (remote VTEP -> egress and MACs) exactly `next_hops`.
+    pub fn set_next_hops(&mut self, next_hops: &HashMap<[u8; 4], NextHop>) -> Result<()> {
+        remove_absent(&mut self.next_hops, next_hops, NEXTHOPS_MAP)?;
+        upsert_changed(&mut self.next_hops, next_hops, NEXTHOPS_MAP)
+    }
+
     /// Counters summed over CPUs, by hook and outcome name; zero counters left out.
     pub fn stats(&self) -> Result<StatsView> {
         let outcomes = Forward::ALL
@@ -200,11 +239,16 @@ impl Dataplane {
         for hook in Hook::ALL {
             let mut per_hook = BTreeMap::new();
             for outcome in outcomes.clone() {
-                let values = self.stats.get(&outcome.slot(hook), 0).map_err(map_err(STATS_MAP))?;
-                let sum = values.iter().fold(CounterView::default(), |acc, c| CounterView {
-                    packets: acc.packets + c.packets,
-                    bytes: acc.bytes + c.bytes,
-                });
+                let values = self
+                    .stats
+                    .get(&outcome.slot(hook), 0)
+                    .map_err(map_err(STATS_MAP))?;
+                let sum = values
+                    .iter()
+                    .fold(CounterView::default(), |acc, c| CounterView {
+                        packets: acc.packets + c.packets,
+                        bytes: acc.bytes + c.bytes,
+                    });
                 if sum.packets != 0 {
                     per_hook.insert(outcome.name().to_string(), sum);
                 }
@@ -233,7 +277,9 @@ fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::MissingMap(name))?;
     T::try_from(map).map_err(map_err(name))
 }
 
@@ -265,7 +311,9 @@ fn upsert_changed<K: Pod + Eq + Hash, V: Pod + PartialEq>(
             continue;
         }
         map.insert(k, v, 0).map_err(|e| match e {
-            aya::maps::MapError::SyscallError(ref s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            aya::maps::MapError::SyscallError(ref s)
+                if s.io_error.raw_os_error() == Some(libc::E2BIG) =>
+            {
                 DataplaneError::MapFull { name }
             }
             e => DataplaneError::Map { name, source: e },

@@ -8,16 +8,14 @@ use std::{
 
 use nve_common::{
     maps::{
-        FLOOD_MAX_PORTS, FLOOD_MAX_REMOTES, FdbEntry, FdbKey, LocalPort, PortKey, PortValue,
-        VnInfo,
+        FLOOD_MAX_PORTS, FLOOD_MAX_REMOTES, FdbEntry, FdbKey, LocalPort, PortKey, PortValue, VnInfo,
     },
     wire::VNI_MAX,
 };
 
 use crate::{
     api::{
-        AttachPort, CreateVn, ErrorBody, ErrorCode, FdbTarget, FdbView, PortView, RemoteMac,
-        VnView,
+        AttachPort, CreateVn, ErrorBody, ErrorCode, FdbTarget, FdbView, PortView, RemoteMac, VnView,
     },
     mac::MacAddr,
 };
@@ -57,7 +55,9 @@ fn format_err(message: String) -> ErrorBody {
 fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if !ok {
         return Err(format_err(format!(
             "VN name {name:?}: 1 to 64 characters of [A-Za-z0-9._-]"
@@ -68,14 +68,18 @@ fn check_name(name: &str) -> Result<()> {
 
 fn check_unicast(mac: MacAddr) -> Result<()> {
     if mac.is_multicast() || mac.0 == [0; 6] {
-        return Err(format_err(format!("MAC {mac}: must be a unicast, non-zero address")));
+        return Err(format_err(format!(
+            "MAC {mac}: must be a unicast, non-zero address"
+        )));
     }
     Ok(())
 }
 
 fn check_vtep(vtep: Ipv4Addr) -> Result<()> {
     if vtep.is_unspecified() || vtep.is_multicast() || vtep.is_broadcast() {
-        return Err(format_err(format!("VTEP {vtep}: must be a unicast address")));
+        return Err(format_err(format!(
+            "VTEP {vtep}: must be a unicast address"
+        )));
     }
     Ok(())
 }
@@ -101,7 +105,10 @@ impl Model {
     pub fn create_vn(&mut self, req: &CreateVn) -> Result<()> {
         check_name(&req.name)?;
         if req.vni == 0 || req.vni > VNI_MAX {
-            return Err(format_err(format!("VNI {}: must be 1 to {VNI_MAX}", req.vni)));
+            return Err(format_err(format!(
+                "VNI {}: must be 1 to {VNI_MAX}",
+                req.vni
+            )));
         }
         if let Some(vn) = self.vns.get(&req.name) {
             if vn.vni == req.vni {
@@ -118,12 +125,21 @@ impl Model {
                 format!("VNI {} is already VN {other}", req.vni),
             ));
         }
-        self.vns.insert(req.name.clone(), Vn { vni: req.vni, ..Vn::default() });
+        self.vns.insert(
+            req.name.clone(),
+            Vn {
+                vni: req.vni,
+                ..Vn::default()
+            },
+        );
         Ok(())
     }
 
     pub fn delete_vn(&mut self, name: &str) -> Result<()> {
-        self.vns.remove(name).map(|_| ()).ok_or_else(|| unknown_vn(name))
+        self.vns
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| unknown_vn(name))
     }
 
     /// Binds (port, VID) to the VN with the MACs behind it; a repeat replaces the MACs.
@@ -135,7 +151,10 @@ impl Model {
             )));
         }
         if req.vid > VID_MAX {
-            return Err(format_err(format!("VID {}: must be 0 (untagged) to {VID_MAX}", req.vid)));
+            return Err(format_err(format!(
+                "VID {}: must be 0 (untagged) to {VID_MAX}",
+                req.vid
+            )));
         }
         for &mac in &req.macs {
             check_unicast(mac)?;
@@ -162,7 +181,10 @@ impl Model {
             if let Some(owner) = vn.mac_owner(mac).filter(|o| *o != FdbTarget::port(&key)) {
                 return Err(ErrorBody::new(
                     ErrorCode::EMacConflict,
-                    format!("MAC {mac} in VN {vn_name} is already at {}", owner.describe()),
+                    format!(
+                        "MAC {mac} in VN {vn_name} is already at {}",
+                        owner.describe()
+                    ),
                 ));
             }
         }
@@ -186,7 +208,11 @@ impl Model {
         if let Some(owner @ FdbTarget::Port { .. }) = vn.mac_owner(req.mac) {
             return Err(ErrorBody::new(
                 ErrorCode::EMacConflict,
-                format!("MAC {} in VN {vn_name} is local, at {}", req.mac, owner.describe()),
+                format!(
+                    "MAC {} in VN {vn_name} is local, at {}",
+                    req.mac,
+                    owner.describe()
+                ),
             ));
         }
         self.vn_mut(vn_name)?.remote.insert(req.mac, req.vtep);
@@ -217,7 +243,9 @@ impl Model {
     pub fn del_flood(&mut self, vn_name: &str, vtep: Ipv4Addr) -> Result<()> {
         let vn = self.vn_mut(vn_name)?;
         if !vn.flood.remove(&vtep) {
-            return Err(not_found(format!("VTEP {vtep} is not in VN {vn_name}'s flood list")));
+            return Err(not_found(format!(
+                "VTEP {vtep} is not in VN {vn_name}'s flood list"
+            )));
         }
         Ok(())
     }
@@ -286,17 +314,22 @@ impl Model {
                 info.remote_count += 1;
             }
             for ((port, vid), macs) in &vn.ports {
-                let Some(ifindex) = ifindex(port) else { continue };
+                let Some(ifindex) = ifindex(port) else {
+                    continue;
+                };
                 let local = LocalPort::new(ifindex, *vid);
                 info.ports[info.port_count as usize] = local;
                 info.port_count += 1;
-                d.ports.insert(PortKey::new(ifindex, *vid), PortValue { vni: vn.vni });
+                d.ports
+                    .insert(PortKey::new(ifindex, *vid), PortValue { vni: vn.vni });
                 for mac in macs {
-                    d.fdb.insert(FdbKey::new(vn.vni, mac.0), FdbEntry::local(local));
+                    d.fdb
+                        .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::local(local));
                 }
             }
             for (mac, vtep) in &vn.remote {
-                d.fdb.insert(FdbKey::new(vn.vni, mac.0), FdbEntry::remote(vtep.octets()));
+                d.fdb
+                    .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::remote(vtep.octets()));
             }
             d.vns.insert(vn.vni, info);
         }
@@ -306,7 +339,12 @@ impl Model {
 
 impl Vn {
     fn mac_owner(&self, mac: MacAddr) -> Option<FdbTarget> {
-        if let Some(key) = self.ports.iter().find(|(_, macs)| macs.contains(&mac)).map(|(k, _)| k) {
+        if let Some(key) = self
+            .ports
+            .iter()
+            .find(|(_, macs)| macs.contains(&mac))
+            .map(|(k, _)| k)
+        {
             return Some(FdbTarget::port(key));
         }
         self.remote.get(&mac).map(|&vtep| FdbTarget::Vtep { vtep })
@@ -315,7 +353,10 @@ impl Vn {
 
 impl FdbTarget {
     fn port((port, vid): &(String, u16)) -> Self {
-        FdbTarget::Port { port: port.clone(), vid: *vid }
+        FdbTarget::Port {
+            port: port.clone(),
+            vid: *vid,
+        }
     }
 
     fn describe(&self) -> String {
@@ -344,26 +385,58 @@ mod tests {
 
     fn model() -> Model {
         let mut m = Model::default();
-        m.create_vn(&CreateVn { name: "blue".into(), vni: 100 }).unwrap();
+        m.create_vn(&CreateVn {
+            name: "blue".into(),
+            vni: 100,
+        })
+        .unwrap();
         m
     }
 
     fn attach(port: &str, vid: u16, macs: &[&str]) -> AttachPort {
-        AttachPort { port: port.into(), vid, macs: macs.iter().map(|m| mac(m)).collect() }
+        AttachPort {
+            port: port.into(),
+            vid,
+            macs: macs.iter().map(|m| mac(m)).collect(),
+        }
     }
 
     #[test]
     fn create_is_idempotent_and_rejects_conflicts() {
         let mut m = model();
-        m.create_vn(&CreateVn { name: "blue".into(), vni: 100 }).unwrap();
+        m.create_vn(&CreateVn {
+            name: "blue".into(),
+            vni: 100,
+        })
+        .unwrap();
         let before = m.clone();
-        let e = m.create_vn(&CreateVn { name: "blue".into(), vni: 101 }).unwrap_err();
+        let e = m
+            .create_vn(&CreateVn {
+                name: "blue".into(),
+                vni: 101,
+            })
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::EExists);
-        let e = m.create_vn(&CreateVn { name: "red".into(), vni: 100 }).unwrap_err();
+        let e = m
+            .create_vn(&CreateVn {
+                name: "red".into(),
+                vni: 100,
+            })
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::EExists);
-        let e = m.create_vn(&CreateVn { name: "red".into(), vni: 1 << 24 }).unwrap_err();
+        let e = m
+            .create_vn(&CreateVn {
+                name: "red".into(),
+                vni: 1 << 24,
+            })
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::EFormat);
-        let e = m.create_vn(&CreateVn { name: "a b".into(), vni: 5 }).unwrap_err();
+        let e = m
+            .create_vn(&CreateVn {
+                name: "a b".into(),
+                vni: 5,
+            })
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::EFormat);
         assert_eq!(m, before);
     }
@@ -371,33 +444,59 @@ mod tests {
     #[test]
     fn a_port_vid_is_in_one_vn_and_a_mac_in_one_place() {
         let mut m = model();
-        m.create_vn(&CreateVn { name: "red".into(), vni: 200 }).unwrap();
-        m.attach_port("blue", &attach("tap1", 0, &["02:00:00:00:00:01"])).unwrap();
+        m.create_vn(&CreateVn {
+            name: "red".into(),
+            vni: 200,
+        })
+        .unwrap();
+        m.attach_port("blue", &attach("tap1", 0, &["02:00:00:00:00:01"]))
+            .unwrap();
         let before = m.clone();
         let e = m.attach_port("red", &attach("tap1", 0, &[])).unwrap_err();
         assert_eq!(e.code, ErrorCode::EVidConflict);
-        let e = m.attach_port("blue", &attach("tap2", 0, &["02:00:00:00:00:01"])).unwrap_err();
-        assert_eq!(e.code, ErrorCode::EMacConflict);
         let e = m
-            .add_remote("blue", &RemoteMac { mac: mac("02:00:00:00:00:01"), vtep: [10, 0, 0, 2].into() })
+            .attach_port("blue", &attach("tap2", 0, &["02:00:00:00:00:01"]))
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::EMacConflict);
-        let e = m.attach_port("blue", &attach("tap2", 4095, &[])).unwrap_err();
+        let e = m
+            .add_remote(
+                "blue",
+                &RemoteMac {
+                    mac: mac("02:00:00:00:00:01"),
+                    vtep: [10, 0, 0, 2].into(),
+                },
+            )
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::EMacConflict);
+        let e = m
+            .attach_port("blue", &attach("tap2", 4095, &[]))
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::EFormat);
-        let e = m.attach_port("blue", &attach("tap2", 0, &["01:00:5e:00:00:01"])).unwrap_err();
+        let e = m
+            .attach_port("blue", &attach("tap2", 0, &["01:00:5e:00:00:01"]))
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::EFormat);
         assert_eq!(m, before);
         // Same port on another VID of another VN is fine; same MAC in another VN too.
-        m.attach_port("red", &attach("tap1", 20, &["02:00:00:00:00:01"])).unwrap();
+        m.attach_port("red", &attach("tap1", 20, &["02:00:00:00:00:01"]))
+            .unwrap();
     }
 
     #[test]
     fn desired_maps_follow_the_model() {
         let mut m = model();
-        m.attach_port("blue", &attach("tap1", 0, &["02:00:00:00:00:01"])).unwrap();
-        m.attach_port("blue", &attach("gone", 0, &["02:00:00:00:00:03"])).unwrap();
-        m.add_remote("blue", &RemoteMac { mac: mac("02:00:00:00:00:02"), vtep: [10, 0, 0, 2].into() })
+        m.attach_port("blue", &attach("tap1", 0, &["02:00:00:00:00:01"]))
             .unwrap();
+        m.attach_port("blue", &attach("gone", 0, &["02:00:00:00:00:03"]))
+            .unwrap();
+        m.add_remote(
+            "blue",
+            &RemoteMac {
+                mac: mac("02:00:00:00:00:02"),
+                vtep: [10, 0, 0, 2].into(),
+            },
+        )
+        .unwrap();
         m.add_flood("blue", [10, 0, 0, 2].into()).unwrap();
         let d = m.desired(|name| (name == "tap1").then_some(7));
         assert_eq!(d.ports.len(), 1);
@@ -407,7 +506,10 @@ mod tests {
             d.fdb[&FdbKey::new(100, mac("02:00:00:00:00:01").0)],
             FdbEntry::local(LocalPort::new(7, 0))
         );
-        assert_eq!(d.fdb[&FdbKey::new(100, mac("02:00:00:00:00:02").0)], FdbEntry::remote([10, 0, 0, 2]));
+        assert_eq!(
+            d.fdb[&FdbKey::new(100, mac("02:00:00:00:00:02").0)],
+            FdbEntry::remote([10, 0, 0, 2])
+        );
         let vn = d.vns[&100];
         assert_eq!((vn.remote_count, vn.port_count), (1, 1));
         assert_eq!(vn.remotes[0], [10, 0, 0, 2]);

@@ -1,9 +1,19 @@
 //! The daemon's view of the host's links and neighbours.
 use std::{ffi::CString, net::Ipv4Addr};
 
+use futures_util::TryStreamExt;
+use nve_common::maps::NextHop;
 use rtnetlink::{
-    Handle,
-    packet_route::neighbour::{NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourState},
+    Handle, RouteMessageBuilder,
+    constants::{RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH},
+    packet_route::{
+        AddressFamily,
+        link::LinkAttribute,
+        neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourState,
+        },
+        route::{RouteAddress, RouteAttribute},
+    },
 };
 
 /// The index of interface `name` in this network namespace.
@@ -33,4 +43,114 @@ pub async fn keep_neighbour_resolved(
         .attributes
         .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
     req.execute().await
+}
+
+/// The underlay route to a remote VTEP: egress interface and the neighbour to send to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Route {
+    pub oif: u32,
+    /// The VTEP itself when on-link, else the route's gateway.
+    pub hop: Ipv4Addr,
+}
+
+/// Looks up the kernel's route to `vtep` (as `ip route get` does).
+pub async fn route_to(handle: &Handle, vtep: Ipv4Addr) -> Result<Option<Route>, rtnetlink::Error> {
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(vtep, 32)
+        .build();
+    let mut routes = handle.route().get(msg).execute();
+    let Some(route) = routes.try_next().await? else {
+        return Ok(None);
+    };
+    let mut oif = None;
+    let mut gateway = None;
+    for attr in route.attributes {
+        match attr {
+            RouteAttribute::Oif(i) => oif = Some(i),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(g),
+            _ => {}
+        }
+    }
+    Ok(oif.map(|oif| Route {
+        oif,
+        hop: gateway.unwrap_or(vtep),
+    }))
+}
+
+/// The next hop to `route` if its neighbour is resolved: interface MAC and MTU, and the
+/// neighbour's MAC.
+pub async fn next_hop(handle: &Handle, route: Route) -> Result<Option<NextHop>, rtnetlink::Error> {
+    let mut links = handle.link().get().match_index(route.oif).execute();
+    let Some(link) = links.try_next().await? else {
+        return Ok(None);
+    };
+    let mut smac = None;
+    let mut mtu = None;
+    for attr in link.attributes {
+        match attr {
+            LinkAttribute::Address(a) if a.len() == 6 => smac = a.try_into().ok(),
+            LinkAttribute::Mtu(m) => mtu = Some(m),
+            _ => {}
+        }
+    }
+    let (Some(smac), Some(mtu)) = (smac, mtu) else {
+        return Ok(None);
+    };
+    let mut neighbours = handle
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Inet)
+        .execute();
+    while let Some(n) = neighbours.try_next().await? {
+        if n.header.ifindex != route.oif || !USABLE.contains(&n.header.state) {
+            continue;
+        }
+        let mut dest = None;
+        let mut lladdr = None;
+        for attr in n.attributes {
+            match attr {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dest = Some(a),
+                NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                    lladdr = l.try_into().ok()
+                }
+                _ => {}
+            }
+        }
+        if let (Some(d), Some(dmac)) = (dest, lladdr)
+            && d == route.hop
+        {
+            return Ok(Some(NextHop {
+                ifindex: route.oif,
+                mtu,
+                smac,
+                dmac,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Neighbour states whose link-layer address may be used.
+const USABLE: [NeighbourState; 6] = [
+    NeighbourState::Reachable,
+    NeighbourState::Stale,
+    NeighbourState::Delay,
+    NeighbourState::Probe,
+    NeighbourState::Permanent,
+    NeighbourState::Noarp,
+];
+
+/// A connection that receives the kernel's link, neighbour and IPv4 route notifications:
+/// each message is a hint that next hops may have changed.
+pub fn watch_underlay() -> std::io::Result<(
+    impl std::future::Future<Output = ()>,
+    impl futures_util::Stream + Unpin,
+)> {
+    let (mut conn, _handle, messages) = rtnetlink::new_connection()?;
+    let groups = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE;
+    use rtnetlink::sys::AsyncSocket;
+    conn.socket_mut()
+        .socket_mut()
+        .bind(&rtnetlink::sys::SocketAddr::new(0, groups))?;
+    Ok((conn, messages))
 }

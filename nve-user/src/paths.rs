@@ -23,8 +23,13 @@ impl Paths {
     pub fn new(instance: &str) -> anyhow::Result<Self> {
         let ok = !instance.is_empty()
             && instance.len() <= 32
-            && instance.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
-        anyhow::ensure!(ok, "instance name {instance:?}: 1 to 32 characters of [A-Za-z0-9_-]");
+            && instance
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+        anyhow::ensure!(
+            ok,
+            "instance name {instance:?}: 1 to 32 characters of [A-Za-z0-9_-]"
+        );
         Ok(Self {
             instance: instance.to_string(),
             socket: PathBuf::from(format!("{RUN_DIR}/{instance}.sock")),

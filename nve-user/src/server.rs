@@ -1,7 +1,11 @@
 //! The API on the instance's Unix socket: HTTP/1.1 with JSON bodies under `/v1`. Handlers
 //! translate requests into model changes; [`Nve::change`] applies one to a copy of the
 //! model, brings the dataplane to it and commits it only if all of that succeeded.
-use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::Ipv4Addr,
+    sync::Arc,
+};
 
 use axum::{
     Json, Router,
@@ -11,15 +15,16 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{delete, get, put},
 };
+use nve_common::maps::NextHop;
 use serde::{Deserialize, de::DeserializeOwned};
 use tokio::sync::Mutex;
 
 use crate::{
     api::{
-        AttachPort, CreateVn, ErrorBody, ErrorCode, FdbView, FloodVtep, RemoteMac, StatsView,
-        StatusView, VnView,
+        AttachPort, CreateVn, ErrorBody, ErrorCode, FdbView, FloodVtep, NextHopView, RemoteMac,
+        StatsView, StatusView, VnView,
     },
-    dataplane::Dataplane,
+    dataplane::{Dataplane, DataplaneError},
     mac::MacAddr,
     model::Model,
     netlink,
@@ -35,8 +40,10 @@ pub struct Nve {
     pub netlink: rtnetlink::Handle,
     pub status: StatusView,
     pub underlay_ifindex: u32,
-    /// VTEPs whose neighbour entries the kernel keeps resolved for us.
-    pub managed_neighbours: BTreeSet<Ipv4Addr>,
+    /// Next hops whose neighbour entries the kernel keeps resolved for us.
+    pub managed_neighbours: BTreeSet<netlink::Route>,
+    /// Remote VTEPs -> their resolved next hop, as written to the dataplane.
+    pub next_hops: HashMap<[u8; 4], NextHop>,
 }
 
 pub type Shared = Arc<Mutex<Nve>>;
@@ -74,23 +81,42 @@ impl Nve {
                 format!("port {missing}: no such interface in the daemon's network namespace"),
             ));
         }
-        for vtep in model.vteps() {
-            if self.managed_neighbours.contains(&vtep) {
-                continue;
-            }
-            netlink::keep_neighbour_resolved(&self.netlink, self.underlay_ifindex, vtep)
-                .await
-                .map_err(|e| host(&format!("managed neighbour {vtep}: {e}")))?;
-            self.managed_neighbours.insert(vtep);
-        }
-        self.dataplane.set_vm_ports(ports.iter().copied()).map_err(|e| host(&format!("{e:#}")))?;
+        self.dataplane
+            .set_vm_ports(ports.iter().copied())
+            .map_err(|e| host(&format!("{e:#}")))?;
         let desired = model.desired(netlink::ifindex);
         self.dataplane.apply(&desired).map_err(|e| match e {
-            crate::dataplane::DataplaneError::MapFull { .. } => {
-                ErrorBody::new(ErrorCode::EResources, e.to_string())
-            }
+            DataplaneError::MapFull { .. } => ErrorBody::new(ErrorCode::EResources, e.to_string()),
             e => host(&anyhow::Error::from(e).to_string()),
-        })
+        })?;
+        self.refresh_next_hops(model)
+            .await
+            .map_err(|e| host(&format!("{e:#}")))
+    }
+
+    /// Resolves the underlay next hop of every remote VTEP of `model` from the kernel's
+    /// route and neighbour tables and mirrors them to the dataplane. A next hop seen for the
+    /// first time becomes a managed neighbour, which the kernel keeps resolved.
+    pub async fn refresh_next_hops(&mut self, model: &Model) -> anyhow::Result<()> {
+        let mut next_hops = HashMap::new();
+        for vtep in model.vteps() {
+            let Some(route) = netlink::route_to(&self.netlink, vtep).await? else {
+                tracing::warn!(%vtep, "no underlay route to VTEP");
+                continue;
+            };
+            if self.managed_neighbours.insert(route) {
+                netlink::keep_neighbour_resolved(&self.netlink, route.oif, route.hop).await?;
+            }
+            if let Some(nh) = netlink::next_hop(&self.netlink, route).await? {
+                next_hops.insert(vtep.octets(), nh);
+            }
+        }
+        if next_hops != self.next_hops {
+            self.dataplane.set_next_hops(&next_hops)?;
+            tracing::info!(resolved = next_hops.len(), "underlay next hops updated");
+            self.next_hops = next_hops;
+        }
+        Ok(())
     }
 }
 
@@ -108,7 +134,10 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/vns/{vn}/flood", put(add_flood))
         .route("/v1/vns/{vn}/flood/{vtep}", delete(del_flood))
         .fallback(|| async {
-            ApiError(ErrorBody::new(ErrorCode::ENotFound, "no such API path (this is API v1)"))
+            ApiError(ErrorBody::new(
+                ErrorCode::ENotFound,
+                "no such API path (this is API v1)",
+            ))
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -143,7 +172,10 @@ type ApiResult<T> = Result<T, ApiError>;
 /// Parses a JSON body into `T`; every failure is E_FORMAT naming what was wrong.
 fn body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ErrorBody> {
     let bytes = body.map_err(|e| {
-        ErrorBody::new(ErrorCode::EFormat, format!("request body (limit {MAX_BODY} bytes): {e}"))
+        ErrorBody::new(
+            ErrorCode::EFormat,
+            format!("request body (limit {MAX_BODY} bytes): {e}"),
+        )
     })?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ErrorBody::new(ErrorCode::EFormat, format!("request body: {e}")))
@@ -153,7 +185,8 @@ fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, ErrorBody>
 where
     T::Err: std::fmt::Display,
 {
-    s.parse().map_err(|e| ErrorBody::new(ErrorCode::EFormat, format!("{what} {s:?}: {e}")))
+    s.parse()
+        .map_err(|e| ErrorBody::new(ErrorCode::EFormat, format!("{what} {s:?}: {e}")))
 }
 
 fn ok() -> StatusCode {
@@ -165,6 +198,16 @@ async fn status(State(s): State<Shared>) -> Json<StatusView> {
     let mut v = nve.status.clone();
     v.vns = nve.model.vns().count();
     v.ports = nve.model.ports().count();
+    v.next_hops = nve
+        .next_hops
+        .iter()
+        .map(|(vtep, nh)| NextHopView {
+            vtep: Ipv4Addr::from(*vtep),
+            ifindex: nh.ifindex,
+            mac: MacAddr(nh.dmac),
+        })
+        .collect();
+    v.next_hops.sort_by_key(|n| n.vtep);
     Json(v)
 }
 
@@ -222,7 +265,10 @@ async fn detach_port(
     q: Result<Query<VidQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<StatusCode> {
     let Query(q) = q.map_err(|e| ErrorBody::new(ErrorCode::EFormat, e.body_text()))?;
-    s.lock().await.change(|m| m.detach_port(&vn, &port, q.vid)).await?;
+    s.lock()
+        .await
+        .change(|m| m.detach_port(&vn, &port, q.vid))
+        .await?;
     Ok(ok())
 }
 
@@ -251,7 +297,10 @@ async fn add_flood(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let req: FloodVtep = body(b)?;
-    s.lock().await.change(|m| m.add_flood(&vn, req.vtep)).await?;
+    s.lock()
+        .await
+        .change(|m| m.add_flood(&vn, req.vtep))
+        .await?;
     Ok(ok())
 }
 
