@@ -1,1 +1,3 @@
+pub mod packet;
+pub mod progtest;
 pub mod rig;

@@ -1,1 +1,380 @@
+//! Test rigs: network namespaces as hosts and VMs, veth underlays, nve daemons and the
+//! kernel's own vxlan as the peer. Every object is named from a per-process prefix and
+//! removed on drop, also when the test fails; namespaces of dead test processes are swept.
+use std::{
+    io::{Read, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::Once,
+    thread,
+    time::{Duration, Instant},
+};
 
+use anyhow::{Context as _, Result, bail};
+
+/// Every namespace a test creates starts with this.
+pub const NS_PREFIX: &str = "nvet";
+
+/// Fails the test with a clear message when not root.
+pub fn require_root() {
+    // SAFETY: no arguments, no side effects.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("nve integration tests need root (namespaces, BPF): run `cargo xtask test` as root");
+    }
+    static SWEEP: Once = Once::new();
+    SWEEP.call_once(sweep_stale);
+}
+
+/// Removes namespaces left by test processes that no longer run.
+fn sweep_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(rest) = name.strip_prefix(&format!("{NS_PREFIX}-")) else {
+            continue;
+        };
+        let pid: u32 = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if pid != 0 && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// Runs a command; its stdout, or an error with its stderr.
+pub fn run(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("spawning {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// `nvet-<pid>-<tag>`.
+    pub fn new(tag: &str) -> Result<Self> {
+        let name = format!("{NS_PREFIX}-{}-{tag}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        run(&["ip", "netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n <ns> ...`
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut v = vec!["ip", "-n", &self.name];
+        v.extend_from_slice(args);
+        run(&v)
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> Result<String> {
+        let mut v = vec!["ip", "netns", "exec", &self.name];
+        v.extend_from_slice(args);
+        run(&v)
+    }
+
+    /// A command to spawn inside the namespace (network only: mounts stay the host's, so
+    /// bpffs pins are the host's).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name))
+            .arg(program);
+        c
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A veth pair from `a`/`a_if` to `b`/`b_if`, both up.
+pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str, mtu: u32) -> Result<()> {
+    let mtu = mtu.to_string();
+    run(&[
+        "ip", "link", "add", a_if, "netns", &a.name, "mtu", &mtu, "type", "veth", "peer", "name",
+        b_if, "netns", &b.name, "mtu", &mtu,
+    ])?;
+    a.ip(&["link", "set", a_if, "up"])?;
+    b.ip(&["link", "set", b_if, "up"])?;
+    Ok(())
+}
+
+/// A VM: a namespace with `eth0` (MAC, IPv4/24, MTU 1450) whose peer `port` is in `host`.
+pub struct Vm {
+    pub ns: Netns,
+    pub mac: [u8; 6],
+    pub ip: String,
+}
+
+impl Vm {
+    pub fn new(tag: &str, host: &Netns, port: &str, mac: [u8; 6], ip: &str) -> Result<Self> {
+        let ns = Netns::new(tag)?;
+        veth(&ns, "eth0", host, port, 1450)?;
+        let mac_s = mac_str(mac);
+        ns.ip(&["link", "set", "eth0", "address", &mac_s])?;
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        Ok(Self {
+            ns,
+            mac,
+            ip: ip.to_string(),
+        })
+    }
+
+    pub fn mac_str(&self) -> String {
+        mac_str(self.mac)
+    }
+
+    /// `ping -c count` to `dst`; Ok when every reply came back.
+    pub fn ping(&self, dst: &str, count: u32) -> Result<String> {
+        self.ns.exec(&[
+            "ping",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            dst,
+        ])
+    }
+
+    /// Pings until one reply comes back (ARP resolution), at most `tries` times.
+    pub fn ping_until_reachable(&self, dst: &str, tries: u32) -> Result<()> {
+        for _ in 0..tries {
+            if self.ns.exec(&["ping", "-c", "1", "-W", "1", dst]).is_ok() {
+                return Ok(());
+            }
+        }
+        bail!(
+            "{dst} unreachable from {} after {tries} pings",
+            self.ns.name
+        )
+    }
+}
+
+pub fn mac_str(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The `nve` binary under test: `NVE_BIN`, else the workspace's debug build.
+pub fn nve_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NVE_BIN") {
+        return p.into();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/nve")
+}
+
+/// An `nve daemon` in a host namespace; SIGTERM on drop, then checks its pins are gone.
+pub struct Daemon {
+    child: Child,
+    pub instance: String,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `nve daemon` for `instance` in `host` and waits for its socket.
+    pub fn start(
+        host: &Netns,
+        tag: &str,
+        vtep: &str,
+        underlay: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let instance = format!("{NS_PREFIX}{}{tag}", std::process::id());
+        let socket = PathBuf::from(format!("/run/nve/{instance}.sock"));
+        let log = PathBuf::from(format!("/tmp/{instance}.log"));
+        let child = host
+            .command(nve_bin().to_str().context("nve path")?)
+            .args([
+                "--instance",
+                &instance,
+                "daemon",
+                "--vtep",
+                vtep,
+                "--underlay",
+                underlay,
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("spawning nve daemon")?;
+        let mut d = Self {
+            child,
+            instance,
+            socket,
+            log,
+        };
+        d.wait_ready()?;
+        Ok(d)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "nve daemon exited ({status}) before ready:\n{}",
+                    self.log_text()
+                );
+            }
+            if UnixStream::connect(&self.socket).is_ok() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        bail!("nve daemon not ready after 30 s:\n{}", self.log_text())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the `nve` CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(nve_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("running nve CLI")
+    }
+
+    /// Runs the CLI; its stdout, or an error with its stderr.
+    pub fn nve(&self, args: &[&str]) -> Result<String> {
+        let out = self.cli(args);
+        if !out.status.success() {
+            bail!("nve {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `nve stats --json`, as JSON.
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.nve(&["stats", "--json"])?)?)
+    }
+
+    /// Packets counted for `outcome` at `hook`.
+    pub fn counter(&self, hook: &str, outcome: &str) -> Result<u64> {
+        Ok(self.stats()?[hook][outcome]["packets"]
+            .as_u64()
+            .unwrap_or(0))
+    }
+
+    /// Waits until the daemon has resolved the underlay next hop of `vtep`.
+    pub fn wait_next_hop(&self, vtep: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let s: serde_json::Value = serde_json::from_str(&self.nve(&["status", "--json"])?)?;
+            if s["next_hops"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|n| n["vtep"] == vtep))
+            {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        bail!("next hop of {vtep} not resolved after 10 s")
+    }
+
+    /// One raw HTTP/1.1 request on the API socket: (status, body).
+    pub fn http(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, String)> {
+        http(&self.socket, method, path, body)
+    }
+
+    /// Stops the daemon with SIGTERM and returns its exit status.
+    pub fn stop(mut self) -> Result<std::process::ExitStatus> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        bail!("nve daemon ignored SIGTERM for 10 s")
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/nve/{}", self.instance))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.terminate();
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(self.pin_dir());
+        let _ = std::fs::remove_dir("/sys/fs/bpf/nve");
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(format!("/run/nve/{}.lock", self.instance));
+    }
+}
+
+/// One raw HTTP/1.1 request on a Unix socket: (status, body).
+pub fn http(socket: &Path, method: &str, path: &str, body: &[u8]) -> Result<(u16, String)> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: nve\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad HTTP response {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}

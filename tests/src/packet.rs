@@ -1,0 +1,152 @@
+//! A small frame builder for tests: Ethernet, 802.1Q, IPv4, UDP, VXLAN, ARP, ICMP.
+use std::net::Ipv4Addr;
+
+pub const BROADCAST: [u8; 6] = [0xff; 6];
+
+pub fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An 802.1Q-tagged frame.
+pub fn eth_tagged(dst: [u8; 6], src: [u8; 6], vid: u16, ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut tag = Vec::with_capacity(4 + payload.len());
+    tag.extend_from_slice(&vid.to_be_bytes());
+    tag.extend_from_slice(&ethertype.to_be_bytes());
+    tag.extend_from_slice(payload);
+    eth(dst, src, 0x8100, &tag)
+}
+
+/// RFC 1071 checksum.
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from(c[0]) << 8
+        };
+        sum += u32::from(w);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// IPv4 header fields a test may vary.
+#[derive(Clone, Debug)]
+pub struct Ipv4 {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub ttl: u8,
+    /// Flags + fragment offset field (0x4000 = DF).
+    pub frag: u16,
+    /// Options (a multiple of 4 bytes).
+    pub options: Vec<u8>,
+}
+
+impl Ipv4 {
+    pub fn new(src: Ipv4Addr, dst: Ipv4Addr, proto: u8) -> Self {
+        Self {
+            src,
+            dst,
+            proto,
+            ttl: 64,
+            frag: 0x4000,
+            options: Vec::new(),
+        }
+    }
+
+    pub fn packet(&self, payload: &[u8]) -> Vec<u8> {
+        let hlen = 20 + self.options.len();
+        let mut h = vec![0u8; hlen];
+        h[0] = 0x40 | (hlen / 4) as u8;
+        h[2..4].copy_from_slice(&((hlen + payload.len()) as u16).to_be_bytes());
+        h[6..8].copy_from_slice(&self.frag.to_be_bytes());
+        h[8] = self.ttl;
+        h[9] = self.proto;
+        h[12..16].copy_from_slice(&self.src.octets());
+        h[16..20].copy_from_slice(&self.dst.octets());
+        h[20..].copy_from_slice(&self.options);
+        let c = checksum(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        h.extend_from_slice(payload);
+        h
+    }
+}
+
+/// A UDP datagram with a zero checksum.
+pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = Vec::with_capacity(8 + payload.len());
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    u
+}
+
+pub fn vxlan(flags: u8, vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut v = vec![
+        flags,
+        0,
+        0,
+        0,
+        (vni >> 16) as u8,
+        (vni >> 8) as u8,
+        vni as u8,
+        0,
+    ];
+    v.extend_from_slice(inner);
+    v
+}
+
+/// A complete VXLAN-in-IPv4 frame.
+pub fn vxlan_frame(
+    outer_dst_mac: [u8; 6],
+    outer_src_mac: [u8; 6],
+    ip: &Ipv4,
+    sport: u16,
+    vni: u32,
+    inner: &[u8],
+) -> Vec<u8> {
+    eth(
+        outer_dst_mac,
+        outer_src_mac,
+        0x0800,
+        &ip.packet(&udp(sport, 4789, &vxlan(0x08, vni, inner))),
+    )
+}
+
+/// An ICMP echo request with `len` bytes of payload.
+pub fn icmp_echo(id: u16, seq: u16, len: usize) -> Vec<u8> {
+    let mut p = vec![8, 0, 0, 0];
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend((0..len).map(|i| i as u8));
+    let c = checksum(&p);
+    p[2..4].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// An inner IPv4 ICMP echo frame between two VMs.
+pub fn inner_ping(dst: [u8; 6], src: [u8; 6], len: usize) -> Vec<u8> {
+    let ip = Ipv4::new([192, 168, 10, 1].into(), [192, 168, 10, 2].into(), 1);
+    eth(dst, src, 0x0800, &ip.packet(&icmp_echo(1, 1, len)))
+}
+
+/// An ARP request (who has `target`, tell `sender`), broadcast.
+pub fn arp_request(src: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut a = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    a.extend_from_slice(&src);
+    a.extend_from_slice(&sender.octets());
+    a.extend_from_slice(&[0; 6]);
+    a.extend_from_slice(&target.octets());
+    eth(BROADCAST, src, 0x0806, &a)
+}
