@@ -144,6 +144,7 @@ impl Model {
 
     /// Binds (port, VID) to the VN with the MACs behind it; a repeat replaces the MACs.
     pub fn attach_port(&mut self, vn_name: &str, req: &AttachPort) -> Result<()> {
+        self.vn(vn_name)?;
         if req.port.is_empty() || req.port.len() > IFNAME_MAX || req.port.contains(['/', ' ']) {
             return Err(format_err(format!(
                 "port {:?}: an interface name of 1 to {IFNAME_MAX} bytes",

@@ -1,3 +1,4 @@
+pub mod overlay;
 pub mod packet;
 pub mod progtest;
 pub mod rig;

@@ -1,0 +1,239 @@
+//! Two-host overlay rigs: hosts h1 and h2 joined by a veth underlay (10.0.0.1/24,
+//! 10.0.0.2/24), one VM on each in VN `blue` (VNI 100, 192.168.10.0/24). Each host runs nve
+//! or the kernel's vxlan+bridge.
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::rig::{Daemon, Netns, Vm, mac_str, veth};
+
+pub const VNI: u32 = 100;
+pub const VN: &str = "blue";
+pub const H1_VTEP: &str = "10.0.0.1";
+pub const H2_VTEP: &str = "10.0.0.2";
+pub const VM1_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
+pub const VM2_MAC: [u8; 6] = [2, 0, 0, 0, 2, 1];
+pub const VM1_IP: &str = "192.168.10.1";
+pub const VM2_IP: &str = "192.168.10.2";
+
+/// Hosts, underlay and VMs; VMs are declared first so they go first on drop.
+pub struct TwoHosts {
+    pub vm1: Vm,
+    pub vm2: Vm,
+    pub h1: Netns,
+    pub h2: Netns,
+}
+
+impl TwoHosts {
+    pub fn new(tag: &str) -> Result<Self> {
+        let h1 = Netns::new(&format!("{tag}-h1"))?;
+        let h2 = Netns::new(&format!("{tag}-h2"))?;
+        veth(&h1, "ul", &h2, "ul", 1500)?;
+        h1.ip(&["addr", "add", &format!("{H1_VTEP}/24"), "dev", "ul"])?;
+        h2.ip(&["addr", "add", &format!("{H2_VTEP}/24"), "dev", "ul"])?;
+        let vm1 = Vm::new(&format!("{tag}-vm1"), &h1, "vm1p", VM1_MAC, VM1_IP)?;
+        let vm2 = Vm::new(&format!("{tag}-vm2"), &h2, "vm2p", VM2_MAC, VM2_IP)?;
+        Ok(Self { vm1, vm2, h1, h2 })
+    }
+}
+
+/// The reference peer: the kernel's vxlan (VNI 100, no learning, static FDB) and a bridge
+/// with the VM's port, in `host`.
+pub fn kernel_vxlan(
+    host: &Netns,
+    local: &str,
+    remote: &str,
+    vm_port: &str,
+    remote_macs: &[[u8; 6]],
+) -> Result<()> {
+    let vx = format!("vx{VNI}");
+    host.ip(&["link", "add", "br0", "type", "bridge"])?;
+    host.ip(&[
+        "link",
+        "add",
+        &vx,
+        "type",
+        "vxlan",
+        "id",
+        &VNI.to_string(),
+        "local",
+        local,
+        "dstport",
+        "4789",
+        "nolearning",
+        "dev",
+        "ul",
+    ])?;
+    host.ip(&["link", "set", &vx, "master", "br0", "up"])?;
+    host.ip(&["link", "set", vm_port, "master", "br0", "up"])?;
+    host.ip(&["link", "set", "br0", "up"])?;
+    host.exec(&[
+        "bridge",
+        "fdb",
+        "append",
+        "00:00:00:00:00:00",
+        "dev",
+        &vx,
+        "dst",
+        remote,
+    ])?;
+    for mac in remote_macs {
+        host.exec(&[
+            "bridge",
+            "fdb",
+            "add",
+            &mac_str(*mac),
+            "dev",
+            &vx,
+            "dst",
+            remote,
+        ])?;
+    }
+    Ok(())
+}
+
+/// nve in `host` serving the VM on `vm_port` (with `vm_mac`) in VN blue, with `remote_mac`
+/// behind `remote` and `remote` in the flood list.
+pub fn nve(
+    host: &Netns,
+    tag: &str,
+    vtep: &str,
+    extra: &[&str],
+    vm_port: &str,
+    vm_mac: [u8; 6],
+    remote: &str,
+    remote_mac: [u8; 6],
+) -> Result<Daemon> {
+    let d = Daemon::start(host, tag, vtep, "ul", extra)?;
+    d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])?;
+    d.nve(&["port", "attach", VN, vm_port, "--mac", &mac_str(vm_mac)])?;
+    d.nve(&["fdb", "add", VN, &mac_str(remote_mac), "--vtep", remote])?;
+    d.nve(&["flood", "add", VN, remote])?;
+    d.wait_next_hop(remote)?;
+    Ok(d)
+}
+
+/// One decoded VXLAN packet of a capture.
+#[derive(Clone, Debug)]
+pub struct VxlanPacket {
+    pub src: String,
+    pub dst: String,
+    pub sport: u16,
+    pub dport: u16,
+    pub vni: u32,
+    pub flags: u16,
+    /// Inner frame's protocols, e.g. "eth:ethertype:ip:icmp:data".
+    pub inner: String,
+}
+
+/// tcpdump on an interface of a namespace; stopped on drop.
+pub struct Capture {
+    child: Child,
+    pub file: PathBuf,
+}
+
+impl Capture {
+    pub fn start(ns: &Netns, iface: &str, filter: &str) -> Result<Self> {
+        let file = PathBuf::from(format!("/tmp/{}-{iface}.pcap", ns.name));
+        let _ = std::fs::remove_file(&file);
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", &ns.name, "tcpdump", "-i", iface, "-U", "-s", "256", "-w",
+            ])
+            .arg(&file)
+            .arg(filter)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning tcpdump")?;
+        let c = Self { child, file };
+        for _ in 0..50 {
+            if c.file.exists() {
+                thread::sleep(Duration::from_millis(200));
+                return Ok(c);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        bail!("tcpdump did not start")
+    }
+
+    /// Stops the capture and decodes it with tshark.
+    pub fn finish(mut self) -> Result<Vec<VxlanPacket>> {
+        thread::sleep(Duration::from_millis(300));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        let out = crate::rig::run(&[
+            "tshark",
+            "-r",
+            self.file.to_str().context("path")?,
+            "-Y",
+            "vxlan",
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "udp.srcport",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "vxlan.vni",
+            "-e",
+            "vxlan.flags",
+            "-e",
+            "frame.protocols",
+        ])?;
+        let mut packets = Vec::new();
+        for line in out.lines() {
+            let f: Vec<&str> = line.split('|').collect();
+            if f.len() < 7 {
+                continue;
+            }
+            let first = |s: &str| s.split(',').next().unwrap_or_default().to_string();
+            let flags = f[5].trim_start_matches("0x");
+            packets.push(VxlanPacket {
+                src: first(f[0]),
+                dst: first(f[1]),
+                sport: first(f[2]).parse().unwrap_or(0),
+                dport: first(f[3]).parse().unwrap_or(0),
+                vni: f[4].parse().unwrap_or(u32::MAX),
+                flags: u16::from_str_radix(flags, 16).unwrap_or(0),
+                inner: f[6]
+                    .split_once("vxlan:")
+                    .map(|(_, i)| i.to_string())
+                    .unwrap_or_default(),
+            });
+        }
+        Ok(packets)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// A bounded TCP transfer of `bytes` from `client` to an iperf3 server in `server`.
+pub fn tcp_transfer(server: &Vm, client: &Vm, port: u16, bytes: &str) -> Result<String> {
+    let port_s = port.to_string();
+    server
+        .ns
+        .exec(&["iperf3", "-s", "-1", "-D", "-p", &port_s])?;
+    thread::sleep(Duration::from_millis(300));
+    client.ns.exec(&[
+        "timeout", "30", "iperf3", "-c", &server.ip, "-p", &port_s, "-n", bytes, "-J",
+    ])
+}

@@ -1,0 +1,286 @@
+//! The daemon over its real socket: bad requests get specific errors, the daemon stays up
+//! and its state is unchanged; one daemon per instance.
+use nve_tests::rig::{Daemon, Netns, require_root, veth};
+use serde_json::{Value, json};
+
+fn code(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    v["code"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn bad_requests_get_specific_errors_and_change_nothing() {
+    require_root();
+    let host = Netns::new("api-h").unwrap();
+    let vm = Netns::new("api-vm").unwrap();
+    veth(&host, "ul", &vm, "peer", 1500).unwrap();
+    veth(&host, "tap1", &vm, "eth0", 1450).unwrap();
+    host.ip(&["addr", "add", "10.0.0.1/24", "dev", "ul"])
+        .unwrap();
+    let d = Daemon::start(&host, "api", "10.0.0.1", "ul", &[]).unwrap();
+
+    let ok = |method: &str, path: &str, body: Value| {
+        let (status, text) = d.http(method, path, body.to_string().as_bytes()).unwrap();
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path} {body}: {status} {text}"
+        );
+    };
+    ok("POST", "/v1/vns", json!({"name": "blue", "vni": 100}));
+    ok(
+        "PUT",
+        "/v1/vns/blue/ports",
+        json!({"port": "tap1", "macs": ["02:00:00:00:00:01"]}),
+    );
+    ok(
+        "PUT",
+        "/v1/vns/blue/fdb",
+        json!({"mac": "02:00:00:00:00:02", "vtep": "10.0.0.2"}),
+    );
+    let state = |path: &str| d.http("GET", path, b"").unwrap().1;
+    let before = (state("/v1/vns"), state("/v1/fdb"));
+
+    let long = format!("{{\"name\": \"{}\", \"vni\": 5}}", "x".repeat(100 * 1024));
+    let bad: &[(&str, &str, &str, u16, &str, &str)] = &[
+        (
+            "malformed JSON",
+            "POST",
+            "/v1/vns",
+            400,
+            "E_FORMAT",
+            "{\"name\": \"red\",",
+        ),
+        (
+            "not an object",
+            "POST",
+            "/v1/vns",
+            400,
+            "E_FORMAT",
+            "[1, 2]",
+        ),
+        (
+            "unknown field",
+            "POST",
+            "/v1/vns",
+            400,
+            "E_FORMAT",
+            r#"{"name": "red", "vni": 7, "colour": "red"}"#,
+        ),
+        (
+            "missing field",
+            "POST",
+            "/v1/vns",
+            400,
+            "E_FORMAT",
+            r#"{"name": "red"}"#,
+        ),
+        (
+            "VNI 0",
+            "POST",
+            "/v1/vns",
+            400,
+            "E_FORMAT",
+            r#"{"name": "red", "vni": 0}"#,
+        ),
+        (
+            "VNI over 24 bits",
+            "POST",
+            "/v1/vns",
+            400,
+            "E_FORMAT",
+            r#"{"name": "red", "vni": 16777216}"#,
+        ),
+        (
+            "bad VN name",
+            "POST",
+            "/v1/vns",
+            400,
+            "E_FORMAT",
+            r#"{"name": "red net", "vni": 7}"#,
+        ),
+        (
+            "duplicate VNI",
+            "POST",
+            "/v1/vns",
+            409,
+            "E_EXISTS",
+            r#"{"name": "red", "vni": 100}"#,
+        ),
+        (
+            "VN exists with another VNI",
+            "POST",
+            "/v1/vns",
+            409,
+            "E_EXISTS",
+            r#"{"name": "blue", "vni": 101}"#,
+        ),
+        ("oversized body", "POST", "/v1/vns", 400, "E_FORMAT", &long),
+        (
+            "unknown VN",
+            "PUT",
+            "/v1/vns/green/ports",
+            404,
+            "E_UNKNOWN_VN",
+            r#"{"port": "tap1"}"#,
+        ),
+        (
+            "bad MAC",
+            "PUT",
+            "/v1/vns/blue/fdb",
+            400,
+            "E_FORMAT",
+            r#"{"mac": "02:00:00:00:00:zz", "vtep": "10.0.0.2"}"#,
+        ),
+        (
+            "multicast MAC",
+            "PUT",
+            "/v1/vns/blue/fdb",
+            400,
+            "E_FORMAT",
+            r#"{"mac": "01:00:5e:00:00:01", "vtep": "10.0.0.2"}"#,
+        ),
+        (
+            "bad IP",
+            "PUT",
+            "/v1/vns/blue/fdb",
+            400,
+            "E_FORMAT",
+            r#"{"mac": "02:00:00:00:00:03", "vtep": "10.0.0.300"}"#,
+        ),
+        (
+            "multicast VTEP",
+            "PUT",
+            "/v1/vns/blue/flood",
+            400,
+            "E_FORMAT",
+            r#"{"vtep": "239.1.1.1"}"#,
+        ),
+        (
+            "local MAC as remote",
+            "PUT",
+            "/v1/vns/blue/fdb",
+            409,
+            "E_MAC_CONFLICT",
+            r#"{"mac": "02:00:00:00:00:01", "vtep": "10.0.0.2"}"#,
+        ),
+        (
+            "MAC on two ports",
+            "PUT",
+            "/v1/vns/blue/ports",
+            409,
+            "E_MAC_CONFLICT",
+            r#"{"port": "ul", "macs": ["02:00:00:00:00:02"]}"#,
+        ),
+        (
+            "VID out of range",
+            "PUT",
+            "/v1/vns/blue/ports",
+            400,
+            "E_FORMAT",
+            r#"{"port": "tap1", "vid": 4095}"#,
+        ),
+        (
+            "no such interface",
+            "PUT",
+            "/v1/vns/blue/ports",
+            422,
+            "E_HOST",
+            r#"{"port": "nosuch0"}"#,
+        ),
+        (
+            "bad MAC in path",
+            "DELETE",
+            "/v1/vns/blue/fdb/not-a-mac",
+            400,
+            "E_FORMAT",
+            "",
+        ),
+        (
+            "bad VTEP in path",
+            "DELETE",
+            "/v1/vns/blue/flood/10.0.0",
+            400,
+            "E_FORMAT",
+            "",
+        ),
+        (
+            "unknown remote MAC",
+            "DELETE",
+            "/v1/vns/blue/fdb/02:00:00:00:00:09",
+            404,
+            "E_NOT_FOUND",
+            "",
+        ),
+        ("unknown path", "GET", "/v2/vns", 404, "E_NOT_FOUND", ""),
+    ];
+    for (what, method, path, want_status, want_code, body) in bad {
+        let (status, text) = d.http(method, path, body.as_bytes()).unwrap();
+        assert_eq!(
+            (status, code(&text).as_str()),
+            (*want_status, *want_code),
+            "{what}: {text}"
+        );
+        let message = serde_json::from_str::<Value>(&text).unwrap()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(!message.is_empty(), "{what}: no message");
+    }
+    assert_eq!(
+        (state("/v1/vns"), state("/v1/fdb")),
+        before,
+        "a rejected request changed state"
+    );
+
+    // A burst of bad and good requests from several clients at once: all answered.
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let socket = d.socket.clone();
+            std::thread::spawn(move || {
+                let (s, _) = nve_tests::rig::http(&socket, "POST", "/v1/vns", b"{oops").unwrap();
+                assert_eq!(s, 400);
+                let body = json!({"name": format!("vn{i}"), "vni": 1000 + i}).to_string();
+                let (s, t) =
+                    nve_tests::rig::http(&socket, "POST", "/v1/vns", body.as_bytes()).unwrap();
+                assert_eq!(s, 201, "{t}");
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let vns: Value = serde_json::from_str(&state("/v1/vns")).unwrap();
+    assert_eq!(vns.as_array().unwrap().len(), 9);
+
+    // The CLI reports the daemon's error and fails.
+    let out = d.cli(&["vn", "add", "red", "--vni", "100"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("E_EXISTS") && stderr.contains("VNI 100"),
+        "{stderr}"
+    );
+
+    // A second daemon for the same instance refuses, and leaves the first one alone.
+    let second = host
+        .command(nve_tests::rig::nve_bin().to_str().unwrap())
+        .args([
+            "--instance",
+            &d.instance,
+            "daemon",
+            "--vtep",
+            "10.0.0.1",
+            "--underlay",
+            "ul",
+        ])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("already running"), "{stderr}");
+    assert_eq!(d.http("GET", "/v1/status", b"").unwrap().0, 200);
+
+    let pins = d.pin_dir();
+    assert!(d.stop().unwrap().success());
+    assert!(!pins.exists(), "pins left at {}", pins.display());
+}
