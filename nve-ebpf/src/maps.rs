@@ -39,23 +39,23 @@ pub fn config() -> Option<&'static DataplaneConfig> {
 #[inline(always)]
 pub fn vn(vni: u32) -> Option<&'static VnInfo> {
     // SAFETY: the value is copied out or read before the program returns.
-    unsafe { NVE_VNS.get(&vni) }
+    unsafe { NVE_VNS.get(vni) }
 }
 
 #[inline(always)]
 pub fn fdb(vni: u32, mac: [u8; 6]) -> Option<&'static FdbEntry> {
     // SAFETY: as above.
-    unsafe { NVE_FDB.get(&FdbKey::new(vni, mac)) }
+    unsafe { NVE_FDB.get(FdbKey::new(vni, mac)) }
 }
 
 #[inline(always)]
 pub fn port(ifindex: u32, vid: u16) -> Option<&'static PortValue> {
     // SAFETY: as above.
-    unsafe { NVE_PORTS.get(&PortKey::new(ifindex, vid)) }
+    unsafe { NVE_PORTS.get(PortKey::new(ifindex, vid)) }
 }
 
 #[inline(always)]
 pub fn next_hop(vtep: [u8; 4]) -> Option<&'static NextHop> {
     // SAFETY: as above.
-    unsafe { NVE_NEXTHOPS.get(&vtep) }
+    unsafe { NVE_NEXTHOPS.get(vtep) }
 }

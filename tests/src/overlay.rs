@@ -97,21 +97,24 @@ pub fn kernel_vxlan(
     Ok(())
 }
 
-/// nve in `host` serving the VM on `vm_port` (with `vm_mac`) in VN blue, with `remote_mac`
-/// behind `remote` and `remote` in the flood list.
-pub fn nve(
-    host: &Netns,
-    tag: &str,
-    vtep: &str,
-    extra: &[&str],
-    vm_port: &str,
-    vm_mac: [u8; 6],
-    remote: &str,
-    remote_mac: [u8; 6],
-) -> Result<Daemon> {
+/// A host of [`TwoHosts`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    H1,
+    H2,
+}
+
+/// nve on `side`, serving its VM in VN blue, with the other VM's MAC behind the other
+/// host's VTEP, which is also the VN's flood list. Waits until the underlay next hop is
+/// resolved.
+pub fn nve(rig: &TwoHosts, side: Side, tag: &str, extra: &[&str]) -> Result<Daemon> {
+    let (host, vtep, port, mac, remote, remote_mac) = match side {
+        Side::H1 => (&rig.h1, H1_VTEP, "vm1p", VM1_MAC, H2_VTEP, VM2_MAC),
+        Side::H2 => (&rig.h2, H2_VTEP, "vm2p", VM2_MAC, H1_VTEP, VM1_MAC),
+    };
     let d = Daemon::start(host, tag, vtep, "ul", extra)?;
     d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])?;
-    d.nve(&["port", "attach", VN, vm_port, "--mac", &mac_str(vm_mac)])?;
+    d.nve(&["port", "attach", VN, port, "--mac", &mac_str(mac)])?;
     d.nve(&["fdb", "add", VN, &mac_str(remote_mac), "--vtep", remote])?;
     d.nve(&["flood", "add", VN, remote])?;
     d.wait_next_hop(remote)?;

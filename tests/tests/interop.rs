@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use nve_tests::{
-    overlay::{self, Capture, H1_VTEP, H2_VTEP, TwoHosts, VM1_IP, VM1_MAC, VM2_IP, VM2_MAC, VNI},
+    overlay::{self, Capture, H1_VTEP, H2_VTEP, Side, TwoHosts, VM1_IP, VM1_MAC, VM2_IP, VNI},
     rig::require_root,
 };
 
@@ -21,17 +21,7 @@ fn interop(tag: &str, mode: &str) {
             .exec(&["ethtool", "-K", "eth0", "gro", "on"])
             .unwrap();
     }
-    let nve = overlay::nve(
-        &rig.h1,
-        tag,
-        H1_VTEP,
-        &["--underlay-mode", mode],
-        "vm1p",
-        VM1_MAC,
-        H2_VTEP,
-        VM2_MAC,
-    )
-    .unwrap();
+    let nve = overlay::nve(&rig, Side::H1, tag, &["--underlay-mode", mode]).unwrap();
     let capture = Capture::start(&rig.h2, "ul", "udp port 4789").unwrap();
 
     rig.vm1.ping_until_reachable(VM2_IP, 5).unwrap();

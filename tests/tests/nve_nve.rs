@@ -1,6 +1,6 @@
 //! nve on both hosts: ICMP and TCP both ways, decapsulation counted on each side.
 use nve_tests::{
-    overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_IP, VM1_MAC, VM2_IP, VM2_MAC},
+    overlay::{self, Side, TwoHosts, VM1_IP, VM2_IP},
     rig::require_root,
 };
 
@@ -8,28 +8,8 @@ use nve_tests::{
 fn nve_to_nve() {
     require_root();
     let rig = TwoHosts::new("nn").unwrap();
-    let d1 = overlay::nve(
-        &rig.h1,
-        "nn1",
-        H1_VTEP,
-        &[],
-        "vm1p",
-        VM1_MAC,
-        H2_VTEP,
-        VM2_MAC,
-    )
-    .unwrap();
-    let d2 = overlay::nve(
-        &rig.h2,
-        "nn2",
-        H2_VTEP,
-        &[],
-        "vm2p",
-        VM2_MAC,
-        H1_VTEP,
-        VM1_MAC,
-    )
-    .unwrap();
+    let d1 = overlay::nve(&rig, Side::H1, "nn1", &[]).unwrap();
+    let d2 = overlay::nve(&rig, Side::H2, "nn2", &[]).unwrap();
 
     rig.vm1.ping_until_reachable(VM2_IP, 5).unwrap();
     rig.vm1.ping(VM2_IP, 3).expect("ICMP h1 -> h2");

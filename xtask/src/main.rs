@@ -1,1 +1,96 @@
-fn main() {}
+//! `cargo xtask`: what cargo alone cannot do. Installs what a fresh machine lacks (rust-src,
+//! bpf-linker, the rigs' Debian packages), runs the privileged test suite, the demo and the
+//! bench. Every verb sets the machine up first; a second run finds everything in place.
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod setup;
+mod test;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Build the `nve` binary (release).
+    Build,
+    /// Lint, unit tests, then the root-only BPF and namespace tests.
+    Test(test::TestArgs),
+    /// Two hosts, one VM each, one VN: watch them talk over VXLAN.
+    Demo,
+    /// Per-program cost and VM-to-VM throughput against the kernel's vxlan+bridge.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// One short round of everything (a smoke run, not a measurement).
+    #[arg(long)]
+    quick: bool,
+}
+
+/// Builds `nve` (release) and runs one of the rig binaries of nve-tests against it.
+fn run_bin(what: &str, bin: &str, args: &[&str]) -> anyhow::Result<()> {
+    setup::all()?;
+    test::require_root(what)?;
+    cmd::cargo(&["build", "--release", "-p", "nve-user"])?;
+    let nve = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/nve");
+    cmd::run(
+        std::process::Command::new(env!("CARGO"))
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "nve-tests",
+                "--bin",
+                bin,
+                "--",
+            ])
+            .args(args)
+            .env("NVE_BIN", nve),
+    )
+}
+
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
+        Command::Setup => setup::all(),
+        Command::Build => {
+            setup::all().and_then(|()| cmd::cargo(&["build", "--release", "-p", "nve-user"]))
+        }
+        Command::Test(args) => test::run(&args),
+        Command::Demo => setup::all().and_then(|()| {
+            test::require_root("the demo")?;
+            cmd::cargo(&["run", "--release", "-p", "nve-tests", "--bin", "nve-demo"])
+        }),
+        Command::Bench(args) => setup::all().and_then(|()| {
+            test::require_root("the bench")?;
+            let mut a = vec![
+                "run",
+                "--release",
+                "-p",
+                "nve-tests",
+                "--bin",
+                "nve-bench",
+                "--",
+            ];
+            if args.quick {
+                a.push("--quick");
+            }
+            cmd::cargo(&a)
+        }),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
