@@ -65,26 +65,11 @@ fn main() -> std::process::ExitCode {
             setup::all().and_then(|()| cmd::cargo(&["build", "--release", "-p", "nve-user"]))
         }
         Command::Test(args) => test::run(&args),
-        Command::Demo => setup::all().and_then(|()| {
-            test::require_root("the demo")?;
-            cmd::cargo(&["run", "--release", "-p", "nve-tests", "--bin", "nve-demo"])
-        }),
-        Command::Bench(args) => setup::all().and_then(|()| {
-            test::require_root("the bench")?;
-            let mut a = vec![
-                "run",
-                "--release",
-                "-p",
-                "nve-tests",
-                "--bin",
-                "nve-bench",
-                "--",
-            ];
-            if args.quick {
-                a.push("--quick");
-            }
-            cmd::cargo(&a)
-        }),
+        Command::Demo => run_bin("the demo", "nve-demo", &[]),
+        Command::Bench(args) => {
+            let quick: &[&str] = if args.quick { &["--quick"] } else { &[] };
+            run_bin("the bench", "nve-bench", quick)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,448 @@
+//! `cargo xtask bench [--quick]`: what nve costs, as ratios to baselines measured in the same
+//! run (../shared/docs/bench.md):
+//! - ns per packet of each program through BPF_PROG_TEST_RUN, against a trivial XDP program;
+//! - VM-to-VM TCP (1 and 4 streams) and 60-byte UDP frames per second between two hosts,
+//!   through nve (tc and xdp modes), the kernel's vxlan+bridge, and a plain veth+bridge
+//!   without encapsulation (the ceiling). Configurations alternate within each round; each
+//!   figure is the median of the rounds, with min and max.
+//!
+//! Writes a table to stdout, and `target/bench/bench.json` and `target/bench/ratios.svg`.
+use std::{
+    collections::BTreeMap, fmt::Write as _, fs, os::unix::process::CommandExt, path::PathBuf,
+    thread, time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use nve_tests::{
+    overlay::{self, H1_VTEP, H2_VTEP, Side, TwoHosts, VM1_MAC, VM2_IP, VM2_MAC},
+    packet::{self, Ipv4},
+    progtest::{self, Loaded, Program},
+    rig::{Daemon, Netns, Vm, require_root},
+};
+use serde_json::{Value, json};
+
+struct Settings {
+    rounds: usize,
+    seconds: u32,
+    runs: u32,
+}
+
+fn main() -> Result<()> {
+    require_root();
+    let quick = std::env::args().any(|a| a == "--quick");
+    let s = if quick {
+        Settings {
+            rounds: 1,
+            seconds: 1,
+            runs: 2_000,
+        }
+    } else {
+        Settings {
+            rounds: 3,
+            seconds: 5,
+            runs: 100_000,
+        }
+    };
+    let programs = program_costs(&s)?;
+    let traffic = traffic(&s)?;
+    report(&programs, &traffic, quick)
+}
+
+/// VM frame sizes: the smallest, and the largest a 1450-byte VM MTU allows.
+const FRAME_SIZES: [usize; 2] = [64, 1464];
+
+/// (name, frame bytes) -> ns per run, per round.
+type Samples = BTreeMap<(String, usize), Vec<f64>>;
+
+fn program_costs(s: &Settings) -> Result<Samples> {
+    eprintln!(
+        "==> per-program cost: {} rounds of {} BPF_PROG_TEST_RUNs per program",
+        s.rounds, s.runs
+    );
+    let l = Loaded::new("bench")?;
+    let mut samples = Samples::new();
+    let ip = Ipv4::new(progtest::REMOTE, progtest::VTEP, 17);
+    for size in FRAME_SIZES {
+        // `size` is the VM's frame; decapsulation sees it plus 50 bytes of outer headers.
+        let vm_frame = |dst, src| packet::inner_ping(dst, src, size - 42);
+        let decap_frame = packet::vxlan_frame(
+            progtest::UNDERLAY_MAC,
+            progtest::NEXT_HOP_MAC,
+            &ip,
+            50000,
+            progtest::VNI,
+            &vm_frame(progtest::VM1, progtest::VM2),
+        );
+        let to_remote = vm_frame(progtest::VM2, progtest::VM1);
+        let to_local = vm_frame(progtest::VM3, progtest::VM1);
+        let rows: [(&str, Program, &[u8]); 5] = [
+            ("xdp_pass (baseline)", Program::XdpPass, &decap_frame),
+            (
+                "decap xdp_underlay_rx",
+                Program::XdpUnderlayRx,
+                &decap_frame,
+            ),
+            ("decap tc_underlay_rx", Program::TcUnderlayRx, &decap_frame),
+            ("encap tc_vm_egress", Program::TcVmEgress, &to_remote),
+            ("local switch tc_vm_egress", Program::TcVmEgress, &to_local),
+        ];
+        // One run per call: with `repeat`, the kernel reruns the program on the frame the
+        // previous run left (already encapsulated or decapsulated), which measures another
+        // path. Rows alternate; each sample is the median of a batch of single runs.
+        for _ in 0..s.rounds {
+            for (name, program, frame) in rows {
+                let mut batch = Vec::with_capacity(s.runs as usize);
+                for _ in 0..s.runs {
+                    batch.push(l.run(program, frame, 1)?.2);
+                }
+                samples
+                    .entry((name.to_string(), size))
+                    .or_default()
+                    .push(stats(&batch).0);
+            }
+        }
+    }
+    Ok(samples)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Config {
+    Raw,
+    Kernel,
+    NveTc,
+    NveXdp,
+}
+
+impl Config {
+    const ALL: [Config; 4] = [Config::Raw, Config::Kernel, Config::NveTc, Config::NveXdp];
+
+    fn name(self) -> &'static str {
+        match self {
+            Config::Raw => "veth+bridge (no VXLAN, ceiling)",
+            Config::Kernel => "kernel vxlan+bridge",
+            Config::NveTc => "nve tc",
+            Config::NveXdp => "nve xdp",
+        }
+    }
+}
+
+/// A two-host rig in one configuration; its daemons stop before its namespaces go.
+struct Setup {
+    _daemons: Vec<Daemon>,
+    rig: TwoHosts,
+}
+
+fn build(config: Config, round: usize) -> Result<Setup> {
+    let tag = format!("b{round}{}", config as u8);
+    let rig = TwoHosts::new(&tag)?;
+    let mut daemons = Vec::new();
+    match config {
+        Config::Raw => {
+            for (host, port) in [(&rig.h1, "vm1p"), (&rig.h2, "vm2p")] {
+                host.ip(&["link", "add", "br0", "type", "bridge"])?;
+                host.ip(&["link", "set", "ul", "master", "br0"])?;
+                host.ip(&["link", "set", port, "master", "br0"])?;
+                host.ip(&["link", "set", "br0", "up"])?;
+            }
+        }
+        Config::Kernel => {
+            overlay::kernel_vxlan(&rig.h1, H1_VTEP, H2_VTEP, "vm1p", &[VM2_MAC])?;
+            overlay::kernel_vxlan(&rig.h2, H2_VTEP, H1_VTEP, "vm2p", &[VM1_MAC])?;
+        }
+        Config::NveTc | Config::NveXdp => {
+            let mode = if config == Config::NveXdp {
+                "xdp"
+            } else {
+                "tc"
+            };
+            if config == Config::NveXdp {
+                // veth leaves inner checksums to be filled (CHECKSUM_PARTIAL), which XDP
+                // cannot see: senders finish them (this also turns their TSO off), and the
+                // VMs' veths need GRO to take XDP redirects.
+                for (host, vm) in [(&rig.h1, &rig.vm1), (&rig.h2, &rig.vm2)] {
+                    host.exec(&["ethtool", "-K", "ul", "tx", "off"])?;
+                    vm.ns.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
+                }
+            }
+            for side in [Side::H1, Side::H2] {
+                daemons.push(overlay::nve(
+                    &rig,
+                    side,
+                    &format!("{tag}{side:?}"),
+                    &["--underlay-mode", mode],
+                )?);
+            }
+        }
+    }
+    rig.vm1.ping_until_reachable(VM2_IP, 5)?;
+    Ok(Setup {
+        _daemons: daemons,
+        rig,
+    })
+}
+
+/// Figure name -> config -> samples; plus what bounded each sample.
+#[derive(Default)]
+struct Traffic {
+    samples: BTreeMap<String, BTreeMap<Config, Vec<f64>>>,
+    notes: BTreeMap<String, BTreeMap<Config, Vec<String>>>,
+}
+
+impl Traffic {
+    fn add(&mut self, figure: &str, config: Config, value: f64, note: String) {
+        self.samples
+            .entry(figure.into())
+            .or_default()
+            .entry(config)
+            .or_default()
+            .push(value);
+        self.notes
+            .entry(figure.into())
+            .or_default()
+            .entry(config)
+            .or_default()
+            .push(note);
+    }
+}
+
+fn traffic(s: &Settings) -> Result<Traffic> {
+    let mut t = Traffic::default();
+    for round in 0..s.rounds {
+        for config in Config::ALL {
+            eprintln!("==> round {}/{}: {}", round + 1, s.rounds, config.name());
+            let setup = build(config, round).with_context(|| config.name())?;
+            for streams in [1u32, 4] {
+                let (gbps, retrans) = tcp(&setup.rig, streams, s.seconds)?;
+                t.add(
+                    &format!("TCP {streams} stream(s), Gbit/s"),
+                    config,
+                    gbps,
+                    format!("{retrans} retransmits"),
+                );
+            }
+            let (kpps, sent) = small_packets(&setup.rig, s.seconds)?;
+            let loss = if sent > 0.0 {
+                100.0 * (1.0 - kpps * 1000.0 * s.seconds as f64 / sent)
+            } else {
+                0.0
+            };
+            t.add(
+                "60-byte frames, kpps at the far VM",
+                config,
+                kpps,
+                format!("{loss:.0}% of sent not received"),
+            );
+        }
+    }
+    Ok(t)
+}
+
+fn tcp(rig: &TwoHosts, streams: u32, seconds: u32) -> Result<(f64, u64)> {
+    rig.vm2
+        .ns
+        .exec(&["iperf3", "-s", "-1", "-D", "-p", "5201"])?;
+    thread::sleep(Duration::from_millis(300));
+    let out = rig.vm1.ns.exec(&[
+        "timeout",
+        &(seconds + 20).to_string(),
+        "iperf3",
+        "-c",
+        VM2_IP,
+        "-p",
+        "5201",
+        "-t",
+        &seconds.to_string(),
+        "-P",
+        &streams.to_string(),
+        "-J",
+    ])?;
+    let v: Value = serde_json::from_str(&out)?;
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 JSON")?;
+    let retrans = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+    Ok((bps / 1e9, retrans))
+}
+
+fn link_packets(ns: &Netns, dir: &str) -> Result<u64> {
+    let v: Value = serde_json::from_str(&ns.ip(&["-s", "-j", "link", "show", "eth0"])?)?;
+    v[0]["stats64"][dir]["packets"]
+        .as_u64()
+        .context("ip -s -j link")
+}
+
+/// 60-byte UDP frames from vm1 to vm2 with trafgen (one process per CPU): (kpps received by
+/// vm2, frames vm1 sent) over a `seconds` window after a warm-up. trafgen is bounded by a
+/// frame count and killed after the window.
+fn small_packets(rig: &TwoHosts, seconds: u32) -> Result<(f64, f64)> {
+    let frame = small_frame(&rig.vm1, &rig.vm2);
+    let bytes: Vec<String> = frame.iter().map(|b| format!("0x{b:02x}")).collect();
+    let conf = PathBuf::from(format!("/tmp/{}-trafgen.cfg", rig.vm1.ns.name));
+    fs::write(&conf, format!("{{ {} }}\n", bytes.join(", ")))?;
+    let limit = (2_000_000 * (seconds + 2)).to_string();
+    let mut child = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &rig.vm1.ns.name,
+            "trafgen",
+            "--dev",
+            "eth0",
+            "-q",
+            "-n",
+            &limit,
+            "--conf",
+        ])
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    thread::sleep(Duration::from_millis(500));
+    let (rx0, tx0) = (
+        link_packets(&rig.vm2.ns, "rx")?,
+        link_packets(&rig.vm1.ns, "tx")?,
+    );
+    thread::sleep(Duration::from_secs(seconds.into()));
+    let (rx1, tx1) = (
+        link_packets(&rig.vm2.ns, "rx")?,
+        link_packets(&rig.vm1.ns, "tx")?,
+    );
+    // SAFETY: killing the process group we created.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = child.wait();
+    let _ = fs::remove_file(&conf);
+    Ok((
+        (rx1 - rx0) as f64 / seconds as f64 / 1000.0,
+        (tx1 - tx0) as f64,
+    ))
+}
+
+fn small_frame(from: &Vm, to: &Vm) -> Vec<u8> {
+    let ip = Ipv4::new([192, 168, 10, 1].into(), to.ip.parse().expect("VM IP"), 17);
+    let frame = packet::eth(
+        to.mac,
+        from.mac,
+        0x0800,
+        &ip.packet(&packet::udp(9, 9, &[0; 18])),
+    );
+    debug_assert_eq!(frame.len(), 60);
+    frame
+}
+
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    (s[s.len() / 2], s[0], s[s.len() - 1])
+}
+
+fn report(programs: &Samples, traffic: &Traffic, quick: bool) -> Result<()> {
+    let mut out = String::new();
+    let mut json_programs = Vec::new();
+    out.push_str(
+        "\nPer-program cost (BPF_PROG_TEST_RUN, one run per call; its timing of a single run\n\
+         includes the kernel's timer, about 60 ns here. VM frame size; median [min-max] ns;\n\
+         ratio to xdp_pass; ns added over xdp_pass)\n",
+    );
+    for size in FRAME_SIZES {
+        let base = stats(&programs[&("xdp_pass (baseline)".to_string(), size)]).0;
+        for ((name, sz), v) in programs.iter().filter(|((_, sz), _)| *sz == size) {
+            let (med, min, max) = stats(v);
+            writeln!(
+                out,
+                "  {name:<28} {sz:>5} B  {med:>7.1} [{min:.1}-{max:.1}]  x{:.2}  +{:.0} ns",
+                med / base,
+                med - base
+            )?;
+            json_programs.push(json!({"program": name, "frame_bytes": sz, "ns_median": med, "ns_min": min, "ns_max": max, "ratio_to_xdp_pass": med / base, "ns_over_xdp_pass": med - base}));
+        }
+    }
+    let mut json_traffic = Vec::new();
+    let mut plot = Vec::new();
+    writeln!(
+        out,
+        "\nVM to VM across two hosts (median [min-max]; ratio to kernel vxlan+bridge)"
+    )?;
+    for (figure, configs) in &traffic.samples {
+        writeln!(out, "  {figure}")?;
+        let kernel = configs
+            .get(&Config::Kernel)
+            .map(|v| stats(v).0)
+            .unwrap_or(f64::NAN);
+        for (config, v) in configs {
+            let (med, min, max) = stats(v);
+            let notes = traffic.notes[figure][config].join("; ");
+            writeln!(
+                out,
+                "    {:<34} {med:>8.2} [{min:.2}-{max:.2}]  x{:.2}  ({notes})",
+                config.name(),
+                med / kernel
+            )?;
+            json_traffic.push(json!({"figure": figure, "config": config.name(), "median": med, "min": min, "max": max, "ratio_to_kernel_vxlan": med / kernel, "bounded_by": notes}));
+            plot.push((format!("{figure}: {}", config.name()), med / kernel));
+        }
+    }
+    if quick {
+        writeln!(
+            out,
+            "\n(--quick: one short round, a smoke run, not a measurement)"
+        )?;
+    }
+    print!("{out}");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    fs::create_dir_all(&dir)?;
+    fs::write(
+        dir.join("bench.json"),
+        serde_json::to_string_pretty(
+            &json!({"quick": quick, "programs": json_programs, "traffic": json_traffic}),
+        )?,
+    )?;
+    fs::write(dir.join("ratios.svg"), svg(&plot))?;
+    eprintln!("wrote {}/bench.json and ratios.svg", dir.display());
+    Ok(())
+}
+
+/// A horizontal bar chart of ratios to the kernel's vxlan+bridge (1.0 marked).
+fn svg(bars: &[(String, f64)]) -> String {
+    let (w, row, left) = (900.0, 22.0, 430.0);
+    let max = bars
+        .iter()
+        .map(|b| b.1)
+        .filter(|r| r.is_finite())
+        .fold(1.5f64, f64::max);
+    let scale = (w - left - 60.0) / max;
+    let h = row * bars.len() as f64 + 40.0;
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n"
+    );
+    for (i, (label, r)) in bars.iter().enumerate() {
+        let y = 20.0 + i as f64 * row;
+        let r = if r.is_finite() { *r } else { 0.0 };
+        let _ = writeln!(
+            s,
+            "<text x='{}' y='{}' text-anchor='end'>{label}</text>",
+            left - 6.0,
+            y + 14.0
+        );
+        let _ = writeln!(
+            s,
+            "<rect x='{left}' y='{}' width='{:.1}' height='{}' fill='#4a7ab5'/>",
+            y + 3.0,
+            r * scale,
+            row - 6.0
+        );
+        let _ = writeln!(
+            s,
+            "<text x='{:.1}' y='{}'>x{r:.2}</text>",
+            left + r * scale + 4.0,
+            y + 14.0
+        );
+    }
+    let x1 = left + scale;
+    let _ = writeln!(
+        s,
+        "<line x1='{x1:.1}' y1='10' x2='{x1:.1}' y2='{}' stroke='#c33' stroke-dasharray='4'/>",
+        h - 10.0
+    );
+    s + "</svg>\n"
+}
