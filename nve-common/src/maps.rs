@@ -3,6 +3,8 @@
 
 /// bpffs directory holding one subdirectory per daemon instance.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/nve";
+/// The collect_md vxlan device the daemon creates in its network namespace.
+pub const TUNNEL_DEV: &str = "nve-vxlan";
 
 pub const CONFIG_MAP: &str = "NVE_CONFIG";
 pub const PORTS_MAP: &str = "NVE_PORTS";
@@ -64,13 +66,20 @@ pub struct PortValue {
 }
 const _: () = assert!(size_of::<PortValue>() == 4);
 
+/// `LocalPort::flags`: the port is a tap. Known unicast for it is decapsulated by the
+/// kernel's collect_md vxlan device (`TUNNEL_DEV`), which clears the tunnel GSO state, so
+/// large TCP segments reach the tap whole; decapsulating in the program would leave that
+/// state behind and make the tap segment them.
+pub const PORT_F_TAP: u16 = 1;
+
 /// A local delivery point: a VM port and the VID to tag frames with (0: untagged).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LocalPort {
     pub ifindex: u32,
     pub vid: u16,
-    pub _pad: u16,
+    /// `PORT_F_*`.
+    pub flags: u16,
 }
 const _: () = assert!(size_of::<LocalPort>() == 8);
 
@@ -79,8 +88,21 @@ impl LocalPort {
         Self {
             ifindex,
             vid,
-            _pad: 0,
+            flags: 0,
         }
+    }
+
+    pub const fn with_flags(self, flags: u16) -> Self {
+        Self { flags, ..self }
+    }
+
+    /// The same port and VID, whatever the flags.
+    pub const fn is(&self, other: &LocalPort) -> bool {
+        self.ifindex == other.ifindex && self.vid == other.vid
+    }
+
+    pub const fn is_tap(&self) -> bool {
+        self.flags & PORT_F_TAP != 0
     }
 }
 

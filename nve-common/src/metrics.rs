@@ -19,15 +19,18 @@ pub enum Hook {
     UnderlayRx = 0,
     /// VM port egress from the VM (TC ingress on the host side): encapsulation and switching.
     VmEgress = 1,
+    /// Frames the kernel's collect_md vxlan device decapsulated (TC ingress on it).
+    TunnelRx = 2,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 2] = [Hook::UnderlayRx, Hook::VmEgress];
+    pub const ALL: [Hook; 3] = [Hook::UnderlayRx, Hook::VmEgress, Hook::TunnelRx];
 
     pub const fn name(self) -> &'static str {
         match self {
             Hook::UnderlayRx => "underlay_rx",
             Hook::VmEgress => "vm_egress",
+            Hook::TunnelRx => "tunnel_rx",
         }
     }
 }
@@ -48,12 +51,14 @@ pub enum Forward {
     PassedToHost = 5,
     /// An outer IPv4 fragment: left to the host's stack, which reassembles.
     PassedFragment = 6,
-    /// XDP left a VXLAN frame to the TC program (broadcast, or a tagged port).
+    /// XDP left a VXLAN frame to the TC program (broadcast, tagged or tap port).
     DeferredToTc = 7,
+    /// Left to the kernel's vxlan device to decapsulate (for a tap port).
+    ToKernelVxlan = 8,
 }
 
 impl Forward {
-    pub const ALL: [Forward; 7] = [
+    pub const ALL: [Forward; 8] = [
         Forward::Encapsulated,
         Forward::Decapsulated,
         Forward::LocalSwitched,
@@ -61,6 +66,7 @@ impl Forward {
         Forward::PassedToHost,
         Forward::PassedFragment,
         Forward::DeferredToTc,
+        Forward::ToKernelVxlan,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -72,6 +78,7 @@ impl Forward {
             Forward::PassedToHost => "PASSED_TO_HOST",
             Forward::PassedFragment => "PASSED_FRAGMENT",
             Forward::DeferredToTc => "DEFERRED_TO_TC",
+            Forward::ToKernelVxlan => "TO_KERNEL_VXLAN",
         }
     }
 }

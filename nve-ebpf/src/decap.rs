@@ -74,19 +74,24 @@ pub fn classify(f: &impl Frame, cfg: &DataplaneConfig) -> Result<Underlay, DropR
         return Err(DropReason::VxlanInvalidHdr);
     }
     let vni = (vxlan.vni[0] as u32) << 16 | (vxlan.vni[1] as u32) << 8 | vxlan.vni[2] as u32;
-    let vn = maps::vn(vni).ok_or(DropReason::VniNotFound)?;
     let inner_offset = vxlan_offset + VxlanHdr::LEN;
     let inner = require::<EthHdr>(f, inner_offset, DropReason::InnerTruncated)?;
-    let target = if is_multicast(&inner.dst_addr) {
-        Target::Flood(vn)
-    } else {
-        match maps::fdb(vni, inner.dst_addr) {
-            Some(entry) if entry.kind == FDB_LOCAL => Target::Port(entry.port),
-            _ => return Err(DropReason::FdbMiss),
-        }
-    };
+    let target = target(vni, inner.dst_addr)?;
     Ok(Underlay::Vxlan(Decap {
         inner_offset,
         target,
     }))
+}
+
+/// Where a decapsulated frame of `vni` to `dst` goes; shared by every decapsulation path.
+#[inline(always)]
+pub fn target(vni: u32, dst: [u8; 6]) -> Result<Target, DropReason> {
+    let vn = maps::vn(vni).ok_or(DropReason::VniNotFound)?;
+    if is_multicast(&dst) {
+        return Ok(Target::Flood(vn));
+    }
+    match maps::fdb(vni, dst) {
+        Some(entry) if entry.kind == FDB_LOCAL => Ok(Target::Port(entry.port)),
+        _ => Err(DropReason::FdbMiss),
+    }
 }

@@ -71,7 +71,7 @@ extern "C" fn port_copy(index: u64, state: *mut c_void) -> i64 {
         return 1;
     }
     let port = state.vn.ports[i];
-    if port == state.except {
+    if port.is(&state.except) {
         return 0;
     }
     match copy_to_port(&TcContext::new(state.skb), port) {

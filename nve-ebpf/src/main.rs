@@ -1,6 +1,7 @@
 //! nve's dataplane. One file per attach point over shared parsing, encapsulation, delivery
 //! and accounting:
 //! - `xdp_underlay_rx` / `tc_underlay_rx`: VXLAN decapsulation on the underlay interface;
+//! - `tc_tunnel_rx`: frames the kernel's collect_md vxlan device decapsulated (for taps);
 //! - `tc_vm_egress`: frames a VM sends (TC ingress on the host side of its tap/veth):
 //!   local switching, encapsulation, flooding;
 //! - `xdp_pass`: the trivial baseline the bench compares against.
@@ -13,6 +14,7 @@ mod encap;
 mod maps;
 mod metrics;
 mod parse;
+mod tc_tunnel_rx;
 mod tc_underlay_rx;
 mod tc_vm_egress;
 mod xdp_pass;

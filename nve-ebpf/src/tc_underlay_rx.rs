@@ -1,5 +1,7 @@
 //! TC ingress on the underlay interface: decapsulates VXLAN for the VNs this NVE serves and
 //! delivers it to local ports; keeps GSO (FIXED_GSO), so large TCP segments stay large.
+//! Unicast for a tap port goes up to the kernel's collect_md vxlan device instead
+//! (`tc_tunnel_rx`), which hands the tap clean GSO frames.
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
@@ -43,6 +45,11 @@ fn try_tc_underlay_rx(ctx: &TcContext) -> Result<(i32, Forward), DropReason> {
         Underlay::Host(forward) => return Ok((TC_ACT_OK, forward)),
         Underlay::Vxlan(d) => d,
     };
+    if let Target::Port(port) = d.target
+        && port.is_tap()
+    {
+        return Ok((TC_ACT_OK, Forward::ToKernelVxlan));
+    }
     let inner: EthHdr = ctx
         .load(d.inner_offset)
         .map_err(|_| DropReason::InnerTruncated)?;

@@ -1,6 +1,6 @@
 //! XDP on the underlay interface: decapsulates known unicast to untagged ports in the
-//! driver; leaves broadcast and tagged ports to `tc_underlay_rx` (XDP cannot clone or push
-//! a VLAN tag cheaply), and everything that is not nve's to the host.
+//! driver; leaves broadcast, tagged and tap ports to `tc_underlay_rx` (XDP cannot clone,
+//! push a VLAN tag or keep GSO), and everything that is not nve's to the host.
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, macros::xdp, programs::XdpContext};
 use nve_common::metrics::{DropReason, Forward, Hook, Outcome};
 
@@ -35,7 +35,7 @@ fn try_xdp_underlay_rx(ctx: &XdpContext) -> Result<(u32, Forward), DropReason> {
         Underlay::Vxlan(d) => d,
     };
     match d.target {
-        Target::Port(port) if port.vid == 0 => {
+        Target::Port(port) if port.vid == 0 && !port.is_tap() => {
             // SAFETY: helper call on our own context.
             let rc =
                 unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, d.inner_offset as i32) };

@@ -10,7 +10,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use nve_common::{maps::DataplaneConfig, wire::DEFAULT_TTL};
+use nve_common::{
+    maps::{DataplaneConfig, TUNNEL_DEV},
+    wire::DEFAULT_TTL,
+};
 use serde::Deserialize;
 use tokio::{net::UnixListener, signal::unix::SignalKind, sync::Mutex};
 
@@ -173,10 +176,17 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
         ttl: args.ttl,
         _pad: [0; 3],
     };
-    let dataplane = Dataplane::load(&paths.pin_dir, &args.underlay, args.underlay_mode, config)
-        .context("loading the dataplane")?;
     let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(conn);
+    netlink::create_tunnel_device(&handle).await?;
+    let dataplane =
+        match Dataplane::load(&paths.pin_dir, &args.underlay, args.underlay_mode, config) {
+            Ok(dp) => dp,
+            Err(e) => {
+                let _ = netlink::delete_link(&handle, TUNNEL_DEV).await;
+                return Err(anyhow::Error::from(e).context("loading the dataplane"));
+            }
+        };
 
     let status = StatusView {
         instance: paths.instance.clone(),
@@ -204,7 +214,7 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
         })
         .await
     {
-        nve.dataplane.teardown();
+        nve.teardown().await;
         bail!("applying the startup configuration: {e}");
     }
 
@@ -235,7 +245,7 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     let nve = Arc::try_unwrap(shared)
         .map_err(|_| anyhow::anyhow!("API still holds the state after shutdown"))?
         .into_inner();
-    nve.dataplane.teardown();
+    nve.teardown().await;
     tracing::info!(instance = %paths.instance, "nve daemon stopped; dataplane removed");
     served.context("serving the API")
 }

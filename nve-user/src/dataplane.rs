@@ -16,7 +16,7 @@ use aya::{
 use nve_common::{
     maps::{
         CONFIG_MAP, DataplaneConfig, FDB_MAP, FdbEntry, FdbKey, NEXTHOPS_MAP, NextHop, PORTS_MAP,
-        PortKey, PortValue, STATS_MAP, VNS_MAP, VnInfo,
+        PortKey, PortValue, STATS_MAP, TUNNEL_DEV, VNS_MAP, VnInfo,
     },
     metrics::{Counter, DropReason, Forward, Hook, Outcome},
 };
@@ -94,6 +94,7 @@ type Result<T> = std::result::Result<T, DataplaneError>;
 const TC_UNDERLAY_RX: &str = "tc_underlay_rx";
 const XDP_UNDERLAY_RX: &str = "xdp_underlay_rx";
 const TC_VM_EGRESS: &str = "tc_vm_egress";
+const TC_TUNNEL_RX: &str = "tc_tunnel_rx";
 
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -113,7 +114,7 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError
 
 impl Dataplane {
     /// Loads the programs with their maps pinned under `pin_dir`, writes the configuration
-    /// and attaches decapsulation to the underlay.
+    /// and attaches decapsulation to the underlay and to `TUNNEL_DEV` (which must exist).
     pub fn load(
         pin_dir: &Path,
         underlay: &str,
@@ -166,6 +167,14 @@ impl Dataplane {
                     source,
                 })?;
         }
+        let tunnel = dp.classifier(TC_TUNNEL_RX)?;
+        tunnel
+            .attach(TUNNEL_DEV, TcAttachType::Ingress)
+            .map_err(|source| DataplaneError::Attach {
+                name: TC_TUNNEL_RX,
+                iface: TUNNEL_DEV.into(),
+                source,
+            })?;
         dp.classifier(TC_VM_EGRESS)?;
         Ok(dp)
     }

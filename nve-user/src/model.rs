@@ -8,7 +8,8 @@ use std::{
 
 use nve_common::{
     maps::{
-        FLOOD_MAX_PORTS, FLOOD_MAX_REMOTES, FdbEntry, FdbKey, LocalPort, PortKey, PortValue, VnInfo,
+        FLOOD_MAX_PORTS, FLOOD_MAX_REMOTES, FdbEntry, FdbKey, LocalPort, PORT_F_TAP, PortKey,
+        PortValue, VnInfo,
     },
     wire::VNI_MAX,
 };
@@ -38,6 +39,14 @@ pub struct Vn {
     pub ports: BTreeMap<(String, u16), BTreeSet<MacAddr>>,
     pub remote: BTreeMap<MacAddr, Ipv4Addr>,
     pub flood: BTreeSet<Ipv4Addr>,
+}
+
+/// A VM port as the host has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortInfo {
+    pub ifindex: u32,
+    /// A tun/tap device (what QEMU uses), as opposed to a veth.
+    pub tap: bool,
 }
 
 /// Map contents the dataplane should hold.
@@ -304,9 +313,9 @@ impl Model {
         out
     }
 
-    /// The dataplane's map contents. Ports whose interface does not exist (`ifindex` gives
+    /// The dataplane's map contents. Ports whose interface does not exist (`port` gives
     /// `None`) are left out until it appears.
-    pub fn desired(&self, ifindex: impl Fn(&str) -> Option<u32>) -> Desired {
+    pub fn desired(&self, port: impl Fn(&str) -> Option<PortInfo>) -> Desired {
         let mut d = Desired::default();
         for vn in self.vns.values() {
             let mut info = VnInfo::default();
@@ -314,15 +323,16 @@ impl Model {
                 info.remotes[i] = vtep.octets();
                 info.remote_count += 1;
             }
-            for ((port, vid), macs) in &vn.ports {
-                let Some(ifindex) = ifindex(port) else {
+            for ((name, vid), macs) in &vn.ports {
+                let Some(p) = port(name) else {
                     continue;
                 };
-                let local = LocalPort::new(ifindex, *vid);
+                let flags = if p.tap { PORT_F_TAP } else { 0 };
+                let local = LocalPort::new(p.ifindex, *vid).with_flags(flags);
                 info.ports[info.port_count as usize] = local;
                 info.port_count += 1;
                 d.ports
-                    .insert(PortKey::new(ifindex, *vid), PortValue { vni: vn.vni });
+                    .insert(PortKey::new(p.ifindex, *vid), PortValue { vni: vn.vni });
                 for mac in macs {
                     d.fdb
                         .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::local(local));
@@ -499,10 +509,26 @@ mod tests {
         )
         .unwrap();
         m.add_flood("blue", [10, 0, 0, 2].into()).unwrap();
-        let d = m.desired(|name| (name == "tap1").then_some(7));
-        assert_eq!(d.ports.len(), 1);
+        m.attach_port("blue", &attach("qemu0", 0, &["02:00:00:00:00:04"]))
+            .unwrap();
+        let d = m.desired(|name| match name {
+            "tap1" => Some(PortInfo {
+                ifindex: 7,
+                tap: false,
+            }),
+            "qemu0" => Some(PortInfo {
+                ifindex: 8,
+                tap: true,
+            }),
+            _ => None,
+        });
+        assert_eq!(
+            d.fdb[&FdbKey::new(100, mac("02:00:00:00:00:04").0)],
+            FdbEntry::local(LocalPort::new(8, 0).with_flags(PORT_F_TAP))
+        );
+        assert_eq!(d.ports.len(), 2);
         assert_eq!(d.ports[&PortKey::new(7, 0)], PortValue { vni: 100 });
-        assert_eq!(d.fdb.len(), 2);
+        assert_eq!(d.fdb.len(), 3);
         assert_eq!(
             d.fdb[&FdbKey::new(100, mac("02:00:00:00:00:01").0)],
             FdbEntry::local(LocalPort::new(7, 0))
@@ -512,9 +538,15 @@ mod tests {
             FdbEntry::remote([10, 0, 0, 2])
         );
         let vn = d.vns[&100];
-        assert_eq!((vn.remote_count, vn.port_count), (1, 1));
+        assert_eq!((vn.remote_count, vn.port_count), (1, 2));
         assert_eq!(vn.remotes[0], [10, 0, 0, 2]);
         m.delete_vn("blue").unwrap();
-        assert_eq!(m.desired(|_| Some(7)), Desired::default());
+        assert_eq!(
+            m.desired(|_| Some(PortInfo {
+                ifindex: 7,
+                tap: false
+            })),
+            Desired::default()
+        );
     }
 }

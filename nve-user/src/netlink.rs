@@ -1,14 +1,18 @@
 //! The daemon's view of the host's links and neighbours.
 use std::{ffi::CString, net::Ipv4Addr};
 
+pub use crate::model::PortInfo;
 use futures_util::TryStreamExt;
-use nve_common::maps::NextHop;
+use nve_common::{
+    maps::{NextHop, TUNNEL_DEV},
+    wire::VXLAN_PORT,
+};
 use rtnetlink::{
-    Handle, RouteMessageBuilder,
+    Handle, LinkVxlan, RouteMessageBuilder,
     constants::{RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH},
     packet_route::{
         AddressFamily,
-        link::LinkAttribute,
+        link::{InfoKind, LinkAttribute, LinkInfo},
         neighbour::{
             NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourState,
         },
@@ -153,4 +157,52 @@ pub fn watch_underlay() -> std::io::Result<(
         .socket_mut()
         .bind(&rtnetlink::sys::SocketAddr::new(0, groups))?;
     Ok((conn, messages))
+}
+
+/// The interface `name` in this namespace, if it exists.
+pub async fn port_info(handle: &Handle, name: &str) -> Result<Option<PortInfo>, rtnetlink::Error> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    let link = match links.try_next().await {
+        Ok(Some(link)) => link,
+        Ok(None) => return Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let tap = link.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Tun))),
+        _ => false,
+    });
+    Ok(Some(PortInfo {
+        ifindex: link.header.index,
+        tap,
+    }))
+}
+
+/// (Re)creates the collect_md ("external") vxlan device on UDP 4789 and brings it up. Its
+/// socket is also what lets the underlay GRO VXLAN traffic.
+pub async fn create_tunnel_device(handle: &Handle) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    delete_link(handle, TUNNEL_DEV).await?;
+    let msg = LinkVxlan::new(TUNNEL_DEV, 0)
+        .collect_metadata(true)
+        .port(VXLAN_PORT)
+        .learning(false)
+        .up()
+        .build();
+    handle
+        .link()
+        .add(msg)
+        .execute()
+        .await
+        .with_context(|| format!("creating collect_md vxlan device {TUNNEL_DEV} on UDP {VXLAN_PORT} (is another VXLAN device using the port?)"))
+}
+
+/// Deletes interface `name` if it exists.
+pub async fn delete_link(handle: &Handle, name: &str) -> anyhow::Result<()> {
+    if let Some(info) = port_info(handle, name).await? {
+        handle.link().del(info.ifindex).execute().await?;
+    }
+    Ok(())
 }

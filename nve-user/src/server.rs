@@ -15,7 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{delete, get, put},
 };
-use nve_common::maps::NextHop;
+use nve_common::maps::{NextHop, TUNNEL_DEV};
 use serde::{Deserialize, de::DeserializeOwned};
 use tokio::sync::Mutex;
 
@@ -71,20 +71,37 @@ impl Nve {
         Ok(())
     }
 
+    /// Detaches and unpins the dataplane and removes the tunnel device: nothing is left.
+    pub async fn teardown(self) {
+        self.dataplane.teardown();
+        if let Err(e) = netlink::delete_link(&self.netlink, TUNNEL_DEV).await {
+            tracing::warn!("removing {TUNNEL_DEV}: {e:#}");
+        }
+    }
+
     /// Brings VM port attachments, maps and underlay neighbours to `model`.
     pub async fn sync(&mut self, model: &Model) -> Result<(), ErrorBody> {
         let host = |e: &dyn std::fmt::Display| ErrorBody::new(ErrorCode::EHost, e.to_string());
         let ports: BTreeSet<&str> = model.ports().map(|(p, _)| p.as_str()).collect();
-        if let Some(missing) = ports.iter().find(|p| netlink::ifindex(p).is_none()) {
-            return Err(ErrorBody::new(
-                ErrorCode::EHost,
-                format!("port {missing}: no such interface in the daemon's network namespace"),
-            ));
+        let mut infos = HashMap::new();
+        for &port in &ports {
+            match netlink::port_info(&self.netlink, port).await {
+                Ok(Some(info)) => {
+                    infos.insert(port.to_string(), info);
+                }
+                Ok(None) => {
+                    return Err(ErrorBody::new(
+                        ErrorCode::EHost,
+                        format!("port {port}: no such interface in the daemon's network namespace"),
+                    ));
+                }
+                Err(e) => return Err(host(&format!("looking up port {port}: {e}"))),
+            }
         }
         self.dataplane
             .set_vm_ports(ports.iter().copied())
             .map_err(|e| host(&format!("{e:#}")))?;
-        let desired = model.desired(netlink::ifindex);
+        let desired = model.desired(|p| infos.get(p).copied());
         self.dataplane.apply(&desired).map_err(|e| match e {
             DataplaneError::MapFull { .. } => ErrorBody::new(ErrorCode::EResources, e.to_string()),
             e => host(&anyhow::Error::from(e).to_string()),

@@ -2,3 +2,4 @@ pub mod overlay;
 pub mod packet;
 pub mod progtest;
 pub mod rig;
+pub mod tap;

@@ -11,7 +11,7 @@ use aya::{
 use nve_common::{
     maps::{
         CONFIG_MAP, DataplaneConfig, FDB_MAP, FdbEntry, FdbKey, LocalPort, NEXTHOPS_MAP, NextHop,
-        PORTS_MAP, PortKey, PortValue, VNS_MAP, VnInfo,
+        PORT_F_TAP, PORTS_MAP, PortKey, PortValue, VNS_MAP, VnInfo,
     },
     metrics::{Counter, DropReason, Forward, Hook, Outcome},
 };
@@ -31,10 +31,13 @@ pub const TEST_IFINDEX: u32 = 1;
 pub const VM1_PORT: u32 = 42;
 pub const VM3_PORT: u32 = 43;
 pub const VM4_PORT: u32 = 44;
+pub const VM5_PORT: u32 = 45;
 pub const VM1: [u8; 6] = [2, 0, 0, 0, 1, 1];
 pub const VM2: [u8; 6] = [2, 0, 0, 0, 2, 1];
 pub const VM3: [u8; 6] = [2, 0, 0, 0, 3, 1];
 pub const VM4: [u8; 6] = [2, 0, 0, 0, 4, 1];
+/// Behind a tap port.
+pub const VM5: [u8; 6] = [2, 0, 0, 0, 5, 1];
 pub const UNKNOWN: [u8; 6] = [2, 0, 0, 0, 9, 9];
 pub const UNDERLAY_MAC: [u8; 6] = [2, 0xaa, 0, 0, 0, 1];
 pub const NEXT_HOP_MAC: [u8; 6] = [2, 0xbb, 0, 0, 0, 2];
@@ -60,7 +63,7 @@ impl Loaded {
             pin_dir,
         };
         l.configure()?;
-        for name in ["tc_vm_egress", "tc_underlay_rx"] {
+        for name in ["tc_vm_egress", "tc_underlay_rx", "tc_tunnel_rx"] {
             let p: &mut SchedClassifier = l.ebpf.program_mut(name).context(name)?.try_into()?;
             p.load()?;
         }
@@ -119,6 +122,11 @@ impl Loaded {
             0,
         )?;
         fdb.insert(
+            FdbKey::new(VNI, VM5),
+            FdbEntry::local(LocalPort::new(VM5_PORT, 0).with_flags(PORT_F_TAP)),
+            0,
+        )?;
+        fdb.insert(
             FdbKey::new(VNI, VM4),
             FdbEntry::local(LocalPort::new(VM4_PORT, VID)),
             0,
@@ -169,7 +177,7 @@ impl Loaded {
                 let p: &Xdp = prog.try_into()?;
                 p.test_run(opts)?
             }
-            Program::TcUnderlayRx | Program::TcVmEgress => {
+            Program::TcUnderlayRx | Program::TcVmEgress | Program::TcTunnelRx => {
                 let p: &SchedClassifier = prog.try_into()?;
                 p.test_run(opts)?
             }
@@ -190,6 +198,7 @@ pub enum Program {
     XdpUnderlayRx,
     TcUnderlayRx,
     TcVmEgress,
+    TcTunnelRx,
     XdpPass,
 }
 
@@ -199,6 +208,7 @@ impl Program {
             Program::XdpUnderlayRx => "xdp_underlay_rx",
             Program::TcUnderlayRx => "tc_underlay_rx",
             Program::TcVmEgress => "tc_vm_egress",
+            Program::TcTunnelRx => "tc_tunnel_rx",
             Program::XdpPass => "xdp_pass",
         }
     }
@@ -206,6 +216,7 @@ impl Program {
     pub fn hook(self) -> Hook {
         match self {
             Program::TcVmEgress => Hook::VmEgress,
+            Program::TcTunnelRx => Hook::TunnelRx,
             _ => Hook::UnderlayRx,
         }
     }
@@ -435,6 +446,12 @@ pub fn cases() -> Vec<Case> {
             fwd(Forward::Decapsulated),
         ),
     );
+    decap(
+        "to a VM on a tap port: left to the kernel's collect_md vxlan (GSO)",
+        from_remote(&ip, 4789, 0x08, VNI, &packet::inner_ping(VM5, VM2, 32)),
+        (Pass, Output::Same, fwd(Forward::DeferredToTc)),
+        (Pass, Output::Same, fwd(Forward::ToKernelVxlan)),
+    );
     // Truncated at (and one byte short of) every header boundary: Ethernet 14, IPv4 34,
     // UDP 42, VXLAN 50, inner Ethernet 64. BPF_PROG_TEST_RUN refuses an skb whose IPv4
     // header is cut (EINVAL), so the TC program sees those lengths only through XDP's rows.
@@ -540,6 +557,14 @@ pub fn cases() -> Vec<Case> {
         Output::Any,
         drop(DropReason::PktTooSmall),
     ));
+    cases.push(Case {
+        name: "a frame without tunnel metadata".into(),
+        program: Program::TcTunnelRx,
+        frame: to_vm1.clone(),
+        verdict: Drop,
+        output: Output::Any,
+        outcome: drop(DropReason::VxlanInvalidHdr),
+    });
     cases.push(egress(
         "unknown unicast",
         packet::inner_ping(UNKNOWN, VM1, 32),
