@@ -1,5 +1,5 @@
 //! Per-CPU outcome counters: every packet a program sees is counted exactly once.
-use nve_common::metrics::{Hook, Outcome};
+use nve_common::metrics::{DropReason, Forward, Hook, Outcome};
 
 use crate::maps::NVE_STATS;
 
@@ -10,6 +10,23 @@ pub fn count(hook: Hook, outcome: Outcome, bytes: u32) {
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes as u64;
+        }
+    }
+}
+
+/// What an entry point returns for the outcome of its `try_*` body, counted once: the
+/// body's action when it forwarded, `drop` when it dropped. `len` is the frame's length
+/// as it arrived.
+#[inline(always)]
+pub fn account<A>(hook: Hook, len: u32, result: Result<(A, Forward), DropReason>, drop: A) -> A {
+    match result {
+        Ok((action, forward)) => {
+            count(hook, Outcome::Forward(forward), len);
+            action
+        }
+        Err(reason) => {
+            count(hook, Outcome::Drop(reason), len);
+            drop
         }
     }
 }

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use network_types::eth::EthHdr;
 use nve_common::{
     maps::LocalPort,
-    metrics::{DropReason, Forward, Hook, Outcome},
+    metrics::{DropReason, Forward, Hook},
 };
 
 use crate::{
@@ -22,16 +22,7 @@ use crate::{
 #[classifier]
 pub fn tc_tunnel_rx(ctx: TcContext) -> i32 {
     let len = ctx.frame_len();
-    match try_tc_tunnel_rx(&ctx) {
-        Ok((action, forward)) => {
-            metrics::count(Hook::TunnelRx, Outcome::Forward(forward), len);
-            action
-        }
-        Err(reason) => {
-            metrics::count(Hook::TunnelRx, Outcome::Drop(reason), len);
-            TC_ACT_SHOT
-        }
-    }
+    metrics::account(Hook::TunnelRx, len, try_tc_tunnel_rx(&ctx), TC_ACT_SHOT)
 }
 
 #[inline(always)]

@@ -12,7 +12,7 @@ use aya_ebpf::{
 use network_types::eth::EthHdr;
 use nve_common::{
     maps::LocalPort,
-    metrics::{DropReason, Forward, Hook, Outcome},
+    metrics::{DropReason, Forward, Hook},
 };
 
 use crate::{
@@ -24,16 +24,7 @@ use crate::{
 #[classifier]
 pub fn tc_underlay_rx(ctx: TcContext) -> i32 {
     let len = ctx.frame_len();
-    match try_tc_underlay_rx(&ctx) {
-        Ok((action, forward)) => {
-            metrics::count(Hook::UnderlayRx, Outcome::Forward(forward), len);
-            action
-        }
-        Err(reason) => {
-            metrics::count(Hook::UnderlayRx, Outcome::Drop(reason), len);
-            TC_ACT_SHOT
-        }
-    }
+    metrics::account(Hook::UnderlayRx, len, try_tc_underlay_rx(&ctx), TC_ACT_SHOT)
 }
 
 #[inline(always)]

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use network_types::{eth::EthHdr, vlan::VlanHdr};
 use nve_common::{
     maps::{DataplaneConfig, FDB_LOCAL, FDB_REMOTE, FLOOD_MAX_REMOTES, LocalPort, VnInfo},
-    metrics::{DropReason, Forward, Hook, Outcome},
+    metrics::{DropReason, Forward, Hook},
 };
 
 use crate::{
@@ -22,16 +22,7 @@ use crate::{
 #[classifier]
 pub fn tc_vm_egress(ctx: TcContext) -> i32 {
     let len = ctx.frame_len();
-    match try_tc_vm_egress(&ctx) {
-        Ok((action, forward)) => {
-            metrics::count(Hook::VmEgress, Outcome::Forward(forward), len);
-            action
-        }
-        Err(reason) => {
-            metrics::count(Hook::VmEgress, Outcome::Drop(reason), len);
-            TC_ACT_SHOT
-        }
-    }
+    metrics::account(Hook::VmEgress, len, try_tc_vm_egress(&ctx), TC_ACT_SHOT)
 }
 
 #[inline(always)]

@@ -2,7 +2,7 @@
 //! driver; leaves broadcast, tagged and tap ports to `tc_underlay_rx` (XDP cannot clone,
 //! push a VLAN tag or keep GSO), and everything that is not nve's to the host.
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, macros::xdp, programs::XdpContext};
-use nve_common::metrics::{DropReason, Forward, Hook, Outcome};
+use nve_common::metrics::{DropReason, Forward, Hook};
 
 use crate::{
     decap::{self, Target, Underlay},
@@ -13,16 +13,12 @@ use crate::{
 #[xdp]
 pub fn xdp_underlay_rx(ctx: XdpContext) -> u32 {
     let len = ctx.frame_len();
-    match try_xdp_underlay_rx(&ctx) {
-        Ok((action, forward)) => {
-            metrics::count(Hook::UnderlayRx, Outcome::Forward(forward), len);
-            action
-        }
-        Err(reason) => {
-            metrics::count(Hook::UnderlayRx, Outcome::Drop(reason), len);
-            xdp_action::XDP_DROP
-        }
-    }
+    metrics::account(
+        Hook::UnderlayRx,
+        len,
+        try_xdp_underlay_rx(&ctx),
+        xdp_action::XDP_DROP,
+    )
 }
 
 #[inline(always)]

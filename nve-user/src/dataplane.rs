@@ -2,7 +2,7 @@
 //! them to the underlay and VM ports, and reconciles map contents with the model's
 //! [`Desired`] state by difference, so entries traffic uses are never cleared and refilled.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fs,
     hash::Hash,
     path::{Path, PathBuf},
@@ -11,7 +11,10 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+    },
 };
 use nve_common::{
     maps::{
@@ -85,6 +88,10 @@ pub enum DataplaneError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("link {0} cannot be pinned (not a bpf_link)")]
+    Link(String, #[source] aya::programs::links::LinkError),
+    #[error("pinning link {0}")]
+    PinLink(String, #[source] aya::pin::PinError),
     #[error("map {name} is full")]
     MapFull { name: &'static str },
 }
@@ -104,9 +111,14 @@ pub struct Dataplane {
     fdb: BpfHashMap<MapData, FdbKey, FdbEntry>,
     next_hops: BpfHashMap<MapData, [u8; 4], NextHop>,
     stats: PerCpuArray<MapData, Counter>,
+    /// Every attachment, pinned in `pin_dir` as `link_<program>@<iface>`.
+    links: BTreeMap<String, PinnedLink>,
     /// VM ports with `tc_vm_egress` attached.
-    vm_links: BTreeMap<String, SchedClassifierLinkId>,
+    vm_ports: BTreeSet<String>,
 }
+
+/// File name prefix of pinned links in the pin dir.
+const LINK_PREFIX: &str = "link_";
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
@@ -136,47 +148,92 @@ impl Dataplane {
             stats: take_map(&mut ebpf, STATS_MAP)?,
             ebpf,
             pin_dir: pin_dir.into(),
-            vm_links: BTreeMap::new(),
+            links: BTreeMap::new(),
+            vm_ports: BTreeSet::new(),
         };
 
-        let tc = dp.classifier(TC_UNDERLAY_RX)?;
-        tc.attach(underlay, TcAttachType::Ingress)
-            .map_err(|source| DataplaneError::Attach {
-                name: TC_UNDERLAY_RX,
-                iface: underlay.into(),
-                source,
-            })?;
+        dp.remove_stale_links()?;
+        dp.attach_tc(TC_UNDERLAY_RX, underlay)?;
         if mode == UnderlayMode::Xdp {
-            let xdp: &mut Xdp = dp
-                .ebpf
-                .program_mut(XDP_UNDERLAY_RX)
-                .ok_or(DataplaneError::MissingProgram(XDP_UNDERLAY_RX))?
-                .try_into()
-                .map_err(|source| DataplaneError::Program {
-                    name: XDP_UNDERLAY_RX,
-                    source,
-                })?;
-            xdp.load().map_err(|source| DataplaneError::Program {
-                name: XDP_UNDERLAY_RX,
-                source,
-            })?;
-            xdp.attach(underlay, XdpMode::Default)
-                .map_err(|source| DataplaneError::Attach {
-                    name: XDP_UNDERLAY_RX,
-                    iface: underlay.into(),
-                    source,
-                })?;
+            dp.attach_xdp(XDP_UNDERLAY_RX, underlay)?;
         }
-        let tunnel = dp.classifier(TC_TUNNEL_RX)?;
-        tunnel
-            .attach(TUNNEL_DEV, TcAttachType::Ingress)
-            .map_err(|source| DataplaneError::Attach {
-                name: TC_TUNNEL_RX,
-                iface: TUNNEL_DEV.into(),
-                source,
-            })?;
+        dp.attach_tc(TC_TUNNEL_RX, TUNNEL_DEV)?;
         dp.classifier(TC_VM_EGRESS)?;
         Ok(dp)
+    }
+
+    /// Detaches links a previous daemon of this instance pinned and never removed (it
+    /// crashed): the programs attached now replace them.
+    fn remove_stale_links(&self) -> Result<()> {
+        let entries = fs::read_dir(&self.pin_dir)
+            .map_err(|e| DataplaneError::PinDir(self.pin_dir.clone(), e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(LINK_PREFIX) {
+                tracing::warn!(link = %name, "detaching a link left by a previous daemon");
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches classifier `name` at TC ingress of `iface` and pins the link.
+    fn attach_tc(&mut self, name: &'static str, iface: &str) -> Result<()> {
+        let attach_err = |source| DataplaneError::Attach {
+            name,
+            iface: iface.into(),
+            source,
+        };
+        let prog = self.classifier(name)?;
+        let id = prog
+            .attach(iface, TcAttachType::Ingress)
+            .map_err(attach_err)?;
+        let link = prog.take_link(id).map_err(attach_err)?;
+        let link = FdLink::try_from(link)
+            .map_err(|e| DataplaneError::Link(format!("{name}@{iface}"), e))?;
+        self.pin_link(name, iface, link)
+    }
+
+    /// Attaches XDP program `name` to `iface` and pins the link.
+    fn attach_xdp(&mut self, name: &'static str, iface: &str) -> Result<()> {
+        let attach_err = |source| DataplaneError::Attach {
+            name,
+            iface: iface.into(),
+            source,
+        };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        prog.load()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        let id = prog.attach(iface, XdpMode::Default).map_err(attach_err)?;
+        let link = prog.take_link(id).map_err(attach_err)?;
+        let link = FdLink::try_from(link)
+            .map_err(|e| DataplaneError::Link(format!("{name}@{iface}"), e))?;
+        self.pin_link(name, iface, link)
+    }
+
+    /// Pins `link` as `link_<program>@<iface>` in the pin dir, so the attachment outlives a
+    /// daemon that dies, and keeps it.
+    fn pin_link(&mut self, name: &str, iface: &str, link: FdLink) -> Result<()> {
+        let key = format!("{LINK_PREFIX}{name}@{iface}");
+        let pinned = link
+            .pin(self.pin_dir.join(&key))
+            .map_err(|e| DataplaneError::PinLink(key.clone(), e))?;
+        self.links.insert(key, pinned);
+        Ok(())
+    }
+
+    /// Unpins and detaches the link of `name` on `iface`, if any.
+    fn detach(&mut self, name: &str, iface: &str) {
+        if let Some(pinned) = self.links.remove(&format!("{LINK_PREFIX}{name}@{iface}")) {
+            // Dropping the unpinned link closes its last reference: the kernel detaches it.
+            // An interface that is gone took the attachment with it already.
+            drop(pinned.unpin());
+        }
     }
 
     /// The named classifier, loaded.
@@ -196,31 +253,17 @@ impl Dataplane {
 
     /// Makes the VM ports with `tc_vm_egress` attached exactly `ports` (those that exist).
     pub fn set_vm_ports<'a>(&mut self, ports: impl IntoIterator<Item = &'a str>) -> Result<()> {
-        let wanted: Vec<&str> = ports.into_iter().collect();
-        let stale: Vec<String> = self
-            .vm_links
-            .keys()
-            .filter(|p| !wanted.contains(&p.as_str()))
-            .cloned()
-            .collect();
+        let wanted: BTreeSet<String> = ports.into_iter().map(str::to_string).collect();
+        let stale: Vec<String> = self.vm_ports.difference(&wanted).cloned().collect();
         for port in stale {
-            let id = self.vm_links.remove(&port).expect("listed above");
-            // The interface may be gone already, taking the link with it.
-            let _ = self.classifier(TC_VM_EGRESS)?.detach(id);
+            self.detach(TC_VM_EGRESS, &port);
+            self.vm_ports.remove(&port);
         }
         for port in wanted {
-            if self.vm_links.contains_key(port) {
-                continue;
+            if !self.vm_ports.contains(&port) {
+                self.attach_tc(TC_VM_EGRESS, &port)?;
+                self.vm_ports.insert(port);
             }
-            let id = self
-                .classifier(TC_VM_EGRESS)?
-                .attach(port, TcAttachType::Ingress)
-                .map_err(|source| DataplaneError::Attach {
-                    name: TC_VM_EGRESS,
-                    iface: port.into(),
-                    source,
-                })?;
-            self.vm_links.insert(port.to_string(), id);
         }
         Ok(())
     }
@@ -272,7 +315,8 @@ impl Dataplane {
         Ok(view)
     }
 
-    /// Detaches everything and removes the pins: nothing of the instance is left.
+    /// Detaches everything and removes the pins (maps and links): nothing of the instance
+    /// is left.
     pub fn teardown(self) {
         let pin_dir = self.pin_dir.clone();
         drop(self);

@@ -14,7 +14,8 @@ use rtnetlink::{
         AddressFamily,
         link::{InfoKind, LinkAttribute, LinkInfo},
         neighbour::{
-            NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourState,
+            NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags,
+            NeighbourMessage, NeighbourState,
         },
         route::{RouteAddress, RouteAttribute},
     },
@@ -205,4 +206,17 @@ pub async fn delete_link(handle: &Handle, name: &str) -> anyhow::Result<()> {
         handle.link().del(info.ifindex).execute().await?;
     }
     Ok(())
+}
+
+/// Removes the managed neighbour entry of `route` that [`keep_neighbour_resolved`] made;
+/// traffic resolves it again as an ordinary entry if the host still needs it.
+pub async fn forget_neighbour(handle: &Handle, route: Route) -> Result<(), rtnetlink::Error> {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.ifindex = route.oif;
+    msg.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+            route.hop,
+        )));
+    handle.neighbours().del(msg).execute().await
 }

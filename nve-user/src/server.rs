@@ -71,9 +71,15 @@ impl Nve {
         Ok(())
     }
 
-    /// Detaches and unpins the dataplane and removes the tunnel device: nothing is left.
+    /// Detaches and unpins the dataplane, removes the tunnel device and the managed
+    /// neighbours: nothing is left.
     pub async fn teardown(self) {
         self.dataplane.teardown();
+        for route in &self.managed_neighbours {
+            if let Err(e) = netlink::forget_neighbour(&self.netlink, *route).await {
+                tracing::warn!(hop = %route.hop, "removing managed neighbour: {e}");
+            }
+        }
         if let Err(e) = netlink::delete_link(&self.netlink, TUNNEL_DEV).await {
             tracing::warn!("removing {TUNNEL_DEV}: {e:#}");
         }

@@ -23,10 +23,46 @@ fn nve_to_nve() {
         // ARP reached the other side by flooding and was delivered there.
         assert!(d.counter("underlay_rx", "FLOODED").unwrap() > 0);
     }
-    for d in [d1, d2] {
+    for (d, host, port) in [(d1, &rig.h1, "vm1p"), (d2, &rig.h2, "vm2p")] {
         let pins = d.pin_dir();
-        assert!(pins.exists());
+        for pin in [
+            "NVE_FDB",
+            "link_tc_underlay_rx@ul",
+            "link_tc_tunnel_rx@nve-vxlan",
+        ] {
+            assert!(
+                pins.join(pin).exists(),
+                "{pin} not pinned in {}",
+                pins.display()
+            );
+        }
+        assert!(pins.join(format!("link_tc_vm_egress@{port}")).exists());
+        assert!(host.ip(&["-d", "neigh"]).unwrap().contains("managed"));
         assert!(d.stop().unwrap().success());
+        // Nothing of the instance is left: pins, tunnel device, managed neighbours, programs.
         assert!(!pins.exists(), "pins left behind at {}", pins.display());
+        assert!(
+            host.ip(&["link", "show", "nve-vxlan"]).is_err(),
+            "nve-vxlan left behind"
+        );
+        let neigh = host.ip(&["-d", "neigh"]).unwrap();
+        assert!(
+            !neigh.contains("managed"),
+            "managed neighbour left behind: {neigh}"
+        );
     }
+    // Both daemons gone: their programs are unloaded (tests run one at a time; the kernel
+    // frees them shortly after the last reference goes).
+    let mut progs = String::new();
+    for _ in 0..40 {
+        progs = nve_tests::rig::run(&["bpftool", "prog", "show"]).unwrap();
+        if !progs.contains("tc_vm_egress") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        !progs.contains("tc_vm_egress"),
+        "programs left loaded:\n{progs}"
+    );
 }

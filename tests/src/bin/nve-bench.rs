@@ -217,12 +217,12 @@ fn traffic(s: &Settings) -> Result<Traffic> {
                     &format!("TCP {streams} stream(s), Gbit/s"),
                     config,
                     gbps,
-                    format!("{retrans} retransmits"),
+                    retrans.to_string(),
                 );
             }
             let (kpps, sent) = small_packets(&setup.rig, s.seconds)?;
             let loss = if sent > 0.0 {
-                100.0 * (1.0 - kpps * 1000.0 * s.seconds as f64 / sent)
+                (100.0 * (1.0 - kpps * 1000.0 * s.seconds as f64 / sent)).max(0.0)
             } else {
                 0.0
             };
@@ -230,7 +230,7 @@ fn traffic(s: &Settings) -> Result<Traffic> {
                 "60-byte frames, kpps at the far VM",
                 config,
                 kpps,
-                format!("{loss:.0}% of sent not received"),
+                format!("{loss:.0}%"),
             );
         }
     }
@@ -371,7 +371,12 @@ fn report(programs: &Samples, traffic: &Traffic, quick: bool) -> Result<()> {
             .unwrap_or(f64::NAN);
         for (config, v) in configs {
             let (med, min, max) = stats(v);
-            let notes = traffic.notes[figure][config].join("; ");
+            let what = if figure.starts_with("TCP") {
+                "retransmits"
+            } else {
+                "sent, not received"
+            };
+            let notes = format!("{what}: {}", traffic.notes[figure][config].join(", "));
             writeln!(
                 out,
                 "    {:<34} {med:>8.2} [{min:.2}-{max:.2}]  x{:.2}  ({notes})",
