@@ -36,11 +36,11 @@ fn try_tc_vm_egress(ctx: &TcContext) -> Result<(i32, Forward), DropReason> {
     let vni = maps::port(ingress.ifindex, vid)
         .ok_or(DropReason::PortNotInVn)?
         .vni;
-    let vn = maps::vn(vni).ok_or(DropReason::PortNotInVn)?;
     if vid != 0 {
         deliver::vlan_pop(ctx)?;
     }
     if is_multicast(&dst) {
+        let vn = maps::vn(vni).ok_or(DropReason::FloodListEmpty)?;
         return flood(ctx, cfg, vni, vn, ingress);
     }
     let entry = maps::fdb(vni, dst).ok_or(DropReason::FdbMiss)?;
