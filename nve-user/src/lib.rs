@@ -11,3 +11,5 @@ pub mod model;
 pub mod netlink;
 pub mod paths;
 pub mod server;
+pub mod vid;
+pub mod vnic;
