@@ -47,6 +47,19 @@ pub struct PortKey {
 }
 const _: () = assert!(size_of::<PortKey>() == 8);
 
+impl PortValue {
+    pub const fn active(vni: u32) -> Self {
+        Self {
+            vni,
+            flags: PORT_ACTIVE,
+        }
+    }
+
+    pub const fn is_active(&self) -> bool {
+        self.flags & PORT_ACTIVE != 0
+    }
+}
+
 impl PortKey {
     pub const fn new(ifindex: u32, vid: u16) -> Self {
         Self {
@@ -57,14 +70,20 @@ impl PortKey {
     }
 }
 
+/// `PortValue::flags`: the port forwards. Clear while every vNIC behind it is only
+/// pre-associated or paused: associate is this one bit.
+pub const PORT_ACTIVE: u32 = 1;
+
 /// The VN a port (and VID) belongs to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortValue {
     /// VNI, host order.
     pub vni: u32,
+    /// `PORT_ACTIVE`.
+    pub flags: u32,
 }
-const _: () = assert!(size_of::<PortValue>() == 4);
+const _: () = assert!(size_of::<PortValue>() == 8);
 
 /// `LocalPort::flags`: the port is a tap. Known unicast for it is decapsulated by the
 /// kernel's collect_md vxlan device (`TUNNEL_DEV`), which clears the tunnel GSO state, so

@@ -112,10 +112,12 @@ pub enum DropReason {
     HeaderAdjustFailed = 11,
     /// A helper refused to redirect or clone.
     RedirectFailed = 12,
+    /// To or from a port whose vNICs are pre-associated or paused, not associated.
+    VnicInactive = 13,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::PktTooSmall,
         DropReason::VxlanInvalidHdr,
         DropReason::VniNotFound,
@@ -128,6 +130,7 @@ impl DropReason {
         DropReason::UnderlayMtuExceeded,
         DropReason::HeaderAdjustFailed,
         DropReason::RedirectFailed,
+        DropReason::VnicInactive,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -144,6 +147,7 @@ impl DropReason {
             DropReason::UnderlayMtuExceeded => "UNDERLAY_MTU_EXCEEDED",
             DropReason::HeaderAdjustFailed => "HEADER_ADJUST_FAILED",
             DropReason::RedirectFailed => "REDIRECT_FAILED",
+            DropReason::VnicInactive => "VNIC_INACTIVE",
         }
     }
 }

@@ -91,7 +91,13 @@ pub fn target(vni: u32, dst: [u8; 6]) -> Result<Target, DropReason> {
         return Ok(Target::Flood(vn));
     }
     match maps::fdb(vni, dst) {
-        Some(entry) if entry.kind == FDB_LOCAL => Ok(Target::Port(entry.port)),
+        Some(entry) if entry.kind == FDB_LOCAL => {
+            let port = entry.port;
+            match maps::port(port.ifindex, port.vid) {
+                Some(p) if p.is_active() => Ok(Target::Port(port)),
+                _ => Err(DropReason::VnicInactive),
+            }
+        }
         _ => Err(DropReason::FdbMiss),
     }
 }

@@ -33,9 +33,11 @@ fn try_tc_vm_egress(ctx: &TcContext) -> Result<(i32, Forward), DropReason> {
     let vid = ingress_vid(ctx, eth)?;
     // SAFETY: reading a field of our own __sk_buff.
     let ingress = LocalPort::new(unsafe { (*ctx.skb.skb).ifindex }, vid);
-    let vni = maps::port(ingress.ifindex, vid)
-        .ok_or(DropReason::PortNotInVn)?
-        .vni;
+    let port = maps::port(ingress.ifindex, vid).ok_or(DropReason::PortNotInVn)?;
+    if !port.is_active() {
+        return Err(DropReason::VnicInactive);
+    }
+    let vni = port.vni;
     if vid != 0 {
         deliver::vlan_pop(ctx)?;
     }

@@ -29,6 +29,8 @@ pub enum ErrorCode {
     EResources,
     /// The host refused: no such interface, or a kernel error.
     EHost,
+    /// Not allowed in the vNIC's (or VN's) current state; the message names the state.
+    EState,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,3 +154,94 @@ impl std::fmt::Display for ErrorBody {
 }
 
 impl std::error::Error for ErrorBody {}
+
+/// The local VID a vNIC's frames carry on its port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum VidRequest {
+    /// This VID (1-4094).
+    Vid(u16),
+    /// `"untagged"` (the default: one VN per tap) or `"assign"` (the NVE picks one).
+    Word(VidWord),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VidWord {
+    Untagged,
+    Assign,
+}
+
+impl Default for VidRequest {
+    fn default() -> Self {
+        VidRequest::Word(VidWord::Untagged)
+    }
+}
+
+/// The server's hint about a move (spec.md 2.2, VDP's M/S bits).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Migration {
+    #[default]
+    None,
+    /// The VM is arriving from this VTEP.
+    MigratingIn(Ipv4Addr),
+    /// The VM is leaving for this VTEP.
+    MigratingOut(Ipv4Addr),
+}
+
+/// `POST /v1/vnics/{vm}/{index}`: one signaling message for the vNIC (VM UUID, vNIC index).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VnicRequest {
+    pub op: crate::vnic::Op,
+    /// The server's sequence for this vNIC: a repeat with equal parameters is OK; other
+    /// parameters need a higher one (an update).
+    #[serde(default)]
+    pub request_id: u64,
+    /// VN name (pre-associate, associate).
+    #[serde(default)]
+    pub vn: Option<String>,
+    #[serde(default)]
+    pub macs: Vec<MacAddr>,
+    #[serde(default)]
+    pub ipv4: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub ipv6: Vec<std::net::Ipv6Addr>,
+    /// Host-side interface (tap or veth); it may appear later.
+    #[serde(default)]
+    pub port: Option<String>,
+    #[serde(default)]
+    pub vid: VidRequest,
+    #[serde(default)]
+    pub migration: Migration,
+    /// Pre-associate with resource reservation (VDP PA-RR). nve always reserves the VID and
+    /// table slots at pre-associate, so this only documents the server's intent.
+    #[serde(default)]
+    pub reserve: bool,
+}
+
+/// A vNIC as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VnicView {
+    pub vm: String,
+    pub index: u32,
+    pub state: crate::vnic::VnicState,
+    pub vn: String,
+    pub vni: u32,
+    pub port: String,
+    /// The VID bound on the port (0: untagged).
+    pub vid: u16,
+    pub macs: Vec<MacAddr>,
+    pub ipv4: Vec<Ipv4Addr>,
+    pub ipv6: Vec<std::net::Ipv6Addr>,
+    pub migration: Migration,
+    pub request_id: u64,
+}
+
+/// A successful signaling reply: `code` is always `OK`; `vnic` is absent after disassociate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalReply {
+    pub code: String,
+    pub vnic: Option<VnicView>,
+}

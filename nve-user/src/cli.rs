@@ -8,13 +8,14 @@ use serde::Serialize;
 
 use crate::{
     api::{
-        AttachPort, CreateVn, FdbTarget, FdbView, FloodVtep, RemoteMac, StatsView, StatusView,
-        VnView,
+        AttachPort, CreateVn, FdbTarget, FdbView, FloodVtep, Migration, RemoteMac, SignalReply,
+        StatsView, StatusView, VidRequest, VidWord, VnView, VnicRequest, VnicView,
     },
     client::Client,
     daemon::{self, DaemonArgs},
     mac::MacAddr,
     paths::Paths,
+    vnic::Op,
 };
 
 #[derive(Debug, Parser)]
@@ -65,6 +66,66 @@ pub enum Command {
     },
     /// Dataplane counters: forwards and drops by reason.
     Stats(JsonFlag),
+    /// Signal VM lifecycle events for a vNIC (what a hypervisor hook calls).
+    Vm {
+        #[command(subcommand)]
+        command: VmCommand,
+    },
+}
+
+/// Which vNIC: the VM's UUID and the vNIC's index.
+#[derive(Debug, Args)]
+pub struct VnicArgs {
+    /// VM UUID.
+    #[arg(long)]
+    pub vm: String,
+    /// vNIC index within the VM.
+    #[arg(long, default_value_t = 0)]
+    pub vnic: u32,
+    /// The server's request sequence for this vNIC (higher: an update).
+    #[arg(long, default_value_t = 0)]
+    pub request_id: u64,
+}
+
+/// The parameters of (pre-)association.
+#[derive(Debug, Args)]
+pub struct AssocArgs {
+    #[command(flatten)]
+    pub id: VnicArgs,
+    /// VN name.
+    #[arg(long)]
+    pub vn: String,
+    /// Host-side interface of the vNIC (tap or veth); may appear later.
+    #[arg(long)]
+    pub port: String,
+    #[arg(long = "mac", required = true)]
+    pub macs: Vec<MacAddr>,
+    #[arg(long = "ip")]
+    pub ips: Vec<std::net::IpAddr>,
+    /// Local VID on the port: a number, "untagged" (default) or "assign".
+    #[arg(long, default_value = "untagged")]
+    pub vid: String,
+    /// The VM is migrating in from this VTEP.
+    #[arg(long, conflicts_with = "migrating_out")]
+    pub migrating_in: Option<Ipv4Addr>,
+    /// The VM is migrating out to this VTEP.
+    #[arg(long)]
+    pub migrating_out: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Install everything for the vNIC, not forwarding yet (e.g. migration destination).
+    PreAssociate(AssocArgs),
+    /// Make the vNIC forward.
+    Associate(AssocArgs),
+    /// Remove the vNIC (VM stopped, or migrated away).
+    Disassociate(VnicArgs),
+    /// Keep the association, stop forwarding.
+    Pause(VnicArgs),
+    Resume(VnicArgs),
+    /// The vNICs and their states.
+    List(JsonFlag),
 }
 
 #[derive(Debug, Args)]
@@ -208,11 +269,117 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(c.delete(&format!("/v1/vns/{vn}/flood/{vtep}")).await?)
             }
         },
+        Command::Vm { command } => vm(&c, command).await,
         Command::Stats(j) => {
             let s: StatsView = c.get("/v1/stats").await?;
             print(&s, j.json, stats_table)
         }
     }
+}
+
+async fn vm(c: &Client, command: VmCommand) -> anyhow::Result<()> {
+    let (id, req) = match command {
+        VmCommand::List(j) => {
+            let vnics: Vec<VnicView> = c.get("/v1/vnics").await?;
+            return print(&vnics, j.json, vnic_table);
+        }
+        VmCommand::PreAssociate(a) => assoc(Op::PreAssociate, a)?,
+        VmCommand::Associate(a) => assoc(Op::Associate, a)?,
+        VmCommand::Disassociate(id) => (id, bare(Op::Disassociate)),
+        VmCommand::Pause(id) => (id, bare(Op::Pause)),
+        VmCommand::Resume(id) => (id, bare(Op::Resume)),
+    };
+    let req = VnicRequest {
+        request_id: id.request_id,
+        ..req
+    };
+    let reply: SignalReply = c
+        .post_json(&format!("/v1/vnics/{}/{}", id.vm, id.vnic), &req)
+        .await?;
+    match reply.vnic {
+        Some(v) => println!(
+            "OK: vNIC {}/{} {:?} in VN {} on {} (VID {})",
+            v.vm, v.index, v.state, v.vn, v.port, v.vid
+        ),
+        None => println!("OK: vNIC {}/{} removed", id.vm, id.vnic),
+    }
+    Ok(())
+}
+
+fn bare(op: Op) -> VnicRequest {
+    VnicRequest {
+        op,
+        request_id: 0,
+        vn: None,
+        macs: Vec::new(),
+        ipv4: Vec::new(),
+        ipv6: Vec::new(),
+        port: None,
+        vid: VidRequest::default(),
+        migration: Migration::None,
+        reserve: false,
+    }
+}
+
+fn assoc(op: Op, a: AssocArgs) -> anyhow::Result<(VnicArgs, VnicRequest)> {
+    let vid = match a.vid.as_str() {
+        "untagged" => VidRequest::Word(VidWord::Untagged),
+        "assign" => VidRequest::Word(VidWord::Assign),
+        n => VidRequest::Vid(
+            n.parse()
+                .with_context(|| format!("--vid {n:?}: a number, \"untagged\" or \"assign\""))?,
+        ),
+    };
+    let migration = match (a.migrating_in, a.migrating_out) {
+        (Some(v), _) => Migration::MigratingIn(v),
+        (_, Some(v)) => Migration::MigratingOut(v),
+        _ => Migration::None,
+    };
+    let (ipv4, ipv6) = a
+        .ips
+        .iter()
+        .fold((Vec::new(), Vec::new()), |(mut v4, mut v6), ip| {
+            match ip {
+                std::net::IpAddr::V4(a) => v4.push(*a),
+                std::net::IpAddr::V6(a) => v6.push(*a),
+            }
+            (v4, v6)
+        });
+    let req = VnicRequest {
+        vn: Some(a.vn),
+        macs: a.macs,
+        ipv4,
+        ipv6,
+        port: Some(a.port),
+        vid,
+        migration,
+        ..bare(op)
+    };
+    Ok((a.id, req))
+}
+
+fn vnic_table(vnics: &Vec<VnicView>) -> String {
+    let mut out = format!(
+        "{:<38} {:<16} {:<14} {:<15} {:>4}  {}\n",
+        "VNIC", "STATE", "VN", "PORT", "VID", "MACS"
+    );
+    for v in vnics {
+        let macs: Vec<String> = v.macs.iter().map(ToString::to_string).collect();
+        let state = serde_json::to_value(v.state)
+            .ok()
+            .and_then(|s| s.as_str().map(str::to_string))
+            .unwrap_or_default();
+        out += &format!(
+            "{:<38} {:<16} {:<14} {:<15} {:>4}  {}\n",
+            format!("{}/{}", v.vm, v.index),
+            state,
+            v.vn,
+            v.port,
+            v.vid,
+            macs.join(",")
+        );
+    }
+    out
 }
 
 fn print<T: Serialize>(value: &T, json: bool, table: fn(&T) -> String) -> anyhow::Result<()> {

@@ -46,6 +46,16 @@ impl Client {
             .map(drop)
     }
 
+    /// POST with a JSON reply.
+    pub async fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<T, ClientError> {
+        let reply = self.send(Method::POST, path, Some(json(body)?)).await?;
+        serde_json::from_slice(&reply).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
     pub async fn put(&self, path: &str, body: &impl Serialize) -> Result<(), ClientError> {
         self.send(Method::PUT, path, Some(json(body)?))
             .await

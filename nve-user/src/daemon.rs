@@ -78,7 +78,8 @@ impl ConfigFile {
             })
             .with_context(ctx)?;
             for p in &vn.ports {
-                m.attach_port(&vn.name, p).with_context(ctx)?;
+                m.attach_port(&vn.name, p, server::now())
+                    .with_context(ctx)?;
             }
             for r in &vn.remote {
                 m.add_remote(&vn.name, r).with_context(ctx)?;
@@ -250,8 +251,8 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     served.context("serving the API")
 }
 
-/// Re-resolves next hops whenever the kernel reports a link, neighbour or route change,
-/// coalescing bursts.
+/// Brings the dataplane back to the model whenever the kernel reports a link, neighbour or
+/// route change (a VM's tap appearing or going, a next hop changing), coalescing bursts.
 async fn follow_underlay(state: server::Shared, mut events: impl futures_util::Stream + Unpin) {
     use futures_util::StreamExt;
     while events.next().await.is_some() {
@@ -259,8 +260,8 @@ async fn follow_underlay(state: server::Shared, mut events: impl futures_util::S
         while let Some(Some(_)) = futures_util::FutureExt::now_or_never(events.next()) {}
         let mut nve = state.lock().await;
         let model = nve.model.clone();
-        if let Err(e) = nve.refresh_next_hops(&model).await {
-            tracing::warn!("refreshing underlay next hops: {e:#}");
+        if let Err(e) = nve.sync_with(&model, false).await {
+            tracing::warn!("following a link, neighbour or route change: {e}");
         }
     }
 }

@@ -13,7 +13,7 @@ use axum::{
     extract::{Path, Query, State, rejection::BytesRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::{delete, get, put},
+    routing::{delete, get, post, put},
 };
 use nve_common::maps::{NextHop, TUNNEL_DEV};
 use serde::{Deserialize, de::DeserializeOwned};
@@ -22,11 +22,11 @@ use tokio::sync::Mutex;
 use crate::{
     api::{
         AttachPort, CreateVn, ErrorBody, ErrorCode, FdbView, FloodVtep, NextHopView, RemoteMac,
-        StatsView, StatusView, VnView,
+        SignalReply, StatsView, StatusView, VnView, VnicRequest, VnicView,
     },
     dataplane::{Dataplane, DataplaneError},
     mac::MacAddr,
-    model::Model,
+    model::{Model, VnicId},
     netlink,
 };
 
@@ -87,25 +87,35 @@ impl Nve {
 
     /// Brings VM port attachments, maps and underlay neighbours to `model`.
     pub async fn sync(&mut self, model: &Model) -> Result<(), ErrorBody> {
+        self.sync_with(model, true).await
+    }
+
+    /// As [`Nve::sync`]. With `strict`, a statically bound port that does not exist is an
+    /// error (an API request named it); otherwise (a link event) it is left out like a vNIC's
+    /// port that has not appeared yet, and bound when it does.
+    pub async fn sync_with(&mut self, model: &Model, strict: bool) -> Result<(), ErrorBody> {
         let host = |e: &dyn std::fmt::Display| ErrorBody::new(ErrorCode::EHost, e.to_string());
-        let ports: BTreeSet<&str> = model.ports().map(|(p, _)| p.as_str()).collect();
+        let static_ports: BTreeSet<&str> = model.ports().map(|(p, _)| p.as_str()).collect();
+        let vnic_ports = model.vnics().map(|(_, v)| v.params.port.as_str());
+        let ports: BTreeSet<&str> = static_ports.iter().copied().chain(vnic_ports).collect();
         let mut infos = HashMap::new();
         for &port in &ports {
             match netlink::port_info(&self.netlink, port).await {
                 Ok(Some(info)) => {
                     infos.insert(port.to_string(), info);
                 }
-                Ok(None) => {
+                Ok(None) if strict && static_ports.contains(port) => {
                     return Err(ErrorBody::new(
                         ErrorCode::EHost,
                         format!("port {port}: no such interface in the daemon's network namespace"),
                     ));
                 }
+                Ok(None) => {}
                 Err(e) => return Err(host(&format!("looking up port {port}: {e}"))),
             }
         }
         self.dataplane
-            .set_vm_ports(ports.iter().copied())
+            .set_vm_ports(infos.keys().map(String::as_str))
             .map_err(|e| host(&format!("{e:#}")))?;
         let desired = model.desired(|p| infos.get(p).copied());
         self.dataplane.apply(&desired).map_err(|e| match e {
@@ -149,6 +159,8 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/fdb", get(fdb))
         .route("/v1/vns", get(list_vns).post(create_vn))
+        .route("/v1/vnics", get(list_vnics))
+        .route("/v1/vnics/{vm}/{index}", post(signal))
         .route("/v1/vns/{vn}", delete(delete_vn))
         .route("/v1/vns/{vn}/ports", put(attach_port))
         .route("/v1/vns/{vn}/ports/{port}", delete(detach_port))
@@ -185,6 +197,7 @@ impl IntoResponse for ApiError {
             }
             ErrorCode::EResources => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::EHost => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::EState => StatusCode::CONFLICT,
         };
         (status, Json(self.0)).into_response()
     }
@@ -210,6 +223,13 @@ where
 {
     s.parse()
         .map_err(|e| ErrorBody::new(ErrorCode::EFormat, format!("{what} {s:?}: {e}")))
+}
+
+/// Seconds since the epoch: the model's clock (VID quarantine).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn ok() -> StatusCode {
@@ -261,7 +281,7 @@ async fn create_vn(
 }
 
 async fn delete_vn(State(s): State<Shared>, Path(vn): Path<String>) -> ApiResult<StatusCode> {
-    s.lock().await.change(|m| m.delete_vn(&vn)).await?;
+    s.lock().await.change(|m| m.delete_vn(&vn, now())).await?;
     Ok(ok())
 }
 
@@ -271,7 +291,10 @@ async fn attach_port(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let req: AttachPort = body(b)?;
-    s.lock().await.change(|m| m.attach_port(&vn, &req)).await?;
+    s.lock()
+        .await
+        .change(|m| m.attach_port(&vn, &req, now()))
+        .await?;
     Ok(ok())
 }
 
@@ -290,7 +313,7 @@ async fn detach_port(
     let Query(q) = q.map_err(|e| ErrorBody::new(ErrorCode::EFormat, e.body_text()))?;
     s.lock()
         .await
-        .change(|m| m.detach_port(&vn, &port, q.vid))
+        .change(|m| m.detach_port(&vn, &port, q.vid, now()))
         .await?;
     Ok(ok())
 }
@@ -334,4 +357,33 @@ async fn del_flood(
     let vtep: Ipv4Addr = parse("VTEP", &vtep)?;
     s.lock().await.change(|m| m.del_flood(&vn, vtep)).await?;
     Ok(ok())
+}
+
+async fn list_vnics(State(s): State<Shared>) -> Json<Vec<VnicView>> {
+    Json(s.lock().await.model.vnic_views())
+}
+
+/// One signaling message (pre-associate, associate, disassociate, pause, resume) for a vNIC.
+/// Messages for one vNIC are serialized by the daemon's lock; each is applied to the model
+/// and the dataplane as one change.
+async fn signal(
+    State(s): State<Shared>,
+    Path((vm, index)): Path<(String, String)>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<SignalReply>> {
+    let index: u32 = parse("vNIC index", &index)?;
+    let id = VnicId::new(&vm, index)?;
+    let req: VnicRequest = body(b)?;
+    let mut view = None;
+    s.lock()
+        .await
+        .change(|m| {
+            view = m.signal(&id, &req, now())?;
+            Ok(())
+        })
+        .await?;
+    Ok(Json(SignalReply {
+        code: "OK".into(),
+        vnic: view,
+    }))
 }

@@ -32,12 +32,15 @@ pub const VM1_PORT: u32 = 42;
 pub const VM3_PORT: u32 = 43;
 pub const VM4_PORT: u32 = 44;
 pub const VM5_PORT: u32 = 45;
+pub const VM6_PORT: u32 = 46;
 pub const VM1: [u8; 6] = [2, 0, 0, 0, 1, 1];
 pub const VM2: [u8; 6] = [2, 0, 0, 0, 2, 1];
 pub const VM3: [u8; 6] = [2, 0, 0, 0, 3, 1];
 pub const VM4: [u8; 6] = [2, 0, 0, 0, 4, 1];
 /// Behind a tap port.
 pub const VM5: [u8; 6] = [2, 0, 0, 0, 5, 1];
+/// A pre-associated vNIC: installed, not forwarding.
+pub const VM6: [u8; 6] = [2, 0, 0, 0, 6, 1];
 pub const UNKNOWN: [u8; 6] = [2, 0, 0, 0, 9, 9];
 pub const UNDERLAY_MAC: [u8; 6] = [2, 0xaa, 0, 0, 0, 1];
 pub const NEXT_HOP_MAC: [u8; 6] = [2, 0xbb, 0, 0, 0, 2];
@@ -89,15 +92,30 @@ impl Loaded {
         )?;
         let mut ports: HashMap<_, PortKey, PortValue> =
             HashMap::try_from(self.ebpf.map_mut(PORTS_MAP).context(PORTS_MAP)?)?;
-        ports.insert(PortKey::new(TEST_IFINDEX, 0), PortValue { vni: VNI }, 0)?;
+        ports.insert(PortKey::new(TEST_IFINDEX, 0), PortValue::active(VNI), 0)?;
+        // The VMs' ports decapsulation delivers to; VM6's vNIC is only pre-associated, and so
+        // is the test port's VID 40.
+        for (port, vid) in [(VM1_PORT, 0), (VM3_PORT, 0), (VM4_PORT, VID), (VM5_PORT, 0)] {
+            ports.insert(PortKey::new(port, vid), PortValue::active(VNI), 0)?;
+        }
+        ports.insert(
+            PortKey::new(VM6_PORT, 0),
+            PortValue { vni: VNI, flags: 0 },
+            0,
+        )?;
+        ports.insert(
+            PortKey::new(TEST_IFINDEX, 40),
+            PortValue { vni: VNI, flags: 0 },
+            0,
+        )?;
         ports.insert(
             PortKey::new(TEST_IFINDEX, VID),
-            PortValue { vni: VNI_TAGGED },
+            PortValue::active(VNI_TAGGED),
             0,
         )?;
         ports.insert(
             PortKey::new(TEST_IFINDEX, 30),
-            PortValue { vni: VNI_EMPTY },
+            PortValue::active(VNI_EMPTY),
             0,
         )?;
         let mut vns: HashMap<_, u32, VnInfo> =
@@ -119,6 +137,11 @@ impl Loaded {
         fdb.insert(
             FdbKey::new(VNI, VM3),
             FdbEntry::local(LocalPort::new(VM3_PORT, 0)),
+            0,
+        )?;
+        fdb.insert(
+            FdbKey::new(VNI, VM6),
+            FdbEntry::local(LocalPort::new(VM6_PORT, 0)),
             0,
         )?;
         fdb.insert(
@@ -446,6 +469,13 @@ pub fn cases() -> Vec<Case> {
             fwd(Forward::Decapsulated),
         ),
     );
+    let (x, t) = both(Drop, Output::Any, drop(DropReason::VnicInactive));
+    decap(
+        "to a pre-associated vNIC",
+        from_remote(&ip, 4789, 0x08, VNI, &packet::inner_ping(VM6, VM2, 32)),
+        x,
+        t,
+    );
     decap(
         "to a VM on a tap port: left to the kernel's collect_md vxlan (GSO)",
         from_remote(&ip, 4789, 0x08, VNI, &packet::inner_ping(VM5, VM2, 32)),
@@ -556,6 +586,13 @@ pub fn cases() -> Vec<Case> {
         Drop,
         Output::Any,
         drop(DropReason::PktTooSmall),
+    ));
+    cases.push(egress(
+        "from a port whose vNIC is only pre-associated",
+        packet::eth_tagged(VM2, VM1, 40, 0x0800, &tagged_ip),
+        Drop,
+        Output::Any,
+        drop(DropReason::VnicInactive),
     ));
     cases.push(Case {
         name: "a frame without tunnel metadata".into(),

@@ -8,8 +8,8 @@ use std::{
 
 use nve_common::{
     maps::{
-        FLOOD_MAX_PORTS, FLOOD_MAX_REMOTES, FdbEntry, FdbKey, LocalPort, PORT_F_TAP, PortKey,
-        PortValue, VnInfo,
+        FLOOD_MAX_PORTS, FLOOD_MAX_REMOTES, FdbEntry, FdbKey, LocalPort, PORT_ACTIVE, PORT_F_TAP,
+        PortKey, PortValue, VnInfo,
     },
     wire::VNI_MAX,
 };
@@ -19,7 +19,11 @@ use crate::{
         AttachPort, CreateVn, ErrorBody, ErrorCode, FdbTarget, FdbView, PortView, RemoteMac, VnView,
     },
     mac::MacAddr,
+    vid::PortVids,
 };
+
+mod vnics;
+pub use vnics::{Vnic, VnicId};
 
 pub type Result<T> = std::result::Result<T, ErrorBody>;
 
@@ -30,6 +34,11 @@ pub const VID_MAX: u16 = 4094;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Model {
     vns: BTreeMap<String, Vn>,
+    /// vNICs the server signaled (see `vnics.rs`).
+    vnics: BTreeMap<VnicId, Vnic>,
+    /// Per port: which VN each VID (0: untagged) carries, reference-counted by the static
+    /// bindings and vNICs using it.
+    port_vids: BTreeMap<String, PortVids>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -144,15 +153,30 @@ impl Model {
         Ok(())
     }
 
-    pub fn delete_vn(&mut self, name: &str) -> Result<()> {
-        self.vns
-            .remove(name)
-            .map(|_| ())
-            .ok_or_else(|| unknown_vn(name))
+    /// Deletes a VN and its static port bindings; refused while vNICs use it.
+    pub fn delete_vn(&mut self, name: &str, now: u64) -> Result<()> {
+        let vn = self.vn(name)?;
+        let vni = vn.vni;
+        if let Some(id) = self
+            .vnics
+            .iter()
+            .find(|(_, v)| v.vni == vni)
+            .map(|(id, _)| id)
+        {
+            return Err(ErrorBody::new(
+                ErrorCode::EState,
+                format!("VN {name} still has vNICs (e.g. {id}): disassociate them first"),
+            ));
+        }
+        let vn = self.vns.remove(name).expect("looked up above");
+        for (port, _) in vn.ports.keys() {
+            self.release_vid(port, vni, now);
+        }
+        Ok(())
     }
 
     /// Binds (port, VID) to the VN with the MACs behind it; a repeat replaces the MACs.
-    pub fn attach_port(&mut self, vn_name: &str, req: &AttachPort) -> Result<()> {
+    pub fn attach_port(&mut self, vn_name: &str, req: &AttachPort, now: u64) -> Result<()> {
         self.vn(vn_name)?;
         if req.port.is_empty() || req.port.len() > IFNAME_MAX || req.port.contains(['/', ' ']) {
             return Err(format_err(format!(
@@ -170,16 +194,6 @@ impl Model {
             check_unicast(mac)?;
         }
         let key = (req.port.clone(), req.vid);
-        if let Some((other, _)) = self
-            .vns
-            .iter()
-            .find(|(name, vn)| *name != vn_name && vn.ports.contains_key(&key))
-        {
-            return Err(ErrorBody::new(
-                ErrorCode::EVidConflict,
-                format!("port {} VID {} is bound to VN {other}", req.port, req.vid),
-            ));
-        }
         let vn = self.vn(vn_name)?;
         if !vn.ports.contains_key(&key) && vn.ports.len() >= FLOOD_MAX_PORTS {
             return Err(ErrorBody::new(
@@ -198,17 +212,31 @@ impl Model {
                 ));
             }
         }
+        for &mac in &req.macs {
+            if let Some(holder) = self.vnic_holding(self.vn(vn_name)?.vni, mac, None) {
+                return Err(ErrorBody::new(
+                    ErrorCode::EMacConflict,
+                    format!("MAC {mac} in VN {vn_name} is held by vNIC {holder}"),
+                ));
+            }
+        }
+        if !self.vn(vn_name)?.ports.contains_key(&key) {
+            let vni = self.vn(vn_name)?.vni;
+            self.acquire_vid(&req.port, vni, Some(req.vid), now)?;
+        }
         let vn = self.vn_mut(vn_name)?;
         vn.ports.insert(key, req.macs.iter().copied().collect());
         Ok(())
     }
 
-    pub fn detach_port(&mut self, vn_name: &str, port: &str, vid: u16) -> Result<()> {
+    pub fn detach_port(&mut self, vn_name: &str, port: &str, vid: u16, now: u64) -> Result<()> {
         let vn = self.vn_mut(vn_name)?;
+        let vni = vn.vni;
         vn.ports
             .remove(&(port.to_string(), vid))
-            .map(|_| ())
-            .ok_or_else(|| not_found(format!("port {port} VID {vid} is not in VN {vn_name}")))
+            .ok_or_else(|| not_found(format!("port {port} VID {vid} is not in VN {vn_name}")))?;
+        self.release_vid(port, vni, now);
+        Ok(())
     }
 
     pub fn add_remote(&mut self, vn_name: &str, req: &RemoteMac) -> Result<()> {
@@ -314,35 +342,68 @@ impl Model {
     }
 
     /// The dataplane's map contents. Ports whose interface does not exist (`port` gives
-    /// `None`) are left out until it appears.
+    /// `None`) are left out until it appears. A (port, VID) forwards if a static binding or
+    /// an associated vNIC uses it; pre-associated and paused vNICs are installed but inactive.
     pub fn desired(&self, port: impl Fn(&str) -> Option<PortInfo>) -> Desired {
         let mut d = Desired::default();
+        // (port, VID) -> (VNI, active)
+        let mut bindings: BTreeMap<(&str, u16), (u32, bool)> = BTreeMap::new();
         for vn in self.vns.values() {
             let mut info = VnInfo::default();
             for (i, vtep) in vn.flood.iter().take(FLOOD_MAX_REMOTES).enumerate() {
                 info.remotes[i] = vtep.octets();
                 info.remote_count += 1;
             }
-            for ((name, vid), macs) in &vn.ports {
-                let Some(p) = port(name) else {
-                    continue;
-                };
-                let flags = if p.tap { PORT_F_TAP } else { 0 };
-                let local = LocalPort::new(p.ifindex, *vid).with_flags(flags);
-                info.ports[info.port_count as usize] = local;
-                info.port_count += 1;
-                d.ports
-                    .insert(PortKey::new(p.ifindex, *vid), PortValue { vni: vn.vni });
-                for mac in macs {
-                    d.fdb
-                        .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::local(local));
-                }
-            }
+            d.vns.insert(vn.vni, info);
             for (mac, vtep) in &vn.remote {
                 d.fdb
                     .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::remote(vtep.octets()));
             }
-            d.vns.insert(vn.vni, info);
+            for (p, vid) in vn.ports.keys() {
+                bindings.insert((p, *vid), (vn.vni, true));
+            }
+        }
+        for v in self.vnics.values() {
+            let b = bindings
+                .entry((&v.params.port, v.vid))
+                .or_insert((v.vni, false));
+            b.1 |= v.state.forwards();
+        }
+        let local = |name: &str, vid: u16| {
+            port(name).map(|p| {
+                let flags = if p.tap { PORT_F_TAP } else { 0 };
+                LocalPort::new(p.ifindex, vid).with_flags(flags)
+            })
+        };
+        for (&(name, vid), &(vni, active)) in &bindings {
+            let Some(lp) = local(name, vid) else { continue };
+            let flags = if active { PORT_ACTIVE } else { 0 };
+            d.ports
+                .insert(PortKey::new(lp.ifindex, vid), PortValue { vni, flags });
+            let info = d.vns.get_mut(&vni).expect("bindings name existing VNs");
+            if active && (info.port_count as usize) < FLOOD_MAX_PORTS {
+                info.ports[info.port_count as usize] = lp;
+                info.port_count += 1;
+            }
+        }
+        for vn in self.vns.values() {
+            for ((name, vid), macs) in &vn.ports {
+                let Some(lp) = local(name, *vid) else {
+                    continue;
+                };
+                for mac in macs {
+                    d.fdb
+                        .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::local(lp));
+                }
+            }
+        }
+        for v in self.vnics.values() {
+            let Some(lp) = local(&v.params.port, v.vid) else {
+                continue;
+            };
+            for mac in &v.params.macs {
+                d.fdb.insert(FdbKey::new(v.vni, mac.0), FdbEntry::local(lp));
+            }
         }
         d
     }
@@ -460,13 +521,15 @@ mod tests {
             vni: 200,
         })
         .unwrap();
-        m.attach_port("blue", &attach("tap1", 0, &["02:00:00:00:00:01"]))
+        m.attach_port("blue", &attach("tap1", 0, &["02:00:00:00:00:01"]), 0)
             .unwrap();
         let before = m.clone();
-        let e = m.attach_port("red", &attach("tap1", 0, &[])).unwrap_err();
+        let e = m
+            .attach_port("red", &attach("tap1", 0, &[]), 0)
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::EVidConflict);
         let e = m
-            .attach_port("blue", &attach("tap2", 0, &["02:00:00:00:00:01"]))
+            .attach_port("blue", &attach("tap2", 0, &["02:00:00:00:00:01"]), 0)
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::EMacConflict);
         let e = m
@@ -480,25 +543,25 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::EMacConflict);
         let e = m
-            .attach_port("blue", &attach("tap2", 4095, &[]))
+            .attach_port("blue", &attach("tap2", 4095, &[]), 0)
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::EFormat);
         let e = m
-            .attach_port("blue", &attach("tap2", 0, &["01:00:5e:00:00:01"]))
+            .attach_port("blue", &attach("tap2", 0, &["01:00:5e:00:00:01"]), 0)
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::EFormat);
         assert_eq!(m, before);
         // Same port on another VID of another VN is fine; same MAC in another VN too.
-        m.attach_port("red", &attach("tap1", 20, &["02:00:00:00:00:01"]))
+        m.attach_port("red", &attach("tap1", 20, &["02:00:00:00:00:01"]), 0)
             .unwrap();
     }
 
     #[test]
     fn desired_maps_follow_the_model() {
         let mut m = model();
-        m.attach_port("blue", &attach("tap1", 0, &["02:00:00:00:00:01"]))
+        m.attach_port("blue", &attach("tap1", 0, &["02:00:00:00:00:01"]), 0)
             .unwrap();
-        m.attach_port("blue", &attach("gone", 0, &["02:00:00:00:00:03"]))
+        m.attach_port("blue", &attach("gone", 0, &["02:00:00:00:00:03"]), 0)
             .unwrap();
         m.add_remote(
             "blue",
@@ -509,7 +572,7 @@ mod tests {
         )
         .unwrap();
         m.add_flood("blue", [10, 0, 0, 2].into()).unwrap();
-        m.attach_port("blue", &attach("qemu0", 0, &["02:00:00:00:00:04"]))
+        m.attach_port("blue", &attach("qemu0", 0, &["02:00:00:00:00:04"]), 0)
             .unwrap();
         let d = m.desired(|name| match name {
             "tap1" => Some(PortInfo {
@@ -527,7 +590,7 @@ mod tests {
             FdbEntry::local(LocalPort::new(8, 0).with_flags(PORT_F_TAP))
         );
         assert_eq!(d.ports.len(), 2);
-        assert_eq!(d.ports[&PortKey::new(7, 0)], PortValue { vni: 100 });
+        assert_eq!(d.ports[&PortKey::new(7, 0)], PortValue::active(100));
         assert_eq!(d.fdb.len(), 3);
         assert_eq!(
             d.fdb[&FdbKey::new(100, mac("02:00:00:00:00:01").0)],
@@ -540,7 +603,7 @@ mod tests {
         let vn = d.vns[&100];
         assert_eq!((vn.remote_count, vn.port_count), (1, 2));
         assert_eq!(vn.remotes[0], [10, 0, 0, 2]);
-        m.delete_vn("blue").unwrap();
+        m.delete_vn("blue", 0).unwrap();
         assert_eq!(
             m.desired(|_| Some(PortInfo {
                 ifindex: 7,

@@ -1,0 +1,294 @@
+//! vNICs signaled by the server: pre-associate / associate / disassociate / pause / resume,
+//! checked against the state machine (`vnic.rs`) and the port's VID map (`vid.rs`).
+use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Model, Result, check_unicast, format_err, unknown_vn};
+use crate::{
+    api::{ErrorBody, ErrorCode, Migration, VidRequest, VidWord, VnicRequest, VnicView},
+    mac::MacAddr,
+    model::IFNAME_MAX,
+    vid::{VID_MAX, VidError},
+    vnic::{Op, VnicState, transition},
+};
+
+/// A vNIC's identity: the VM's UUID and the vNIC's index (a MAC alone is not one).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VnicId {
+    pub vm: String,
+    pub index: u32,
+}
+
+impl fmt::Display for VnicId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.vm, self.index)
+    }
+}
+
+impl VnicId {
+    /// Checks the VM UUID's form (8-4-4-4-12 hex digits).
+    pub fn new(vm: &str, index: u32) -> Result<Self> {
+        let groups: Vec<&str> = vm.split('-').collect();
+        let ok = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+            && groups
+                .iter()
+                .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !ok {
+            return Err(format_err(format!(
+                "VM {vm:?}: not a UUID (8-4-4-4-12 hex digits)"
+            )));
+        }
+        Ok(Self {
+            vm: vm.to_ascii_lowercase(),
+            index,
+        })
+    }
+}
+
+/// What identifies an association: a repeat with the same is idempotent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VnicParams {
+    pub vn: String,
+    pub macs: BTreeSet<MacAddr>,
+    pub ipv4: BTreeSet<Ipv4Addr>,
+    pub ipv6: BTreeSet<std::net::Ipv6Addr>,
+    pub port: String,
+    pub vid: VidRequest,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vnic {
+    pub params: VnicParams,
+    pub vni: u32,
+    pub state: VnicState,
+    /// The VID bound on the port for it (0: untagged).
+    pub vid: u16,
+    pub migration: Migration,
+    pub request_id: u64,
+}
+
+impl VnicParams {
+    fn from_request(r: &VnicRequest) -> Result<Self> {
+        let vn =
+            r.vn.clone()
+                .ok_or_else(|| format_err(format!("{:?} needs \"vn\"", r.op)))?;
+        let port = r
+            .port
+            .clone()
+            .ok_or_else(|| format_err(format!("{:?} needs \"port\"", r.op)))?;
+        if port.is_empty() || port.len() > IFNAME_MAX || port.contains(['/', ' ']) {
+            return Err(format_err(format!(
+                "port {port:?}: an interface name of 1 to {IFNAME_MAX} bytes"
+            )));
+        }
+        if r.macs.is_empty() {
+            return Err(format_err(format!(
+                "{:?} needs at least one MAC in \"macs\"",
+                r.op
+            )));
+        }
+        for &mac in &r.macs {
+            check_unicast(mac)?;
+        }
+        if let VidRequest::Vid(v) = r.vid
+            && !(1..=VID_MAX).contains(&v)
+        {
+            return Err(format_err(format!(
+                "VID {v}: must be 1 to {VID_MAX}, \"untagged\" or \"assign\""
+            )));
+        }
+        Ok(Self {
+            vn,
+            macs: r.macs.iter().copied().collect(),
+            ipv4: r.ipv4.iter().copied().collect(),
+            ipv6: r.ipv6.iter().copied().collect(),
+            port,
+            vid: r.vid,
+        })
+    }
+
+    /// Whether `self` (a request) asks for what `bound` (with VID `vid`) already is.
+    fn same_as(&self, bound: &VnicParams, vid: u16) -> bool {
+        let vid_ok = self.vid == bound.vid || self.vid == VidRequest::Vid(vid);
+        vid_ok
+            && VnicParams {
+                vid: bound.vid,
+                ..self.clone()
+            } == *bound
+    }
+}
+
+fn state_err(message: String) -> ErrorBody {
+    ErrorBody::new(ErrorCode::EState, message)
+}
+
+impl Model {
+    /// Applies one signaling message for vNIC `id` at time `now` (seconds).
+    pub fn signal(&mut self, id: &VnicId, req: &VnicRequest, now: u64) -> Result<Option<VnicView>> {
+        let current = self.vnics.get(id);
+        let to = transition(current.map(|v| v.state), req.op)
+            .map_err(|e| state_err(format!("vNIC {id}: {e}")))?;
+        match req.op {
+            Op::PreAssociate | Op::Associate => {
+                let params = VnicParams::from_request(req)?;
+                let to = to.expect("(pre-)associate leads to a state");
+                if let Some(cur) = current {
+                    if params.same_as(&cur.params, cur.vid) {
+                        let v = self.vnics.get_mut(id).expect("present");
+                        v.state = to;
+                        v.migration = req.migration;
+                        v.request_id = v.request_id.max(req.request_id);
+                        return Ok(Some(self.vnic_view(id)));
+                    }
+                    if req.request_id <= cur.request_id {
+                        return Err(state_err(format!(
+                            "vNIC {id} is {:?} with other parameters; send request_id > {} to update it",
+                            cur.state, cur.request_id
+                        )));
+                    }
+                    self.remove_vnic(id, now);
+                }
+                self.install_vnic(id, params, to, req, now)?;
+                Ok(Some(self.vnic_view(id)))
+            }
+            Op::Disassociate => {
+                self.remove_vnic(id, now);
+                Ok(None)
+            }
+            Op::Pause | Op::Resume => {
+                let v = self
+                    .vnics
+                    .get_mut(id)
+                    .expect("the table allows these only when present");
+                v.state = to.expect("pause/resume lead to a state");
+                v.request_id = v.request_id.max(req.request_id);
+                Ok(Some(self.vnic_view(id)))
+            }
+        }
+    }
+
+    fn install_vnic(
+        &mut self,
+        id: &VnicId,
+        params: VnicParams,
+        state: VnicState,
+        req: &VnicRequest,
+        now: u64,
+    ) -> Result<()> {
+        let vn = self
+            .vns
+            .get(&params.vn)
+            .ok_or_else(|| unknown_vn(&params.vn))?;
+        let vni = vn.vni;
+        for &mac in &params.macs {
+            if let Some(holder) = self.vnic_holding(vni, mac, Some(id)) {
+                return Err(ErrorBody::new(
+                    ErrorCode::EMacConflict,
+                    format!("MAC {mac} in VN {} is held by vNIC {holder}", params.vn),
+                ));
+            }
+            if let Some((port, vid)) = vn
+                .ports
+                .iter()
+                .find(|(_, macs)| macs.contains(&mac))
+                .map(|(k, _)| k)
+            {
+                return Err(ErrorBody::new(
+                    ErrorCode::EMacConflict,
+                    format!(
+                        "MAC {mac} in VN {} is bound statically to port {port} VID {vid}",
+                        params.vn
+                    ),
+                ));
+            }
+        }
+        let requested = match params.vid {
+            VidRequest::Vid(v) => Some(v),
+            VidRequest::Word(VidWord::Untagged) => Some(0),
+            VidRequest::Word(VidWord::Assign) => None,
+        };
+        let vid = self.acquire_vid(&params.port, vni, requested, now)?;
+        self.vnics.insert(
+            id.clone(),
+            Vnic {
+                params,
+                vni,
+                state,
+                vid,
+                migration: req.migration,
+                request_id: req.request_id,
+            },
+        );
+        Ok(())
+    }
+
+    fn remove_vnic(&mut self, id: &VnicId, now: u64) {
+        if let Some(v) = self.vnics.remove(id) {
+            self.release_vid(&v.params.port, v.vni, now);
+        }
+    }
+
+    /// Takes a reference on `port`'s binding of `vni` (see `vid.rs`).
+    pub(super) fn acquire_vid(
+        &mut self,
+        port: &str,
+        vni: u32,
+        requested: Option<u16>,
+        now: u64,
+    ) -> Result<u16> {
+        let vids = self.port_vids.entry(port.to_string()).or_default();
+        vids.expire(now);
+        vids.acquire(vni, requested, now).map_err(|e| match e {
+            VidError::Exhausted => {
+                ErrorBody::new(ErrorCode::EResources, format!("port {port}: {e}"))
+            }
+            e => ErrorBody::new(ErrorCode::EVidConflict, format!("port {port}: {e}")),
+        })
+    }
+
+    pub(super) fn release_vid(&mut self, port: &str, vni: u32, now: u64) {
+        if let Some(vids) = self.port_vids.get_mut(port) {
+            vids.release(vni, now);
+        }
+    }
+
+    /// The vNIC (other than `except`) holding `mac` in VNI `vni`.
+    pub(super) fn vnic_holding(
+        &self,
+        vni: u32,
+        mac: MacAddr,
+        except: Option<&VnicId>,
+    ) -> Option<&VnicId> {
+        self.vnics
+            .iter()
+            .find(|(id, v)| Some(*id) != except && v.vni == vni && v.params.macs.contains(&mac))
+            .map(|(id, _)| id)
+    }
+
+    pub fn vnics(&self) -> impl Iterator<Item = (&VnicId, &Vnic)> {
+        self.vnics.iter()
+    }
+
+    pub fn vnic_view(&self, id: &VnicId) -> VnicView {
+        let v = &self.vnics[id];
+        VnicView {
+            vm: id.vm.clone(),
+            index: id.index,
+            state: v.state,
+            vn: v.params.vn.clone(),
+            vni: v.vni,
+            port: v.params.port.clone(),
+            vid: v.vid,
+            macs: v.params.macs.iter().copied().collect(),
+            ipv4: v.params.ipv4.iter().copied().collect(),
+            ipv6: v.params.ipv6.iter().copied().collect(),
+            migration: v.migration,
+            request_id: v.request_id,
+        }
+    }
+
+    pub fn vnic_views(&self) -> Vec<VnicView> {
+        self.vnics.keys().map(|id| self.vnic_view(id)).collect()
+    }
+}
