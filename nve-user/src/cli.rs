@@ -66,6 +66,8 @@ pub enum Command {
     },
     /// Dataplane counters: forwards and drops by reason.
     Stats(JsonFlag),
+    /// Remove the dataplane a stopped daemon of this instance left forwarding.
+    Teardown,
     /// Signal VM lifecycle events for a vNIC (what a hypervisor hook calls).
     Vm {
         #[command(subcommand)]
@@ -218,9 +220,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .init();
         return daemon::run(paths, socket, args).await;
     }
+    if let Command::Teardown = cli.command {
+        return daemon::teardown(&paths).await;
+    }
     let c = Client::new(&socket);
     match cli.command {
-        Command::Daemon(_) => unreachable!("handled above"),
+        Command::Daemon(_) | Command::Teardown => unreachable!("handled above"),
         Command::Status(j) => {
             let s: StatusView = c.get("/v1/status").await?;
             print(&s, j.json, status_table)

@@ -24,6 +24,7 @@ use crate::{
     netlink,
     paths::Paths,
     server::{self, Nve},
+    store::Store,
 };
 
 #[derive(Clone, Debug, clap::Args)]
@@ -40,9 +41,15 @@ pub struct DaemonArgs {
     /// Outer IPv4 TTL.
     #[arg(long, default_value_t = DEFAULT_TTL)]
     pub ttl: u8,
-    /// JSON file of VNs to create at start (see README).
+    /// JSON file of VNs to create on first start, when the state dir holds no state yet
+    /// (see README).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// On SIGTERM/SIGINT remove the dataplane (programs, pins, nve-vxlan, managed
+    /// neighbours). Without it the dataplane keeps forwarding with the last state, and a
+    /// restarted daemon takes it over without losing a packet; `nve teardown` removes it.
+    #[arg(long)]
+    pub teardown_on_exit: bool,
 }
 
 /// The startup configuration file.
@@ -148,7 +155,18 @@ fn ensure_bpffs() -> anyhow::Result<()> {
 }
 
 pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
+    let run_dir = socket.parent().context("socket path has no directory")?;
+    fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    if let Some(dir) = paths.lock.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _lock = InstanceLock::take(&paths.lock, &paths.instance)?;
+    let (store, stored) = Store::open(&paths.state_dir)?;
     let initial = match &args.config {
+        Some(path) if stored != Model::default() => {
+            tracing::info!(config = %path.display(), "state dir holds state: config file not applied");
+            stored
+        }
         Some(path) => {
             let text = fs::read_to_string(path)
                 .with_context(|| format!("reading config {}", path.display()))?;
@@ -157,16 +175,8 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
             cfg.model()
                 .with_context(|| format!("config {}", path.display()))?
         }
-        None => Model::default(),
+        None => stored,
     };
-    let run_dir = socket.parent().context("socket path has no directory")?;
-    fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    if let Some(dir) = paths.lock.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let _lock = InstanceLock::take(&paths.lock, &paths.instance)?;
-    fs::create_dir_all(&paths.state_dir)
-        .with_context(|| format!("creating state dir {}", paths.state_dir.display()))?;
     ensure_bpffs()?;
     let underlay_ifindex = netlink::ifindex(&args.underlay)
         .with_context(|| format!("underlay {:?}: no such interface", args.underlay))?;
@@ -207,16 +217,13 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
         underlay_ifindex,
         managed_neighbours: Default::default(),
         next_hops: Default::default(),
+        store,
     };
-    if let Err(e) = nve
-        .change(|m| {
-            *m = initial;
-            Ok(())
-        })
-        .await
-    {
-        nve.teardown().await;
-        bail!("applying the startup configuration: {e}");
+    if let Err(e) = nve.start(initial).await {
+        if args.teardown_on_exit {
+            nve.teardown().await;
+        }
+        bail!("bringing the dataplane to the stored state: {e}");
     }
 
     let _ = fs::remove_file(&socket);
@@ -246,8 +253,12 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     let nve = Arc::try_unwrap(shared)
         .map_err(|_| anyhow::anyhow!("API still holds the state after shutdown"))?
         .into_inner();
-    nve.teardown().await;
-    tracing::info!(instance = %paths.instance, "nve daemon stopped; dataplane removed");
+    if args.teardown_on_exit {
+        nve.teardown().await;
+        tracing::info!(instance = %paths.instance, "nve daemon stopped; dataplane removed");
+    } else {
+        tracing::info!(instance = %paths.instance, "nve daemon stopped; the dataplane keeps forwarding (`nve teardown` removes it)");
+    }
     served.context("serving the API")
 }
 
@@ -272,4 +283,32 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// `nve teardown`: removes a dataplane a stopped daemon left forwarding (pinned programs
+/// and maps, nve-vxlan, the managed neighbours of its VTEPs). The stored state stays; a
+/// daemon started later rebuilds the dataplane from it.
+pub async fn teardown(paths: &Paths) -> anyhow::Result<()> {
+    let _lock = InstanceLock::take(&paths.lock, &paths.instance)
+        .context("stop the daemon first: teardown removes what it forwards with")?;
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    tokio::spawn(conn);
+    if paths.state_dir.exists() {
+        let (_, model) = Store::open(&paths.state_dir)?;
+        for vtep in model.vteps() {
+            if let Some(route) = netlink::route_to(&handle, vtep).await? {
+                let _ = netlink::forget_neighbour(&handle, route).await;
+            }
+        }
+    }
+    match fs::remove_dir_all(&paths.pin_dir) {
+        Ok(()) => println!("removed {} (programs detached)", paths.pin_dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", paths.pin_dir.display())),
+    }
+    if let Some(parent) = paths.pin_dir.parent() {
+        let _ = fs::remove_dir(parent);
+    }
+    netlink::delete_link(&handle, TUNNEL_DEV).await?;
+    Ok(())
 }

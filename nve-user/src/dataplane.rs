@@ -14,6 +14,8 @@ use aya::{
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
 use nve_common::{
@@ -117,8 +119,10 @@ pub struct Dataplane {
     vm_ports: BTreeSet<String>,
 }
 
-/// File name prefix of pinned links in the pin dir.
-const LINK_PREFIX: &str = "link_";
+/// File name of a pinned link in the pin dir.
+fn link_key(program: &str, iface: &str) -> String {
+    format!("link_{program}@{iface}")
+}
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
@@ -152,7 +156,6 @@ impl Dataplane {
             vm_ports: BTreeSet::new(),
         };
 
-        dp.remove_stale_links()?;
         dp.attach_tc(TC_UNDERLAY_RX, underlay)?;
         if mode == UnderlayMode::Xdp {
             dp.attach_xdp(XDP_UNDERLAY_RX, underlay)?;
@@ -162,28 +165,24 @@ impl Dataplane {
         Ok(dp)
     }
 
-    /// Detaches links a previous daemon of this instance pinned and never removed (it
-    /// crashed): the programs attached now replace them.
-    fn remove_stale_links(&self) -> Result<()> {
-        let entries = fs::read_dir(&self.pin_dir)
-            .map_err(|e| DataplaneError::PinDir(self.pin_dir.clone(), e))?;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(LINK_PREFIX) {
-                tracing::warn!(link = %name, "detaching a link left by a previous daemon");
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-        Ok(())
-    }
-
-    /// Attaches classifier `name` at TC ingress of `iface` and pins the link.
+    /// Attaches classifier `name` at TC ingress of `iface` and pins the link. A link a
+    /// previous daemon pinned there is taken over: the new program replaces the old one in
+    /// it atomically (bpf_link_update), so not a packet misses a program.
     fn attach_tc(&mut self, name: &'static str, iface: &str) -> Result<()> {
         let attach_err = |source| DataplaneError::Attach {
             name,
             iface: iface.into(),
             source,
         };
+        let key = link_key(name, iface);
+        if let Some(old) = self.pinned(&key) {
+            let old = SchedClassifierLink::try_from(old)
+                .map_err(|e| DataplaneError::Link(key.clone(), e))?;
+            self.classifier(name)?
+                .attach_to_link(old)
+                .map_err(attach_err)?;
+            return self.keep_pinned(key);
+        }
         let prog = self.classifier(name)?;
         let id = prog
             .attach(iface, TcAttachType::Ingress)
@@ -209,6 +208,24 @@ impl Dataplane {
             .map_err(|source| DataplaneError::Program { name, source })?;
         prog.load()
             .map_err(|source| DataplaneError::Program { name, source })?;
+        let key = link_key(name, iface);
+        if let Some(old) = self.pinned(&key) {
+            let old = XdpLink::try_from(old).map_err(|e| DataplaneError::Link(key.clone(), e))?;
+            let prog: &mut Xdp = self
+                .ebpf
+                .program_mut(name)
+                .expect("loaded above")
+                .try_into()
+                .expect("an XDP program");
+            prog.attach_to_link(old).map_err(attach_err)?;
+            return self.keep_pinned(key);
+        }
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .expect("loaded above")
+            .try_into()
+            .expect("an XDP program");
         let id = prog.attach(iface, XdpMode::Default).map_err(attach_err)?;
         let link = prog.take_link(id).map_err(attach_err)?;
         let link = FdLink::try_from(link)
@@ -216,10 +233,41 @@ impl Dataplane {
         self.pin_link(name, iface, link)
     }
 
+    /// Detaches links an earlier daemon pinned that this one did not take over (a port that
+    /// is gone, XDP when the mode changed). Call once the dataplane is brought to the model.
+    pub fn drop_unclaimed_links(&mut self) -> Result<()> {
+        let entries = fs::read_dir(&self.pin_dir)
+            .map_err(|e| DataplaneError::PinDir(self.pin_dir.clone(), e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("link_") && !self.links.contains_key(&name) {
+                tracing::info!(link = %name, "detaching a link no longer wanted");
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// The link pinned as `key` by an earlier daemon, if any.
+    fn pinned(&self, key: &str) -> Option<FdLink> {
+        PinnedLink::from_pin(self.pin_dir.join(key))
+            .ok()
+            .map(FdLink::from)
+    }
+
+    /// Records the pinned link `key` (already pinned) as this daemon's.
+    fn keep_pinned(&mut self, key: String) -> Result<()> {
+        let pinned = PinnedLink::from_pin(self.pin_dir.join(&key))
+            .map_err(|e| DataplaneError::Link(key.clone(), e))?;
+        tracing::info!(link = %key, "took over a pinned link");
+        self.links.insert(key, pinned);
+        Ok(())
+    }
+
     /// Pins `link` as `link_<program>@<iface>` in the pin dir, so the attachment outlives a
     /// daemon that dies, and keeps it.
     fn pin_link(&mut self, name: &str, iface: &str, link: FdLink) -> Result<()> {
-        let key = format!("{LINK_PREFIX}{name}@{iface}");
+        let key = link_key(name, iface);
         let pinned = link
             .pin(self.pin_dir.join(&key))
             .map_err(|e| DataplaneError::PinLink(key.clone(), e))?;
@@ -229,7 +277,7 @@ impl Dataplane {
 
     /// Unpins and detaches the link of `name` on `iface`, if any.
     fn detach(&mut self, name: &str, iface: &str) {
-        if let Some(pinned) = self.links.remove(&format!("{LINK_PREFIX}{name}@{iface}")) {
+        if let Some(pinned) = self.links.remove(&link_key(name, iface)) {
             // Dropping the unpinned link closes its last reference: the kernel detaches it.
             // An interface that is gone took the attachment with it already.
             drop(pinned.unpin());

@@ -11,5 +11,6 @@ pub mod model;
 pub mod netlink;
 pub mod paths;
 pub mod server;
+pub mod store;
 pub mod vid;
 pub mod vnic;

@@ -38,6 +38,10 @@ pub async fn keep_neighbour_resolved(
     ifindex: u32,
     vtep: Ipv4Addr,
 ) -> Result<(), rtnetlink::Error> {
+    if is_managed(handle, ifindex, vtep).await? {
+        // Ours already (a restarted daemon): replacing it would unresolve it for a moment.
+        return Ok(());
+    }
     let mut req = handle
         .neighbours()
         .add(ifindex, vtep.into())
@@ -56,6 +60,33 @@ pub struct Route {
     pub oif: u32,
     /// The VTEP itself when on-link, else the route's gateway.
     pub hop: Ipv4Addr,
+}
+
+/// Whether the neighbour entry of `ip` on `ifindex` exists and is managed.
+async fn is_managed(handle: &Handle, ifindex: u32, ip: Ipv4Addr) -> Result<bool, rtnetlink::Error> {
+    let mut neighbours = handle
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Inet)
+        .execute();
+    while let Some(n) = neighbours.try_next().await? {
+        if n.header.ifindex != ifindex {
+            continue;
+        }
+        let mut dest = None;
+        let mut managed = false;
+        for attr in n.attributes {
+            match attr {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dest = Some(a),
+                NeighbourAttribute::ExtFlags(f) => managed = f.contains(NeighbourExtFlags::Managed),
+                _ => {}
+            }
+        }
+        if dest == Some(ip) {
+            return Ok(managed);
+        }
+    }
+    Ok(false)
 }
 
 /// Looks up the kernel's route to `vtep` (as `ip route get` does).
@@ -181,11 +212,14 @@ pub async fn port_info(handle: &Handle, name: &str) -> Result<Option<PortInfo>, 
     }))
 }
 
-/// (Re)creates the collect_md ("external") vxlan device on UDP 4789 and brings it up. Its
+/// Creates the collect_md ("external") vxlan device, unless it exists, on UDP 4789 and brings it up. Its
 /// socket is also what lets the underlay GRO VXLAN traffic.
 pub async fn create_tunnel_device(handle: &Handle) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    delete_link(handle, TUNNEL_DEV).await?;
+    if port_info(handle, TUNNEL_DEV).await?.is_some() {
+        // Left by a daemon that kept its dataplane: it carries traffic, keep it.
+        return Ok(());
+    }
     let msg = LinkVxlan::new(TUNNEL_DEV, 0)
         .collect_metadata(true)
         .port(VXLAN_PORT)

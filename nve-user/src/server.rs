@@ -26,8 +26,9 @@ use crate::{
     },
     dataplane::{Dataplane, DataplaneError},
     mac::MacAddr,
-    model::{Model, VnicId},
+    model::{Event, Model, VnicId},
     netlink,
+    store::Store,
 };
 
 /// Largest request body accepted.
@@ -42,6 +43,8 @@ pub struct Nve {
     pub underlay_ifindex: u32,
     /// Next hops whose neighbour entries the kernel keeps resolved for us.
     pub managed_neighbours: BTreeSet<netlink::Route>,
+    /// The model on disk.
+    pub store: Store,
     /// Remote VTEPs -> their resolved next hop, as written to the dataplane.
     pub next_hops: HashMap<[u8; 4], NextHop>,
 }
@@ -51,16 +54,47 @@ pub type Shared = Arc<Mutex<Nve>>;
 impl Nve {
     /// Applies `f` to a copy of the model and the dataplane to match; on any error the
     /// model and the dataplane stay as they were.
-    pub async fn change(
-        &mut self,
-        f: impl FnOnce(&mut Model) -> Result<(), ErrorBody>,
-    ) -> Result<(), ErrorBody> {
+    /// Takes over the dataplane at start: brings it to `model` (the stored state) by
+    /// difference, so entries traffic uses are left alone. Ports that are missing now are
+    /// bound when they appear.
+    pub async fn start(&mut self, model: Model) -> Result<(), ErrorBody> {
+        self.sync_with(&model, false).await?;
+        self.dataplane
+            .drop_unclaimed_links()
+            .map_err(|e| ErrorBody::new(ErrorCode::EHost, anyhow::Error::from(e).to_string()))?;
+        self.store.snapshot(&model).map_err(|e| {
+            ErrorBody::new(ErrorCode::EHost, format!("writing the snapshot: {e:#}"))
+        })?;
+        self.model = model;
+        Ok(())
+    }
+
+    /// Applies one API event: to a copy of the model, then the dataplane, then the journal;
+    /// the model is committed only when all three succeeded.
+    pub async fn submit(&mut self, event: Event) -> Result<Option<VnicView>, ErrorBody> {
+        let now = now();
         let mut next = self.model.clone();
-        f(&mut next)?;
+        let reply = next.apply(&event, now)?;
+        self.move_to(next, |store, model| store.append(&event, now, model))
+            .await?;
+        Ok(reply)
+    }
+
+    async fn move_to(
+        &mut self,
+        next: Model,
+        persist: impl FnOnce(&mut Store, &Model) -> anyhow::Result<()>,
+    ) -> Result<(), ErrorBody> {
         if next == self.model {
             return Ok(());
         }
-        if let Err(e) = self.sync(&next).await {
+        let result = match self.sync(&next).await {
+            Ok(()) => persist(&mut self.store, &next).map_err(|e| {
+                ErrorBody::new(ErrorCode::EHost, format!("persisting the change: {e:#}"))
+            }),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
             let current = self.model.clone();
             if let Err(again) = self.sync(&current).await {
                 tracing::error!("restoring the dataplane after a failed change: {again}");
@@ -276,12 +310,12 @@ async fn create_vn(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let req: CreateVn = body(b)?;
-    s.lock().await.change(|m| m.create_vn(&req)).await?;
+    s.lock().await.submit(Event::CreateVn(req)).await?;
     Ok(StatusCode::CREATED)
 }
 
 async fn delete_vn(State(s): State<Shared>, Path(vn): Path<String>) -> ApiResult<StatusCode> {
-    s.lock().await.change(|m| m.delete_vn(&vn, now())).await?;
+    s.lock().await.submit(Event::DeleteVn { vn }).await?;
     Ok(ok())
 }
 
@@ -291,10 +325,7 @@ async fn attach_port(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let req: AttachPort = body(b)?;
-    s.lock()
-        .await
-        .change(|m| m.attach_port(&vn, &req, now()))
-        .await?;
+    s.lock().await.submit(Event::AttachPort { vn, req }).await?;
     Ok(ok())
 }
 
@@ -313,7 +344,11 @@ async fn detach_port(
     let Query(q) = q.map_err(|e| ErrorBody::new(ErrorCode::EFormat, e.body_text()))?;
     s.lock()
         .await
-        .change(|m| m.detach_port(&vn, &port, q.vid, now()))
+        .submit(Event::DetachPort {
+            vn,
+            port,
+            vid: q.vid,
+        })
         .await?;
     Ok(ok())
 }
@@ -324,7 +359,7 @@ async fn add_remote(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let req: RemoteMac = body(b)?;
-    s.lock().await.change(|m| m.add_remote(&vn, &req)).await?;
+    s.lock().await.submit(Event::AddRemote { vn, req }).await?;
     Ok(ok())
 }
 
@@ -333,7 +368,7 @@ async fn del_remote(
     Path((vn, mac)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let mac: MacAddr = parse("MAC", &mac)?;
-    s.lock().await.change(|m| m.del_remote(&vn, mac)).await?;
+    s.lock().await.submit(Event::DelRemote { vn, mac }).await?;
     Ok(ok())
 }
 
@@ -345,7 +380,7 @@ async fn add_flood(
     let req: FloodVtep = body(b)?;
     s.lock()
         .await
-        .change(|m| m.add_flood(&vn, req.vtep))
+        .submit(Event::AddFlood { vn, vtep: req.vtep })
         .await?;
     Ok(ok())
 }
@@ -355,7 +390,7 @@ async fn del_flood(
     Path((vn, vtep)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let vtep: Ipv4Addr = parse("VTEP", &vtep)?;
-    s.lock().await.change(|m| m.del_flood(&vn, vtep)).await?;
+    s.lock().await.submit(Event::DelFlood { vn, vtep }).await?;
     Ok(ok())
 }
 
@@ -374,14 +409,7 @@ async fn signal(
     let index: u32 = parse("vNIC index", &index)?;
     let id = VnicId::new(&vm, index)?;
     let req: VnicRequest = body(b)?;
-    let mut view = None;
-    s.lock()
-        .await
-        .change(|m| {
-            view = m.signal(&id, &req, now())?;
-            Ok(())
-        })
-        .await?;
+    let view = s.lock().await.submit(Event::Signal { id, req }).await?;
     Ok(Json(SignalReply {
         code: "OK".into(),
         vnic: view,

@@ -198,17 +198,33 @@ pub fn nve_bin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/nve")
 }
 
-/// An `nve daemon` in a host namespace; SIGTERM on drop, then checks its pins are gone.
+/// An `nve daemon` in a host namespace. Stopped on drop, and everything of its instance
+/// (dataplane, state dir) removed.
 pub struct Daemon {
     child: Child,
     pub instance: String,
     pub socket: PathBuf,
     pub log: PathBuf,
+    /// The command line, for respawning.
+    command: Vec<String>,
 }
 
 impl Daemon {
-    /// Starts `nve daemon` for `instance` in `host` and waits for its socket.
+    /// Starts `nve daemon --teardown-on-exit` in `host` and waits for its socket.
     pub fn start(
+        host: &Netns,
+        tag: &str,
+        vtep: &str,
+        underlay: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut args = vec!["--teardown-on-exit"];
+        args.extend_from_slice(extra);
+        Self::start_keeping(host, tag, vtep, underlay, &args)
+    }
+
+    /// Starts `nve daemon` (which keeps its dataplane when it stops) and waits for it.
+    pub fn start_keeping(
         host: &Netns,
         tag: &str,
         vtep: &str,
@@ -218,9 +234,14 @@ impl Daemon {
         let instance = format!("{NS_PREFIX}{}{tag}", std::process::id());
         let socket = PathBuf::from(format!("/run/nve/{instance}.sock"));
         let log = PathBuf::from(format!("/tmp/{instance}.log"));
-        let child = host
-            .command(nve_bin().to_str().context("nve path")?)
-            .args([
+        let _ = std::fs::remove_file(&log);
+        let mut command = vec![
+            "nsenter".to_string(),
+            format!("--net=/run/netns/{}", host.name),
+            nve_bin().to_str().context("nve path")?.to_string(),
+        ];
+        command.extend(
+            [
                 "--instance",
                 &instance,
                 "daemon",
@@ -228,20 +249,47 @@ impl Daemon {
                 vtep,
                 "--underlay",
                 underlay,
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("spawning nve daemon")?;
+            ]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string()),
+        );
+        let child = spawn(&command, &log)?;
         let mut d = Self {
             child,
             instance,
             socket,
             log,
+            command,
         };
         d.wait_ready()?;
         Ok(d)
+    }
+
+    /// Kills the daemon with SIGKILL (no cleanup of any kind) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the daemon again with the same command line and waits for it.
+    pub fn respawn(&mut self) -> Result<()> {
+        self.child = spawn(&self.command, &self.log)?;
+        self.wait_ready()
+    }
+
+    /// Runs `nve teardown` for this instance (the daemon must be stopped).
+    pub fn teardown(&self) -> Result<String> {
+        // command[1] is nsenter's --net=...: teardown runs in the daemon's namespace.
+        let nve = nve_bin();
+        run(&[
+            "nsenter",
+            &self.command[1],
+            nve.to_str().context("nve path")?,
+            "--instance",
+            &self.instance,
+            "teardown",
+        ])
     }
 
     fn wait_ready(&mut self) -> Result<()> {
@@ -322,7 +370,8 @@ impl Daemon {
         self.terminate()
     }
 
-    fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+    /// Stops the daemon with SIGTERM, keeping the guard (to respawn it).
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -347,11 +396,26 @@ impl Drop for Daemon {
             let _ = self.terminate();
         }
         let _ = self.child.wait();
+        let _ = self.teardown();
+        let _ = std::fs::remove_dir_all(format!("/var/lib/nve/{}", self.instance));
         let _ = std::fs::remove_dir_all(self.pin_dir());
         let _ = std::fs::remove_dir("/sys/fs/bpf/nve");
         let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_file(format!("/run/nve/{}.lock", self.instance));
     }
+}
+
+fn spawn(command: &[String], log: &Path) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Command::new(&command[0])
+        .args(&command[1..])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("spawning nve daemon")
 }
 
 /// One raw HTTP/1.1 request on a Unix socket: (status, body).

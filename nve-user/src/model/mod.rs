@@ -6,6 +6,8 @@ use std::{
     net::Ipv4Addr,
 };
 
+use serde::{Deserialize, Serialize};
+
 use nve_common::{
     maps::{
         FLOOD_MAX_PORTS, FLOOD_MAX_REMOTES, FdbEntry, FdbKey, LocalPort, PORT_ACTIVE, PORT_F_TAP,
@@ -22,29 +24,56 @@ use crate::{
     vid::PortVids,
 };
 
+mod events;
 mod vnics;
+pub use events::Event;
 pub use vnics::{Vnic, VnicId};
 
 pub type Result<T> = std::result::Result<T, ErrorBody>;
+
+/// Maps with keys JSON cannot name (tuples, structs), stored as lists of pairs.
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
+}
 
 /// Longest interface name Linux accepts.
 pub const IFNAME_MAX: usize = 15;
 pub const VID_MAX: u16 = 4094;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Model {
     vns: BTreeMap<String, Vn>,
     /// vNICs the server signaled (see `vnics.rs`).
+    #[serde(with = "pairs")]
     vnics: BTreeMap<VnicId, Vnic>,
     /// Per port: which VN each VID (0: untagged) carries, reference-counted by the static
     /// bindings and vNICs using it.
     port_vids: BTreeMap<String, PortVids>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vn {
     pub vni: u32,
     /// (interface, VID) -> MACs behind it.
+    #[serde(with = "pairs")]
     pub ports: BTreeMap<(String, u16), BTreeSet<MacAddr>>,
     pub remote: BTreeMap<MacAddr, Ipv4Addr>,
     pub flood: BTreeSet<Ipv4Addr>,

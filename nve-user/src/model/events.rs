@@ -1,0 +1,44 @@
+//! Every change to the model is an [`Event`] applied by one function, so the journal can
+//! record and replay exactly what the API did.
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Model, Result, VnicId};
+use crate::{
+    api::{AttachPort, CreateVn, RemoteMac, VnicRequest, VnicView},
+    mac::MacAddr,
+};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    CreateVn(CreateVn),
+    DeleteVn { vn: String },
+    AttachPort { vn: String, req: AttachPort },
+    DetachPort { vn: String, port: String, vid: u16 },
+    AddRemote { vn: String, req: RemoteMac },
+    DelRemote { vn: String, mac: MacAddr },
+    AddFlood { vn: String, vtep: Ipv4Addr },
+    DelFlood { vn: String, vtep: Ipv4Addr },
+    Signal { id: VnicId, req: VnicRequest },
+}
+
+impl Model {
+    /// Applies `event` at time `now` (seconds); a rejected event leaves the model as it was
+    /// only if the caller applies it to a copy (as the daemon does).
+    pub fn apply(&mut self, event: &Event, now: u64) -> Result<Option<VnicView>> {
+        match event {
+            Event::CreateVn(req) => self.create_vn(req),
+            Event::DeleteVn { vn } => self.delete_vn(vn, now),
+            Event::AttachPort { vn, req } => self.attach_port(vn, req, now),
+            Event::DetachPort { vn, port, vid } => self.detach_port(vn, port, *vid, now),
+            Event::AddRemote { vn, req } => self.add_remote(vn, req),
+            Event::DelRemote { vn, mac } => self.del_remote(vn, *mac),
+            Event::AddFlood { vn, vtep } => self.add_flood(vn, *vtep),
+            Event::DelFlood { vn, vtep } => self.del_flood(vn, *vtep),
+            Event::Signal { id, req } => return self.signal(id, req, now),
+        }
+        .map(|()| None)
+    }
+}
