@@ -147,7 +147,12 @@ impl Model {
                             cur.state, cur.request_id
                         )));
                     }
-                    self.remove_vnic(id, now);
+                    // An update: all or nothing, so a rejected one leaves the vNIC as it was.
+                    let mut next = self.clone();
+                    next.remove_vnic(id, now);
+                    next.install_vnic(id, params, to, req, now)?;
+                    *self = next;
+                    return Ok(Some(self.vnic_view(id)));
                 }
                 self.install_vnic(id, params, to, req, now)?;
                 Ok(Some(self.vnic_view(id)))
@@ -237,14 +242,17 @@ impl Model {
         requested: Option<u16>,
         now: u64,
     ) -> Result<u16> {
-        let vids = self.port_vids.entry(port.to_string()).or_default();
+        // On a copy: a refused acquire leaves the port's map exactly as it was.
+        let mut vids = self.port_vids.get(port).cloned().unwrap_or_default();
         vids.expire(now);
-        vids.acquire(vni, requested, now).map_err(|e| match e {
+        let vid = vids.acquire(vni, requested, now).map_err(|e| match e {
             VidError::Exhausted => {
                 ErrorBody::new(ErrorCode::EResources, format!("port {port}: {e}"))
             }
             e => ErrorBody::new(ErrorCode::EVidConflict, format!("port {port}: {e}")),
-        })
+        })?;
+        self.port_vids.insert(port.to_string(), vids);
+        Ok(vid)
     }
 
     pub(super) fn release_vid(&mut self, port: &str, vni: u32, now: u64) {
@@ -290,5 +298,110 @@ impl Model {
 
     pub fn vnic_views(&self) -> Vec<VnicView> {
         self.vnics.keys().map(|id| self.vnic_view(id)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use nve_common::maps::{FdbKey, PortKey};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{api::CreateVn, model::PortInfo};
+
+    const VMS: [&str; 3] = [
+        "00000000-0000-4000-8000-000000000001",
+        "00000000-0000-4000-8000-000000000002",
+        "00000000-0000-4000-8000-000000000003",
+    ];
+    const PORTS: [&str; 2] = ["tap0", "tap1"];
+    const VNS: [(&str, u32); 2] = [("blue", 100), ("red", 200)];
+
+    fn request() -> impl Strategy<Value = (usize, VnicRequest)> {
+        let op = prop_oneof![
+            Just(Op::PreAssociate),
+            Just(Op::Associate),
+            Just(Op::Disassociate),
+            Just(Op::Pause),
+            Just(Op::Resume),
+        ];
+        let vid = prop_oneof![
+            Just(VidRequest::Word(VidWord::Untagged)),
+            Just(VidRequest::Word(VidWord::Assign)),
+            (1..4u16).prop_map(VidRequest::Vid),
+        ];
+        (
+            0..VMS.len(),
+            op,
+            0..VNS.len(),
+            0..PORTS.len(),
+            1..4u8,
+            vid,
+            0..3u64,
+        )
+            .prop_map(|(vm, op, vn, port, mac, vid, request_id)| {
+                let req = VnicRequest {
+                    op,
+                    request_id,
+                    vn: Some(VNS[vn].0.into()),
+                    macs: vec![MacAddr([2, 0, 0, 0, vn as u8, mac])],
+                    ipv4: Vec::new(),
+                    ipv6: Vec::new(),
+                    port: Some(PORTS[port].into()),
+                    vid,
+                    migration: Migration::None,
+                    reserve: false,
+                };
+                (vm, req)
+            })
+    }
+
+    proptest! {
+        /// Whatever the server sends, the maps the dataplane gets are what the vNICs' states
+        /// say: a (port, VID) forwards iff an associated vNIC uses it, every installed vNIC's
+        /// MACs point at its port, and a rejected request changes nothing.
+        #[test]
+        fn dataplane_follows_the_state_machine(reqs in prop::collection::vec(request(), 1..80)) {
+            let mut m = Model::default();
+            for (name, vni) in VNS {
+                m.create_vn(&CreateVn { name: name.into(), vni }).unwrap();
+            }
+            let info = |p: &str| PORTS.iter().position(|q| *q == p).map(|i| PortInfo { ifindex: 10 + i as u32, tap: false });
+            for (now, (vm, req)) in reqs.iter().enumerate() {
+                let id = VnicId::new(VMS[*vm], 0).unwrap();
+                let before = m.clone();
+                if m.signal(&id, req, now as u64).is_err() {
+                    prop_assert_eq!(&m, &before);
+                    continue;
+                }
+                let d = m.desired(info);
+                let mut active: HashMap<PortKey, bool> = HashMap::new();
+                for (_, v) in m.vnics() {
+                    let key = PortKey::new(info(&v.params.port).unwrap().ifindex, v.vid);
+                    *active.entry(key).or_default() |= v.state.forwards();
+                    for mac in &v.params.macs {
+                        let e = d.fdb.get(&FdbKey::new(v.vni, mac.0));
+                        prop_assert_eq!(e.map(|e| (e.port.ifindex, e.port.vid)), Some((key.ifindex, key.vid)));
+                    }
+                    prop_assert_eq!(d.ports.get(&key).map(|p| p.vni), Some(v.vni));
+                }
+                prop_assert_eq!(d.ports.len(), active.len());
+                for (key, on) in active {
+                    prop_assert_eq!(d.ports[&key].is_active(), on);
+                }
+            }
+            // Disassociating everything leaves no VID bound and nothing in the maps.
+            for vm in VMS {
+                let id = VnicId::new(vm, 0).unwrap();
+                let mut req = reqs[0].1.clone();
+                req.op = Op::Disassociate;
+                m.signal(&id, &req, 10_000).unwrap();
+            }
+            prop_assert!(m.port_vids.values().all(|p| p.is_empty()));
+            let d = m.desired(info);
+            prop_assert!(d.ports.is_empty() && d.fdb.is_empty());
+        }
     }
 }
