@@ -31,6 +31,8 @@ pub enum ErrorCode {
     EHost,
     /// Not allowed in the vNIC's (or VN's) current state; the message names the state.
     EState,
+    /// The caller is neither root nor in the daemon's `--group`.
+    EPermission,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

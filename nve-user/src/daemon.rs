@@ -18,6 +18,7 @@ use serde::Deserialize;
 use tokio::{net::UnixListener, signal::unix::SignalKind, sync::Mutex};
 
 use crate::{
+    access::{self, Allowed, Peer},
     api::{AttachPort, CreateVn, RemoteMac, StatusView},
     dataplane::{Dataplane, UnderlayMode},
     model::Model,
@@ -50,6 +51,9 @@ pub struct DaemonArgs {
     /// restarted daemon takes it over without losing a packet; `nve teardown` removes it.
     #[arg(long)]
     pub teardown_on_exit: bool,
+    /// Group whose members may use the API socket besides root.
+    #[arg(long)]
+    pub group: Option<String>,
 }
 
 /// The startup configuration file.
@@ -155,6 +159,9 @@ fn ensure_bpffs() -> anyhow::Result<()> {
 }
 
 pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
+    let allowed = Allowed {
+        gid: args.group.as_deref().map(access::group_id).transpose()?,
+    };
     let run_dir = socket.parent().context("socket path has no directory")?;
     fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     if let Some(dir) = paths.lock.parent() {
@@ -229,6 +236,8 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     let _ = fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)
         .with_context(|| format!("binding API socket {}", socket.display()))?;
+    std::os::unix::fs::chown(&socket, Some(0), allowed.gid)
+        .with_context(|| format!("chown {}", socket.display()))?;
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o660))
         .with_context(|| format!("chmod {}", socket.display()))?;
     tracing::info!(
@@ -244,7 +253,8 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     let (watch_conn, events) = netlink::watch_underlay().context("watching the underlay")?;
     tokio::spawn(watch_conn);
     let watcher = tokio::spawn(follow_underlay(shared.clone(), events));
-    let served = axum::serve(listener, server::router(shared.clone()))
+    let app = server::router(shared.clone(), allowed).into_make_service_with_connect_info::<Peer>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
     let _ = fs::remove_file(&socket);

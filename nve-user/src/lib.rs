@@ -1,6 +1,7 @@
 //! The nve daemon and its clients: the model of VNs and ports, the dataplane it derives,
 //! the local API over a Unix socket, and the CLI on top of it.
 
+pub mod access;
 pub mod api;
 pub mod cli;
 pub mod client;

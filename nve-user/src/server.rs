@@ -187,7 +187,7 @@ impl Nve {
     }
 }
 
-pub fn router(state: Shared) -> Router {
+pub fn router(state: Shared, allowed: crate::access::Allowed) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/stats", get(stats))
@@ -209,6 +209,10 @@ pub fn router(state: Shared) -> Router {
             ))
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            allowed,
+            crate::access::check,
+        ))
         .with_state(state)
 }
 
@@ -232,6 +236,7 @@ impl IntoResponse for ApiError {
             ErrorCode::EResources => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::EHost => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::EState => StatusCode::CONFLICT,
+            ErrorCode::EPermission => StatusCode::FORBIDDEN,
         };
         (status, Json(self.0)).into_response()
     }

@@ -284,3 +284,82 @@ fn bad_requests_get_specific_errors_and_change_nothing() {
     assert!(d.stop().unwrap().success());
     assert!(!pins.exists(), "pins left at {}", pins.display());
 }
+
+/// Runs the CLI as `uid`/`gid` with no supplementary groups.
+fn nve_as(
+    uid: u32,
+    gid: u32,
+    nve: &std::path::Path,
+    socket: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={gid}"),
+            "--clear-groups".into(),
+        ])
+        .arg(nve)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn only_root_and_the_group_may_use_the_socket() {
+    require_root();
+    let host = Netns::new("acl-h").unwrap();
+    let peer = Netns::new("acl-p").unwrap();
+    veth(&host, "ul", &peer, "x0", 1500).unwrap();
+    host.ip(&["addr", "add", "10.0.0.1/24", "dev", "ul"])
+        .unwrap();
+    let d = Daemon::start(&host, "acl", "10.0.0.1", "ul", &["--group", "nogroup"]).unwrap();
+    // A copy of the CLI any user can run, wherever the clone lives.
+    let nve = std::path::PathBuf::from(format!("/tmp/nvet-{}-nve", std::process::id()));
+    std::fs::copy(nve_tests::rig::nve_bin(), &nve).unwrap();
+    let _cleanup = Remove(nve.clone());
+
+    // Root and the group's members may; others are refused by the socket's mode...
+    assert!(d.cli(&["status"]).status.success());
+    let member = nve_as(65534, 65534, &nve, &d.socket, &["status"]);
+    assert!(
+        member.status.success(),
+        "{}",
+        String::from_utf8_lossy(&member.stderr)
+    );
+    let other = nve_as(1, 1, &nve, &d.socket, &["status"]);
+    assert!(!other.status.success());
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("ermission denied"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    // ...and, should the mode be loosened, by the peer-credential check.
+    std::fs::set_permissions(
+        &d.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let other = nve_as(1, 1, &nve, &d.socket, &["vn", "add", "x", "--vni", "5"]);
+    assert!(!other.status.success());
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        stderr.contains("E_PERMISSION") && stderr.contains("uid 1"),
+        "{stderr}"
+    );
+    assert_eq!(
+        d.nve(&["vn", "list", "--json"]).unwrap().trim(),
+        "[]",
+        "a refused request changed state"
+    );
+}
+
+struct Remove(std::path::PathBuf);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
