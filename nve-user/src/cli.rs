@@ -13,6 +13,7 @@ use crate::{
     },
     client::Client,
     daemon::{self, DaemonArgs},
+    libvirt,
     mac::MacAddr,
     paths::Paths,
     vnic::Op,
@@ -68,6 +69,17 @@ pub enum Command {
     Stats(JsonFlag),
     /// Remove the dataplane a stopped daemon of this instance left forwarding.
     Teardown,
+    /// libvirt's qemu hook: `nve hook qemu DOMAIN OPERATION SUB-OPERATION [EXTRA]`, domain
+    /// XML on stdin (see contrib/libvirt/qemu).
+    Hook {
+        /// The hook's name (only `qemu` is handled).
+        driver: String,
+        domain: String,
+        operation: String,
+        sub_operation: String,
+        #[arg(trailing_var_arg = true)]
+        extra: Vec<String>,
+    },
     /// Signal VM lifecycle events for a vNIC (what a hypervisor hook calls).
     Vm {
         #[command(subcommand)]
@@ -226,6 +238,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let c = Client::new(&socket);
     match cli.command {
         Command::Daemon(_) | Command::Teardown => unreachable!("handled above"),
+        Command::Hook {
+            driver,
+            domain,
+            operation,
+            sub_operation,
+            ..
+        } => hook(&c, &driver, &domain, &operation, &sub_operation).await,
         Command::Status(j) => {
             let s: StatusView = c.get("/v1/status").await?;
             print(&s, j.json, status_table)
@@ -280,6 +299,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print(&s, j.json, stats_table)
         }
     }
+}
+
+/// Signals every nve interface of the domain on stdin for one libvirt hook call. Fails
+/// (and so makes libvirt abort prepare/start/migrate) when the NVE refuses, e.g. an unknown VN.
+async fn hook(c: &Client, driver: &str, domain: &str, op: &str, sub: &str) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let Some((vnic_op, migration)) = libvirt::operation(op, sub).filter(|_| driver == "qemu")
+    else {
+        return Ok(());
+    };
+    let mut xml = String::new();
+    std::io::stdin()
+        .read_to_string(&mut xml)
+        .context("reading the domain XML")?;
+    let (uuid, ifaces) = libvirt::parse_domain(&xml).with_context(|| format!("domain {domain}"))?;
+    for iface in &ifaces {
+        let req = libvirt::request(vnic_op, migration, iface)?;
+        let path = format!("/v1/vnics/{uuid}/{}", iface.index);
+        let _: SignalReply = c.post_json(&path, &req).await.with_context(|| {
+            format!(
+                "domain {domain} {op} {sub}: interface {} ({})",
+                iface.index, iface.mac
+            )
+        })?;
+    }
+    Ok(())
 }
 
 async fn vm(c: &Client, command: VmCommand) -> anyhow::Result<()> {

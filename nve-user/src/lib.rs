@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod dataplane;
+pub mod libvirt;
 pub mod mac;
 pub mod model;
 pub mod netlink;

@@ -1,0 +1,155 @@
+//! libvirt's qemu hook (`/etc/libvirt/hooks/qemu DOMAIN OPERATION SUB-OPERATION EXTRA`,
+//! domain XML on stdin) translated into signaling, one message per interface:
+//!
+//! | libvirt operation | when | nve |
+//! |---|---|---|
+//! | `migrate begin` | destination, incoming migration starts | pre-associate (migrating in) |
+//! | `prepare begin` | before the VM's resources (taps) are created | pre-associate |
+//! | `started begin` | the VM runs (also on a migration destination) | associate |
+//! | `reconnect begin` | libvirtd restarted and found the VM running | associate |
+//! | `stopped end`, `release end` | the VM stopped (or left by migration) | disassociate |
+//! | anything else | | nothing |
+//!
+//! An interface is `<interface>` with `<mac address>`, `<target dev>` (the tap) and a VN:
+//! `<source network='NAME'/>` (type network) or, for any type, the interface's `<alias
+//! name='nve-NAME'/>`. The vNIC is (domain `<uuid>`, the interface's position). Interfaces
+//! without a VN are not nve's and are skipped.
+use anyhow::{Context as _, bail};
+
+use crate::{
+    api::{Migration, VidRequest, VnicRequest},
+    mac::MacAddr,
+    vnic::Op,
+};
+
+/// One interface of the domain that nve serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub index: u32,
+    pub mac: MacAddr,
+    pub vn: String,
+    /// The tap; libvirt names it at start (`vnetN`), so it may be absent at prepare.
+    pub port: Option<String>,
+}
+
+/// The domain's UUID and its nve interfaces.
+pub fn parse_domain(xml: &str) -> anyhow::Result<(String, Vec<Interface>)> {
+    let doc = roxmltree::Document::parse(xml).context("parsing the domain XML")?;
+    let domain = doc.root_element();
+    let uuid = child(domain, "uuid")
+        .and_then(|u| u.text())
+        .context("the domain XML has no <uuid>")?;
+    let mut out = Vec::new();
+    let Some(devices) = child(domain, "devices") else {
+        return Ok((uuid.trim().to_string(), out));
+    };
+    for (index, iface) in devices
+        .children()
+        .filter(|c| c.has_tag_name("interface"))
+        .enumerate()
+    {
+        let vn = child(iface, "alias")
+            .and_then(|a| a.attribute("name"))
+            .and_then(|n| n.strip_prefix("nve-").or_else(|| n.strip_prefix("ua-nve-")))
+            .or_else(|| child(iface, "source").and_then(|s| s.attribute("network")));
+        let Some(vn) = vn else { continue };
+        let mac = child(iface, "mac")
+            .and_then(|m| m.attribute("address"))
+            .with_context(|| format!("interface {index} has no <mac address>"))?;
+        out.push(Interface {
+            index: index as u32,
+            mac: mac.parse()?,
+            vn: vn.to_string(),
+            port: child(iface, "target")
+                .and_then(|t| t.attribute("dev"))
+                .map(str::to_string),
+        });
+    }
+    Ok((uuid.trim().to_string(), out))
+}
+
+/// The first child element of `n` named `name`.
+fn child<'a, 'i>(n: roxmltree::Node<'a, 'i>, name: &str) -> Option<roxmltree::Node<'a, 'i>> {
+    n.children().find(|c| c.has_tag_name(name))
+}
+
+/// What a hook invocation asks of nve: the operation for every interface, if any.
+pub fn operation(op: &str, sub: &str) -> Option<(Op, Migration)> {
+    match (op, sub) {
+        ("migrate", "begin") => Some((
+            Op::PreAssociate,
+            Migration::MigratingIn(std::net::Ipv4Addr::UNSPECIFIED),
+        )),
+        ("prepare", "begin") => Some((Op::PreAssociate, Migration::None)),
+        ("started", "begin") | ("reconnect", "begin") => Some((Op::Associate, Migration::None)),
+        ("stopped", "end") | ("release", "end") => Some((Op::Disassociate, Migration::None)),
+        _ => None,
+    }
+}
+
+/// The signaling message for `iface`. A tap not named yet is expected as the name libvirt
+/// will give it, which `started` then confirms (parameters must match to stay idempotent,
+/// so the port name is required for (pre-)association).
+pub fn request(op: Op, migration: Migration, iface: &Interface) -> anyhow::Result<VnicRequest> {
+    let port = match (op, &iface.port) {
+        (Op::Disassociate, _) => None,
+        (_, Some(p)) => Some(p.clone()),
+        (_, None) => bail!(
+            "interface {} ({}) has no <target dev>: give it one so nve can bind the tap",
+            iface.index,
+            iface.mac
+        ),
+    };
+    let migration = match migration {
+        // libvirt does not tell the source VTEP; the hint only marks the direction.
+        Migration::MigratingIn(_) => Migration::None,
+        m => m,
+    };
+    Ok(VnicRequest {
+        op,
+        request_id: 0,
+        vn: (op != Op::Disassociate).then(|| iface.vn.clone()),
+        macs: vec![iface.mac],
+        ipv4: Vec::new(),
+        ipv6: Vec::new(),
+        port,
+        vid: VidRequest::default(),
+        migration,
+        reserve: op == Op::PreAssociate,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_interfaces() {
+        let xml = r#"<domain type='kvm'><name>vm1</name><uuid>6f1c7a2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b</uuid>
+          <devices>
+            <interface type='network'><mac address='52:54:00:12:34:56'/><source network='blue'/><target dev='vnet0'/></interface>
+            <interface type='user'><mac address='52:54:00:00:00:09'/></interface>
+            <interface type='ethernet'><mac address='52:54:00:12:34:57'/><target dev='tap7'/><alias name='ua-nve-red'/></interface>
+          </devices></domain>"#;
+        let (uuid, ifaces) = parse_domain(xml).unwrap();
+        assert_eq!(uuid, "6f1c7a2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b");
+        assert_eq!(ifaces.len(), 2);
+        assert_eq!(
+            (
+                ifaces[0].index,
+                ifaces[0].vn.as_str(),
+                ifaces[0].port.as_deref()
+            ),
+            (0, "blue", Some("vnet0"))
+        );
+        assert_eq!(
+            (
+                ifaces[1].index,
+                ifaces[1].vn.as_str(),
+                ifaces[1].port.as_deref()
+            ),
+            (2, "red", Some("tap7"))
+        );
+        assert!(parse_domain("<domain><devices/></domain>").is_err());
+    }
+}
