@@ -108,10 +108,10 @@ const TC_TUNNEL_RX: &str = "tc_tunnel_rx";
 pub struct Dataplane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
-    ports: BpfHashMap<MapData, PortKey, PortValue>,
-    vns: BpfHashMap<MapData, u32, VnInfo>,
-    fdb: BpfHashMap<MapData, FdbKey, FdbEntry>,
-    next_hops: BpfHashMap<MapData, [u8; 4], NextHop>,
+    ports: Mirrored<PortKey, PortValue>,
+    vns: Mirrored<u32, VnInfo>,
+    fdb: Mirrored<FdbKey, FdbEntry>,
+    next_hops: Mirrored<[u8; 4], NextHop>,
     stats: PerCpuArray<MapData, Counter>,
     /// Every attachment, pinned in `pin_dir` as `link_<program>@<iface>`.
     links: BTreeMap<String, PinnedLink>,
@@ -145,10 +145,10 @@ impl Dataplane {
         let mut cfg: Array<_, DataplaneConfig> = take_map(&mut ebpf, CONFIG_MAP)?;
         cfg.set(0, config, 0).map_err(map_err(CONFIG_MAP))?;
         let mut dp = Self {
-            ports: take_map(&mut ebpf, PORTS_MAP)?,
-            vns: take_map(&mut ebpf, VNS_MAP)?,
-            fdb: take_map(&mut ebpf, FDB_MAP)?,
-            next_hops: take_map(&mut ebpf, NEXTHOPS_MAP)?,
+            ports: Mirrored::new(take_map(&mut ebpf, PORTS_MAP)?, PORTS_MAP)?,
+            vns: Mirrored::new(take_map(&mut ebpf, VNS_MAP)?, VNS_MAP)?,
+            fdb: Mirrored::new(take_map(&mut ebpf, FDB_MAP)?, FDB_MAP)?,
+            next_hops: Mirrored::new(take_map(&mut ebpf, NEXTHOPS_MAP)?, NEXTHOPS_MAP)?,
             stats: take_map(&mut ebpf, STATS_MAP)?,
             ebpf,
             pin_dir: pin_dir.into(),
@@ -319,19 +319,18 @@ impl Dataplane {
     /// Brings the maps to `desired`, touching only entries that differ. Ports are removed
     /// first and added last, so a port is never active before its VN and FDB are in place.
     pub fn apply(&mut self, desired: &Desired) -> Result<()> {
-        remove_absent(&mut self.ports, &desired.ports, PORTS_MAP)?;
-        remove_absent(&mut self.fdb, &desired.fdb, FDB_MAP)?;
-        remove_absent(&mut self.vns, &desired.vns, VNS_MAP)?;
-        upsert_changed(&mut self.vns, &desired.vns, VNS_MAP)?;
-        upsert_changed(&mut self.fdb, &desired.fdb, FDB_MAP)?;
-        upsert_changed(&mut self.ports, &desired.ports, PORTS_MAP)?;
-        Ok(())
+        self.ports.remove_absent(&desired.ports)?;
+        self.fdb.remove_absent(&desired.fdb)?;
+        self.vns.remove_absent(&desired.vns)?;
+        self.vns.upsert_changed(&desired.vns)?;
+        self.fdb.upsert_changed(&desired.fdb)?;
+        self.ports.upsert_changed(&desired.ports)
     }
 
     /// Makes the underlay next hops (remote VTEP -> egress and MACs) exactly `next_hops`.
     pub fn set_next_hops(&mut self, next_hops: &HashMap<[u8; 4], NextHop>) -> Result<()> {
-        remove_absent(&mut self.next_hops, next_hops, NEXTHOPS_MAP)?;
-        upsert_changed(&mut self.next_hops, next_hops, NEXTHOPS_MAP)
+        self.next_hops.remove_absent(next_hops)?;
+        self.next_hops.upsert_changed(next_hops)
     }
 
     /// Counters summed over CPUs, by hook and outcome name; zero counters left out.
@@ -389,41 +388,56 @@ where
     T::try_from(map).map_err(map_err(name))
 }
 
-fn remove_absent<K: Pod + Eq + Hash, V: Pod>(
-    map: &mut BpfHashMap<MapData, K, V>,
-    desired: &HashMap<K, V>,
+/// A pinned hash map and what this daemon knows it holds: read once when the daemon
+/// starts (the map may hold what an earlier daemon wrote), then kept in step with every
+/// write, so a change costs syscalls only for the entries that differ.
+struct Mirrored<K, V> {
+    map: BpfHashMap<MapData, K, V>,
+    current: HashMap<K, V>,
     name: &'static str,
-) -> Result<()> {
-    let stale: Vec<K> = map
-        .keys()
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(map_err(name))?
-        .into_iter()
-        .filter(|k| !desired.contains_key(k))
-        .collect();
-    for k in stale {
-        map.remove(&k).map_err(map_err(name))?;
-    }
-    Ok(())
 }
 
-fn upsert_changed<K: Pod + Eq + Hash, V: Pod + PartialEq>(
-    map: &mut BpfHashMap<MapData, K, V>,
-    desired: &HashMap<K, V>,
-    name: &'static str,
-) -> Result<()> {
-    for (k, v) in desired {
-        if map.get(k, 0).ok().as_ref() == Some(v) {
-            continue;
-        }
-        map.insert(k, v, 0).map_err(|e| match e {
-            aya::maps::MapError::SyscallError(ref s)
-                if s.io_error.raw_os_error() == Some(libc::E2BIG) =>
-            {
-                DataplaneError::MapFull { name }
-            }
-            e => DataplaneError::Map { name, source: e },
-        })?;
+impl<K: Pod + Eq + Hash, V: Pod + PartialEq> Mirrored<K, V> {
+    fn new(map: BpfHashMap<MapData, K, V>, name: &'static str) -> Result<Self> {
+        let current = map
+            .iter()
+            .collect::<std::result::Result<HashMap<_, _>, _>>()
+            .map_err(map_err(name))?;
+        Ok(Self { map, current, name })
     }
-    Ok(())
+
+    /// Deletes the entries `desired` does not have.
+    fn remove_absent(&mut self, desired: &HashMap<K, V>) -> Result<()> {
+        let stale: Vec<K> = self
+            .current
+            .keys()
+            .filter(|k| !desired.contains_key(k))
+            .copied()
+            .collect();
+        for k in stale {
+            self.map.remove(&k).map_err(map_err(self.name))?;
+            self.current.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Writes the entries of `desired` that the map lacks or holds otherwise.
+    fn upsert_changed(&mut self, desired: &HashMap<K, V>) -> Result<()> {
+        for (k, v) in desired {
+            if self.current.get(k) == Some(v) {
+                continue;
+            }
+            let name = self.name;
+            self.map.insert(k, v, 0).map_err(|e| match e {
+                aya::maps::MapError::SyscallError(ref s)
+                    if s.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                {
+                    DataplaneError::MapFull { name }
+                }
+                e => DataplaneError::Map { name, source: e },
+            })?;
+            self.current.insert(*k, *v);
+        }
+        Ok(())
+    }
 }

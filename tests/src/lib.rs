@@ -2,4 +2,5 @@ pub mod overlay;
 pub mod packet;
 pub mod progtest;
 pub mod rig;
+pub mod signal_bench;
 pub mod tap;

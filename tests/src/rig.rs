@@ -266,6 +266,11 @@ impl Daemon {
         Ok(d)
     }
 
+    /// The daemon's process id (nsenter execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the daemon with SIGKILL (no cleanup of any kind) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

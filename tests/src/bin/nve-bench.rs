@@ -43,9 +43,48 @@ fn main() -> Result<()> {
             runs: 100_000,
         }
     };
+    let (associations, scale) = if quick { (100, 1_000) } else { (1_000, 10_000) };
+    if std::env::args().any(|a| a == "--only-signaling") {
+        return signaling(associations, scale);
+    }
     let programs = program_costs(&s)?;
     let traffic = traffic(&s)?;
-    report(&programs, &traffic, quick)
+    report(&programs, &traffic, quick)?;
+    signaling(associations, scale)
+}
+
+/// Associate -> first frame at the remote VM (p50/p99), and the cost of `scale`
+/// associations with the daemon's RSS after them.
+fn signaling(associations: u32, scale: u32) -> Result<()> {
+    eprintln!("==> signaling: {associations} associations timed, then {scale} at once");
+    let f = nve_tests::signal_bench::run(associations, scale)?;
+    let mut lat = f.first_frame_us.clone();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    let (p50, p99) = (pct(0.50), pct(0.99));
+    println!("\nSignaling (absolute: no baseline)");
+    println!(
+        "  associate -> first frame at the remote VM, {} runs: p50 {p50:.0} us, p99 {p99:.0} us, max {:.0} us",
+        lat.len(),
+        lat[lat.len() - 1]
+    );
+    println!(
+        "  {} associations: {:.2} s ({:.0} us each), daemon RSS {} KiB",
+        f.scale_n,
+        f.scale_secs,
+        f.scale_secs * 1e6 / f64::from(f.scale_n),
+        f.rss_kib
+    );
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    fs::create_dir_all(&dir)?;
+    fs::write(
+        dir.join("signaling.json"),
+        serde_json::to_string_pretty(&json!({
+            "first_frame_us": {"p50": p50, "p99": p99, "max": lat[lat.len() - 1], "runs": lat.len()},
+            "scale": {"associations": f.scale_n, "seconds": f.scale_secs, "rss_kib": f.rss_kib},
+        }))?,
+    )?;
+    Ok(())
 }
 
 /// VM frame sizes: the smallest, and the largest a 1450-byte VM MTU allows.

@@ -1,0 +1,212 @@
+//! Signaling figures for the bench: how long from an associate request until the first
+//! frame of the vNIC arrives at a remote VM, and what 10,000 associations cost.
+use std::{
+    fs::File,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+
+use crate::{
+    overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_MAC, VM2_MAC, VN, VNI},
+    rig::{Daemon, Netns, mac_str},
+};
+
+/// An ethertype for local experiments (IEEE 802): frames nothing else sends.
+const PROBE_ETHERTYPE: u16 = 0x88b5;
+
+/// An AF_PACKET socket on `iface` inside `ns`.
+fn packet_socket(ns: &Netns, iface: &str) -> Result<OwnedFd> {
+    let ns_path = ns.path();
+    let iface = iface.to_string();
+    thread::spawn(move || -> Result<OwnedFd> {
+        let target = File::open(&ns_path)?;
+        // SAFETY: setns on this thread only.
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        let proto = (PROBE_ETHERTYPE).to_be() as i32;
+        // SAFETY: plain socket(2).
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
+        if fd < 0 {
+            bail!("socket: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor we just opened.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(iface)?;
+        // SAFETY: NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        // SAFETY: zeroed sockaddr_ll, then filled.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = PROBE_ETHERTYPE.to_be();
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: bind with a sockaddr_ll of the right size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const _ as *const libc::sockaddr,
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc != 0 {
+            bail!("bind: {}", std::io::Error::last_os_error());
+        }
+        Ok(fd)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("socket thread panicked"))?
+}
+
+pub struct Figures {
+    /// Associate request sent -> first frame of the vNIC at the remote VM, microseconds.
+    pub first_frame_us: Vec<f64>,
+    /// Seconds for the scale run, its size, and the daemon's RSS after it (KiB).
+    pub scale_secs: f64,
+    pub scale_n: u32,
+    pub rss_kib: u64,
+}
+
+fn post(d: &Daemon, vm: &str, body: serde_json::Value) -> Result<()> {
+    let (status, text) = d.http(
+        "POST",
+        &format!("/v1/vnics/{vm}/0"),
+        body.to_string().as_bytes(),
+    )?;
+    if status != 200 {
+        bail!("{status}: {text}");
+    }
+    Ok(())
+}
+
+fn uuid(i: u32) -> String {
+    format!("00000000-0000-4000-8000-{i:012x}")
+}
+
+pub fn run(associations: u32, scale_n: u32) -> Result<Figures> {
+    let rig = TwoHosts::new("bsig")?;
+    overlay::kernel_vxlan(&rig.h2, H2_VTEP, H1_VTEP, "vm2p", &[VM1_MAC])?;
+    let d = Daemon::start(&rig.h1, "bsig", H1_VTEP, "ul", &[])?;
+    d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])?;
+    d.nve(&["fdb", "add", VN, &mac_str(VM2_MAC), "--vtep", H2_VTEP])?;
+    d.nve(&["flood", "add", VN, H2_VTEP])?;
+    d.wait_next_hop(H2_VTEP)?;
+
+    let tx = packet_socket(&rig.vm1.ns, "eth0")?;
+    let rx = packet_socket(&rig.vm2.ns, "eth0")?;
+    let seq = Arc::new(AtomicU32::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen_tx, seen) = mpsc::channel::<(u32, Instant)>();
+    let receiver = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 128];
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
+            // SAFETY: setsockopt with a timeval.
+            unsafe {
+                libc::setsockopt(
+                    rx.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    &tv as *const _ as *const _,
+                    size_of::<libc::timeval>() as u32,
+                )
+            };
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: recv into our buffer.
+                let n =
+                    unsafe { libc::recv(rx.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n >= 18 {
+                    let s = u32::from_be_bytes([buf[14], buf[15], buf[16], buf[17]]);
+                    let _ = seen_tx.send((s, Instant::now()));
+                }
+            }
+        })
+    };
+    let sender = {
+        let (seq, stop) = (seq.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut frame = [0u8; 60];
+            frame[..6].copy_from_slice(&VM2_MAC);
+            frame[6..12].copy_from_slice(&VM1_MAC);
+            frame[12..14].copy_from_slice(&PROBE_ETHERTYPE.to_be_bytes());
+            while !stop.load(Ordering::Relaxed) {
+                let s = seq.load(Ordering::Relaxed);
+                if s == 0 {
+                    thread::sleep(Duration::from_micros(200));
+                    continue;
+                }
+                frame[14..18].copy_from_slice(&s.to_be_bytes());
+                // SAFETY: send a buffer we own on a bound packet socket.
+                unsafe { libc::send(tx.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+                thread::sleep(Duration::from_micros(5));
+            }
+        })
+    };
+
+    let vm = uuid(1);
+    let vnic = |op: &str| json!({"op": op, "vn": VN, "port": "vm1p", "macs": [mac_str(VM1_MAC)]});
+    let mut first_frame_us = Vec::new();
+    for i in 1..=associations {
+        post(&d, &vm, vnic("pre-associate"))?;
+        while seen.try_recv().is_ok() {}
+        seq.store(i, Ordering::Relaxed);
+        let t0 = Instant::now();
+        post(&d, &vm, vnic("associate"))?;
+        let deadline = t0 + Duration::from_secs(2);
+        loop {
+            let (s, at) = seen
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .context("no frame after associate")?;
+            if s == i {
+                first_frame_us.push(at.duration_since(t0).as_secs_f64() * 1e6);
+                break;
+            }
+        }
+        seq.store(0, Ordering::Relaxed);
+        post(&d, &vm, json!({"op": "disassociate"}))?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.join();
+    let _ = receiver.join();
+
+    let start = Instant::now();
+    for i in 0..scale_n {
+        let mac = format!(
+            "02:10:{:02x}:{:02x}:{:02x}:01",
+            (i >> 16) & 0xff,
+            (i >> 8) & 0xff,
+            i & 0xff
+        );
+        post(
+            &d,
+            &uuid(1000 + i),
+            json!({"op": "associate", "vn": VN, "port": "vm1p", "macs": [mac]}),
+        )?;
+    }
+    let scale_secs = start.elapsed().as_secs_f64();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid()))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Figures {
+        first_frame_us,
+        scale_secs,
+        scale_n,
+        rss_kib,
+    })
+}
