@@ -217,6 +217,11 @@ pub struct VnicRequest {
     pub vid: VidRequest,
     #[serde(default)]
     pub migration: Migration,
+    /// Soft state: the association is removed unless a message for this vNIC (e.g.
+    /// `keep-alive`) arrives within this many seconds. Absent: associations are hard, and
+    /// pre-associations expire after 120 s (a migration that never happened).
+    #[serde(default)]
+    pub hold_time: Option<u64>,
     /// Pre-associate with resource reservation (VDP PA-RR). nve always reserves the VID and
     /// table slots at pre-associate, so this only documents the server's intent.
     #[serde(default)]
@@ -239,6 +244,8 @@ pub struct VnicView {
     pub ipv6: Vec<std::net::Ipv6Addr>,
     pub migration: Migration,
     pub request_id: u64,
+    /// When the association expires unless refreshed (seconds since the epoch).
+    pub expires_at: Option<u64>,
 }
 
 /// A successful signaling reply: `code` is always `OK`; `vnic` is absent after disassociate.

@@ -125,6 +125,9 @@ pub struct AssocArgs {
     /// The VM is migrating out to this VTEP.
     #[arg(long)]
     pub migrating_out: Option<Ipv4Addr>,
+    /// Soft state: removed unless refreshed (`nve vm keep-alive`) within this many seconds.
+    #[arg(long)]
+    pub hold_time: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +141,8 @@ pub enum VmCommand {
     /// Keep the association, stop forwarding.
     Pause(VnicArgs),
     Resume(VnicArgs),
+    /// Refresh a soft association's hold time.
+    KeepAlive(VnicArgs),
     /// The vNICs and their states.
     List(JsonFlag),
 }
@@ -338,6 +343,7 @@ async fn vm(c: &Client, command: VmCommand) -> anyhow::Result<()> {
         VmCommand::Disassociate(id) => (id, bare(Op::Disassociate)),
         VmCommand::Pause(id) => (id, bare(Op::Pause)),
         VmCommand::Resume(id) => (id, bare(Op::Resume)),
+        VmCommand::KeepAlive(id) => (id, bare(Op::KeepAlive)),
     };
     let req = VnicRequest {
         request_id: id.request_id,
@@ -368,6 +374,7 @@ fn bare(op: Op) -> VnicRequest {
         vid: VidRequest::default(),
         migration: Migration::None,
         reserve: false,
+        hold_time: None,
     }
 }
 
@@ -403,6 +410,7 @@ fn assoc(op: Op, a: AssocArgs) -> anyhow::Result<(VnicArgs, VnicRequest)> {
         port: Some(a.port),
         vid,
         migration,
+        hold_time: a.hold_time,
         ..bare(op)
     };
     Ok((a.id, req))

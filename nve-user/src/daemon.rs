@@ -253,13 +253,16 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     let (watch_conn, events) = netlink::watch_underlay().context("watching the underlay")?;
     tokio::spawn(watch_conn);
     let watcher = tokio::spawn(follow_underlay(shared.clone(), events));
+    let expirer = tokio::spawn(expire_soft_state(shared.clone()));
     let app = server::router(shared.clone(), allowed).into_make_service_with_connect_info::<Peer>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
     let _ = fs::remove_file(&socket);
     watcher.abort();
+    expirer.abort();
     let _ = watcher.await;
+    let _ = expirer.await;
     let nve = Arc::try_unwrap(shared)
         .map_err(|_| anyhow::anyhow!("API still holds the state after shutdown"))?
         .into_inner();
@@ -283,6 +286,20 @@ async fn follow_underlay(state: server::Shared, mut events: impl futures_util::S
         let model = nve.model.clone();
         if let Err(e) = nve.sync_with(&model, false).await {
             tracing::warn!("following a link, neighbour or route change: {e}");
+        }
+    }
+}
+
+/// Once a second, disassociates soft associations whose hold time ran out.
+async fn expire_soft_state(state: server::Shared) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let mut nve = state.lock().await;
+        if nve.model.next_expiry().is_some_and(|t| t <= server::now())
+            && let Err(e) = nve.submit(crate::model::Event::Expire).await
+        {
+            tracing::warn!("expiring soft state: {e}");
         }
     }
 }

@@ -116,6 +116,7 @@ pub fn request(op: Op, migration: Migration, iface: &Interface) -> anyhow::Resul
         vid: VidRequest::default(),
         migration,
         reserve: op == Op::PreAssociate,
+        hold_time: None,
     })
 }
 

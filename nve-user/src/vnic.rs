@@ -20,6 +20,8 @@ pub enum Op {
     Disassociate,
     Pause,
     Resume,
+    /// Refreshes a soft association's hold time (spec.md 2.1); changes nothing else.
+    KeepAlive,
 }
 
 /// The state after `op` in state `from` (`None`: absent), or `Err` if `op` is illegal there.
@@ -34,6 +36,7 @@ pub fn transition(from: Option<VnicState>, op: Op) -> Result<Option<VnicState>, 
         (_, Disassociate) => None,
         (Some(Associated | Inactive), Pause) => Some(Inactive),
         (Some(Associated | Inactive), Resume) => Some(Associated),
+        (Some(s), KeepAlive) => Some(s),
         (from, op) => return Err(Illegal { from, op }),
     };
     Ok(to)
@@ -86,6 +89,7 @@ mod tests {
             (Some(PreAssociated), Resume),
             (Some(Associated), PreAssociate),
             (Some(Inactive), PreAssociate),
+            (None, KeepAlive),
         ] {
             assert_eq!(transition(s, op), Err(Illegal { from: s, op }));
         }

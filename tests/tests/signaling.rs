@@ -230,5 +230,25 @@ fn vm_lifecycle_drives_the_dataplane() {
     drop(vm3);
     // It disappears: the vNIC stays.
     assert_eq!(vnics(&d).len(), 1);
+
+    // Soft state: a 2 s hold time, refreshed once by a keep-alive, then left to run out.
+    let soft = "00000000-0000-4000-8000-000000000004";
+    let (status, reply) = signal(
+        &d,
+        soft,
+        json!({"op": "associate", "vn": VN, "port": "vm1p", "macs": ["02:00:00:00:0c:01"], "hold_time": 2}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply["vnic"]["expires_at"].is_u64(), "{reply}");
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    d.nve(&["vm", "keep-alive", "--vm", soft]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    assert_eq!(vnics(&d).len(), 2, "expired although refreshed");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(
+        vnics(&d).len(),
+        1,
+        "a soft association outlived its hold time"
+    );
     assert!(d.stop().unwrap().success());
 }

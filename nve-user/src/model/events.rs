@@ -14,14 +14,40 @@ use crate::{
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     CreateVn(CreateVn),
-    DeleteVn { vn: String },
-    AttachPort { vn: String, req: AttachPort },
-    DetachPort { vn: String, port: String, vid: u16 },
-    AddRemote { vn: String, req: RemoteMac },
-    DelRemote { vn: String, mac: MacAddr },
-    AddFlood { vn: String, vtep: Ipv4Addr },
-    DelFlood { vn: String, vtep: Ipv4Addr },
-    Signal { id: VnicId, req: VnicRequest },
+    DeleteVn {
+        vn: String,
+    },
+    AttachPort {
+        vn: String,
+        req: AttachPort,
+    },
+    DetachPort {
+        vn: String,
+        port: String,
+        vid: u16,
+    },
+    AddRemote {
+        vn: String,
+        req: RemoteMac,
+    },
+    DelRemote {
+        vn: String,
+        mac: MacAddr,
+    },
+    AddFlood {
+        vn: String,
+        vtep: Ipv4Addr,
+    },
+    DelFlood {
+        vn: String,
+        vtep: Ipv4Addr,
+    },
+    Signal {
+        id: VnicId,
+        req: VnicRequest,
+    },
+    /// Soft associations whose hold time ran out are removed.
+    Expire,
 }
 
 impl Model {
@@ -38,6 +64,10 @@ impl Model {
             Event::AddFlood { vn, vtep } => self.add_flood(vn, *vtep),
             Event::DelFlood { vn, vtep } => self.del_flood(vn, *vtep),
             Event::Signal { id, req } => return self.signal(id, req, now),
+            Event::Expire => {
+                self.expire(now);
+                Ok(())
+            }
         }
         .map(|()| None)
     }

@@ -66,6 +66,19 @@ pub struct Vnic {
     pub vid: u16,
     pub migration: Migration,
     pub request_id: u64,
+    /// Seconds a refresh keeps the association (soft state), if any.
+    pub hold: Option<u64>,
+    /// When it expires unless refreshed.
+    pub expires_at: Option<u64>,
+}
+
+/// How long a pre-association without a hold time lives (spec.md 5, row 14).
+pub const PRE_ASSOCIATION_HOLD: u64 = 120;
+
+/// The hold time a (pre-)association gets.
+fn hold_for(op: Op, req: &VnicRequest) -> Option<u64> {
+    req.hold_time
+        .or((op == Op::PreAssociate).then_some(PRE_ASSOCIATION_HOLD))
 }
 
 impl VnicParams {
@@ -139,6 +152,8 @@ impl Model {
                         v.state = to;
                         v.migration = req.migration;
                         v.request_id = v.request_id.max(req.request_id);
+                        v.hold = hold_for(req.op, req);
+                        v.expires_at = v.hold.map(|h| now + h);
                         return Ok(Some(self.vnic_view(id)));
                     }
                     if req.request_id <= cur.request_id {
@@ -161,13 +176,14 @@ impl Model {
                 self.remove_vnic(id, now);
                 Ok(None)
             }
-            Op::Pause | Op::Resume => {
+            Op::Pause | Op::Resume | Op::KeepAlive => {
                 let v = self
                     .vnics
                     .get_mut(id)
                     .expect("the table allows these only when present");
-                v.state = to.expect("pause/resume lead to a state");
+                v.state = to.expect("these lead to a state");
                 v.request_id = v.request_id.max(req.request_id);
+                v.expires_at = v.hold.map(|h| now + h);
                 Ok(Some(self.vnic_view(id)))
             }
         }
@@ -223,6 +239,8 @@ impl Model {
                 vid,
                 migration: req.migration,
                 request_id: req.request_id,
+                hold: hold_for(req.op, req),
+                expires_at: hold_for(req.op, req).map(|h| now + h),
             },
         );
         Ok(())
@@ -293,6 +311,26 @@ impl Model {
             ipv6: v.params.ipv6.iter().copied().collect(),
             migration: v.migration,
             request_id: v.request_id,
+            expires_at: v.expires_at,
+        }
+    }
+
+    /// The earliest time a soft association expires.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.vnics.values().filter_map(|v| v.expires_at).min()
+    }
+
+    /// Removes the associations whose hold time ran out by `now` (disassociates them).
+    pub fn expire(&mut self, now: u64) {
+        let expired: Vec<VnicId> = self
+            .vnics
+            .iter()
+            .filter(|(_, v)| v.expires_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            tracing::info!(vnic = %id, "hold time ran out: disassociated");
+            self.remove_vnic(&id, now);
         }
     }
 
@@ -353,9 +391,58 @@ mod tests {
                     vid,
                     migration: Migration::None,
                     reserve: false,
+                    hold_time: None,
                 };
                 (vm, req)
             })
+    }
+
+    #[test]
+    fn soft_state_expires_unless_refreshed() {
+        let mut m = Model::default();
+        m.create_vn(&CreateVn {
+            name: "blue".into(),
+            vni: 100,
+        })
+        .unwrap();
+        let id = VnicId::new(VMS[0], 0).unwrap();
+        let mut req = VnicRequest {
+            op: Op::PreAssociate,
+            request_id: 0,
+            vn: Some("blue".into()),
+            macs: vec![MacAddr([2, 0, 0, 0, 0, 1])],
+            ipv4: Vec::new(),
+            ipv6: Vec::new(),
+            port: Some("tap0".into()),
+            vid: VidRequest::default(),
+            migration: Migration::None,
+            reserve: true,
+            hold_time: None,
+        };
+        // A pre-association that never turns into an association goes after 120 s.
+        m.signal(&id, &req, 0).unwrap();
+        m.expire(PRE_ASSOCIATION_HOLD - 1);
+        assert_eq!(m.vnics().count(), 1);
+        m.expire(PRE_ASSOCIATION_HOLD);
+        assert_eq!(m.vnics().count(), 0);
+        // Associated: hard unless a hold time is given.
+        req.op = Op::Associate;
+        m.signal(&id, &req, 0).unwrap();
+        m.expire(1_000_000);
+        assert_eq!(m.vnics().count(), 1);
+        req.hold_time = Some(30);
+        req.request_id = 1;
+        m.signal(&id, &req, 100).unwrap();
+        let keep = VnicRequest {
+            op: Op::KeepAlive,
+            ..req.clone()
+        };
+        m.signal(&id, &keep, 125).unwrap();
+        m.expire(150);
+        assert_eq!(m.vnics().count(), 1, "refreshed at 125, holds until 155");
+        m.expire(155);
+        assert_eq!(m.vnics().count(), 0);
+        assert!(m.port_vids.values().all(|p| p.is_empty()));
     }
 
     proptest! {
