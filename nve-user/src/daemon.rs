@@ -254,13 +254,16 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     tokio::spawn(watch_conn);
     let watcher = tokio::spawn(follow_underlay(shared.clone(), events));
     let expirer = tokio::spawn(expire_soft_state(shared.clone()));
-    let app = server::router(shared.clone(), allowed).into_make_service_with_connect_info::<Peer>();
+    let (api, writer) = server::Api::new(shared.clone());
+    let app = server::router(api, allowed).into_make_service_with_connect_info::<Peer>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
     let _ = fs::remove_file(&socket);
     watcher.abort();
     expirer.abort();
+    writer.abort();
+    let _ = writer.await;
     let _ = watcher.await;
     let _ = expirer.await;
     let nve = Arc::try_unwrap(shared)

@@ -62,8 +62,19 @@ pub struct Route {
     pub hop: Ipv4Addr,
 }
 
-/// Whether the neighbour entry of `ip` on `ifindex` exists and is managed.
-async fn is_managed(handle: &Handle, ifindex: u32, ip: Ipv4Addr) -> Result<bool, rtnetlink::Error> {
+/// A neighbour entry as the daemon needs it.
+struct Neighbour {
+    state: NeighbourState,
+    lladdr: Option<[u8; 6]>,
+    managed: bool,
+}
+
+/// The neighbour entry of `ip` on `ifindex`, if any.
+async fn neighbour(
+    handle: &Handle,
+    ifindex: u32,
+    ip: Ipv4Addr,
+) -> Result<Option<Neighbour>, rtnetlink::Error> {
     let mut neighbours = handle
         .neighbours()
         .get()
@@ -73,20 +84,36 @@ async fn is_managed(handle: &Handle, ifindex: u32, ip: Ipv4Addr) -> Result<bool,
         if n.header.ifindex != ifindex {
             continue;
         }
+        let mut found = Neighbour {
+            state: n.header.state,
+            lladdr: None,
+            managed: false,
+        };
         let mut dest = None;
-        let mut managed = false;
         for attr in n.attributes {
             match attr {
                 NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dest = Some(a),
-                NeighbourAttribute::ExtFlags(f) => managed = f.contains(NeighbourExtFlags::Managed),
+                NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                    found.lladdr = l.try_into().ok()
+                }
+                NeighbourAttribute::ExtFlags(f) => {
+                    found.managed = f.contains(NeighbourExtFlags::Managed)
+                }
                 _ => {}
             }
         }
         if dest == Some(ip) {
-            return Ok(managed);
+            return Ok(Some(found));
         }
     }
-    Ok(false)
+    Ok(None)
+}
+
+/// Whether the neighbour entry of `ip` on `ifindex` exists and is managed.
+async fn is_managed(handle: &Handle, ifindex: u32, ip: Ipv4Addr) -> Result<bool, rtnetlink::Error> {
+    Ok(neighbour(handle, ifindex, ip)
+        .await?
+        .is_some_and(|n| n.managed))
 }
 
 /// Looks up the kernel's route to `vtep` (as `ip route get` does).
@@ -132,38 +159,16 @@ pub async fn next_hop(handle: &Handle, route: Route) -> Result<Option<NextHop>, 
     let (Some(smac), Some(mtu)) = (smac, mtu) else {
         return Ok(None);
     };
-    let mut neighbours = handle
-        .neighbours()
-        .get()
-        .set_address_family(AddressFamily::Inet)
-        .execute();
-    while let Some(n) = neighbours.try_next().await? {
-        if n.header.ifindex != route.oif || !USABLE.contains(&n.header.state) {
-            continue;
-        }
-        let mut dest = None;
-        let mut lladdr = None;
-        for attr in n.attributes {
-            match attr {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dest = Some(a),
-                NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
-                    lladdr = l.try_into().ok()
-                }
-                _ => {}
-            }
-        }
-        if let (Some(d), Some(dmac)) = (dest, lladdr)
-            && d == route.hop
-        {
-            return Ok(Some(NextHop {
-                ifindex: route.oif,
-                mtu,
-                smac,
-                dmac,
-            }));
-        }
-    }
-    Ok(None)
+    Ok(neighbour(handle, route.oif, route.hop)
+        .await?
+        .filter(|n| USABLE.contains(&n.state))
+        .and_then(|n| n.lladdr)
+        .map(|dmac| NextHop {
+            ifindex: route.oif,
+            mtu,
+            smac,
+            dmac,
+        }))
 }
 
 /// Neighbour states whose link-layer address may be used.

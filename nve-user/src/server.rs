@@ -17,7 +17,7 @@ use axum::{
 };
 use nve_common::maps::{NextHop, TUNNEL_DEV};
 use serde::{Deserialize, de::DeserializeOwned};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::{
     api::{
@@ -51,6 +51,61 @@ pub struct Nve {
 
 pub type Shared = Arc<Mutex<Nve>>;
 
+/// Largest number of queued changes applied as one.
+const MAX_BATCH: usize = 256;
+
+/// A change waiting for the writer, and where its result goes.
+struct Pending {
+    event: Event,
+    reply: oneshot::Sender<Result<Option<VnicView>, ErrorBody>>,
+}
+
+/// What the API handlers share: the daemon's state for reads, and the writer for changes.
+/// One writer task applies changes in arrival order, so messages for one vNIC are
+/// serialized; changes that queue up while one is being applied (requests for other vNICs)
+/// are applied together, with one dataplane update and one journal write for all of them.
+#[derive(Clone)]
+pub struct Api {
+    pub nve: Shared,
+    writer: mpsc::UnboundedSender<Pending>,
+}
+
+impl Api {
+    /// The API state and its writer task (which ends when every `Api` is dropped).
+    pub fn new(nve: Shared) -> (Self, tokio::task::JoinHandle<()>) {
+        let (writer, queue) = mpsc::unbounded_channel();
+        let task = tokio::spawn(write_batches(nve.clone(), queue));
+        (Self { nve, writer }, task)
+    }
+
+    /// Queues a change and waits for its result.
+    pub async fn submit(&self, event: Event) -> Result<Option<VnicView>, ErrorBody> {
+        let (reply, result) = oneshot::channel();
+        let gone = || ErrorBody::new(ErrorCode::EHost, "the daemon is shutting down");
+        self.writer
+            .send(Pending { event, reply })
+            .map_err(|_| gone())?;
+        result.await.map_err(|_| gone())?
+    }
+}
+
+async fn write_batches(nve: Shared, mut queue: mpsc::UnboundedReceiver<Pending>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let events: Vec<Event> = batch.iter().map(|p| p.event.clone()).collect();
+        let results = nve.lock().await.submit_batch(&events).await;
+        for (pending, result) in batch.into_iter().zip(results) {
+            let _ = pending.reply.send(result);
+        }
+    }
+}
+
 impl Nve {
     /// Applies `f` to a copy of the model and the dataplane to match; on any error the
     /// model and the dataplane stay as they were.
@@ -69,15 +124,46 @@ impl Nve {
         Ok(())
     }
 
-    /// Applies one API event: to a copy of the model, then the dataplane, then the journal;
-    /// the model is committed only when all three succeeded.
+    /// Applies one event (see [`Nve::submit_batch`]).
     pub async fn submit(&mut self, event: Event) -> Result<Option<VnicView>, ErrorBody> {
+        self.submit_batch(std::slice::from_ref(&event))
+            .await
+            .remove(0)
+    }
+
+    /// Applies events in order to a copy of the model (each accepted or refused on its
+    /// own, a refused one changing nothing), then brings the dataplane to the result once
+    /// and journals the accepted events; the model is committed only if both succeeded,
+    /// otherwise every accepted event gets that error.
+    pub async fn submit_batch(
+        &mut self,
+        events: &[Event],
+    ) -> Vec<Result<Option<VnicView>, ErrorBody>> {
         let now = now();
         let mut next = self.model.clone();
-        let reply = next.apply(&event, now)?;
-        self.move_to(next, |store, model| store.append(&event, now, model))
-            .await?;
-        Ok(reply)
+        let mut results = Vec::with_capacity(events.len());
+        let mut accepted = Vec::new();
+        for event in events {
+            let result = next.apply(event, now);
+            if result.is_ok() {
+                accepted.push(event);
+            }
+            results.push(result);
+        }
+        if accepted.is_empty() {
+            return results;
+        }
+        let persisted = self
+            .move_to(next, |store, model| {
+                accepted
+                    .iter()
+                    .try_for_each(|e| store.append(e, now, model))
+            })
+            .await;
+        match persisted {
+            Ok(()) => results,
+            Err(e) => results.into_iter().map(|r| r.and(Err(e.clone()))).collect(),
+        }
     }
 
     async fn move_to(
@@ -187,7 +273,7 @@ impl Nve {
     }
 }
 
-pub fn router(state: Shared, allowed: crate::access::Allowed) -> Router {
+pub fn router(state: Api, allowed: crate::access::Allowed) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/stats", get(stats))
@@ -275,8 +361,8 @@ fn ok() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-async fn status(State(s): State<Shared>) -> Json<StatusView> {
-    let nve = s.lock().await;
+async fn status(State(s): State<Api>) -> Json<StatusView> {
+    let nve = s.nve.lock().await;
     let mut v = nve.status.clone();
     v.vns = nve.model.vns().count();
     v.ports = nve.model.ports().count();
@@ -293,8 +379,8 @@ async fn status(State(s): State<Shared>) -> Json<StatusView> {
     Json(v)
 }
 
-async fn stats(State(s): State<Shared>) -> ApiResult<Json<StatsView>> {
-    let nve = s.lock().await;
+async fn stats(State(s): State<Api>) -> ApiResult<Json<StatsView>> {
+    let nve = s.nve.lock().await;
     let stats = nve
         .dataplane
         .stats()
@@ -302,35 +388,35 @@ async fn stats(State(s): State<Shared>) -> ApiResult<Json<StatsView>> {
     Ok(Json(stats))
 }
 
-async fn fdb(State(s): State<Shared>) -> Json<Vec<FdbView>> {
-    Json(s.lock().await.model.fdb_views())
+async fn fdb(State(s): State<Api>) -> Json<Vec<FdbView>> {
+    Json(s.nve.lock().await.model.fdb_views())
 }
 
-async fn list_vns(State(s): State<Shared>) -> Json<Vec<VnView>> {
-    Json(s.lock().await.model.vn_views())
+async fn list_vns(State(s): State<Api>) -> Json<Vec<VnView>> {
+    Json(s.nve.lock().await.model.vn_views())
 }
 
 async fn create_vn(
-    State(s): State<Shared>,
+    State(s): State<Api>,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let req: CreateVn = body(b)?;
-    s.lock().await.submit(Event::CreateVn(req)).await?;
+    s.submit(Event::CreateVn(req)).await?;
     Ok(StatusCode::CREATED)
 }
 
-async fn delete_vn(State(s): State<Shared>, Path(vn): Path<String>) -> ApiResult<StatusCode> {
-    s.lock().await.submit(Event::DeleteVn { vn }).await?;
+async fn delete_vn(State(s): State<Api>, Path(vn): Path<String>) -> ApiResult<StatusCode> {
+    s.submit(Event::DeleteVn { vn }).await?;
     Ok(ok())
 }
 
 async fn attach_port(
-    State(s): State<Shared>,
+    State(s): State<Api>,
     Path(vn): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let req: AttachPort = body(b)?;
-    s.lock().await.submit(Event::AttachPort { vn, req }).await?;
+    s.submit(Event::AttachPort { vn, req }).await?;
     Ok(ok())
 }
 
@@ -342,79 +428,74 @@ struct VidQuery {
 }
 
 async fn detach_port(
-    State(s): State<Shared>,
+    State(s): State<Api>,
     Path((vn, port)): Path<(String, String)>,
     q: Result<Query<VidQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<StatusCode> {
     let Query(q) = q.map_err(|e| ErrorBody::new(ErrorCode::EFormat, e.body_text()))?;
-    s.lock()
-        .await
-        .submit(Event::DetachPort {
-            vn,
-            port,
-            vid: q.vid,
-        })
-        .await?;
+    s.submit(Event::DetachPort {
+        vn,
+        port,
+        vid: q.vid,
+    })
+    .await?;
     Ok(ok())
 }
 
 async fn add_remote(
-    State(s): State<Shared>,
+    State(s): State<Api>,
     Path(vn): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let req: RemoteMac = body(b)?;
-    s.lock().await.submit(Event::AddRemote { vn, req }).await?;
+    s.submit(Event::AddRemote { vn, req }).await?;
     Ok(ok())
 }
 
 async fn del_remote(
-    State(s): State<Shared>,
+    State(s): State<Api>,
     Path((vn, mac)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let mac: MacAddr = parse("MAC", &mac)?;
-    s.lock().await.submit(Event::DelRemote { vn, mac }).await?;
+    s.submit(Event::DelRemote { vn, mac }).await?;
     Ok(ok())
 }
 
 async fn add_flood(
-    State(s): State<Shared>,
+    State(s): State<Api>,
     Path(vn): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let req: FloodVtep = body(b)?;
-    s.lock()
-        .await
-        .submit(Event::AddFlood { vn, vtep: req.vtep })
-        .await?;
+    s.submit(Event::AddFlood { vn, vtep: req.vtep }).await?;
     Ok(ok())
 }
 
 async fn del_flood(
-    State(s): State<Shared>,
+    State(s): State<Api>,
     Path((vn, vtep)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let vtep: Ipv4Addr = parse("VTEP", &vtep)?;
-    s.lock().await.submit(Event::DelFlood { vn, vtep }).await?;
+    s.submit(Event::DelFlood { vn, vtep }).await?;
     Ok(ok())
 }
 
-async fn list_vnics(State(s): State<Shared>) -> Json<Vec<VnicView>> {
-    Json(s.lock().await.model.vnic_views())
+async fn list_vnics(State(s): State<Api>) -> Json<Vec<VnicView>> {
+    Json(s.nve.lock().await.model.vnic_views())
 }
 
 /// One signaling message (pre-associate, associate, disassociate, pause, resume) for a vNIC.
 /// Messages for one vNIC are serialized by the daemon's lock; each is applied to the model
 /// and the dataplane as one change.
 async fn signal(
-    State(s): State<Shared>,
+    State(s): State<Api>,
     Path((vm, index)): Path<(String, String)>,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<SignalReply>> {
     let index: u32 = parse("vNIC index", &index)?;
     let id = VnicId::new(&vm, index)?;
     let req: VnicRequest = body(b)?;
-    let view = s.lock().await.submit(Event::Signal { id, req }).await?;
+    let view = s.submit(Event::Signal { id, req }).await?;
     Ok(Json(SignalReply {
         code: "OK".into(),
         vnic: view,

@@ -113,12 +113,18 @@ pub fn nve(rig: &TwoHosts, side: Side, tag: &str, extra: &[&str]) -> Result<Daem
         Side::H2 => (&rig.h2, H2_VTEP, "vm2p", VM2_MAC, H1_VTEP, VM1_MAC),
     };
     let d = Daemon::start(host, tag, vtep, "ul", extra)?;
-    d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])?;
+    serve_vn(&d, remote, remote_mac)?;
     d.nve(&["port", "attach", VN, port, "--mac", &mac_str(mac)])?;
+    Ok(d)
+}
+
+/// Creates VN blue on `d` with `remote_mac` behind `remote`, which is also the flood list,
+/// and waits until the underlay next hop to `remote` is resolved.
+pub fn serve_vn(d: &Daemon, remote: &str, remote_mac: [u8; 6]) -> Result<()> {
+    d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])?;
     d.nve(&["fdb", "add", VN, &mac_str(remote_mac), "--vtep", remote])?;
     d.nve(&["flood", "add", VN, remote])?;
-    d.wait_next_hop(remote)?;
-    Ok(d)
+    d.wait_next_hop(remote)
 }
 
 /// One decoded VXLAN packet of a capture.

@@ -16,9 +16,12 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::json;
 
 use crate::{
-    overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_MAC, VM2_MAC, VN, VNI},
+    overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_MAC, VM2_MAC, VN},
     rig::{Daemon, Netns, mac_str},
 };
+
+/// Concurrent clients in the scale run.
+pub const CLIENTS: u32 = 8;
 
 /// An ethertype for local experiments (IEEE 802): frames nothing else sends.
 const PROBE_ETHERTYPE: u16 = 0x88b5;
@@ -95,10 +98,7 @@ pub fn run(associations: u32, scale_n: u32) -> Result<Figures> {
     let rig = TwoHosts::new("bsig")?;
     overlay::kernel_vxlan(&rig.h2, H2_VTEP, H1_VTEP, "vm2p", &[VM1_MAC])?;
     let d = Daemon::start(&rig.h1, "bsig", H1_VTEP, "ul", &[])?;
-    d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])?;
-    d.nve(&["fdb", "add", VN, &mac_str(VM2_MAC), "--vtep", H2_VTEP])?;
-    d.nve(&["flood", "add", VN, H2_VTEP])?;
-    d.wait_next_hop(H2_VTEP)?;
+    overlay::serve_vn(&d, H2_VTEP, VM2_MAC)?;
 
     let tx = packet_socket(&rig.vm1.ns, "eth0")?;
     let rx = packet_socket(&rig.vm2.ns, "eth0")?;
@@ -181,20 +181,35 @@ pub fn run(associations: u32, scale_n: u32) -> Result<Figures> {
     let _ = sender.join();
     let _ = receiver.join();
 
+    // The scale run: CLIENTS hypervisor threads at once, each associating its share.
     let start = Instant::now();
-    for i in 0..scale_n {
-        let mac = format!(
-            "02:10:{:02x}:{:02x}:{:02x}:01",
-            (i >> 16) & 0xff,
-            (i >> 8) & 0xff,
-            i & 0xff
-        );
-        post(
-            &d,
-            &uuid(1000 + i),
-            json!({"op": "associate", "vn": VN, "port": "vm1p", "macs": [mac]}),
-        )?;
-    }
+    thread::scope(|s| -> Result<()> {
+        let workers: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let d = &d;
+                s.spawn(move || -> Result<()> {
+                    for i in (c..scale_n).step_by(CLIENTS as usize) {
+                        let mac = format!(
+                            "02:10:{:02x}:{:02x}:{:02x}:01",
+                            (i >> 16) & 0xff,
+                            (i >> 8) & 0xff,
+                            i & 0xff
+                        );
+                        post(
+                            d,
+                            &uuid(1000 + i),
+                            json!({"op": "associate", "vn": VN, "port": "vm1p", "macs": [mac]}),
+                        )?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+        }
+        Ok(())
+    })?;
     let scale_secs = start.elapsed().as_secs_f64();
     let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid()))?;
     let rss_kib = status

@@ -363,3 +363,62 @@ impl Drop for Remove {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+#[test]
+fn signaling_for_many_vnics_at_once() {
+    require_root();
+    let host = Netns::new("conc-h").unwrap();
+    let peer = Netns::new("conc-p").unwrap();
+    veth(&host, "ul", &peer, "x0", 1500).unwrap();
+    host.ip(&["addr", "add", "10.0.0.1/24", "dev", "ul"])
+        .unwrap();
+    let d = Daemon::start(&host, "conc", "10.0.0.1", "ul", &[]).unwrap();
+    assert!(
+        d.http("POST", "/v1/vns", br#"{"name": "blue", "vni": 100}"#)
+            .unwrap()
+            .0
+            == 201
+    );
+    let post = |vm: String, body: Value| {
+        let socket = d.socket.clone();
+        std::thread::spawn(move || {
+            let (status, text) = nve_tests::rig::http(
+                &socket,
+                "POST",
+                &format!("/v1/vnics/{vm}/0"),
+                body.to_string().as_bytes(),
+            )
+            .unwrap();
+            (status, code(&text))
+        })
+    };
+    // 32 vNICs of 32 VMs at once: all associated.
+    let all: Vec<_> = (0..32)
+        .map(|i| {
+            let vm = format!("00000000-0000-4000-8000-{i:012x}");
+            post(vm, json!({"op": "associate", "vn": "blue", "port": format!("tap{i}"), "macs": [format!("02:00:00:00:01:{i:02x}")]}))
+        })
+        .collect();
+    for t in all {
+        assert_eq!(t.join().unwrap(), (200, "OK".to_string()));
+    }
+    let vnics: Value = serde_json::from_str(&d.http("GET", "/v1/vnics", b"").unwrap().1).unwrap();
+    assert_eq!(vnics.as_array().unwrap().len(), 32);
+    // One vNIC, two different associates at once: applied one after the other, so exactly
+    // one wins and the other finds the vNIC associated with other parameters.
+    let vm = "00000000-0000-4000-8000-0000000000ff".to_string();
+    let a = post(
+        vm.clone(),
+        json!({"op": "associate", "vn": "blue", "port": "tapa", "macs": ["02:00:00:00:02:01"]}),
+    );
+    let b = post(
+        vm,
+        json!({"op": "associate", "vn": "blue", "port": "tapb", "macs": ["02:00:00:00:02:02"]}),
+    );
+    let mut outcomes = [a.join().unwrap(), b.join().unwrap()];
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [(200, "OK".to_string()), (409, "E_STATE".to_string())]
+    );
+}

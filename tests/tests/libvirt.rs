@@ -8,8 +8,8 @@ use std::{
 };
 
 use nve_tests::{
-    overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM2_IP, VM2_MAC, VN, VNI},
-    rig::{Daemon, Vm, mac_str, nve_bin, require_root},
+    overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM2_IP, VM2_MAC},
+    rig::{Daemon, Vm, nve_bin, require_root},
 };
 use serde_json::Value;
 
@@ -66,12 +66,7 @@ fn libvirt_hook_drives_the_vnic() {
     let rig = TwoHosts::new("lv").unwrap();
     overlay::kernel_vxlan(&rig.h2, H2_VTEP, H1_VTEP, "vm2p", &[GUEST_MAC]).unwrap();
     let d = Daemon::start(&rig.h1, "lv", H1_VTEP, "ul", &[]).unwrap();
-    d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])
-        .unwrap();
-    d.nve(&["fdb", "add", VN, &mac_str(VM2_MAC), "--vtep", H2_VTEP])
-        .unwrap();
-    d.nve(&["flood", "add", VN, H2_VTEP]).unwrap();
-    d.wait_next_hop(H2_VTEP).unwrap();
+    overlay::serve_vn(&d, H2_VTEP, VM2_MAC).unwrap();
     let vnic = "6f1c7a2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b/0".to_string();
 
     // prepare: before libvirt creates the tap.

@@ -5,7 +5,7 @@
 use std::{thread, time::Duration};
 
 use nve_tests::{
-    overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_MAC, VM2_IP, VM2_MAC, VN, VNI},
+    overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_MAC, VM2_IP, VM2_MAC, VN},
     rig::{Daemon, Vm, mac_str, require_root},
 };
 use serde_json::Value;
@@ -59,11 +59,7 @@ fn restart_loses_nothing() {
     let rig = TwoHosts::new("rst").unwrap();
     overlay::kernel_vxlan(&rig.h2, H2_VTEP, H1_VTEP, "vm2p", &[VM1_MAC]).unwrap();
     let mut d = Daemon::start_keeping(&rig.h1, "rst", H1_VTEP, "ul", &[]).unwrap();
-    d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])
-        .unwrap();
-    d.nve(&["fdb", "add", VN, &mac_str(VM2_MAC), "--vtep", H2_VTEP])
-        .unwrap();
-    d.nve(&["flood", "add", VN, H2_VTEP]).unwrap();
+    overlay::serve_vn(&d, H2_VTEP, VM2_MAC).unwrap();
     d.nve(&[
         "vm",
         "associate",
@@ -77,7 +73,6 @@ fn restart_loses_nothing() {
         &mac_str(VM1_MAC),
     ])
     .unwrap();
-    d.wait_next_hop(H2_VTEP).unwrap();
     rig.vm1.ping_until_reachable(VM2_IP, 5).unwrap();
     rig.vm2.ping_until_reachable(overlay::VM1_IP, 5).unwrap();
     let before = state(&d);

@@ -2,7 +2,7 @@
 //! not forward, associate forwards, pause/resume and disassociate stop it; repeats are
 //! idempotent; conflicts get their codes; a port that appears later is bound then.
 use nve_tests::{
-    overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_MAC, VM2_IP, VM2_MAC, VN, VNI},
+    overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_MAC, VM2_IP, VM2_MAC, VN},
     rig::{Daemon, Vm, mac_str, require_root},
 };
 use serde_json::{Value, json};
@@ -46,12 +46,7 @@ fn vm_lifecycle_drives_the_dataplane() {
     let rig = TwoHosts::new("sig").unwrap();
     overlay::kernel_vxlan(&rig.h2, H2_VTEP, H1_VTEP, "vm2p", &[VM1_MAC, VM3_MAC]).unwrap();
     let d = Daemon::start(&rig.h1, "sig", H1_VTEP, "ul", &[]).unwrap();
-    d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])
-        .unwrap();
-    d.nve(&["fdb", "add", VN, &mac_str(VM2_MAC), "--vtep", H2_VTEP])
-        .unwrap();
-    d.nve(&["flood", "add", VN, H2_VTEP]).unwrap();
-    d.wait_next_hop(H2_VTEP).unwrap();
+    overlay::serve_vn(&d, H2_VTEP, VM2_MAC).unwrap();
     let assoc = |op: &str| {
         vec![
             "vm",

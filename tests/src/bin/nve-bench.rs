@@ -69,8 +69,9 @@ fn signaling(associations: u32, scale: u32) -> Result<()> {
         lat[lat.len() - 1]
     );
     println!(
-        "  {} associations: {:.2} s ({:.0} us each), daemon RSS {} KiB",
+        "  {} associations from {} concurrent clients: {:.2} s ({:.0} us each), daemon RSS {} KiB",
         f.scale_n,
+        nve_tests::signal_bench::CLIENTS,
         f.scale_secs,
         f.scale_secs * 1e6 / f64::from(f.scale_n),
         f.rss_kib
