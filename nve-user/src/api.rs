@@ -246,6 +246,10 @@ pub struct VnicView {
     pub request_id: u64,
     /// When the association expires unless refreshed (seconds since the epoch).
     pub expires_at: Option<u64>,
+    /// Whether the port exists now. Without it the vNIC does not forward whatever its
+    /// state (it is kept, and bound again when the port appears).
+    #[serde(default)]
+    pub port_present: bool,
 }
 
 /// A successful signaling reply: `code` is always `OK`; `vnic` is absent after disassociate.

@@ -481,7 +481,11 @@ async fn del_flood(
 }
 
 async fn list_vnics(State(s): State<Api>) -> Json<Vec<VnicView>> {
-    Json(s.nve.lock().await.model.vnic_views())
+    let mut views = s.nve.lock().await.model.vnic_views();
+    for v in &mut views {
+        v.port_present = netlink::ifindex(&v.port).is_some();
+    }
+    Json(views)
 }
 
 /// One signaling message (pre-associate, associate, disassociate, pause, resume) for a vNIC.

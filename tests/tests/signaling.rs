@@ -222,9 +222,11 @@ fn vm_lifecycle_drives_the_dataplane() {
     let vm3 = Vm::new("sig-vm3", &rig.h1, "vm3p", VM3_MAC, "192.168.10.3").unwrap();
     vm3.ping_until_reachable(VM2_IP, 10)
         .expect("a late port was not bound");
+    assert_eq!(vnics(&d)[0]["port_present"], true);
     drop(vm3);
-    // It disappears: the vNIC stays.
+    // It disappears: the vNIC stays, not forwarding until the port is back.
     assert_eq!(vnics(&d).len(), 1);
+    assert_eq!(vnics(&d)[0]["port_present"], false);
 
     // Soft state: a 2 s hold time, refreshed once by a keep-alive, then left to run out.
     let soft = "00000000-0000-4000-8000-000000000004";

@@ -312,6 +312,7 @@ impl Model {
             migration: v.migration,
             request_id: v.request_id,
             expires_at: v.expires_at,
+            port_present: false,
         }
     }
 
