@@ -244,7 +244,7 @@ pub struct VnicView {
     pub ipv6: Vec<std::net::Ipv6Addr>,
     pub migration: Migration,
     pub request_id: u64,
-    /// When the association expires unless refreshed (seconds since the epoch).
+    /// When the association expires unless refreshed (milliseconds since the epoch).
     pub expires_at: Option<u64>,
     /// Whether the port exists now. Without it the vNIC does not forward whatever its
     /// state (it is kept, and bound again when the port appears).

@@ -293,9 +293,9 @@ async fn follow_underlay(state: server::Shared, mut events: impl futures_util::S
     }
 }
 
-/// Once a second, disassociates soft associations whose hold time ran out.
+/// Every 200 ms, disassociates soft associations whose hold time ran out.
 async fn expire_soft_state(state: server::Shared) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
     loop {
         tick.tick().await;
         let mut nve = state.lock().await;

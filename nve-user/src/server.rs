@@ -350,11 +350,11 @@ where
         .map_err(|e| ErrorBody::new(ErrorCode::EFormat, format!("{what} {s:?}: {e}")))
 }
 
-/// Seconds since the epoch: the model's clock (VID quarantine).
+/// Milliseconds since the epoch: the model's clock (VID quarantine, hold times).
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn ok() -> StatusCode {

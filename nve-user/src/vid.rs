@@ -2,14 +2,15 @@
 //! server-to-NVE link only; each port keeps its own map. Every binding is reference-counted
 //! (a pre-association holds a reference); the last release unbinds the VID and quarantines it
 //! so late frames tagged with it are not delivered into another VN. VID 0 means untagged:
-//! bound only on request, never assigned, never quarantined. Pure: time is passed in.
+//! bound only on request, never assigned, never quarantined. Pure: time (milliseconds) is
+//! passed in.
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 pub const VID_MAX: u16 = 4094;
-/// Seconds a released VID stays out of reach of other VNs.
-pub const QUARANTINE_SECS: u64 = 30;
+/// Milliseconds a released VID stays out of reach of other VNs.
+pub const QUARANTINE_MS: u64 = 30_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Binding {
@@ -103,7 +104,7 @@ impl PortVids {
                 vid,
                 Quarantined {
                     vni,
-                    until: now + QUARANTINE_SECS,
+                    until: now + QUARANTINE_MS,
                 },
             );
         }
@@ -159,7 +160,7 @@ mod tests {
             (1..5u32, prop::option::of(prop_oneof![Just(0u16), 1..6u16]))
                 .prop_map(|(vni, vid)| Op::Acquire { vni, vid }),
             (1..5u32).prop_map(|vni| Op::Release { vni }),
-            (0..40u64).prop_map(Op::Wait),
+            (0..40_000u64).prop_map(Op::Wait),
         ]
     }
 
@@ -230,7 +231,7 @@ mod tests {
         assert_ne!(p.acquire(300, None, 10), Ok(10));
         assert_eq!(p.acquire(100, Some(10), 10), Ok(10));
         p.release(100, 10);
-        assert_eq!(p.acquire(400, Some(10), 10 + QUARANTINE_SECS), Ok(10));
+        assert_eq!(p.acquire(400, Some(10), 10 + QUARANTINE_MS), Ok(10));
         // Untagged is explicit only and never quarantined.
         assert_eq!(p.acquire(500, Some(0), 0), Ok(0));
         p.release(500, 0);

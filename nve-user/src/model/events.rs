@@ -51,7 +51,7 @@ pub enum Event {
 }
 
 impl Model {
-    /// Applies `event` at time `now` (seconds); a rejected event leaves the model as it was
+    /// Applies `event` at time `now` (ms); a rejected event leaves the model as it was
     /// only if the caller applies it to a copy (as the daemon does).
     pub fn apply(&mut self, event: &Event, now: u64) -> Result<Option<VnicView>> {
         match event {

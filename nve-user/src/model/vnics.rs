@@ -66,19 +66,20 @@ pub struct Vnic {
     pub vid: u16,
     pub migration: Migration,
     pub request_id: u64,
-    /// Seconds a refresh keeps the association (soft state), if any.
+    /// Milliseconds a refresh keeps the association (soft state), if any.
     pub hold: Option<u64>,
     /// When it expires unless refreshed.
     pub expires_at: Option<u64>,
 }
 
-/// How long a pre-association without a hold time lives (spec.md 5, row 14).
-pub const PRE_ASSOCIATION_HOLD: u64 = 120;
+/// How long a pre-association without a hold time lives, ms (spec.md 5, row 14).
+pub const PRE_ASSOCIATION_HOLD_MS: u64 = 120_000;
 
-/// The hold time a (pre-)association gets.
+/// The hold time (ms) a (pre-)association gets.
 fn hold_for(op: Op, req: &VnicRequest) -> Option<u64> {
     req.hold_time
-        .or((op == Op::PreAssociate).then_some(PRE_ASSOCIATION_HOLD))
+        .map(|secs| secs.saturating_mul(1000))
+        .or((op == Op::PreAssociate).then_some(PRE_ASSOCIATION_HOLD_MS))
 }
 
 impl VnicParams {
@@ -137,7 +138,7 @@ fn state_err(message: String) -> ErrorBody {
 }
 
 impl Model {
-    /// Applies one signaling message for vNIC `id` at time `now` (seconds).
+    /// Applies one signaling message for vNIC `id` at time `now` (ms since the epoch).
     pub fn signal(&mut self, id: &VnicId, req: &VnicRequest, now: u64) -> Result<Option<VnicView>> {
         let current = self.vnics.get(id);
         let to = transition(current.map(|v| v.state), req.op)
@@ -422,9 +423,9 @@ mod tests {
         };
         // A pre-association that never turns into an association goes after 120 s.
         m.signal(&id, &req, 0).unwrap();
-        m.expire(PRE_ASSOCIATION_HOLD - 1);
+        m.expire(PRE_ASSOCIATION_HOLD_MS - 1);
         assert_eq!(m.vnics().count(), 1);
-        m.expire(PRE_ASSOCIATION_HOLD);
+        m.expire(PRE_ASSOCIATION_HOLD_MS);
         assert_eq!(m.vnics().count(), 0);
         // Associated: hard unless a hold time is given.
         req.op = Op::Associate;
@@ -433,15 +434,19 @@ mod tests {
         assert_eq!(m.vnics().count(), 1);
         req.hold_time = Some(30);
         req.request_id = 1;
-        m.signal(&id, &req, 100).unwrap();
+        m.signal(&id, &req, 100_000).unwrap();
         let keep = VnicRequest {
             op: Op::KeepAlive,
             ..req.clone()
         };
-        m.signal(&id, &keep, 125).unwrap();
-        m.expire(150);
-        assert_eq!(m.vnics().count(), 1, "refreshed at 125, holds until 155");
-        m.expire(155);
+        m.signal(&id, &keep, 125_000).unwrap();
+        m.expire(150_000);
+        assert_eq!(
+            m.vnics().count(),
+            1,
+            "refreshed at 125 s, holds until 155 s"
+        );
+        m.expire(155_000);
         assert_eq!(m.vnics().count(), 0);
         assert!(m.port_vids.values().all(|p| p.is_empty()));
     }
