@@ -403,6 +403,10 @@ impl Drop for Daemon {
         let _ = self.child.wait();
         let _ = self.teardown();
         let _ = std::fs::remove_dir_all(format!("/var/lib/nve/{}", self.instance));
+        // The log is kept when the test failed, for reading.
+        if !thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
         let _ = std::fs::remove_dir_all(self.pin_dir());
         let _ = std::fs::remove_dir("/sys/fs/bpf/nve");
         let _ = std::fs::remove_file(&self.socket);
