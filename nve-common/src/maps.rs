@@ -131,6 +131,8 @@ impl LocalPort {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VnInfo {
+    /// `VN_F_*`.
+    pub flags: u32,
     /// Valid entries at the front of `remotes`.
     pub remote_count: u32,
     /// Valid entries at the front of `ports`.
@@ -140,11 +142,22 @@ pub struct VnInfo {
     /// This host's ports in the VN.
     pub ports: [LocalPort; FLOOD_MAX_PORTS],
 }
-const _: () = assert!(size_of::<VnInfo>() == 8 + 4 * FLOOD_MAX_REMOTES + 8 * FLOOD_MAX_PORTS);
+const _: () = assert!(size_of::<VnInfo>() == 12 + 4 * FLOOD_MAX_REMOTES + 8 * FLOOD_MAX_PORTS);
+
+/// `VnInfo::flags`: unicast to a MAC the FDB does not know is dropped (FDB_MISS) instead of
+/// flooded like broadcast; for VNs whose every MAC is known from signaling.
+pub const VN_F_NO_UNKNOWN_FLOOD: u32 = 1;
+
+impl VnInfo {
+    pub const fn floods_unknown(&self) -> bool {
+        self.flags & VN_F_NO_UNKNOWN_FLOOD == 0
+    }
+}
 
 impl Default for VnInfo {
     fn default() -> Self {
         Self {
+            flags: 0,
             remote_count: 0,
             port_count: 0,
             remotes: [[0; 4]; FLOOD_MAX_REMOTES],

@@ -84,6 +84,7 @@ pub fn classify(f: &impl Frame, cfg: &DataplaneConfig) -> Result<Underlay, DropR
 }
 
 /// Where a decapsulated frame of `vni` to `dst` goes; shared by every decapsulation path.
+/// Unknown unicast floods to the VN's local ports unless the VN says otherwise.
 #[inline(always)]
 pub fn target(vni: u32, dst: [u8; 6]) -> Result<Target, DropReason> {
     let vn = maps::vn(vni).ok_or(DropReason::VniNotFound)?;
@@ -98,6 +99,8 @@ pub fn target(vni: u32, dst: [u8; 6]) -> Result<Target, DropReason> {
                 _ => Err(DropReason::VnicInactive),
             }
         }
-        _ => Err(DropReason::FdbMiss),
+        Some(_) => Err(DropReason::FdbMiss),
+        None if vn.floods_unknown() => Ok(Target::Flood(vn)),
+        None => Err(DropReason::FdbMiss),
     }
 }

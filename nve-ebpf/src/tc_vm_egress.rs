@@ -45,7 +45,14 @@ fn try_tc_vm_egress(ctx: &TcContext) -> Result<(i32, Forward), DropReason> {
         let vn = maps::vn(vni).ok_or(DropReason::FloodListEmpty)?;
         return flood(ctx, cfg, vni, vn, ingress);
     }
-    let entry = maps::fdb(vni, dst).ok_or(DropReason::FdbMiss)?;
+    let Some(entry) = maps::fdb(vni, dst) else {
+        // Unknown unicast floods like broadcast, unless the VN says every MAC is known.
+        let vn = maps::vn(vni).ok_or(DropReason::FdbMiss)?;
+        if !vn.floods_unknown() {
+            return Err(DropReason::FdbMiss);
+        }
+        return flood(ctx, cfg, vni, vn, ingress);
+    };
     match entry.kind {
         FDB_LOCAL => Ok((deliver::to_port(ctx, entry.port)?, Forward::LocalSwitched)),
         FDB_REMOTE => {

@@ -47,6 +47,24 @@ pub struct ErrorBody {
 pub struct CreateVn {
     pub name: String,
     pub vni: u32,
+    /// Flood unicast to unknown MACs like broadcast (the default). Off for VNs whose every
+    /// MAC is known from signaling: unknown unicast is then dropped (FDB_MISS).
+    #[serde(default = "yes")]
+    pub flood_unknown: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl CreateVn {
+    pub fn new(name: impl Into<String>, vni: u32) -> Self {
+        Self {
+            name: name.into(),
+            vni,
+            flood_unknown: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +98,7 @@ pub struct FloodVtep {
 pub struct VnView {
     pub name: String,
     pub vni: u32,
+    pub flood_unknown: bool,
     pub ports: Vec<PortView>,
     pub flood: Vec<Ipv4Addr>,
 }

@@ -161,6 +161,9 @@ pub enum VnCommand {
         name: String,
         #[arg(long)]
         vni: u32,
+        /// Drop unicast to unknown MACs instead of flooding it.
+        #[arg(long)]
+        no_flood_unknown: bool,
     },
     Del {
         name: String,
@@ -259,7 +262,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let vns: Vec<VnView> = c.get("/v1/vns").await?;
                 print(&vns, j.json, vn_table)
             }
-            VnCommand::Add { name, vni } => Ok(c.post("/v1/vns", &CreateVn { name, vni }).await?),
+            VnCommand::Add {
+                name,
+                vni,
+                no_flood_unknown,
+            } => {
+                let req = CreateVn {
+                    flood_unknown: !no_flood_unknown,
+                    ..CreateVn::new(name, vni)
+                };
+                Ok(c.post("/v1/vns", &req).await?)
+            }
             VnCommand::Del { name } => Ok(c.delete(&format!("/v1/vns/{name}")).await?),
         },
         Command::Port { command } => match command {

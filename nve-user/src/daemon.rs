@@ -83,11 +83,8 @@ impl ConfigFile {
         let mut m = Model::default();
         for vn in &self.vns {
             let ctx = || format!("VN {:?}", vn.name);
-            m.create_vn(&CreateVn {
-                name: vn.name.clone(),
-                vni: vn.vni,
-            })
-            .with_context(ctx)?;
+            m.create_vn(&CreateVn::new(vn.name.clone(), vn.vni))
+                .with_context(ctx)?;
             for p in &vn.ports {
                 m.attach_port(&vn.name, p, server::now())
                     .with_context(ctx)?;

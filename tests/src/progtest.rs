@@ -11,7 +11,7 @@ use aya::{
 use nve_common::{
     maps::{
         CONFIG_MAP, DataplaneConfig, FDB_MAP, FdbEntry, FdbKey, LocalPort, NEXTHOPS_MAP, NextHop,
-        PORT_F_TAP, PORTS_MAP, PortKey, PortValue, VNS_MAP, VnInfo,
+        PORT_F_TAP, PORTS_MAP, PortKey, PortValue, VN_F_NO_UNKNOWN_FLOOD, VNS_MAP, VnInfo,
     },
     metrics::{Counter, DropReason, Forward, Hook, Outcome},
 };
@@ -120,7 +120,11 @@ impl Loaded {
         )?;
         let mut vns: HashMap<_, u32, VnInfo> =
             HashMap::try_from(self.ebpf.map_mut(VNS_MAP).context(VNS_MAP)?)?;
-        let mut vn = VnInfo::default();
+        // VNI: every MAC known, unknown unicast dropped. VNI_EMPTY floods it (to nowhere).
+        let mut vn = VnInfo {
+            flags: VN_F_NO_UNKNOWN_FLOOD,
+            ..VnInfo::default()
+        };
         vn.ports[0] = LocalPort::new(VM1_PORT, 0);
         vn.port_count = 1;
         vns.insert(VNI, vn, 0)?;
@@ -471,6 +475,18 @@ pub fn cases() -> Vec<Case> {
     );
     let (x, t) = both(Drop, Output::Any, drop(DropReason::VnicInactive));
     decap(
+        "unknown inner unicast in a VN that floods it",
+        from_remote(
+            &ip,
+            4789,
+            0x08,
+            VNI_EMPTY,
+            &packet::inner_ping(UNKNOWN, VM2, 32),
+        ),
+        (Pass, Output::Same, fwd(Forward::DeferredToTc)),
+        (Drop, Output::Any, drop(DropReason::FloodListEmpty)),
+    );
+    decap(
         "to a pre-associated vNIC",
         from_remote(&ip, 4789, 0x08, VNI, &packet::inner_ping(VM6, VM2, 32)),
         x,
@@ -586,6 +602,13 @@ pub fn cases() -> Vec<Case> {
         Drop,
         Output::Any,
         drop(DropReason::PktTooSmall),
+    ));
+    cases.push(egress(
+        "unknown unicast in a VN that floods it",
+        packet::eth_tagged(UNKNOWN, VM1, 30, 0x0800, &tagged_ip),
+        Drop,
+        Output::Any,
+        drop(DropReason::FloodListEmpty),
     ));
     cases.push(egress(
         "from a port whose vNIC is only pre-associated",

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use nve_common::{
     maps::{
         FLOOD_MAX_PORTS, FLOOD_MAX_REMOTES, FdbEntry, FdbKey, LocalPort, PORT_ACTIVE, PORT_F_TAP,
-        PortKey, PortValue, VnInfo,
+        PortKey, PortValue, VN_F_NO_UNKNOWN_FLOOD, VnInfo,
     },
     wire::VNI_MAX,
 };
@@ -30,6 +30,10 @@ pub use events::Event;
 pub use vnics::{Vnic, VnicId};
 
 pub type Result<T> = std::result::Result<T, ErrorBody>;
+
+fn yes() -> bool {
+    true
+}
 
 /// Maps with keys JSON cannot name (tuples, structs), stored as lists of pairs.
 mod pairs {
@@ -72,6 +76,9 @@ pub struct Model {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vn {
     pub vni: u32,
+    /// Unknown unicast floods (see `CreateVn::flood_unknown`).
+    #[serde(default = "yes")]
+    pub flood_unknown: bool,
     /// (interface, VID) -> MACs behind it.
     #[serde(with = "pairs")]
     pub ports: BTreeMap<(String, u16), BTreeSet<MacAddr>>,
@@ -158,12 +165,15 @@ impl Model {
             )));
         }
         if let Some(vn) = self.vns.get(&req.name) {
-            if vn.vni == req.vni {
+            if vn.vni == req.vni && vn.flood_unknown == req.flood_unknown {
                 return Ok(());
             }
             return Err(ErrorBody::new(
                 ErrorCode::EExists,
-                format!("VN {} exists with VNI {}", req.name, vn.vni),
+                format!(
+                    "VN {} exists with VNI {} and flood_unknown {}",
+                    req.name, vn.vni, vn.flood_unknown
+                ),
             ));
         }
         if let Some((other, _)) = self.vns.iter().find(|(_, vn)| vn.vni == req.vni) {
@@ -176,6 +186,7 @@ impl Model {
             req.name.clone(),
             Vn {
                 vni: req.vni,
+                flood_unknown: req.flood_unknown,
                 ..Vn::default()
             },
         );
@@ -331,6 +342,7 @@ impl Model {
             .map(|(name, vn)| VnView {
                 name: name.clone(),
                 vni: vn.vni,
+                flood_unknown: vn.flood_unknown,
                 ports: vn
                     .ports
                     .iter()
@@ -379,6 +391,9 @@ impl Model {
         let mut bindings: BTreeMap<(&str, u16), (u32, bool)> = BTreeMap::new();
         for vn in self.vns.values() {
             let mut info = VnInfo::default();
+            if !vn.flood_unknown {
+                info.flags |= VN_F_NO_UNKNOWN_FLOOD;
+            }
             for (i, vtep) in vn.flood.iter().take(FLOOD_MAX_REMOTES).enumerate() {
                 info.remotes[i] = vtep.octets();
                 info.remote_count += 1;
@@ -486,11 +501,7 @@ mod tests {
 
     fn model() -> Model {
         let mut m = Model::default();
-        m.create_vn(&CreateVn {
-            name: "blue".into(),
-            vni: 100,
-        })
-        .unwrap();
+        m.create_vn(&CreateVn::new("blue", 100)).unwrap();
         m
     }
 
@@ -505,39 +516,15 @@ mod tests {
     #[test]
     fn create_is_idempotent_and_rejects_conflicts() {
         let mut m = model();
-        m.create_vn(&CreateVn {
-            name: "blue".into(),
-            vni: 100,
-        })
-        .unwrap();
+        m.create_vn(&CreateVn::new("blue", 100)).unwrap();
         let before = m.clone();
-        let e = m
-            .create_vn(&CreateVn {
-                name: "blue".into(),
-                vni: 101,
-            })
-            .unwrap_err();
+        let e = m.create_vn(&CreateVn::new("blue", 101)).unwrap_err();
         assert_eq!(e.code, ErrorCode::EExists);
-        let e = m
-            .create_vn(&CreateVn {
-                name: "red".into(),
-                vni: 100,
-            })
-            .unwrap_err();
+        let e = m.create_vn(&CreateVn::new("red", 100)).unwrap_err();
         assert_eq!(e.code, ErrorCode::EExists);
-        let e = m
-            .create_vn(&CreateVn {
-                name: "red".into(),
-                vni: 1 << 24,
-            })
-            .unwrap_err();
+        let e = m.create_vn(&CreateVn::new("red", 1 << 24)).unwrap_err();
         assert_eq!(e.code, ErrorCode::EFormat);
-        let e = m
-            .create_vn(&CreateVn {
-                name: "a b".into(),
-                vni: 5,
-            })
-            .unwrap_err();
+        let e = m.create_vn(&CreateVn::new("a b", 5)).unwrap_err();
         assert_eq!(e.code, ErrorCode::EFormat);
         assert_eq!(m, before);
     }
@@ -545,11 +532,7 @@ mod tests {
     #[test]
     fn a_port_vid_is_in_one_vn_and_a_mac_in_one_place() {
         let mut m = model();
-        m.create_vn(&CreateVn {
-            name: "red".into(),
-            vni: 200,
-        })
-        .unwrap();
+        m.create_vn(&CreateVn::new("red", 200)).unwrap();
         m.attach_port("blue", &attach("tap1", 0, &["02:00:00:00:00:01"]), 0)
             .unwrap();
         let before = m.clone();

@@ -402,11 +402,7 @@ mod tests {
     #[test]
     fn soft_state_expires_unless_refreshed() {
         let mut m = Model::default();
-        m.create_vn(&CreateVn {
-            name: "blue".into(),
-            vni: 100,
-        })
-        .unwrap();
+        m.create_vn(&CreateVn::new("blue", 100)).unwrap();
         let id = VnicId::new(VMS[0], 0).unwrap();
         let mut req = VnicRequest {
             op: Op::PreAssociate,
@@ -459,7 +455,7 @@ mod tests {
         fn dataplane_follows_the_state_machine(reqs in prop::collection::vec(request(), 1..80)) {
             let mut m = Model::default();
             for (name, vni) in VNS {
-                m.create_vn(&CreateVn { name: name.into(), vni }).unwrap();
+                m.create_vn(&CreateVn::new(name, vni)).unwrap();
             }
             let info = |p: &str| PORTS.iter().position(|q| *q == p).map(|i| PortInfo { ifindex: 10 + i as u32, tap: false });
             for (now, (vm, req)) in reqs.iter().enumerate() {
