@@ -58,6 +58,10 @@ impl PortValue {
     pub const fn is_active(&self) -> bool {
         self.flags & PORT_ACTIVE != 0
     }
+
+    pub const fn checks_src_mac(&self) -> bool {
+        self.flags & PORT_CHECK_SRC_MAC != 0
+    }
 }
 
 impl PortKey {
@@ -73,6 +77,9 @@ impl PortKey {
 /// `PortValue::flags`: the port forwards. Clear while every vNIC behind it is only
 /// pre-associated or paused: associate is this one bit.
 pub const PORT_ACTIVE: u32 = 1;
+/// `PortValue::flags`: frames from this port must carry a source MAC the FDB places on it
+/// (anti-spoofing); set when the MACs behind the port are known.
+pub const PORT_CHECK_SRC_MAC: u32 = 2;
 
 /// The VN a port (and VID) belongs to.
 #[repr(C)]

@@ -114,10 +114,12 @@ pub enum DropReason {
     RedirectFailed = 12,
     /// To or from a port whose vNICs are pre-associated or paused, not associated.
     VnicInactive = 13,
+    /// From a VM port with a source MAC that is not one of the port's.
+    SpoofedSrcMac = 14,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::PktTooSmall,
         DropReason::VxlanInvalidHdr,
         DropReason::VniNotFound,
@@ -131,6 +133,7 @@ impl DropReason {
         DropReason::HeaderAdjustFailed,
         DropReason::RedirectFailed,
         DropReason::VnicInactive,
+        DropReason::SpoofedSrcMac,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -148,6 +151,7 @@ impl DropReason {
             DropReason::HeaderAdjustFailed => "HEADER_ADJUST_FAILED",
             DropReason::RedirectFailed => "REDIRECT_FAILED",
             DropReason::VnicInactive => "VNIC_INACTIVE",
+            DropReason::SpoofedSrcMac => "SPOOFED_SRC_MAC",
         }
     }
 }

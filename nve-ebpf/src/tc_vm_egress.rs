@@ -38,6 +38,9 @@ fn try_tc_vm_egress(ctx: &TcContext) -> Result<(i32, Forward), DropReason> {
         return Err(DropReason::VnicInactive);
     }
     let vni = port.vni;
+    if port.checks_src_mac() && !sent_by(vni, eth.src_addr, ingress) {
+        return Err(DropReason::SpoofedSrcMac);
+    }
     if vid != 0 {
         deliver::vlan_pop(ctx)?;
     }
@@ -62,6 +65,12 @@ fn try_tc_vm_egress(ctx: &TcContext) -> Result<(i32, Forward), DropReason> {
         }
         _ => Err(DropReason::FdbMiss),
     }
+}
+
+/// Whether `src` is a MAC the FDB places behind `port` in `vni`.
+#[inline(always)]
+fn sent_by(vni: u32, src: [u8; 6], port: LocalPort) -> bool {
+    maps::fdb(vni, src).is_some_and(|e| e.kind == FDB_LOCAL && e.port.is(&port))
 }
 
 /// The frame's 802.1Q VID (0: untagged): the offloaded tag the stack has already taken out

@@ -11,7 +11,8 @@ use aya::{
 use nve_common::{
     maps::{
         CONFIG_MAP, DataplaneConfig, FDB_MAP, FdbEntry, FdbKey, LocalPort, NEXTHOPS_MAP, NextHop,
-        PORT_F_TAP, PORTS_MAP, PortKey, PortValue, VN_F_NO_UNKNOWN_FLOOD, VNS_MAP, VnInfo,
+        PORT_ACTIVE, PORT_CHECK_SRC_MAC, PORT_F_TAP, PORTS_MAP, PortKey, PortValue,
+        VN_F_NO_UNKNOWN_FLOOD, VNS_MAP, VnInfo,
     },
     metrics::{Counter, DropReason, Forward, Hook, Outcome},
 };
@@ -41,6 +42,8 @@ pub const VM4: [u8; 6] = [2, 0, 0, 0, 4, 1];
 pub const VM5: [u8; 6] = [2, 0, 0, 0, 5, 1];
 /// A pre-associated vNIC: installed, not forwarding.
 pub const VM6: [u8; 6] = [2, 0, 0, 0, 6, 1];
+/// The one MAC allowed on the test port's VID 50.
+pub const VM7: [u8; 6] = [2, 0, 0, 0, 7, 1];
 pub const UNKNOWN: [u8; 6] = [2, 0, 0, 0, 9, 9];
 pub const UNDERLAY_MAC: [u8; 6] = [2, 0xaa, 0, 0, 0, 1];
 pub const NEXT_HOP_MAC: [u8; 6] = [2, 0xbb, 0, 0, 0, 2];
@@ -103,6 +106,15 @@ impl Loaded {
             PortValue { vni: VNI, flags: 0 },
             0,
         )?;
+        // VID 50 of the test port checks source MACs: only VM7 is behind it.
+        ports.insert(
+            PortKey::new(TEST_IFINDEX, 50),
+            PortValue {
+                vni: VNI,
+                flags: PORT_ACTIVE | PORT_CHECK_SRC_MAC,
+            },
+            0,
+        )?;
         ports.insert(
             PortKey::new(TEST_IFINDEX, 40),
             PortValue { vni: VNI, flags: 0 },
@@ -146,6 +158,11 @@ impl Loaded {
         fdb.insert(
             FdbKey::new(VNI, VM6),
             FdbEntry::local(LocalPort::new(VM6_PORT, 0)),
+            0,
+        )?;
+        fdb.insert(
+            FdbKey::new(VNI, VM7),
+            FdbEntry::local(LocalPort::new(TEST_IFINDEX, 50)),
             0,
         )?;
         fdb.insert(
@@ -602,6 +619,25 @@ pub fn cases() -> Vec<Case> {
         Drop,
         Output::Any,
         drop(DropReason::PktTooSmall),
+    ));
+    let from_vm7 = Ipv4::new([192, 168, 10, 7].into(), [192, 168, 10, 2].into(), 1)
+        .packet(&packet::icmp_echo(1, 1, 32));
+    cases.push(egress(
+        "source MAC of the port: forwarded",
+        packet::eth_tagged(VM2, VM7, 50, 0x0800, &from_vm7),
+        Redirect,
+        Output::Encap {
+            vni: VNI,
+            inner: packet::eth(VM2, VM7, 0x0800, &from_vm7),
+        },
+        fwd(Forward::Encapsulated),
+    ));
+    cases.push(egress(
+        "source MAC of another port: spoofed",
+        packet::eth_tagged(VM2, VM1, 50, 0x0800, &from_vm7),
+        Drop,
+        Output::Any,
+        drop(DropReason::SpoofedSrcMac),
     ));
     cases.push(egress(
         "unknown unicast in a VN that floods it",

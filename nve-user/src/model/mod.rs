@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use nve_common::{
     maps::{
-        FLOOD_MAX_PORTS, FLOOD_MAX_REMOTES, FdbEntry, FdbKey, LocalPort, PORT_ACTIVE, PORT_F_TAP,
-        PortKey, PortValue, VN_F_NO_UNKNOWN_FLOOD, VnInfo,
+        FLOOD_MAX_PORTS, FLOOD_MAX_REMOTES, FdbEntry, FdbKey, LocalPort, PORT_ACTIVE,
+        PORT_CHECK_SRC_MAC, PORT_F_TAP, PortKey, PortValue, VN_F_NO_UNKNOWN_FLOOD, VnInfo,
     },
     wire::VNI_MAX,
 };
@@ -388,7 +388,8 @@ impl Model {
     pub fn desired(&self, port: impl Fn(&str) -> Option<PortInfo>) -> Desired {
         let mut d = Desired::default();
         // (port, VID) -> (VNI, active)
-        let mut bindings: BTreeMap<(&str, u16), (u32, bool)> = BTreeMap::new();
+        // (port, VID) -> (VNI, active, every MAC behind it known: check source MACs)
+        let mut bindings: BTreeMap<(&str, u16), (u32, bool, bool)> = BTreeMap::new();
         for vn in self.vns.values() {
             let mut info = VnInfo::default();
             if !vn.flood_unknown {
@@ -403,14 +404,14 @@ impl Model {
                 d.fdb
                     .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::remote(vtep.octets()));
             }
-            for (p, vid) in vn.ports.keys() {
-                bindings.insert((p, *vid), (vn.vni, true));
+            for ((p, vid), macs) in &vn.ports {
+                bindings.insert((p, *vid), (vn.vni, true, !macs.is_empty()));
             }
         }
         for v in self.vnics.values() {
             let b = bindings
                 .entry((&v.params.port, v.vid))
-                .or_insert((v.vni, false));
+                .or_insert((v.vni, false, true));
             b.1 |= v.state.forwards();
         }
         let local = |name: &str, vid: u16| {
@@ -419,9 +420,10 @@ impl Model {
                 LocalPort::new(p.ifindex, vid).with_flags(flags)
             })
         };
-        for (&(name, vid), &(vni, active)) in &bindings {
+        for (&(name, vid), &(vni, active, check)) in &bindings {
             let Some(lp) = local(name, vid) else { continue };
-            let flags = if active { PORT_ACTIVE } else { 0 };
+            let flags =
+                if active { PORT_ACTIVE } else { 0 } | if check { PORT_CHECK_SRC_MAC } else { 0 };
             d.ports
                 .insert(PortKey::new(lp.ifindex, vid), PortValue { vni, flags });
             let info = d.vns.get_mut(&vni).expect("bindings name existing VNs");
@@ -602,7 +604,13 @@ mod tests {
             FdbEntry::local(LocalPort::new(8, 0).with_flags(PORT_F_TAP))
         );
         assert_eq!(d.ports.len(), 2);
-        assert_eq!(d.ports[&PortKey::new(7, 0)], PortValue::active(100));
+        assert_eq!(
+            d.ports[&PortKey::new(7, 0)],
+            PortValue {
+                vni: 100,
+                flags: PORT_ACTIVE | PORT_CHECK_SRC_MAC
+            }
+        );
         assert_eq!(d.fdb.len(), 3);
         assert_eq!(
             d.fdb[&FdbKey::new(100, mac("02:00:00:00:00:01").0)],
