@@ -12,11 +12,13 @@ pub const VNS_MAP: &str = "NVE_VNS";
 pub const FDB_MAP: &str = "NVE_FDB";
 pub const STATS_MAP: &str = "NVE_STATS";
 pub const NEXTHOPS_MAP: &str = "NVE_NEXTHOPS";
+pub const ARP_MAP: &str = "NVE_ARP";
 
 pub const PORTS_MAX_ENTRIES: u32 = 4096;
 pub const VNS_MAX_ENTRIES: u32 = 4096;
 pub const FDB_MAX_ENTRIES: u32 = 65536;
 pub const NEXTHOPS_MAX_ENTRIES: u32 = 4096;
+pub const ARP_MAX_ENTRIES: u32 = 65536;
 /// Remote VTEPs a VN floods broadcast to (head-end replication).
 pub const FLOOD_MAX_REMOTES: usize = 16;
 /// Local ports a VN floods broadcast to.
@@ -246,6 +248,38 @@ pub struct NextHop {
 }
 const _: () = assert!(size_of::<NextHop>() == 20);
 
+/// (VN, IPv4 address) in `ARP_MAP`: an address the dataplane answers ARP requests for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ArpKey {
+    /// VNI, host order.
+    pub vni: u32,
+    /// Network order.
+    pub ip: [u8; 4],
+}
+const _: () = assert!(size_of::<ArpKey>() == 8);
+
+impl ArpKey {
+    pub const fn new(vni: u32, ip: [u8; 4]) -> Self {
+        Self { vni, ip }
+    }
+}
+
+/// The MAC that holds an address (the value of `ARP_MAP`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArpEntry {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<ArpEntry>() == 8);
+
+impl ArpEntry {
+    pub const fn new(mac: [u8; 6]) -> Self {
+        Self { mac, _pad: [0; 2] }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -258,5 +292,7 @@ mod pod {
     unsafe impl aya::Pod for FdbKey {}
     unsafe impl aya::Pod for FdbEntry {}
     unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for ArpKey {}
+    unsafe impl aya::Pod for ArpEntry {}
     unsafe impl aya::Pod for crate::metrics::Counter {}
 }

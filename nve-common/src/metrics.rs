@@ -55,10 +55,12 @@ pub enum Forward {
     DeferredToTc = 7,
     /// Left to the kernel's vxlan device to decapsulate (for a tap port).
     ToKernelVxlan = 8,
+    /// An ARP request the dataplane answered on the asking port (suppressed).
+    ArpReplied = 9,
 }
 
 impl Forward {
-    pub const ALL: [Forward; 8] = [
+    pub const ALL: [Forward; 9] = [
         Forward::Encapsulated,
         Forward::Decapsulated,
         Forward::LocalSwitched,
@@ -67,6 +69,7 @@ impl Forward {
         Forward::PassedFragment,
         Forward::DeferredToTc,
         Forward::ToKernelVxlan,
+        Forward::ArpReplied,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -79,6 +82,7 @@ impl Forward {
             Forward::PassedFragment => "PASSED_FRAGMENT",
             Forward::DeferredToTc => "DEFERRED_TO_TC",
             Forward::ToKernelVxlan => "TO_KERNEL_VXLAN",
+            Forward::ArpReplied => "ARP_REPLIED",
         }
     }
 }

@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod arp;
 mod decap;
 mod deliver;
 mod encap;

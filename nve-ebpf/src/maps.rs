@@ -6,8 +6,9 @@ use aya_ebpf::{
 };
 use nve_common::{
     maps::{
-        DataplaneConfig, FDB_MAX_ENTRIES, FdbEntry, FdbKey, NEXTHOPS_MAX_ENTRIES, NextHop,
-        PORTS_MAX_ENTRIES, PortKey, PortValue, VNS_MAX_ENTRIES, VnInfo,
+        ARP_MAX_ENTRIES, ArpEntry, ArpKey, DataplaneConfig, FDB_MAX_ENTRIES, FdbEntry, FdbKey,
+        NEXTHOPS_MAX_ENTRIES, NextHop, PORTS_MAX_ENTRIES, PortKey, PortValue, VNS_MAX_ENTRIES,
+        VnInfo,
     },
     metrics::{Counter, STATS_MAX_ENTRIES},
 };
@@ -26,6 +27,9 @@ pub static NVE_FDB: HashMap<FdbKey, FdbEntry> = HashMap::pinned(FDB_MAX_ENTRIES,
 
 #[map]
 pub static NVE_NEXTHOPS: HashMap<[u8; 4], NextHop> = HashMap::pinned(NEXTHOPS_MAX_ENTRIES, 0);
+
+#[map]
+pub static NVE_ARP: HashMap<ArpKey, ArpEntry> = HashMap::pinned(ARP_MAX_ENTRIES, 0);
 
 #[map]
 pub static NVE_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_MAX_ENTRIES, 0);
@@ -58,4 +62,10 @@ pub fn port(ifindex: u32, vid: u16) -> Option<&'static PortValue> {
 pub fn next_hop(vtep: [u8; 4]) -> Option<&'static NextHop> {
     // SAFETY: as above.
     unsafe { NVE_NEXTHOPS.get(vtep) }
+}
+
+#[inline(always)]
+pub fn arp(vni: u32, ip: [u8; 4]) -> Option<&'static ArpEntry> {
+    // SAFETY: as above.
+    unsafe { NVE_ARP.get(ArpKey::new(vni, ip)) }
 }

@@ -15,7 +15,7 @@ use nve_common::{
 };
 
 use crate::{
-    deliver, encap, maps, metrics,
+    arp, deliver, encap, maps, metrics,
     parse::{ETH_LEN, ETH_P_8021Q, Frame, be16, is_multicast, require},
 };
 
@@ -45,6 +45,9 @@ fn try_tc_vm_egress(ctx: &TcContext) -> Result<(i32, Forward), DropReason> {
         deliver::vlan_pop(ctx)?;
     }
     if is_multicast(&dst) {
+        if let Some(action) = arp::reply(ctx, vni, ingress)? {
+            return Ok((action, Forward::ArpReplied));
+        }
         let vn = maps::vn(vni).ok_or(DropReason::FloodListEmpty)?;
         return flood(ctx, cfg, vni, vn, ingress);
     }

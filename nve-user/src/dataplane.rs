@@ -20,8 +20,9 @@ use aya::{
 };
 use nve_common::{
     maps::{
-        CONFIG_MAP, DataplaneConfig, FDB_MAP, FdbEntry, FdbKey, NEXTHOPS_MAP, NextHop, PORTS_MAP,
-        PortKey, PortValue, STATS_MAP, TUNNEL_DEV, VNS_MAP, VnInfo,
+        ARP_MAP, ArpEntry, ArpKey, CONFIG_MAP, DataplaneConfig, FDB_MAP, FdbEntry, FdbKey,
+        NEXTHOPS_MAP, NextHop, PORTS_MAP, PortKey, PortValue, STATS_MAP, TUNNEL_DEV, VNS_MAP,
+        VnInfo,
     },
     metrics::{Counter, DropReason, Forward, Hook, Outcome},
 };
@@ -112,6 +113,7 @@ pub struct Dataplane {
     vns: Mirrored<u32, VnInfo>,
     fdb: Mirrored<FdbKey, FdbEntry>,
     next_hops: Mirrored<[u8; 4], NextHop>,
+    arp: Mirrored<ArpKey, ArpEntry>,
     stats: PerCpuArray<MapData, Counter>,
     /// Every attachment, pinned in `pin_dir` as `link_<program>@<iface>`.
     links: BTreeMap<String, PinnedLink>,
@@ -149,6 +151,7 @@ impl Dataplane {
             vns: Mirrored::new(take_map(&mut ebpf, VNS_MAP)?, VNS_MAP)?,
             fdb: Mirrored::new(take_map(&mut ebpf, FDB_MAP)?, FDB_MAP)?,
             next_hops: Mirrored::new(take_map(&mut ebpf, NEXTHOPS_MAP)?, NEXTHOPS_MAP)?,
+            arp: Mirrored::new(take_map(&mut ebpf, ARP_MAP)?, ARP_MAP)?,
             stats: take_map(&mut ebpf, STATS_MAP)?,
             ebpf,
             pin_dir: pin_dir.into(),
@@ -322,6 +325,8 @@ impl Dataplane {
         self.ports.remove_absent(&desired.ports)?;
         self.fdb.remove_absent(&desired.fdb)?;
         self.vns.remove_absent(&desired.vns)?;
+        self.arp.remove_absent(&desired.arp)?;
+        self.arp.upsert_changed(&desired.arp)?;
         self.vns.upsert_changed(&desired.vns)?;
         self.fdb.upsert_changed(&desired.fdb)?;
         self.ports.upsert_changed(&desired.ports)

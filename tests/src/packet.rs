@@ -150,3 +150,18 @@ pub fn arp_request(src: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> 
     a.extend_from_slice(&target.octets());
     eth(BROADCAST, src, 0x0806, &a)
 }
+
+/// The ARP reply `owner` (at `owner_ip`) sends to `asker` (at `asker_ip`).
+pub fn arp_reply(
+    asker: [u8; 6],
+    asker_ip: Ipv4Addr,
+    owner: [u8; 6],
+    owner_ip: Ipv4Addr,
+) -> Vec<u8> {
+    let mut a = vec![0, 1, 8, 0, 6, 4, 0, 2];
+    a.extend_from_slice(&owner);
+    a.extend_from_slice(&owner_ip.octets());
+    a.extend_from_slice(&asker);
+    a.extend_from_slice(&asker_ip.octets());
+    eth(asker, owner, 0x0806, &a)
+}

@@ -10,9 +10,9 @@ use aya::{
 };
 use nve_common::{
     maps::{
-        CONFIG_MAP, DataplaneConfig, FDB_MAP, FdbEntry, FdbKey, LocalPort, NEXTHOPS_MAP, NextHop,
-        PORT_ACTIVE, PORT_CHECK_SRC_MAC, PORT_F_TAP, PORTS_MAP, PortKey, PortValue,
-        VN_F_NO_UNKNOWN_FLOOD, VNS_MAP, VnInfo,
+        ARP_MAP, ArpEntry, ArpKey, CONFIG_MAP, DataplaneConfig, FDB_MAP, FdbEntry, FdbKey,
+        LocalPort, NEXTHOPS_MAP, NextHop, PORT_ACTIVE, PORT_CHECK_SRC_MAC, PORT_F_TAP, PORTS_MAP,
+        PortKey, PortValue, VN_F_NO_UNKNOWN_FLOOD, VNS_MAP, VnInfo,
     },
     metrics::{Counter, DropReason, Forward, Hook, Outcome},
 };
@@ -48,6 +48,8 @@ pub const UNKNOWN: [u8; 6] = [2, 0, 0, 0, 9, 9];
 pub const UNDERLAY_MAC: [u8; 6] = [2, 0xaa, 0, 0, 0, 1];
 pub const NEXT_HOP_MAC: [u8; 6] = [2, 0xbb, 0, 0, 0, 2];
 pub const UNDERLAY_MTU: u32 = 1500;
+/// An address of VNI_EMPTY the dataplane answers ARP for (VM2 holds it).
+pub const KNOWN_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 30, 9);
 
 /// The dataplane object loaded with maps pinned in a private directory (removed on drop),
 /// filled with the fixed configuration the cases assume.
@@ -178,6 +180,13 @@ impl Loaded {
         fdb.insert(
             FdbKey::new(VNI_TAGGED, VM2),
             FdbEntry::remote(REMOTE.octets()),
+            0,
+        )?;
+        let mut arp: HashMap<_, ArpKey, ArpEntry> =
+            HashMap::try_from(self.ebpf.map_mut(ARP_MAP).context(ARP_MAP)?)?;
+        arp.insert(
+            ArpKey::new(VNI_EMPTY, KNOWN_IP.octets()),
+            ArpEntry::new(VM2),
             0,
         )?;
         let mut nh: HashMap<_, [u8; 4], NextHop> =
@@ -638,6 +647,23 @@ pub fn cases() -> Vec<Case> {
         Drop,
         Output::Any,
         drop(DropReason::SpoofedSrcMac),
+    ));
+    let asker_ip = Ipv4Addr::new(192, 168, 30, 1);
+    let request = packet::arp_request(VM1, asker_ip, KNOWN_IP);
+    cases.push(egress(
+        "ARP request for a known address: answered on the port",
+        packet::eth_tagged(packet::BROADCAST, VM1, 30, 0x0806, &request[14..]),
+        Redirect,
+        Output::Bytes(packet::arp_reply(VM1, asker_ip, VM2, KNOWN_IP)),
+        fwd(Forward::ArpReplied),
+    ));
+    let garp = packet::arp_request(VM1, KNOWN_IP, KNOWN_IP);
+    cases.push(egress(
+        "gratuitous ARP is an announcement, not answered",
+        packet::eth_tagged(packet::BROADCAST, VM1, 30, 0x0806, &garp[14..]),
+        Drop,
+        Output::Any,
+        drop(DropReason::FloodListEmpty),
     ));
     cases.push(egress(
         "unknown unicast in a VN that floods it",

@@ -25,10 +25,14 @@ fn same_host_vms_are_switched_locally() {
         "vm3p",
         "--mac",
         &mac_str(neighbour_mac),
+        "--ip",
+        "192.168.10.3",
     ])
     .unwrap();
     let capture = Capture::start(&rig.h2, "ul", "udp port 4789").unwrap();
 
+    // vm1 asks first: its ARP for .3 is answered by the dataplane (the address was signaled).
+    rig.vm1.ping_until_reachable("192.168.10.3", 5).unwrap();
     neighbour.ping_until_reachable(VM1_IP, 5).unwrap();
     rig.vm1
         .ping("192.168.10.3", 5)
@@ -36,6 +40,10 @@ fn same_host_vms_are_switched_locally() {
     overlay::tcp_transfer(&neighbour, &rig.vm1, 5201, "2M").expect("TCP between local VMs");
 
     assert!(d.counter("vm_egress", "LOCAL_SWITCHED").unwrap() >= 10);
+    // vm1 asked for 192.168.10.3, signaled with the vNIC: the dataplane answered.
+    assert!(d.counter("vm_egress", "ARP_REPLIED").unwrap() >= 1);
+    // vm1 asked for 192.168.10.3, which was signaled with the vNIC: the dataplane answered.
+    assert!(d.counter("vm_egress", "ARP_REPLIED").unwrap() >= 1);
     let packets = capture.finish().unwrap();
     let local_unicast = packets
         .iter()

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use nve_common::{
     maps::{
-        FLOOD_MAX_PORTS, FLOOD_MAX_REMOTES, FdbEntry, FdbKey, LocalPort, PORT_ACTIVE,
-        PORT_CHECK_SRC_MAC, PORT_F_TAP, PortKey, PortValue, VN_F_NO_UNKNOWN_FLOOD, VnInfo,
+        ArpEntry, ArpKey, FLOOD_MAX_PORTS, FLOOD_MAX_REMOTES, FdbEntry, FdbKey, LocalPort,
+        PORT_ACTIVE, PORT_CHECK_SRC_MAC, PORT_F_TAP, PortKey, PortValue, VN_F_NO_UNKNOWN_FLOOD,
+        VnInfo,
     },
     wire::VNI_MAX,
 };
@@ -100,6 +101,8 @@ pub struct Desired {
     pub ports: HashMap<PortKey, PortValue>,
     pub vns: HashMap<u32, VnInfo>,
     pub fdb: HashMap<FdbKey, FdbEntry>,
+    /// Addresses the dataplane answers ARP for (from the vNICs' signaled IPv4 addresses).
+    pub arp: HashMap<ArpKey, ArpEntry>,
 }
 
 fn format_err(message: String) -> ErrorBody {
@@ -444,6 +447,12 @@ impl Model {
             }
         }
         for v in self.vnics.values() {
+            if let Some(mac) = v.params.macs.first() {
+                for ip in &v.params.ipv4 {
+                    d.arp
+                        .insert(ArpKey::new(v.vni, ip.octets()), ArpEntry::new(mac.0));
+                }
+            }
             let Some(lp) = local(&v.params.port, v.vid) else {
                 continue;
             };
