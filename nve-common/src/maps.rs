@@ -13,6 +13,8 @@ pub const FDB_MAP: &str = "NVE_FDB";
 pub const STATS_MAP: &str = "NVE_STATS";
 pub const NEXTHOPS_MAP: &str = "NVE_NEXTHOPS";
 pub const ARP_MAP: &str = "NVE_ARP";
+pub const VN_STATS_MAP: &str = "NVE_VN_STATS";
+pub const PORT_STATS_MAP: &str = "NVE_PORT_STATS";
 
 pub const PORTS_MAX_ENTRIES: u32 = 4096;
 pub const VNS_MAX_ENTRIES: u32 = 4096;

@@ -72,6 +72,18 @@ impl Forward {
         Forward::ArpReplied,
     ];
 
+    /// The frame goes on to another program of the NVE (or the kernel's vxlan device)
+    /// that counts it again; per-VN and per-port counters skip it here.
+    pub const fn hands_over(self) -> bool {
+        matches!(
+            self,
+            Forward::DeferredToTc
+                | Forward::ToKernelVxlan
+                | Forward::PassedToHost
+                | Forward::PassedFragment
+        )
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Forward::Encapsulated => "ENCAPSULATED",
@@ -205,5 +217,74 @@ impl From<DropReason> for Outcome {
 impl From<Forward> for Outcome {
     fn from(f: Forward) -> Self {
         Outcome::Forward(f)
+    }
+}
+
+/// Per-VN traffic, keyed by VNI in `VN_STATS_MAP` (per CPU): one [`Counter`] per
+/// [`VnCounter`].
+pub type VnTraffic = [Counter; VnCounter::ALL.len()];
+
+/// A slot of [`VnTraffic`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VnCounter {
+    /// Frames the VN's local VMs sent that the NVE forwarded.
+    FromVms = 0,
+    /// Copies delivered to the VN's local VM ports (decapsulated or switched).
+    ToVms = 1,
+    /// VXLAN frames of the VN decapsulated from the underlay.
+    FromUnderlay = 2,
+    /// Encapsulated copies sent to remote VTEPs.
+    ToUnderlay = 3,
+    /// Frames of the VN dropped, whatever the reason (the hook counters say why).
+    Dropped = 4,
+}
+
+impl VnCounter {
+    pub const ALL: [VnCounter; 5] = [
+        VnCounter::FromVms,
+        VnCounter::ToVms,
+        VnCounter::FromUnderlay,
+        VnCounter::ToUnderlay,
+        VnCounter::Dropped,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            VnCounter::FromVms => "from_vms",
+            VnCounter::ToVms => "to_vms",
+            VnCounter::FromUnderlay => "from_underlay",
+            VnCounter::ToUnderlay => "to_underlay",
+            VnCounter::Dropped => "dropped",
+        }
+    }
+}
+
+/// Per-VM-port traffic, keyed by ifindex in `PORT_STATS_MAP` (per CPU): one [`Counter`]
+/// per [`PortCounter`].
+pub type PortTraffic = [Counter; PortCounter::ALL.len()];
+
+/// A slot of [`PortTraffic`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortCounter {
+    /// Frames the VM sent that the NVE forwarded.
+    FromVm = 0,
+    /// Frames delivered to the VM.
+    ToVm = 1,
+    /// Frames the VM sent that were dropped (the hook counters say why).
+    Dropped = 2,
+}
+
+impl PortCounter {
+    pub const ALL: [PortCounter; 3] =
+        [PortCounter::FromVm, PortCounter::ToVm, PortCounter::Dropped];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            PortCounter::FromVm => "from_vm",
+            PortCounter::ToVm => "to_vm",
+            PortCounter::Dropped => "dropped",
+        }
     }
 }

@@ -8,6 +8,7 @@ use nve_common::{
 
 use crate::{
     maps,
+    metrics::Scope,
     parse::{ETH_LEN, ETH_P_IPV4, Frame, IPPROTO_UDP, be16, header, is_multicast, require},
 };
 
@@ -21,6 +22,7 @@ pub enum Target {
 
 /// A VXLAN frame for this VTEP and a VN it serves.
 pub struct Decap {
+    pub vni: u32,
     /// Offset of the inner Ethernet header: the bytes decapsulation removes.
     pub inner_offset: usize,
     pub target: Target,
@@ -37,7 +39,11 @@ pub enum Underlay {
 /// including frames too short to tell, goes to the host. A frame that is nve's but invalid,
 /// or for a VN or MAC this NVE does not serve, is an `Err` with its drop reason.
 #[inline(always)]
-pub fn classify(f: &impl Frame, cfg: &DataplaneConfig) -> Result<Underlay, DropReason> {
+pub fn classify(
+    f: &impl Frame,
+    cfg: &DataplaneConfig,
+    scope: &mut Scope,
+) -> Result<Underlay, DropReason> {
     let host = Ok(Underlay::Host(Forward::PassedToHost));
     let Some(eth) = header::<EthHdr>(f, 0) else {
         return host;
@@ -76,18 +82,21 @@ pub fn classify(f: &impl Frame, cfg: &DataplaneConfig) -> Result<Underlay, DropR
     let vni = (vxlan.vni[0] as u32) << 16 | (vxlan.vni[1] as u32) << 8 | vxlan.vni[2] as u32;
     let inner_offset = vxlan_offset + VxlanHdr::LEN;
     let inner = require::<EthHdr>(f, inner_offset, DropReason::InnerTruncated)?;
-    let target = target(vni, inner.dst_addr)?;
+    let target = target(vni, inner.dst_addr, scope)?;
     Ok(Underlay::Vxlan(Decap {
+        vni,
         inner_offset,
         target,
     }))
 }
 
 /// Where a decapsulated frame of `vni` to `dst` goes; shared by every decapsulation path.
-/// Unknown unicast floods to the VN's local ports unless the VN says otherwise.
+/// Unknown unicast floods to the VN's local ports unless the VN says otherwise. Puts a
+/// served VN in `scope`.
 #[inline(always)]
-pub fn target(vni: u32, dst: [u8; 6]) -> Result<Target, DropReason> {
+pub fn target(vni: u32, dst: [u8; 6], scope: &mut Scope) -> Result<Target, DropReason> {
     let vn = maps::vn(vni).ok_or(DropReason::VniNotFound)?;
+    scope.vni = Some(vni);
     if is_multicast(&dst) {
         return Ok(Target::Flood(vn));
     }

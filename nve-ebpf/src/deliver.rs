@@ -10,12 +10,12 @@ use nve_common::{
     metrics::DropReason,
 };
 
-use crate::parse::ETH_P_8021Q;
+use crate::{metrics, parse::ETH_P_8021Q};
 
-/// Redirects the frame to `port`, tagged with the port's VID if it has one. Returns the TC
-/// action.
+/// Redirects the frame (of `vni`) to `port`, tagged with the port's VID if it has one.
+/// Returns the TC action.
 #[inline(always)]
-pub fn to_port(ctx: &TcContext, port: LocalPort) -> Result<i32, DropReason> {
+pub fn to_port(ctx: &TcContext, vni: u32, port: LocalPort) -> Result<i32, DropReason> {
     if port.vid != 0 {
         vlan_push(ctx, port.vid)?;
     }
@@ -24,6 +24,7 @@ pub fn to_port(ctx: &TcContext, port: LocalPort) -> Result<i32, DropReason> {
     if action != TC_ACT_REDIRECT {
         return Err(DropReason::RedirectFailed);
     }
+    metrics::delivered(vni, port.ifindex, ctx.len());
     Ok(action)
 }
 
@@ -31,9 +32,15 @@ pub fn to_port(ctx: &TcContext, port: LocalPort) -> Result<i32, DropReason> {
 /// was. Returns the number of copies. A `bpf_loop` keeps the verifier's work to one pass
 /// over the body, however long the list.
 #[inline(always)]
-pub fn flood_ports(ctx: &TcContext, vn: &VnInfo, except: LocalPort) -> Result<u32, DropReason> {
+pub fn flood_ports(
+    ctx: &TcContext,
+    vni: u32,
+    vn: &VnInfo,
+    except: LocalPort,
+) -> Result<u32, DropReason> {
     let mut state = PortsLoop {
         skb: ctx.skb.skb,
+        vni,
         vn,
         except,
         copies: 0,
@@ -57,6 +64,7 @@ pub fn flood_ports(ctx: &TcContext, vn: &VnInfo, except: LocalPort) -> Result<u3
 
 struct PortsLoop<'a> {
     skb: *mut __sk_buff,
+    vni: u32,
     vn: &'a VnInfo,
     except: LocalPort,
     copies: u32,
@@ -74,8 +82,10 @@ extern "C" fn port_copy(index: u64, state: *mut c_void) -> i64 {
     if port.is(&state.except) {
         return 0;
     }
-    match copy_to_port(&TcContext::new(state.skb), port) {
+    let ctx = TcContext::new(state.skb);
+    match copy_to_port(&ctx, port) {
         Ok(()) => {
+            metrics::delivered(state.vni, port.ifindex, ctx.len());
             state.copies += 1;
             0
         }

@@ -17,7 +17,7 @@ use nve_common::{
 };
 
 use crate::{
-    maps,
+    maps, metrics,
     parse::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP},
 };
 
@@ -104,6 +104,7 @@ pub fn readdress(
 pub fn send(
     ctx: &TcContext,
     cfg: &DataplaneConfig,
+    vni: u32,
     remote: [u8; 4],
     copy: bool,
 ) -> Result<i32, DropReason> {
@@ -117,6 +118,7 @@ pub fn send(
         if action != TC_ACT_REDIRECT {
             return Err(DropReason::UnderlayNoRoute);
         }
+        metrics::sent(vni, ctx.len());
         return Ok(action);
     };
     // SAFETY: reading a field of our own __sk_buff.
@@ -132,6 +134,7 @@ pub fn send(
     if copy {
         ctx.clone_redirect(nh.ifindex, 0)
             .map_err(|_| DropReason::RedirectFailed)?;
+        metrics::sent(vni, ctx.len());
         return Ok(0);
     }
     // SAFETY: helper call.
@@ -139,6 +142,7 @@ pub fn send(
     if action != TC_ACT_REDIRECT {
         return Err(DropReason::RedirectFailed);
     }
+    metrics::sent(vni, ctx.len());
     Ok(action)
 }
 

@@ -2,7 +2,7 @@
 //! daemon uses to open the pins.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
 use nve_common::{
     maps::{
@@ -10,7 +10,7 @@ use nve_common::{
         NEXTHOPS_MAX_ENTRIES, NextHop, PORTS_MAX_ENTRIES, PortKey, PortValue, VNS_MAX_ENTRIES,
         VnInfo,
     },
-    metrics::{Counter, STATS_MAX_ENTRIES},
+    metrics::{Counter, PortTraffic, STATS_MAX_ENTRIES, VnTraffic},
 };
 
 #[map]
@@ -33,6 +33,17 @@ pub static NVE_ARP: HashMap<ArpKey, ArpEntry> = HashMap::pinned(ARP_MAX_ENTRIES,
 
 #[map]
 pub static NVE_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_MAX_ENTRIES, 0);
+
+/// Per-VN traffic by VNI, created by the first packet of a VN the dataplane serves; the
+/// daemon removes a VN's entry with the VN.
+#[map]
+pub static NVE_VN_STATS: PerCpuHashMap<u32, VnTraffic> = PerCpuHashMap::pinned(VNS_MAX_ENTRIES, 0);
+
+/// Per-VM-port traffic by ifindex, created by the port's first packet; removed with the
+/// port.
+#[map]
+pub static NVE_PORT_STATS: PerCpuHashMap<u32, PortTraffic> =
+    PerCpuHashMap::pinned(PORTS_MAX_ENTRIES, 0);
 
 /// The instance's settings, or `None` before the daemon has written them.
 #[inline(always)]

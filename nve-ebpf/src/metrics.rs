@@ -1,32 +1,106 @@
-//! Per-CPU outcome counters: every packet a program sees is counted exactly once.
-use nve_common::metrics::{DropReason, Forward, Hook, Outcome};
+//! Per-CPU counters: every packet a program sees is counted exactly once by outcome, and
+//! once more for the VN and the VM port it turned out to belong to.
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::PerCpuHashMap};
+use nve_common::metrics::{Counter, DropReason, Forward, Hook, Outcome, PortCounter, VnCounter};
 
-use crate::maps::NVE_STATS;
+use crate::maps::{NVE_PORT_STATS, NVE_STATS, NVE_VN_STATS};
+
+/// The VN and the VM port (ifindex) a packet was found to belong to before its verdict.
+/// Set only once the port or VN is known to the dataplane, so a sender cannot make the
+/// counter maps grow.
+#[derive(Clone, Copy, Default)]
+pub struct Scope {
+    pub vni: Option<u32>,
+    pub port: Option<u32>,
+}
 
 #[inline(always)]
 pub fn count(hook: Hook, outcome: Outcome, bytes: u32) {
     if let Some(c) = NVE_STATS.get_ptr_mut(outcome.slot(hook)) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += bytes as u64;
-        }
+        unsafe { add(c, bytes) };
     }
+}
+
+/// A copy delivered to a VM port of `vni`.
+#[inline(always)]
+pub fn delivered(vni: u32, ifindex: u32, bytes: u32) {
+    bump(&NVE_VN_STATS, vni, VnCounter::ToVms as usize, bytes);
+    bump(&NVE_PORT_STATS, ifindex, PortCounter::ToVm as usize, bytes);
+}
+
+/// An encapsulated copy of a frame of `vni` sent to a remote VTEP.
+#[inline(always)]
+pub fn sent(vni: u32, bytes: u32) {
+    bump(&NVE_VN_STATS, vni, VnCounter::ToUnderlay as usize, bytes);
 }
 
 /// What an entry point returns for the outcome of its `try_*` body, counted once: the
 /// body's action when it forwarded, `drop` when it dropped. `len` is the frame's length
-/// as it arrived.
+/// as it arrived; `scope` what the body learned of it.
 #[inline(always)]
-pub fn account<A>(hook: Hook, len: u32, result: Result<(A, Forward), DropReason>, drop: A) -> A {
+pub fn account<A>(
+    hook: Hook,
+    len: u32,
+    scope: Scope,
+    result: Result<(A, Forward), DropReason>,
+    drop: A,
+) -> A {
     match result {
         Ok((action, forward)) => {
             count(hook, Outcome::Forward(forward), len);
+            if let Some(vni) = scope.vni
+                && !forward.hands_over()
+            {
+                let slot = match hook {
+                    Hook::VmEgress => VnCounter::FromVms,
+                    Hook::UnderlayRx | Hook::TunnelRx => VnCounter::FromUnderlay,
+                };
+                bump(&NVE_VN_STATS, vni, slot as usize, len);
+            }
+            if let Some(port) = scope.port {
+                bump(&NVE_PORT_STATS, port, PortCounter::FromVm as usize, len);
+            }
             action
         }
         Err(reason) => {
             count(hook, Outcome::Drop(reason), len);
+            if let Some(vni) = scope.vni {
+                bump(&NVE_VN_STATS, vni, VnCounter::Dropped as usize, len);
+            }
+            if let Some(port) = scope.port {
+                bump(&NVE_PORT_STATS, port, PortCounter::Dropped as usize, len);
+            }
             drop
         }
+    }
+}
+
+/// Adds a packet of `bytes` to slot `slot` of `key`'s counters, creating them at zero.
+#[inline(always)]
+fn bump<const N: usize>(map: &PerCpuHashMap<u32, [Counter; N]>, key: u32, slot: usize, bytes: u32) {
+    let counters = match map.get_ptr_mut(key) {
+        Some(c) => c,
+        None => {
+            let _ = map.insert(key, [Counter::default(); N], BPF_NOEXIST as u64);
+            match map.get_ptr_mut(key) {
+                Some(c) => c,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: this CPU's copy of the entry; no concurrent writer on this CPU.
+    if let Some(c) = unsafe { (*counters).get_mut(slot) } {
+        unsafe { add(c, bytes) };
+    }
+}
+
+/// # Safety
+/// `c` points to a counter only this CPU writes.
+#[inline(always)]
+unsafe fn add(c: *mut Counter, bytes: u32) {
+    unsafe {
+        (*c).packets += 1;
+        (*c).bytes += bytes as u64;
     }
 }

@@ -15,18 +15,21 @@ use nve_common::{
 
 use crate::{
     decap::{self, Target},
-    deliver, metrics,
+    deliver,
+    metrics::{self, Scope},
     parse::{Frame, require},
 };
 
 #[classifier]
 pub fn tc_tunnel_rx(ctx: TcContext) -> i32 {
     let len = ctx.frame_len();
-    metrics::account(Hook::TunnelRx, len, try_tc_tunnel_rx(&ctx), TC_ACT_SHOT)
+    let mut scope = Scope::default();
+    let result = try_tc_tunnel_rx(&ctx, &mut scope);
+    metrics::account(Hook::TunnelRx, len, scope, result, TC_ACT_SHOT)
 }
 
 #[inline(always)]
-fn try_tc_tunnel_rx(ctx: &TcContext) -> Result<(i32, Forward), DropReason> {
+fn try_tc_tunnel_rx(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward), DropReason> {
     // SAFETY: plain-old-data; zero is its neutral value.
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     // SAFETY: helper call with a correctly sized key.
@@ -37,10 +40,11 @@ fn try_tc_tunnel_rx(ctx: &TcContext) -> Result<(i32, Forward), DropReason> {
         return Err(DropReason::VxlanInvalidHdr);
     }
     let eth = require::<EthHdr>(ctx, 0, DropReason::InnerTruncated)?;
-    match decap::target(key.tunnel_id, eth.dst_addr)? {
-        Target::Port(port) => Ok((deliver::to_port(ctx, port)?, Forward::Decapsulated)),
+    let vni = key.tunnel_id;
+    match decap::target(vni, eth.dst_addr, scope)? {
+        Target::Port(port) => Ok((deliver::to_port(ctx, vni, port)?, Forward::Decapsulated)),
         Target::Flood(vn) => {
-            if deliver::flood_ports(ctx, vn, LocalPort::default())? == 0 {
+            if deliver::flood_ports(ctx, vni, vn, LocalPort::default())? == 0 {
                 return Err(DropReason::FloodListEmpty);
             }
             Ok((TC_ACT_SHOT, Forward::Flooded))

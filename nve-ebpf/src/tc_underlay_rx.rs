@@ -17,22 +17,25 @@ use nve_common::{
 
 use crate::{
     decap::{self, Target, Underlay},
-    deliver, maps, metrics,
+    deliver, maps,
+    metrics::{self, Scope},
     parse::Frame,
 };
 
 #[classifier]
 pub fn tc_underlay_rx(ctx: TcContext) -> i32 {
     let len = ctx.frame_len();
-    metrics::account(Hook::UnderlayRx, len, try_tc_underlay_rx(&ctx), TC_ACT_SHOT)
+    let mut scope = Scope::default();
+    let result = try_tc_underlay_rx(&ctx, &mut scope);
+    metrics::account(Hook::UnderlayRx, len, scope, result, TC_ACT_SHOT)
 }
 
 #[inline(always)]
-fn try_tc_underlay_rx(ctx: &TcContext) -> Result<(i32, Forward), DropReason> {
+fn try_tc_underlay_rx(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward), DropReason> {
     let Some(cfg) = maps::config() else {
         return Ok((TC_ACT_OK, Forward::PassedToHost));
     };
-    let d = match decap::classify(ctx, cfg)? {
+    let d = match decap::classify(ctx, cfg, scope)? {
         Underlay::Host(forward) => return Ok((TC_ACT_OK, forward)),
         Underlay::Vxlan(d) => d,
     };
@@ -55,9 +58,9 @@ fn try_tc_underlay_rx(ctx: &TcContext) -> Result<(i32, Forward), DropReason> {
     ctx.store(0, &inner, 0)
         .map_err(|_| DropReason::HeaderAdjustFailed)?;
     match d.target {
-        Target::Port(port) => Ok((deliver::to_port(ctx, port)?, Forward::Decapsulated)),
+        Target::Port(port) => Ok((deliver::to_port(ctx, d.vni, port)?, Forward::Decapsulated)),
         Target::Flood(vn) => {
-            if deliver::flood_ports(ctx, vn, LocalPort::default())? == 0 {
+            if deliver::flood_ports(ctx, d.vni, vn, LocalPort::default())? == 0 {
                 return Err(DropReason::FloodListEmpty);
             }
             Ok((TC_ACT_SHOT, Forward::Flooded))

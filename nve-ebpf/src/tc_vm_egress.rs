@@ -15,18 +15,21 @@ use nve_common::{
 };
 
 use crate::{
-    arp, deliver, encap, maps, metrics,
+    arp, deliver, encap, maps,
+    metrics::{self, Scope},
     parse::{ETH_LEN, ETH_P_8021Q, Frame, be16, is_multicast, require},
 };
 
 #[classifier]
 pub fn tc_vm_egress(ctx: TcContext) -> i32 {
     let len = ctx.frame_len();
-    metrics::account(Hook::VmEgress, len, try_tc_vm_egress(&ctx), TC_ACT_SHOT)
+    let mut scope = Scope::default();
+    let result = try_tc_vm_egress(&ctx, &mut scope);
+    metrics::account(Hook::VmEgress, len, scope, result, TC_ACT_SHOT)
 }
 
 #[inline(always)]
-fn try_tc_vm_egress(ctx: &TcContext) -> Result<(i32, Forward), DropReason> {
+fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward), DropReason> {
     let cfg = maps::config().ok_or(DropReason::PortNotInVn)?;
     let eth = require::<EthHdr>(ctx, 0, DropReason::PktTooSmall)?;
     let dst = eth.dst_addr;
@@ -34,6 +37,8 @@ fn try_tc_vm_egress(ctx: &TcContext) -> Result<(i32, Forward), DropReason> {
     // SAFETY: reading a field of our own __sk_buff.
     let ingress = LocalPort::new(unsafe { (*ctx.skb.skb).ifindex }, vid);
     let port = maps::port(ingress.ifindex, vid).ok_or(DropReason::PortNotInVn)?;
+    scope.port = Some(ingress.ifindex);
+    scope.vni = Some(port.vni);
     if !port.is_active() {
         return Err(DropReason::VnicInactive);
     }
@@ -60,11 +65,17 @@ fn try_tc_vm_egress(ctx: &TcContext) -> Result<(i32, Forward), DropReason> {
         return flood(ctx, cfg, vni, vn, ingress);
     };
     match entry.kind {
-        FDB_LOCAL => Ok((deliver::to_port(ctx, entry.port)?, Forward::LocalSwitched)),
+        FDB_LOCAL => Ok((
+            deliver::to_port(ctx, vni, entry.port)?,
+            Forward::LocalSwitched,
+        )),
         FDB_REMOTE => {
             let remote = entry.remote;
             encap::encapsulate(ctx, cfg, vni, remote)?;
-            Ok((encap::send(ctx, cfg, remote, false)?, Forward::Encapsulated))
+            Ok((
+                encap::send(ctx, cfg, vni, remote, false)?,
+                Forward::Encapsulated,
+            ))
         }
         _ => Err(DropReason::FdbMiss),
     }
@@ -102,7 +113,7 @@ fn flood(
     vn: &VnInfo,
     ingress: LocalPort,
 ) -> Result<(i32, Forward), DropReason> {
-    let local = deliver::flood_ports(ctx, vn, ingress)?;
+    let local = deliver::flood_ports(ctx, vni, vn, ingress)?;
     let remotes = vn.remote_count.min(FLOOD_MAX_REMOTES as u32);
     if remotes == 0 {
         if local == 0 {
@@ -114,6 +125,7 @@ fn flood(
     let mut state = RemotesLoop {
         skb: ctx.skb.skb,
         cfg,
+        vni,
         vn,
         error: None,
     };
@@ -135,6 +147,7 @@ fn flood(
 struct RemotesLoop<'a> {
     skb: *mut __sk_buff,
     cfg: &'a DataplaneConfig,
+    vni: u32,
     vn: &'a VnInfo,
     error: Option<DropReason>,
 }
@@ -153,7 +166,7 @@ extern "C" fn remote_copy(index: u64, state: *mut c_void) -> i64 {
     } else {
         encap::readdress(&ctx, state.cfg, remote)
     }
-    .and_then(|()| encap::send(&ctx, state.cfg, remote, true));
+    .and_then(|()| encap::send(&ctx, state.cfg, state.vni, remote, true));
     match sent {
         Ok(_) => 0,
         Err(reason) => {

@@ -6,27 +6,25 @@ use nve_common::metrics::{DropReason, Forward, Hook};
 
 use crate::{
     decap::{self, Target, Underlay},
-    maps, metrics,
+    maps,
+    metrics::{self, Scope},
     parse::Frame,
 };
 
 #[xdp]
 pub fn xdp_underlay_rx(ctx: XdpContext) -> u32 {
     let len = ctx.frame_len();
-    metrics::account(
-        Hook::UnderlayRx,
-        len,
-        try_xdp_underlay_rx(&ctx),
-        xdp_action::XDP_DROP,
-    )
+    let mut scope = Scope::default();
+    let result = try_xdp_underlay_rx(&ctx, &mut scope);
+    metrics::account(Hook::UnderlayRx, len, scope, result, xdp_action::XDP_DROP)
 }
 
 #[inline(always)]
-fn try_xdp_underlay_rx(ctx: &XdpContext) -> Result<(u32, Forward), DropReason> {
+fn try_xdp_underlay_rx(ctx: &XdpContext, scope: &mut Scope) -> Result<(u32, Forward), DropReason> {
     let Some(cfg) = maps::config() else {
         return Ok((xdp_action::XDP_PASS, Forward::PassedToHost));
     };
-    let d = match decap::classify(ctx, cfg)? {
+    let d = match decap::classify(ctx, cfg, scope)? {
         Underlay::Host(forward) => return Ok((xdp_action::XDP_PASS, forward)),
         Underlay::Vxlan(d) => d,
     };
@@ -43,6 +41,7 @@ fn try_xdp_underlay_rx(ctx: &XdpContext) -> Result<(u32, Forward), DropReason> {
             if action != xdp_action::XDP_REDIRECT {
                 return Err(DropReason::RedirectFailed);
             }
+            metrics::delivered(d.vni, port.ifindex, ctx.frame_len());
             Ok((action, Forward::Decapsulated))
         }
         _ => Ok((xdp_action::XDP_PASS, Forward::DeferredToTc)),

@@ -133,9 +133,20 @@ pub struct CounterView {
     pub bytes: u64,
 }
 
-/// `GET /v1/stats`: per hook, per outcome name (forwards and drop reasons), summed over CPUs.
-/// Outcomes never seen are left out.
-pub type StatsView = BTreeMap<String, BTreeMap<String, CounterView>>;
+/// Counters by name, summed over CPUs.
+pub type CountersView = BTreeMap<String, CounterView>;
+
+/// `GET /v1/stats`, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsView {
+    /// Per hook, per outcome name (forwards and drop reasons); outcomes never seen are
+    /// left out.
+    pub hooks: BTreeMap<String, CountersView>,
+    /// Per VNI: from_vms, to_vms, from_underlay, to_underlay, dropped.
+    pub vns: BTreeMap<u32, CountersView>,
+    /// Per VM port name: from_vm, to_vm, dropped.
+    pub ports: BTreeMap<String, CountersView>,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusView {

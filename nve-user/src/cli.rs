@@ -525,11 +525,25 @@ fn stats_table(s: &StatsView) -> String {
         "{:<12} {:<24} {:>12} {:>14}\n",
         "HOOK", "OUTCOME", "PACKETS", "BYTES"
     );
-    for (hook, outcomes) in s {
+    for (hook, outcomes) in &s.hooks {
         for (name, c) in outcomes {
             out += &format!(
                 "{:<12} {:<24} {:>12} {:>14}\n",
                 hook, name, c.packets, c.bytes
+            );
+        }
+    }
+    let scopes = s
+        .vns
+        .iter()
+        .map(|(vni, c)| (format!("vni {vni}"), c))
+        .chain(s.ports.iter().map(|(port, c)| (format!("port {port}"), c)));
+    for (scope, counters) in scopes {
+        out += "\n";
+        for (name, c) in counters {
+            out += &format!(
+                "{:<16} {:<20} {:>12} {:>14}\n",
+                scope, name, c.packets, c.bytes
             );
         }
     }

@@ -54,6 +54,10 @@ pub struct DaemonArgs {
     /// Group whose members may use the API socket besides root.
     #[arg(long)]
     pub group: Option<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (for example 127.0.0.1:9464). Off
+    /// unless given.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The startup configuration file.
@@ -251,6 +255,10 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     tokio::spawn(watch_conn);
     let watcher = tokio::spawn(follow_underlay(shared.clone(), events));
     let expirer = tokio::spawn(expire_soft_state(shared.clone()));
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(crate::prometheus::serve(addr, shared.clone()).await?),
+        None => None,
+    };
     let (api, writer) = server::Api::new(shared.clone());
     let app = server::router(api, allowed).into_make_service_with_connect_info::<Peer>();
     let served = axum::serve(listener, app)
@@ -260,6 +268,10 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     watcher.abort();
     expirer.abort();
     writer.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+        let _ = metrics.await;
+    }
     let _ = writer.await;
     let _ = watcher.await;
     let _ = expirer.await;

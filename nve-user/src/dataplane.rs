@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -21,15 +21,17 @@ use aya::{
 use nve_common::{
     maps::{
         ARP_MAP, ArpEntry, ArpKey, CONFIG_MAP, DataplaneConfig, FDB_MAP, FdbEntry, FdbKey,
-        NEXTHOPS_MAP, NextHop, PORTS_MAP, PortKey, PortValue, STATS_MAP, TUNNEL_DEV, VNS_MAP,
-        VnInfo,
+        NEXTHOPS_MAP, NextHop, PORT_STATS_MAP, PORTS_MAP, PortKey, PortValue, STATS_MAP,
+        TUNNEL_DEV, VN_STATS_MAP, VNS_MAP, VnInfo,
     },
-    metrics::{Counter, DropReason, Forward, Hook, Outcome},
+    metrics::{
+        Counter, DropReason, Forward, Hook, Outcome, PortCounter, PortTraffic, VnCounter, VnTraffic,
+    },
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    api::{CounterView, StatsView},
+    api::{CounterView, CountersView, StatsView},
     model::Desired,
 };
 
@@ -115,6 +117,8 @@ pub struct Dataplane {
     next_hops: Mirrored<[u8; 4], NextHop>,
     arp: Mirrored<ArpKey, ArpEntry>,
     stats: PerCpuArray<MapData, Counter>,
+    vn_stats: PerCpuHashMap<MapData, u32, VnTraffic>,
+    port_stats: PerCpuHashMap<MapData, u32, PortTraffic>,
     /// Every attachment, pinned in `pin_dir` as `link_<program>@<iface>`.
     links: BTreeMap<String, PinnedLink>,
     /// VM ports with `tc_vm_egress` attached.
@@ -153,6 +157,8 @@ impl Dataplane {
             next_hops: Mirrored::new(take_map(&mut ebpf, NEXTHOPS_MAP)?, NEXTHOPS_MAP)?,
             arp: Mirrored::new(take_map(&mut ebpf, ARP_MAP)?, ARP_MAP)?,
             stats: take_map(&mut ebpf, STATS_MAP)?,
+            vn_stats: take_map(&mut ebpf, VN_STATS_MAP)?,
+            port_stats: take_map(&mut ebpf, PORT_STATS_MAP)?,
             ebpf,
             pin_dir: pin_dir.into(),
             links: BTreeMap::new(),
@@ -321,10 +327,19 @@ impl Dataplane {
 
     /// Brings the maps to `desired`, touching only entries that differ. Ports are removed
     /// first and added last, so a port is never active before its VN and FDB are in place.
+    /// Counters of a VN or port go with it.
     pub fn apply(&mut self, desired: &Desired) -> Result<()> {
-        self.ports.remove_absent(&desired.ports)?;
+        let gone_ports = self.ports.remove_absent(&desired.ports)?;
+        for key in gone_ports {
+            if !desired.ports.keys().any(|k| k.ifindex == key.ifindex) {
+                // Absent already when the port never carried a packet.
+                let _ = self.port_stats.remove(&key.ifindex);
+            }
+        }
         self.fdb.remove_absent(&desired.fdb)?;
-        self.vns.remove_absent(&desired.vns)?;
+        for vni in self.vns.remove_absent(&desired.vns)? {
+            let _ = self.vn_stats.remove(&vni);
+        }
         self.arp.remove_absent(&desired.arp)?;
         self.arp.upsert_changed(&desired.arp)?;
         self.vns.upsert_changed(&desired.vns)?;
@@ -338,13 +353,39 @@ impl Dataplane {
         self.next_hops.upsert_changed(next_hops)
     }
 
-    /// Counters summed over CPUs, by hook and outcome name; zero counters left out.
+    /// Counters summed over CPUs: by hook and outcome name (zero counters left out), by VN
+    /// and by VM port.
     pub fn stats(&self) -> Result<StatsView> {
+        let mut vns = BTreeMap::new();
+        for entry in self.vn_stats.iter() {
+            let (vni, values) = entry.map_err(map_err(VN_STATS_MAP))?;
+            vns.insert(
+                vni,
+                traffic_view(&values, VnCounter::ALL.map(VnCounter::name)),
+            );
+        }
+        let mut ports = BTreeMap::new();
+        for entry in self.port_stats.iter() {
+            let (ifindex, values) = entry.map_err(map_err(PORT_STATS_MAP))?;
+            let name = crate::netlink::ifname(ifindex).unwrap_or_else(|| format!("if{ifindex}"));
+            ports.insert(
+                name,
+                traffic_view(&values, PortCounter::ALL.map(PortCounter::name)),
+            );
+        }
+        Ok(StatsView {
+            hooks: self.hook_stats()?,
+            vns,
+            ports,
+        })
+    }
+
+    fn hook_stats(&self) -> Result<BTreeMap<String, CountersView>> {
         let outcomes = Forward::ALL
             .iter()
             .map(|&f| Outcome::Forward(f))
             .chain(DropReason::ALL.iter().map(|&d| Outcome::Drop(d)));
-        let mut view = StatsView::new();
+        let mut view = BTreeMap::new();
         for hook in Hook::ALL {
             let mut per_hook = BTreeMap::new();
             for outcome in outcomes.clone() {
@@ -382,6 +423,26 @@ impl Dataplane {
     }
 }
 
+/// Named slots of a per-CPU counter array, summed over CPUs.
+fn traffic_view<const N: usize>(
+    values: &PerCpuValues<[Counter; N]>,
+    names: [&'static str; N],
+) -> CountersView {
+    names
+        .iter()
+        .enumerate()
+        .map(|(slot, name)| {
+            let sum = values
+                .iter()
+                .fold(CounterView::default(), |acc, c| CounterView {
+                    packets: acc.packets + c[slot].packets,
+                    bytes: acc.bytes + c[slot].bytes,
+                });
+            (name.to_string(), sum)
+        })
+        .collect()
+}
+
 /// Takes map `name` out of the object, typed.
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
 where
@@ -411,19 +472,19 @@ impl<K: Pod + Eq + Hash, V: Pod + PartialEq> Mirrored<K, V> {
         Ok(Self { map, current, name })
     }
 
-    /// Deletes the entries `desired` does not have.
-    fn remove_absent(&mut self, desired: &HashMap<K, V>) -> Result<()> {
+    /// Deletes the entries `desired` does not have; returns their keys.
+    fn remove_absent(&mut self, desired: &HashMap<K, V>) -> Result<Vec<K>> {
         let stale: Vec<K> = self
             .current
             .keys()
             .filter(|k| !desired.contains_key(k))
             .copied()
             .collect();
-        for k in stale {
-            self.map.remove(&k).map_err(map_err(self.name))?;
-            self.current.remove(&k);
+        for k in &stale {
+            self.map.remove(k).map_err(map_err(self.name))?;
+            self.current.remove(k);
         }
-        Ok(())
+        Ok(stale)
     }
 
     /// Writes the entries of `desired` that the map lacks or holds otherwise.

@@ -12,6 +12,7 @@ pub mod mac;
 pub mod model;
 pub mod netlink;
 pub mod paths;
+pub mod prometheus;
 pub mod server;
 pub mod store;
 pub mod vid;

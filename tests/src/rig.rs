@@ -344,7 +344,7 @@ impl Daemon {
 
     /// Packets counted for `outcome` at `hook`.
     pub fn counter(&self, hook: &str, outcome: &str) -> Result<u64> {
-        Ok(self.stats()?[hook][outcome]["packets"]
+        Ok(self.stats()?["hooks"][hook][outcome]["packets"]
             .as_u64()
             .unwrap_or(0))
     }

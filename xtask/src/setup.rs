@@ -24,6 +24,7 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
     "tshark",
     "netsniff-ng",
+    "curl",
 ];
 
 pub fn all() -> Result<()> {
