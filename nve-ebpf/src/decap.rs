@@ -96,7 +96,7 @@ pub fn classify(
 #[inline(always)]
 pub fn target(vni: u32, dst: [u8; 6], scope: &mut Scope) -> Result<Target, DropReason> {
     let vn = maps::vn(vni).ok_or(DropReason::VniNotFound)?;
-    scope.vni = Some(vni);
+    scope.set_vni(vni);
     if is_multicast(&dst) {
         return Ok(Target::Flood(vn));
     }

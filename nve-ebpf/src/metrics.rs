@@ -1,17 +1,54 @@
 //! Per-CPU counters: every packet a program sees is counted exactly once by outcome, and
 //! once more for the VN and the VM port it turned out to belong to.
-use aya_ebpf::{bindings::BPF_NOEXIST, maps::PerCpuHashMap};
+use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST, maps::PerCpuHashMap};
+use aya_log_ebpf::debug;
 use nve_common::metrics::{Counter, DropReason, Forward, Hook, Outcome, PortCounter, VnCounter};
 
 use crate::maps::{NVE_PORT_STATS, NVE_STATS, NVE_VN_STATS};
 
 /// The VN and the VM port (ifindex) a packet was found to belong to before its verdict.
 /// Set only once the port or VN is known to the dataplane, so a sender cannot make the
-/// counter maps grow.
-#[derive(Clone, Copy, Default)]
+/// counter maps grow. Plain integers with "none" values rather than `Option`s: the payload
+/// of a `None` is undefined, and the verifier rejects a program that copies it.
+#[derive(Clone, Copy)]
 pub struct Scope {
-    pub vni: Option<u32>,
-    pub port: Option<u32>,
+    /// `NO_VNI` until known (VNIs are 24 bits).
+    vni: u32,
+    /// 0 until known (no interface has index 0).
+    port: u32,
+}
+
+const NO_VNI: u32 = u32::MAX;
+
+impl Default for Scope {
+    fn default() -> Self {
+        Self {
+            vni: NO_VNI,
+            port: 0,
+        }
+    }
+}
+
+impl Scope {
+    #[inline(always)]
+    pub fn set_vni(&mut self, vni: u32) {
+        self.vni = vni;
+    }
+
+    #[inline(always)]
+    pub fn set_port(&mut self, ifindex: u32) {
+        self.port = ifindex;
+    }
+
+    #[inline(always)]
+    fn vni(&self) -> Option<u32> {
+        (self.vni != NO_VNI).then_some(self.vni)
+    }
+
+    #[inline(always)]
+    fn port(&self) -> Option<u32> {
+        (self.port != 0).then_some(self.port)
+    }
 }
 
 #[inline(always)]
@@ -37,9 +74,12 @@ pub fn sent(vni: u32, bytes: u32) {
 
 /// What an entry point returns for the outcome of its `try_*` body, counted once: the
 /// body's action when it forwarded, `drop` when it dropped. `len` is the frame's length
-/// as it arrived; `scope` what the body learned of it.
+/// as it arrived; `scope` what the body learned of it. Drops are logged at debug level
+/// (aya-log), which the daemon turns off at load unless asked: then the verifier removes
+/// the logging code and it costs nothing.
 #[inline(always)]
 pub fn account<A>(
+    ctx: &impl EbpfContext,
     hook: Hook,
     len: u32,
     scope: Scope,
@@ -49,7 +89,7 @@ pub fn account<A>(
     match result {
         Ok((action, forward)) => {
             count(hook, Outcome::Forward(forward), len);
-            if let Some(vni) = scope.vni
+            if let Some(vni) = scope.vni()
                 && !forward.hands_over()
             {
                 let slot = match hook {
@@ -58,17 +98,26 @@ pub fn account<A>(
                 };
                 bump(&NVE_VN_STATS, vni, slot as usize, len);
             }
-            if let Some(port) = scope.port {
+            if let Some(port) = scope.port() {
                 bump(&NVE_PORT_STATS, port, PortCounter::FromVm as usize, len);
             }
             action
         }
         Err(reason) => {
             count(hook, Outcome::Drop(reason), len);
-            if let Some(vni) = scope.vni {
+            debug!(
+                ctx,
+                "{} drop {}: vni {} port {} len {}",
+                hook.name(),
+                reason.name(),
+                scope.vni,
+                scope.port,
+                len
+            );
+            if let Some(vni) = scope.vni() {
                 bump(&NVE_VN_STATS, vni, VnCounter::Dropped as usize, len);
             }
-            if let Some(port) = scope.port {
+            if let Some(port) = scope.port() {
                 bump(&NVE_PORT_STATS, port, PortCounter::Dropped as usize, len);
             }
             drop

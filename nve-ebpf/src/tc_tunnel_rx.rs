@@ -25,7 +25,7 @@ pub fn tc_tunnel_rx(ctx: TcContext) -> i32 {
     let len = ctx.frame_len();
     let mut scope = Scope::default();
     let result = try_tc_tunnel_rx(&ctx, &mut scope);
-    metrics::account(Hook::TunnelRx, len, scope, result, TC_ACT_SHOT)
+    metrics::account(&ctx, Hook::TunnelRx, len, scope, result, TC_ACT_SHOT)
 }
 
 #[inline(always)]

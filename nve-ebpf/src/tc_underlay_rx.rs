@@ -27,7 +27,7 @@ pub fn tc_underlay_rx(ctx: TcContext) -> i32 {
     let len = ctx.frame_len();
     let mut scope = Scope::default();
     let result = try_tc_underlay_rx(&ctx, &mut scope);
-    metrics::account(Hook::UnderlayRx, len, scope, result, TC_ACT_SHOT)
+    metrics::account(&ctx, Hook::UnderlayRx, len, scope, result, TC_ACT_SHOT)
 }
 
 #[inline(always)]

@@ -25,7 +25,7 @@ pub fn tc_vm_egress(ctx: TcContext) -> i32 {
     let len = ctx.frame_len();
     let mut scope = Scope::default();
     let result = try_tc_vm_egress(&ctx, &mut scope);
-    metrics::account(Hook::VmEgress, len, scope, result, TC_ACT_SHOT)
+    metrics::account(&ctx, Hook::VmEgress, len, scope, result, TC_ACT_SHOT)
 }
 
 #[inline(always)]
@@ -37,8 +37,8 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
     // SAFETY: reading a field of our own __sk_buff.
     let ingress = LocalPort::new(unsafe { (*ctx.skb.skb).ifindex }, vid);
     let port = maps::port(ingress.ifindex, vid).ok_or(DropReason::PortNotInVn)?;
-    scope.port = Some(ingress.ifindex);
-    scope.vni = Some(port.vni);
+    scope.set_port(ingress.ifindex);
+    scope.set_vni(port.vni);
     if !port.is_active() {
         return Err(DropReason::VnicInactive);
     }

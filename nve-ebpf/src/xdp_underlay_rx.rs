@@ -16,7 +16,14 @@ pub fn xdp_underlay_rx(ctx: XdpContext) -> u32 {
     let len = ctx.frame_len();
     let mut scope = Scope::default();
     let result = try_xdp_underlay_rx(&ctx, &mut scope);
-    metrics::account(Hook::UnderlayRx, len, scope, result, xdp_action::XDP_DROP)
+    metrics::account(
+        &ctx,
+        Hook::UnderlayRx,
+        len,
+        scope,
+        result,
+        xdp_action::XDP_DROP,
+    )
 }
 
 #[inline(always)]

@@ -231,10 +231,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let paths = Paths::new(&cli.instance)?;
     let socket = cli.socket.clone().unwrap_or_else(|| paths.socket.clone());
     if let Command::Daemon(args) = cli.command {
+        // The programs' aya-log records carry the eBPF crate's target, `nve::...`.
+        let default_filter = if args.debug_log {
+            "info,nve=debug"
+        } else {
+            "info"
+        };
         tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "info".into()),
+                    .unwrap_or_else(|_| default_filter.into()),
             )
             .with_writer(std::io::stderr)
             .init();

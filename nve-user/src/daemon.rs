@@ -58,6 +58,11 @@ pub struct DaemonArgs {
     /// unless given.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Log every packet the dataplane drops (aya-log, debug level, in the daemon's log).
+    /// Off by default: the programs are loaded with logging disabled and the verifier
+    /// removes it.
+    #[arg(long)]
+    pub debug_log: bool,
 }
 
 /// The startup configuration file.
@@ -198,14 +203,19 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(conn);
     netlink::create_tunnel_device(&handle).await?;
-    let dataplane =
-        match Dataplane::load(&paths.pin_dir, &args.underlay, args.underlay_mode, config) {
-            Ok(dp) => dp,
-            Err(e) => {
-                let _ = netlink::delete_link(&handle, TUNNEL_DEV).await;
-                return Err(anyhow::Error::from(e).context("loading the dataplane"));
-            }
-        };
+    let dataplane = match Dataplane::load(
+        &paths.pin_dir,
+        &args.underlay,
+        args.underlay_mode,
+        config,
+        args.debug_log,
+    ) {
+        Ok(dp) => dp,
+        Err(e) => {
+            let _ = netlink::delete_link(&handle, TUNNEL_DEV).await;
+            return Err(anyhow::Error::from(e).context("loading the dataplane"));
+        }
+    };
 
     let status = StatusView {
         instance: paths.instance.clone(),

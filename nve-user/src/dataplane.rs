@@ -97,6 +97,10 @@ pub enum DataplaneError {
     Link(String, #[source] aya::programs::links::LinkError),
     #[error("pinning link {0}")]
     PinLink(String, #[source] aya::pin::PinError),
+    #[error("reading the programs' logs")]
+    Logger(#[source] aya_log::Error),
+    #[error("polling the programs' log buffer")]
+    LoggerPoll(#[source] std::io::Error),
     #[error("map {name} is full")]
     MapFull { name: &'static str },
 }
@@ -123,6 +127,16 @@ pub struct Dataplane {
     links: BTreeMap<String, PinnedLink>,
     /// VM ports with `tc_vm_egress` attached.
     vm_ports: BTreeSet<String>,
+    /// Forwards the programs' aya-log records to the daemon's log (`--debug-log`).
+    logger: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        if let Some(logger) = self.logger.take() {
+            logger.abort();
+        }
+    }
 }
 
 /// File name of a pinned link in the pin dir.
@@ -137,17 +151,31 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError
 impl Dataplane {
     /// Loads the programs with their maps pinned under `pin_dir`, writes the configuration
     /// and attaches decapsulation to the underlay and to `TUNNEL_DEV` (which must exist).
+    /// `debug_log`: the programs log every drop (else their logging is compiled out at
+    /// load).
     pub fn load(
         pin_dir: &Path,
         underlay: &str,
         mode: UnderlayMode,
         config: DataplaneConfig,
+        debug_log: bool,
     ) -> Result<Self> {
         fs::create_dir_all(pin_dir).map_err(|e| DataplaneError::PinDir(pin_dir.into(), e))?;
+        let level: u8 = if debug_log {
+            aya_log::Level::Debug as u8
+        } else {
+            0
+        };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
+            .override_global(aya_log::LEVEL, &level, true)
             .load(EBPF_OBJECT)
             .map_err(DataplaneError::Load)?;
+        let logger = if debug_log {
+            Some(forward_logs(&mut ebpf)?)
+        } else {
+            None
+        };
         let mut cfg: Array<_, DataplaneConfig> = take_map(&mut ebpf, CONFIG_MAP)?;
         cfg.set(0, config, 0).map_err(map_err(CONFIG_MAP))?;
         let mut dp = Self {
@@ -163,6 +191,7 @@ impl Dataplane {
             pin_dir: pin_dir.into(),
             links: BTreeMap::new(),
             vm_ports: BTreeSet::new(),
+            logger,
         };
 
         dp.attach_tc(TC_UNDERLAY_RX, underlay)?;
@@ -421,6 +450,27 @@ impl Dataplane {
             let _ = fs::remove_dir(parent);
         }
     }
+}
+
+/// Reads the programs' log ring buffer as it fills and logs each record (through the
+/// `log` facade, which the daemon's tracing subscriber receives).
+fn forward_logs(ebpf: &mut Ebpf) -> Result<tokio::task::JoinHandle<()>> {
+    let logger = aya_log::EbpfLogger::init(ebpf).map_err(DataplaneError::Logger)?;
+    // SAFETY: the logger owns its ring buffer's fd and keeps that same fd open for as long
+    // as it lives, which is as long as the AsyncFd that owns it.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut logger = registered.map_err(|e| DataplaneError::LoggerPoll(e.into()))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = logger.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
 }
 
 /// Named slots of a per-CPU counter array, summed over CPUs.

@@ -63,8 +63,10 @@ impl Loaded {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/nvet-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&pin_dir);
         std::fs::create_dir_all(&pin_dir).context("creating pin dir (is /sys/fs/bpf bpffs?)")?;
+        // As the daemon loads it by default: drop logging off (removed by the verifier).
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
+            .override_global(aya_log::LEVEL, &0u8, true)
             .load(nve_user::dataplane::ebpf_object());
         let mut l = Self {
             ebpf: ebpf.context("loading nve-ebpf")?,

@@ -51,12 +51,7 @@ fn vn_and_port_counters_follow_traffic() {
     assert!(bytes >= 20 * 148, "{vn}");
 
     // The VM changes its MAC: its frames are dropped and counted on its port and VN.
-    rig.vm1
-        .ns
-        .ip(&["link", "set", "eth0", "address", "02:00:00:00:01:99"])
-        .unwrap();
-    rig.vm1.ns.ip(&["neigh", "flush", "dev", "eth0"]).unwrap();
-    let _ = rig.vm1.ns.exec(&["ping", "-c", "2", "-W", "1", VM2_IP]);
+    spoof(&rig);
     let stats = d.stats().unwrap();
     let dropped = packets(&stats["ports"]["vm1p"], "dropped");
     assert!(dropped > 0, "{}", stats["ports"]);
@@ -88,6 +83,38 @@ fn vn_and_port_counters_follow_traffic() {
     );
     assert_eq!(sample(&text, "nve_vns", ""), None, "gauges carry no labels");
     assert!(text.contains("\nnve_vns 1\n"), "{text}");
+    // Debug logging of drops is off by default.
+    assert!(
+        !d.log_text().contains("SPOOFED_SRC_MAC"),
+        "{}",
+        d.log_text()
+    );
+}
+
+/// The VM's frames after it changed its MAC: dropped as spoofed.
+fn spoof(rig: &TwoHosts) {
+    rig.vm1
+        .ns
+        .ip(&["link", "set", "eth0", "address", "02:00:00:00:01:99"])
+        .unwrap();
+    rig.vm1.ns.ip(&["neigh", "flush", "dev", "eth0"]).unwrap();
+    let _ = rig.vm1.ns.exec(&["ping", "-c", "2", "-W", "1", VM2_IP]);
+}
+
+#[test]
+fn debug_log_names_each_drop() {
+    require_root();
+    let rig = TwoHosts::new("dl").unwrap();
+    let d = overlay::nve(&rig, Side::H1, "dl", &["--debug-log"]).unwrap();
+    spoof(&rig);
+    let dropped = d.counter("vm_egress", "SPOOFED_SRC_MAC").unwrap();
+    assert!(dropped > 0);
+    let log = d.log_text();
+    let logged = log
+        .lines()
+        .filter(|l| l.contains("vm_egress drop SPOOFED_SRC_MAC: vni 100"))
+        .count() as u64;
+    assert_eq!(logged, dropped, "{log}");
 }
 
 #[test]
