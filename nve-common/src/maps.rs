@@ -13,6 +13,8 @@ pub const FDB_MAP: &str = "NVE_FDB";
 pub const STATS_MAP: &str = "NVE_STATS";
 pub const NEXTHOPS_MAP: &str = "NVE_NEXTHOPS";
 pub const ARP_MAP: &str = "NVE_ARP";
+pub const ND_MAP: &str = "NVE_ND";
+pub const VN_VTEPS_MAP: &str = "NVE_VN_VTEPS";
 pub const VN_STATS_MAP: &str = "NVE_VN_STATS";
 pub const PORT_STATS_MAP: &str = "NVE_PORT_STATS";
 
@@ -21,6 +23,8 @@ pub const VNS_MAX_ENTRIES: u32 = 4096;
 pub const FDB_MAX_ENTRIES: u32 = 65536;
 pub const NEXTHOPS_MAX_ENTRIES: u32 = 4096;
 pub const ARP_MAX_ENTRIES: u32 = 65536;
+pub const ND_MAX_ENTRIES: u32 = 65536;
+pub const VN_VTEPS_MAX_ENTRIES: u32 = 65536;
 /// Remote VTEPs a VN floods broadcast to (head-end replication).
 pub const FLOOD_MAX_REMOTES: usize = 16;
 /// Local ports a VN floods broadcast to.
@@ -101,6 +105,13 @@ const _: () = assert!(size_of::<PortValue>() == 8);
 /// large TCP segments reach the tap whole; decapsulating in the program would leave that
 /// state behind and make the tap segment them.
 pub const PORT_F_TAP: u16 = 1;
+/// `LocalPort::flags` in a local FDB entry: the vNIC with this MAC has signaled IPv4
+/// addresses; its IPv4 sources and ARP sender addresses must be addresses of a vNIC on the
+/// same port (`ARP_MAP`), or 0.0.0.0.
+pub const PORT_F_CHECK_IPV4: u16 = 2;
+/// As `PORT_F_CHECK_IPV4` for IPv6 sources and neighbour advertisement targets (`ND_MAP`);
+/// the unspecified address and link-local sources are always allowed.
+pub const PORT_F_CHECK_IPV6: u16 = 4;
 
 /// A local delivery point: a VM port and the VID to tag frames with (0: untagged).
 #[repr(C)]
@@ -134,6 +145,14 @@ impl LocalPort {
     pub const fn is_tap(&self) -> bool {
         self.flags & PORT_F_TAP != 0
     }
+
+    pub const fn checks_ipv4(&self) -> bool {
+        self.flags & PORT_F_CHECK_IPV4 != 0
+    }
+
+    pub const fn checks_ipv6(&self) -> bool {
+        self.flags & PORT_F_CHECK_IPV6 != 0
+    }
 }
 
 /// A VN as the dataplane sees it, keyed by VNI (host order) in `VNS_MAP`: where its
@@ -158,10 +177,17 @@ const _: () = assert!(size_of::<VnInfo>() == 12 + 4 * FLOOD_MAX_REMOTES + 8 * FL
 /// `VnInfo::flags`: unicast to a MAC the FDB does not know is dropped (FDB_MISS) instead of
 /// flooded like broadcast; for VNs whose every MAC is known from signaling.
 pub const VN_F_NO_UNKNOWN_FLOOD: u32 = 1;
+/// `VnInfo::flags`: decapsulate VXLAN of this VN from any VTEP, not only from those in
+/// `VN_VTEPS_MAP` for it (its flood list and the VTEPs of its remote MACs).
+pub const VN_F_ANY_VTEP: u32 = 2;
 
 impl VnInfo {
     pub const fn floods_unknown(&self) -> bool {
         self.flags & VN_F_NO_UNKNOWN_FLOOD == 0
+    }
+
+    pub const fn accepts_any_vtep(&self) -> bool {
+        self.flags & VN_F_ANY_VTEP != 0
     }
 }
 
@@ -282,6 +308,41 @@ impl ArpEntry {
     }
 }
 
+/// (VN, IPv6 address) in `ND_MAP`: an address of a local vNIC (value: its MAC, an
+/// `ArpEntry`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NdKey {
+    /// VNI, host order.
+    pub vni: u32,
+    pub ip: [u8; 16],
+}
+const _: () = assert!(size_of::<NdKey>() == 20);
+
+impl NdKey {
+    pub const fn new(vni: u32, ip: [u8; 16]) -> Self {
+        Self { vni, ip }
+    }
+}
+
+/// (VN, remote VTEP) in `VN_VTEPS_MAP`: VXLAN of the VN is decapsulated from this VTEP
+/// (value: unused, 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VnVtepKey {
+    /// VNI, host order.
+    pub vni: u32,
+    /// Network order.
+    pub vtep: [u8; 4],
+}
+const _: () = assert!(size_of::<VnVtepKey>() == 8);
+
+impl VnVtepKey {
+    pub const fn new(vni: u32, vtep: [u8; 4]) -> Self {
+        Self { vni, vtep }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -296,5 +357,7 @@ mod pod {
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for ArpKey {}
     unsafe impl aya::Pod for ArpEntry {}
+    unsafe impl aya::Pod for NdKey {}
+    unsafe impl aya::Pod for VnVtepKey {}
     unsafe impl aya::Pod for crate::metrics::Counter {}
 }

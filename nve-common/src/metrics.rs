@@ -132,10 +132,16 @@ pub enum DropReason {
     VnicInactive = 13,
     /// From a VM port with a source MAC that is not one of the port's.
     SpoofedSrcMac = 14,
+    /// From a VM port with a source IP (IPv4, ARP sender, IPv6 source, ND target) that is
+    /// not one of the addresses signaled for the vNICs on the port.
+    SpoofedSrcIp = 15,
+    /// VXLAN of a VN from a VTEP the VN does not know (not in its flood list nor the VTEP
+    /// of one of its remote MACs), in a VN that checks.
+    VtepNotInVn = 16,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::PktTooSmall,
         DropReason::VxlanInvalidHdr,
         DropReason::VniNotFound,
@@ -150,6 +156,8 @@ impl DropReason {
         DropReason::RedirectFailed,
         DropReason::VnicInactive,
         DropReason::SpoofedSrcMac,
+        DropReason::SpoofedSrcIp,
+        DropReason::VtepNotInVn,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -168,6 +176,8 @@ impl DropReason {
             DropReason::RedirectFailed => "REDIRECT_FAILED",
             DropReason::VnicInactive => "VNIC_INACTIVE",
             DropReason::SpoofedSrcMac => "SPOOFED_SRC_MAC",
+            DropReason::SpoofedSrcIp => "SPOOFED_SRC_IP",
+            DropReason::VtepNotInVn => "VTEP_NOT_IN_VN",
         }
     }
 }

@@ -6,10 +6,9 @@ use nve_common::{maps::LocalPort, metrics::DropReason};
 
 use crate::{
     deliver, maps,
-    parse::{ETH_LEN, ETH_P_IPV4, be16, header},
+    parse::{ETH_LEN, ETH_P_ARP, ETH_P_IPV4, be16, header},
 };
 
-const ETH_P_ARP: u16 = 0x0806;
 const ARP_REQUEST: u16 = 1;
 const ARP_REPLY: u16 = 2;
 

@@ -82,7 +82,7 @@ pub fn classify(
     let vni = (vxlan.vni[0] as u32) << 16 | (vxlan.vni[1] as u32) << 8 | vxlan.vni[2] as u32;
     let inner_offset = vxlan_offset + VxlanHdr::LEN;
     let inner = require::<EthHdr>(f, inner_offset, DropReason::InnerTruncated)?;
-    let target = target(vni, inner.dst_addr, scope)?;
+    let target = target(vni, inner.dst_addr, ip.src_addr, scope)?;
     Ok(Underlay::Vxlan(Decap {
         vni,
         inner_offset,
@@ -90,13 +90,22 @@ pub fn classify(
     }))
 }
 
-/// Where a decapsulated frame of `vni` to `dst` goes; shared by every decapsulation path.
+/// Where a decapsulated frame of `vni` to `dst` from VTEP `src` goes; shared by every
+/// decapsulation path. Only VTEPs the VN knows may send to it, unless the VN accepts any.
 /// Unknown unicast floods to the VN's local ports unless the VN says otherwise. Puts a
 /// served VN in `scope`.
 #[inline(always)]
-pub fn target(vni: u32, dst: [u8; 6], scope: &mut Scope) -> Result<Target, DropReason> {
+pub fn target(
+    vni: u32,
+    dst: [u8; 6],
+    src: [u8; 4],
+    scope: &mut Scope,
+) -> Result<Target, DropReason> {
     let vn = maps::vn(vni).ok_or(DropReason::VniNotFound)?;
     scope.set_vni(vni);
+    if !vn.accepts_any_vtep() && !maps::vn_knows_vtep(vni, src) {
+        return Err(DropReason::VtepNotInVn);
+    }
     if is_multicast(&dst) {
         return Ok(Target::Flood(vn));
     }

@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod antispoof;
 mod arp;
 mod decap;
 mod deliver;

@@ -7,8 +7,8 @@ use aya_ebpf::{
 use nve_common::{
     maps::{
         ARP_MAX_ENTRIES, ArpEntry, ArpKey, DataplaneConfig, FDB_MAX_ENTRIES, FdbEntry, FdbKey,
-        NEXTHOPS_MAX_ENTRIES, NextHop, PORTS_MAX_ENTRIES, PortKey, PortValue, VNS_MAX_ENTRIES,
-        VnInfo,
+        ND_MAX_ENTRIES, NEXTHOPS_MAX_ENTRIES, NdKey, NextHop, PORTS_MAX_ENTRIES, PortKey,
+        PortValue, VN_VTEPS_MAX_ENTRIES, VNS_MAX_ENTRIES, VnInfo, VnVtepKey,
     },
     metrics::{Counter, PortTraffic, STATS_MAX_ENTRIES, VnTraffic},
 };
@@ -30,6 +30,12 @@ pub static NVE_NEXTHOPS: HashMap<[u8; 4], NextHop> = HashMap::pinned(NEXTHOPS_MA
 
 #[map]
 pub static NVE_ARP: HashMap<ArpKey, ArpEntry> = HashMap::pinned(ARP_MAX_ENTRIES, 0);
+
+#[map]
+pub static NVE_ND: HashMap<NdKey, ArpEntry> = HashMap::pinned(ND_MAX_ENTRIES, 0);
+
+#[map]
+pub static NVE_VN_VTEPS: HashMap<VnVtepKey, u32> = HashMap::pinned(VN_VTEPS_MAX_ENTRIES, 0);
 
 #[map]
 pub static NVE_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_MAX_ENTRIES, 0);
@@ -79,4 +85,16 @@ pub fn next_hop(vtep: [u8; 4]) -> Option<&'static NextHop> {
 pub fn arp(vni: u32, ip: [u8; 4]) -> Option<&'static ArpEntry> {
     // SAFETY: as above.
     unsafe { NVE_ARP.get(ArpKey::new(vni, ip)) }
+}
+
+#[inline(always)]
+pub fn nd(vni: u32, ip: [u8; 16]) -> Option<&'static ArpEntry> {
+    // SAFETY: as above.
+    unsafe { NVE_ND.get(NdKey::new(vni, ip)) }
+}
+
+/// Whether `vtep` is one of the VTEPs VN `vni` decapsulates from.
+#[inline(always)]
+pub fn vn_knows_vtep(vni: u32, vtep: [u8; 4]) -> bool {
+    NVE_VN_VTEPS.get_ptr(VnVtepKey::new(vni, vtep)).is_some()
 }

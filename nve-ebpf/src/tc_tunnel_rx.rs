@@ -41,7 +41,10 @@ fn try_tc_tunnel_rx(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
     }
     let eth = require::<EthHdr>(ctx, 0, DropReason::InnerTruncated)?;
     let vni = key.tunnel_id;
-    match decap::target(vni, eth.dst_addr, scope)? {
+    // SAFETY: the kernel filled the IPv4 member (no BPF_F_TUNINFO_IPV6 asked); it holds
+    // the outer source address in host order.
+    let src = unsafe { key.__bindgen_anon_1.remote_ipv4 }.to_be_bytes();
+    match decap::target(vni, eth.dst_addr, src, scope)? {
         Target::Port(port) => Ok((deliver::to_port(ctx, vni, port)?, Forward::Decapsulated)),
         Target::Flood(vn) => {
             if deliver::flood_ports(ctx, vni, vn, LocalPort::default())? == 0 {

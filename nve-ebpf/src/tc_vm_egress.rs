@@ -15,7 +15,7 @@ use nve_common::{
 };
 
 use crate::{
-    arp, deliver, encap, maps,
+    antispoof, arp, deliver, encap, maps,
     metrics::{self, Scope},
     parse::{ETH_LEN, ETH_P_8021Q, Frame, be16, is_multicast, require},
 };
@@ -43,12 +43,15 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
         return Err(DropReason::VnicInactive);
     }
     let vni = port.vni;
-    if port.checks_src_mac() && !sent_by(vni, eth.src_addr, ingress) {
-        return Err(DropReason::SpoofedSrcMac);
-    }
+    let sender = if port.checks_src_mac() {
+        antispoof::mac(vni, eth.src_addr, ingress)?
+    } else {
+        0
+    };
     if vid != 0 {
         deliver::vlan_pop(ctx)?;
     }
+    antispoof::ips(ctx, vni, ingress, sender)?;
     if is_multicast(&dst) {
         if let Some(action) = arp::reply(ctx, vni, ingress)? {
             return Ok((action, Forward::ArpReplied));
@@ -79,12 +82,6 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
         }
         _ => Err(DropReason::FdbMiss),
     }
-}
-
-/// Whether `src` is a MAC the FDB places behind `port` in `vni`.
-#[inline(always)]
-fn sent_by(vni: u32, src: [u8; 6], port: LocalPort) -> bool {
-    maps::fdb(vni, src).is_some_and(|e| e.kind == FDB_LOCAL && e.port.is(&port))
 }
 
 /// The frame's 802.1Q VID (0: untagged): the offloaded tag the stack has already taken out

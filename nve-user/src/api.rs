@@ -51,6 +51,10 @@ pub struct CreateVn {
     /// MAC is known from signaling: unknown unicast is then dropped (FDB_MISS).
     #[serde(default = "yes")]
     pub flood_unknown: bool,
+    /// Decapsulate the VN's VXLAN from any VTEP. Off by default: only from the VTEPs in
+    /// its flood list and behind its remote MACs (others: VTEP_NOT_IN_VN).
+    #[serde(default)]
+    pub any_vtep: bool,
 }
 
 fn yes() -> bool {
@@ -63,6 +67,7 @@ impl CreateVn {
             name: name.into(),
             vni,
             flood_unknown: true,
+            any_vtep: false,
         }
     }
 }
@@ -99,6 +104,7 @@ pub struct VnView {
     pub name: String,
     pub vni: u32,
     pub flood_unknown: bool,
+    pub any_vtep: bool,
     pub ports: Vec<PortView>,
     pub flood: Vec<Ipv4Addr>,
 }

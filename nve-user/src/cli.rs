@@ -164,6 +164,10 @@ pub enum VnCommand {
         /// Drop unicast to unknown MACs instead of flooding it.
         #[arg(long)]
         no_flood_unknown: bool,
+        /// Accept the VN's VXLAN from any VTEP, not only from its flood list and the VTEPs
+        /// of its remote MACs.
+        #[arg(long)]
+        any_vtep: bool,
     },
     Del {
         name: String,
@@ -272,9 +276,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 name,
                 vni,
                 no_flood_unknown,
+                any_vtep,
             } => {
                 let req = CreateVn {
                     flood_unknown: !no_flood_unknown,
+                    any_vtep,
                     ..CreateVn::new(name, vni)
                 };
                 Ok(c.post("/v1/vns", &req).await?)

@@ -20,9 +20,9 @@ use aya::{
 };
 use nve_common::{
     maps::{
-        ARP_MAP, ArpEntry, ArpKey, CONFIG_MAP, DataplaneConfig, FDB_MAP, FdbEntry, FdbKey,
-        NEXTHOPS_MAP, NextHop, PORT_STATS_MAP, PORTS_MAP, PortKey, PortValue, STATS_MAP,
-        TUNNEL_DEV, VN_STATS_MAP, VNS_MAP, VnInfo,
+        ARP_MAP, ArpEntry, ArpKey, CONFIG_MAP, DataplaneConfig, FDB_MAP, FdbEntry, FdbKey, ND_MAP,
+        NEXTHOPS_MAP, NdKey, NextHop, PORT_STATS_MAP, PORTS_MAP, PortKey, PortValue, STATS_MAP,
+        TUNNEL_DEV, VN_STATS_MAP, VN_VTEPS_MAP, VNS_MAP, VnInfo, VnVtepKey,
     },
     metrics::{
         Counter, DropReason, Forward, Hook, Outcome, PortCounter, PortTraffic, VnCounter, VnTraffic,
@@ -120,6 +120,8 @@ pub struct Dataplane {
     fdb: Mirrored<FdbKey, FdbEntry>,
     next_hops: Mirrored<[u8; 4], NextHop>,
     arp: Mirrored<ArpKey, ArpEntry>,
+    nd: Mirrored<NdKey, ArpEntry>,
+    vn_vteps: Mirrored<VnVtepKey, u32>,
     stats: PerCpuArray<MapData, Counter>,
     vn_stats: PerCpuHashMap<MapData, u32, VnTraffic>,
     port_stats: PerCpuHashMap<MapData, u32, PortTraffic>,
@@ -184,6 +186,8 @@ impl Dataplane {
             fdb: Mirrored::new(take_map(&mut ebpf, FDB_MAP)?, FDB_MAP)?,
             next_hops: Mirrored::new(take_map(&mut ebpf, NEXTHOPS_MAP)?, NEXTHOPS_MAP)?,
             arp: Mirrored::new(take_map(&mut ebpf, ARP_MAP)?, ARP_MAP)?,
+            nd: Mirrored::new(take_map(&mut ebpf, ND_MAP)?, ND_MAP)?,
+            vn_vteps: Mirrored::new(take_map(&mut ebpf, VN_VTEPS_MAP)?, VN_VTEPS_MAP)?,
             stats: take_map(&mut ebpf, STATS_MAP)?,
             vn_stats: take_map(&mut ebpf, VN_STATS_MAP)?,
             port_stats: take_map(&mut ebpf, PORT_STATS_MAP)?,
@@ -369,8 +373,13 @@ impl Dataplane {
         for vni in self.vns.remove_absent(&desired.vns)? {
             let _ = self.vn_stats.remove(&vni);
         }
+        self.vn_vteps.remove_absent(&desired.vn_vteps)?;
         self.arp.remove_absent(&desired.arp)?;
+        self.nd.remove_absent(&desired.nd)?;
         self.arp.upsert_changed(&desired.arp)?;
+        self.nd.upsert_changed(&desired.nd)?;
+        // A VN's VTEPs before the VN: it never checks against a list not yet written.
+        self.vn_vteps.upsert_changed(&desired.vn_vteps)?;
         self.vns.upsert_changed(&desired.vns)?;
         self.fdb.upsert_changed(&desired.fdb)?;
         self.ports.upsert_changed(&desired.ports)

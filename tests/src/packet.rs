@@ -165,3 +165,25 @@ pub fn arp_reply(
     a.extend_from_slice(&asker_ip.octets());
     eth(asker, owner, 0x0806, &a)
 }
+
+/// An IPv6 packet (no extension headers, hop limit 64).
+pub fn ipv6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(40 + payload.len());
+    p.extend_from_slice(&[0x60, 0, 0, 0]);
+    p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[next, 64]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// An ICMPv6 neighbour advertisement for `target` (solicited, override; checksum left
+/// zero: nothing on the path verifies it).
+pub fn neighbour_advert(target: std::net::Ipv6Addr, mac: [u8; 6]) -> Vec<u8> {
+    let mut p = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+    p.extend_from_slice(&target.octets());
+    p.extend_from_slice(&[2, 1]);
+    p.extend_from_slice(&mac);
+    p
+}

@@ -1,6 +1,9 @@
 //! BPF_PROG_TEST_RUN of the real programs with their real maps: a loaded instance with a
 //! fixed configuration, and the table of cases the tests assert and the bench replays.
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -11,8 +14,9 @@ use aya::{
 use nve_common::{
     maps::{
         ARP_MAP, ArpEntry, ArpKey, CONFIG_MAP, DataplaneConfig, FDB_MAP, FdbEntry, FdbKey,
-        LocalPort, NEXTHOPS_MAP, NextHop, PORT_ACTIVE, PORT_CHECK_SRC_MAC, PORT_F_TAP, PORTS_MAP,
-        PortKey, PortValue, VN_F_NO_UNKNOWN_FLOOD, VNS_MAP, VnInfo,
+        LocalPort, ND_MAP, NEXTHOPS_MAP, NdKey, NextHop, PORT_ACTIVE, PORT_CHECK_SRC_MAC,
+        PORT_F_CHECK_IPV4, PORT_F_CHECK_IPV6, PORT_F_TAP, PORTS_MAP, PortKey, PortValue,
+        VN_F_ANY_VTEP, VN_F_NO_UNKNOWN_FLOOD, VN_VTEPS_MAP, VNS_MAP, VnInfo, VnVtepKey,
     },
     metrics::{Counter, DropReason, Forward, Hook, Outcome},
 };
@@ -50,6 +54,11 @@ pub const NEXT_HOP_MAC: [u8; 6] = [2, 0xbb, 0, 0, 0, 2];
 pub const UNDERLAY_MTU: u32 = 1500;
 /// An address of VNI_EMPTY the dataplane answers ARP for (VM2 holds it).
 pub const KNOWN_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 30, 9);
+/// VM7's signaled addresses: its IPv4 and IPv6 sources are checked.
+pub const VM7_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 7);
+pub const VM7_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7);
+/// A VTEP no VN knows.
+pub const STRANGER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 66);
 
 /// The dataplane object loaded with maps pinned in a private directory (removed on drop),
 /// filled with the fixed configuration the cases assume.
@@ -145,7 +154,20 @@ impl Loaded {
         vn.port_count = 1;
         vns.insert(VNI, vn, 0)?;
         vns.insert(VNI_TAGGED, VnInfo::default(), 0)?;
-        vns.insert(VNI_EMPTY, VnInfo::default(), 0)?;
+        // VNI_EMPTY decapsulates from any VTEP; the others only from REMOTE.
+        vns.insert(
+            VNI_EMPTY,
+            VnInfo {
+                flags: VN_F_ANY_VTEP,
+                ..VnInfo::default()
+            },
+            0,
+        )?;
+        let mut vteps: HashMap<_, VnVtepKey, u32> =
+            HashMap::try_from(self.ebpf.map_mut(VN_VTEPS_MAP).context(VN_VTEPS_MAP)?)?;
+        for vni in [VNI, VNI_TAGGED] {
+            vteps.insert(VnVtepKey::new(vni, REMOTE.octets()), 0, 0)?;
+        }
         let mut fdb: HashMap<_, FdbKey, FdbEntry> =
             HashMap::try_from(self.ebpf.map_mut(FDB_MAP).context(FDB_MAP)?)?;
         fdb.insert(
@@ -166,7 +188,9 @@ impl Loaded {
         )?;
         fdb.insert(
             FdbKey::new(VNI, VM7),
-            FdbEntry::local(LocalPort::new(TEST_IFINDEX, 50)),
+            FdbEntry::local(
+                LocalPort::new(TEST_IFINDEX, 50).with_flags(PORT_F_CHECK_IPV4 | PORT_F_CHECK_IPV6),
+            ),
             0,
         )?;
         fdb.insert(
@@ -191,6 +215,10 @@ impl Loaded {
             ArpEntry::new(VM2),
             0,
         )?;
+        arp.insert(ArpKey::new(VNI, VM7_IP.octets()), ArpEntry::new(VM7), 0)?;
+        let mut nd: HashMap<_, NdKey, ArpEntry> =
+            HashMap::try_from(self.ebpf.map_mut(ND_MAP).context(ND_MAP)?)?;
+        nd.insert(NdKey::new(VNI, VM7_IPV6.octets()), ArpEntry::new(VM7), 0)?;
         let mut nh: HashMap<_, [u8; 4], NextHop> =
             HashMap::try_from(self.ebpf.map_mut(NEXTHOPS_MAP).context(NEXTHOPS_MAP)?)?;
         nh.insert(
@@ -386,6 +414,26 @@ pub fn cases() -> Vec<Case> {
         from_remote(&ip, 4789, 0x0c, VNI, &to_vm1),
         x,
         t,
+    );
+    let stranger = Ipv4::new(STRANGER, VTEP, 17);
+    let (x, t) = both(Drop, Output::Any, drop(DropReason::VtepNotInVn));
+    decap(
+        "VXLAN from a VTEP the VN does not know",
+        from_remote(&stranger, 4789, 0x08, VNI, &to_vm1),
+        x,
+        t,
+    );
+    decap(
+        "VXLAN from any VTEP to a VN that accepts any",
+        from_remote(
+            &stranger,
+            4789,
+            0x08,
+            VNI_EMPTY,
+            &packet::inner_ping(packet::BROADCAST, VM2, 32),
+        ),
+        (Pass, Output::Same, fwd(Forward::DeferredToTc)),
+        (Drop, Output::Any, drop(DropReason::FloodListEmpty)),
     );
     let (x, t) = both(Pass, Output::Same, fwd(Forward::PassedToHost));
     decap(
@@ -649,6 +697,136 @@ pub fn cases() -> Vec<Case> {
         Drop,
         Output::Any,
         drop(DropReason::SpoofedSrcMac),
+    ));
+    let from = |src: [u8; 4]| {
+        Ipv4::new(src.into(), [192, 168, 10, 2].into(), 1).packet(&packet::icmp_echo(1, 1, 32))
+    };
+    cases.push(egress(
+        "IPv4 source not the vNIC's: spoofed",
+        packet::eth_tagged(VM2, VM7, 50, 0x0800, &from([192, 168, 10, 8])),
+        Drop,
+        Output::Any,
+        drop(DropReason::SpoofedSrcIp),
+    ));
+    cases.push(egress(
+        "IPv4 source of a vNIC of another VN: spoofed",
+        packet::eth_tagged(VM2, VM7, 50, 0x0800, &from(KNOWN_IP.octets())),
+        Drop,
+        Output::Any,
+        drop(DropReason::SpoofedSrcIp),
+    ));
+    cases.push(egress(
+        "IPv4 source 0.0.0.0 (DHCP): forwarded",
+        packet::eth_tagged(VM2, VM7, 50, 0x0800, &from([0; 4])),
+        Redirect,
+        Output::Encap {
+            vni: VNI,
+            inner: packet::eth(VM2, VM7, 0x0800, &from([0; 4])),
+        },
+        fwd(Forward::Encapsulated),
+    ));
+    cases.push(egress(
+        "truncated IPv4 header from a checked vNIC",
+        packet::eth_tagged(VM2, VM7, 50, 0x0800, &from(VM7_IP.octets())[..19]),
+        Drop,
+        Output::Any,
+        drop(DropReason::PktTooSmall),
+    ));
+    // Unicast ARP (to VM2, remote) so that what passes is encapsulated.
+    let arp_body = |sender: Ipv4Addr| {
+        packet::arp_request(VM7, sender, [192, 168, 10, 2].into())[14..].to_vec()
+    };
+    let arp_from = |sender| packet::eth_tagged(VM2, VM7, 50, 0x0806, &arp_body(sender));
+    cases.push(egress(
+        "ARP sender address not the vNIC's: spoofed",
+        arp_from([192, 168, 10, 9].into()),
+        Drop,
+        Output::Any,
+        drop(DropReason::SpoofedSrcIp),
+    ));
+    for (name, sender) in [
+        ("ARP from the vNIC's address: forwarded", VM7_IP),
+        (
+            "ARP probe (sender 0.0.0.0): forwarded",
+            Ipv4Addr::UNSPECIFIED,
+        ),
+    ] {
+        cases.push(egress(
+            name,
+            arp_from(sender),
+            Redirect,
+            Output::Encap {
+                vni: VNI,
+                inner: packet::eth(VM2, VM7, 0x0806, &arp_body(sender)),
+            },
+            fwd(Forward::Encapsulated),
+        ));
+    }
+    let peer6: Ipv6Addr = "2001:db8::2".parse().unwrap();
+    let v6 = |src: Ipv6Addr, next: u8, payload: &[u8]| packet::ipv6(src, peer6, next, payload);
+    let echo6 = [128, 0, 0, 0, 0, 1, 0, 1];
+    for (name, src, outcome) in [
+        (
+            "IPv6 from the vNIC's address: forwarded",
+            VM7_IPV6,
+            fwd(Forward::Encapsulated),
+        ),
+        (
+            "IPv6 from a link-local address: forwarded",
+            "fe80::7".parse().unwrap(),
+            fwd(Forward::Encapsulated),
+        ),
+        (
+            "IPv6 from another address: spoofed",
+            "2001:db8::8".parse().unwrap(),
+            drop(DropReason::SpoofedSrcIp),
+        ),
+    ] {
+        let ip = v6(src, 58, &echo6);
+        let (verdict, output) = if outcome.is_drop() {
+            (Drop, Output::Any)
+        } else {
+            (
+                Redirect,
+                Output::Encap {
+                    vni: VNI,
+                    inner: packet::eth(VM2, VM7, 0x86dd, &ip),
+                },
+            )
+        };
+        cases.push(egress(
+            name,
+            packet::eth_tagged(VM2, VM7, 50, 0x86dd, &ip),
+            verdict,
+            output,
+            outcome,
+        ));
+    }
+    let na = |target: Ipv6Addr| {
+        let ip = v6(
+            "fe80::7".parse().unwrap(),
+            58,
+            &packet::neighbour_advert(target, VM7),
+        );
+        packet::eth_tagged(VM2, VM7, 50, 0x86dd, &ip)
+    };
+    cases.push(egress(
+        "neighbour advertisement for another address: spoofed",
+        na("2001:db8::9".parse().unwrap()),
+        Drop,
+        Output::Any,
+        drop(DropReason::SpoofedSrcIp),
+    ));
+    let own_na = na(VM7_IPV6);
+    cases.push(egress(
+        "neighbour advertisement for the vNIC's address: forwarded",
+        own_na.clone(),
+        Redirect,
+        Output::Encap {
+            vni: VNI,
+            inner: packet::eth(VM2, VM7, 0x86dd, &own_na[18..]),
+        },
+        fwd(Forward::Encapsulated),
     ));
     let asker_ip = Ipv4Addr::new(192, 168, 30, 1);
     let request = packet::arp_request(VM1, asker_ip, KNOWN_IP);

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use nve_common::{
     maps::{
-        ArpEntry, ArpKey, FLOOD_MAX_PORTS, FLOOD_MAX_REMOTES, FdbEntry, FdbKey, LocalPort,
-        PORT_ACTIVE, PORT_CHECK_SRC_MAC, PORT_F_TAP, PortKey, PortValue, VN_F_NO_UNKNOWN_FLOOD,
-        VnInfo,
+        ArpEntry, ArpKey, FLOOD_MAX_PORTS, FLOOD_MAX_REMOTES, FdbEntry, FdbKey, LocalPort, NdKey,
+        PORT_ACTIVE, PORT_CHECK_SRC_MAC, PORT_F_CHECK_IPV4, PORT_F_CHECK_IPV6, PORT_F_TAP, PortKey,
+        PortValue, VN_F_ANY_VTEP, VN_F_NO_UNKNOWN_FLOOD, VnInfo, VnVtepKey,
     },
     wire::VNI_MAX,
 };
@@ -80,6 +80,9 @@ pub struct Vn {
     /// Unknown unicast floods (see `CreateVn::flood_unknown`).
     #[serde(default = "yes")]
     pub flood_unknown: bool,
+    /// VXLAN accepted from any VTEP (see `CreateVn::any_vtep`).
+    #[serde(default)]
+    pub any_vtep: bool,
     /// (interface, VID) -> MACs behind it.
     #[serde(with = "pairs")]
     pub ports: BTreeMap<(String, u16), BTreeSet<MacAddr>>,
@@ -103,6 +106,10 @@ pub struct Desired {
     pub fdb: HashMap<FdbKey, FdbEntry>,
     /// Addresses the dataplane answers ARP for (from the vNICs' signaled IPv4 addresses).
     pub arp: HashMap<ArpKey, ArpEntry>,
+    /// The vNICs' signaled IPv6 addresses.
+    pub nd: HashMap<NdKey, ArpEntry>,
+    /// The VTEPs each VN decapsulates from: its flood list and its remote MACs' VTEPs.
+    pub vn_vteps: HashMap<VnVtepKey, u32>,
 }
 
 fn format_err(message: String) -> ErrorBody {
@@ -168,14 +175,17 @@ impl Model {
             )));
         }
         if let Some(vn) = self.vns.get(&req.name) {
-            if vn.vni == req.vni && vn.flood_unknown == req.flood_unknown {
+            if vn.vni == req.vni
+                && vn.flood_unknown == req.flood_unknown
+                && vn.any_vtep == req.any_vtep
+            {
                 return Ok(());
             }
             return Err(ErrorBody::new(
                 ErrorCode::EExists,
                 format!(
-                    "VN {} exists with VNI {} and flood_unknown {}",
-                    req.name, vn.vni, vn.flood_unknown
+                    "VN {} exists with VNI {}, flood_unknown {} and any_vtep {}",
+                    req.name, vn.vni, vn.flood_unknown, vn.any_vtep
                 ),
             ));
         }
@@ -190,6 +200,7 @@ impl Model {
             Vn {
                 vni: req.vni,
                 flood_unknown: req.flood_unknown,
+                any_vtep: req.any_vtep,
                 ..Vn::default()
             },
         );
@@ -346,6 +357,7 @@ impl Model {
                 name: name.clone(),
                 vni: vn.vni,
                 flood_unknown: vn.flood_unknown,
+                any_vtep: vn.any_vtep,
                 ports: vn
                     .ports
                     .iter()
@@ -397,6 +409,12 @@ impl Model {
             let mut info = VnInfo::default();
             if !vn.flood_unknown {
                 info.flags |= VN_F_NO_UNKNOWN_FLOOD;
+            }
+            if vn.any_vtep {
+                info.flags |= VN_F_ANY_VTEP;
+            }
+            for vtep in vn.flood.iter().chain(vn.remote.values()) {
+                d.vn_vteps.insert(VnVtepKey::new(vn.vni, vtep.octets()), 0);
             }
             for (i, vtep) in vn.flood.iter().take(FLOOD_MAX_REMOTES).enumerate() {
                 info.remotes[i] = vtep.octets();
@@ -452,10 +470,24 @@ impl Model {
                     d.arp
                         .insert(ArpKey::new(v.vni, ip.octets()), ArpEntry::new(mac.0));
                 }
+                for ip in &v.params.ipv6 {
+                    d.nd.insert(NdKey::new(v.vni, ip.octets()), ArpEntry::new(mac.0));
+                }
             }
             let Some(lp) = local(&v.params.port, v.vid) else {
                 continue;
             };
+            // Where the vNIC's addresses are known, its frames must come from them.
+            let checks = if v.params.ipv4.is_empty() {
+                0
+            } else {
+                PORT_F_CHECK_IPV4
+            } | if v.params.ipv6.is_empty() {
+                0
+            } else {
+                PORT_F_CHECK_IPV6
+            };
+            let lp = lp.with_flags(lp.flags | checks);
             for mac in &v.params.macs {
                 d.fdb.insert(FdbKey::new(v.vni, mac.0), FdbEntry::local(lp));
             }
