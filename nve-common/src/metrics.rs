@@ -57,10 +57,12 @@ pub enum Forward {
     ToKernelVxlan = 8,
     /// An ARP request the dataplane answered on the asking port (suppressed).
     ArpReplied = 9,
+    /// An IPv6 neighbour solicitation the dataplane answered on the asking port.
+    NdReplied = 10,
 }
 
 impl Forward {
-    pub const ALL: [Forward; 9] = [
+    pub const ALL: [Forward; 10] = [
         Forward::Encapsulated,
         Forward::Decapsulated,
         Forward::LocalSwitched,
@@ -70,6 +72,7 @@ impl Forward {
         Forward::DeferredToTc,
         Forward::ToKernelVxlan,
         Forward::ArpReplied,
+        Forward::NdReplied,
     ];
 
     /// The frame goes on to another program of the NVE (or the kernel's vxlan device)
@@ -95,6 +98,7 @@ impl Forward {
             Forward::DeferredToTc => "DEFERRED_TO_TC",
             Forward::ToKernelVxlan => "TO_KERNEL_VXLAN",
             Forward::ArpReplied => "ARP_REPLIED",
+            Forward::NdReplied => "ND_REPLIED",
         }
     }
 }

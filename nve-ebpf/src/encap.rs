@@ -17,7 +17,7 @@ use nve_common::{
 };
 
 use crate::{
-    maps, metrics,
+    csum, maps, metrics,
     parse::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP},
 };
 
@@ -89,7 +89,7 @@ pub fn readdress(
     ip[12..16].copy_from_slice(&cfg.vtep_ipv4);
     ip[10] = 0;
     ip[11] = 0;
-    let check = ipv4_checksum(&ip);
+    let check = csum::finish(csum::add(0, &ip));
     ip[10..12].copy_from_slice(&check.to_be_bytes());
     ctx.store(IPV4_OFFSET as usize, &ip, 0)
         .map_err(|_| DropReason::HeaderAdjustFailed)
@@ -170,7 +170,7 @@ fn outer_ipv4(
     ip[9] = IPPROTO_UDP;
     ip[12..16].copy_from_slice(&cfg.vtep_ipv4);
     ip[16..20].copy_from_slice(&remote);
-    let check = ipv4_checksum(&ip);
+    let check = csum::finish(csum::add(0, &ip));
     ip[10..12].copy_from_slice(&check.to_be_bytes());
     let mut udp = [0u8; 8];
     udp[0..2].copy_from_slice(&src_port.to_be_bytes());
@@ -190,18 +190,4 @@ fn outer_ipv4(
         udp,
         vxlan,
     }
-}
-
-/// RFC 1071 checksum of an option-less IPv4 header whose checksum field is zero.
-#[inline(always)]
-fn ipv4_checksum(ip: &[u8; 20]) -> u16 {
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i < 20 {
-        sum += (ip[i] as u32) << 8 | ip[i + 1] as u32;
-        i += 2;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }

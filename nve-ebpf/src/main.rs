@@ -10,11 +10,13 @@
 
 mod antispoof;
 mod arp;
+mod csum;
 mod decap;
 mod deliver;
 mod encap;
 mod maps;
 mod metrics;
+mod nd;
 mod parse;
 mod tc_tunnel_rx;
 mod tc_underlay_rx;

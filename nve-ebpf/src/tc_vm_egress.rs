@@ -17,6 +17,7 @@ use nve_common::{
 use crate::{
     antispoof, arp, deliver, encap, maps,
     metrics::{self, Scope},
+    nd,
     parse::{ETH_LEN, ETH_P_8021Q, Frame, be16, is_multicast, require},
 };
 
@@ -55,6 +56,9 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
     if is_multicast(&dst) {
         if let Some(action) = arp::reply(ctx, vni, ingress)? {
             return Ok((action, Forward::ArpReplied));
+        }
+        if let Some(action) = nd::reply(ctx, vni, ingress)? {
+            return Ok((action, Forward::NdReplied));
         }
         let vn = maps::vn(vni).ok_or(DropReason::FloodListEmpty)?;
         return flood(ctx, cfg, vni, vn, ingress);

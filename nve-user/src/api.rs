@@ -90,6 +90,10 @@ pub struct AttachPort {
 pub struct RemoteMac {
     pub mac: MacAddr,
     pub vtep: Ipv4Addr,
+    /// Addresses of the remote MAC: the dataplane answers ARP and neighbour solicitations
+    /// for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<std::net::IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

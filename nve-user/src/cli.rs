@@ -201,6 +201,10 @@ pub enum FdbCommand {
         mac: MacAddr,
         #[arg(long)]
         vtep: Ipv4Addr,
+        /// An IPv4 or IPv6 address of the MAC, answered for by ARP/ND suppression
+        /// (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
     },
     Del {
         vn: String,
@@ -308,8 +312,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let fdb: Vec<FdbView> = c.get("/v1/fdb").await?;
                 print(&fdb, json.json, fdb_table)
             }
-            Some(FdbCommand::Add { vn, mac, vtep }) => Ok(c
-                .put(&format!("/v1/vns/{vn}/fdb"), &RemoteMac { mac, vtep })
+            Some(FdbCommand::Add { vn, mac, vtep, ips }) => Ok(c
+                .put(&format!("/v1/vns/{vn}/fdb"), &RemoteMac { mac, vtep, ips })
                 .await?),
             Some(FdbCommand::Del { vn, mac }) => {
                 Ok(c.delete(&format!("/v1/vns/{vn}/fdb/{mac}")).await?)

@@ -1,5 +1,6 @@
-//! A small frame builder for tests: Ethernet, 802.1Q, IPv4, UDP, VXLAN, ARP, ICMP.
-use std::net::Ipv4Addr;
+//! A small frame builder for tests: Ethernet, 802.1Q, IPv4, IPv6, UDP, VXLAN, ARP, ICMP,
+//! neighbour discovery.
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const BROADCAST: [u8; 6] = [0xff; 6];
 
@@ -167,20 +168,87 @@ pub fn arp_reply(
 }
 
 /// An IPv6 packet (no extension headers, hop limit 64).
-pub fn ipv6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+    ipv6_hops(src, dst, next, 64, payload)
+}
+
+pub fn ipv6_hops(src: Ipv6Addr, dst: Ipv6Addr, next: u8, hops: u8, payload: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(40 + payload.len());
     p.extend_from_slice(&[0x60, 0, 0, 0]);
     p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    p.extend_from_slice(&[next, 64]);
+    p.extend_from_slice(&[next, hops]);
     p.extend_from_slice(&src.octets());
     p.extend_from_slice(&dst.octets());
     p.extend_from_slice(payload);
     p
 }
 
+/// An ICMPv6 message from `src` to `dst` with its checksum.
+pub fn icmpv6(src: Ipv6Addr, dst: Ipv6Addr, kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind, 0, 0, 0];
+    m.extend_from_slice(body);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(m.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(&m);
+    let c = checksum(&pseudo);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// A neighbour solicitation from `src` (MAC and address) for `target`, to its
+/// solicited-node multicast group, with a source link-layer address option.
+pub fn neighbour_solicit(src_mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let t = target.octets();
+    let group = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | t[13] as u16,
+        u16::from_be_bytes([t[14], t[15]]),
+    );
+    let mut body = vec![0, 0, 0, 0];
+    body.extend_from_slice(&t);
+    body.extend_from_slice(&[1, 1]);
+    body.extend_from_slice(&src_mac);
+    let g = group.octets();
+    let dst_mac = [0x33, 0x33, g[12], g[13], g[14], g[15]];
+    eth(
+        dst_mac,
+        src_mac,
+        0x86dd,
+        &ipv6_hops(src, group, 58, 255, &icmpv6(src, group, 135, &body)),
+    )
+}
+
+/// The solicited advertisement `owner` sends to `asker` for `target`.
+pub fn neighbour_reply(
+    asker_mac: [u8; 6],
+    asker: Ipv6Addr,
+    owner_mac: [u8; 6],
+    target: Ipv6Addr,
+) -> Vec<u8> {
+    let mut body = vec![0x60, 0, 0, 0];
+    body.extend_from_slice(&target.octets());
+    body.extend_from_slice(&[2, 1]);
+    body.extend_from_slice(&owner_mac);
+    let icmp = icmpv6(target, asker, 136, &body);
+    eth(
+        asker_mac,
+        owner_mac,
+        0x86dd,
+        &ipv6_hops(target, asker, 58, 255, &icmp),
+    )
+}
+
 /// An ICMPv6 neighbour advertisement for `target` (solicited, override; checksum left
 /// zero: nothing on the path verifies it).
-pub fn neighbour_advert(target: std::net::Ipv6Addr, mac: [u8; 6]) -> Vec<u8> {
+pub fn neighbour_advert(target: Ipv6Addr, mac: [u8; 6]) -> Vec<u8> {
     let mut p = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
     p.extend_from_slice(&target.octets());
     p.extend_from_slice(&[2, 1]);

@@ -54,6 +54,8 @@ pub const NEXT_HOP_MAC: [u8; 6] = [2, 0xbb, 0, 0, 0, 2];
 pub const UNDERLAY_MTU: u32 = 1500;
 /// An address of VNI_EMPTY the dataplane answers ARP for (VM2 holds it).
 pub const KNOWN_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 30, 9);
+/// An address of VNI_EMPTY the dataplane answers neighbour solicitations for (VM2's).
+pub const KNOWN_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x30, 0, 0, 0, 0, 9);
 /// VM7's signaled addresses: its IPv4 and IPv6 sources are checked.
 pub const VM7_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 7);
 pub const VM7_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7);
@@ -219,6 +221,11 @@ impl Loaded {
         let mut nd: HashMap<_, NdKey, ArpEntry> =
             HashMap::try_from(self.ebpf.map_mut(ND_MAP).context(ND_MAP)?)?;
         nd.insert(NdKey::new(VNI, VM7_IPV6.octets()), ArpEntry::new(VM7), 0)?;
+        nd.insert(
+            NdKey::new(VNI_EMPTY, KNOWN_IPV6.octets()),
+            ArpEntry::new(VM2),
+            0,
+        )?;
         let mut nh: HashMap<_, [u8; 4], NextHop> =
             HashMap::try_from(self.ebpf.map_mut(NEXTHOPS_MAP).context(NEXTHOPS_MAP)?)?;
         nh.insert(
@@ -837,6 +844,38 @@ pub fn cases() -> Vec<Case> {
         Output::Bytes(packet::arp_reply(VM1, asker_ip, VM2, KNOWN_IP)),
         fwd(Forward::ArpReplied),
     ));
+    let asker6: Ipv6Addr = "2001:db8:30::1".parse().unwrap();
+    let tag30 =
+        |frame: Vec<u8>| packet::eth_tagged(frame_dst(&frame), VM1, 30, 0x86dd, &frame[14..]);
+    cases.push(egress(
+        "neighbour solicitation for a known address: answered on the port",
+        tag30(packet::neighbour_solicit(VM1, asker6, KNOWN_IPV6)),
+        Redirect,
+        Output::Bytes(packet::neighbour_reply(VM1, asker6, VM2, KNOWN_IPV6)),
+        fwd(Forward::NdReplied),
+    ));
+    cases.push(egress(
+        "neighbour solicitation for an unknown address: flooded",
+        tag30(packet::neighbour_solicit(
+            VM1,
+            asker6,
+            "2001:db8:30::77".parse().unwrap(),
+        )),
+        Drop,
+        Output::Any,
+        drop(DropReason::FloodListEmpty),
+    ));
+    cases.push(egress(
+        "duplicate address detection (from ::) is not answered",
+        tag30(packet::neighbour_solicit(
+            VM1,
+            Ipv6Addr::UNSPECIFIED,
+            KNOWN_IPV6,
+        )),
+        Drop,
+        Output::Any,
+        drop(DropReason::FloodListEmpty),
+    ));
     let garp = packet::arp_request(VM1, KNOWN_IP, KNOWN_IP);
     cases.push(egress(
         "gratuitous ARP is an announcement, not answered",
@@ -896,4 +935,8 @@ pub fn cases() -> Vec<Case> {
         drop(DropReason::FloodListEmpty),
     ));
     cases
+}
+
+fn frame_dst(frame: &[u8]) -> [u8; 6] {
+    frame[..6].try_into().expect("an Ethernet frame")
 }

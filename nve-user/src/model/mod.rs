@@ -3,7 +3,7 @@
 //! from it by [`Model::desired`]. A rejected request leaves the model unchanged.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use serde::{Deserialize, Serialize};
@@ -87,6 +87,9 @@ pub struct Vn {
     #[serde(with = "pairs")]
     pub ports: BTreeMap<(String, u16), BTreeSet<MacAddr>>,
     pub remote: BTreeMap<MacAddr, Ipv4Addr>,
+    /// Addresses of remote MACs, answered for by ARP/ND suppression.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub remote_ips: BTreeMap<MacAddr, BTreeSet<IpAddr>>,
     pub flood: BTreeSet<Ipv4Addr>,
 }
 
@@ -307,12 +310,35 @@ impl Model {
                 ),
             ));
         }
-        self.vn_mut(vn_name)?.remote.insert(req.mac, req.vtep);
+        let vni = vn.vni;
+        for ip in &req.ips {
+            if let Some((holder, _)) = self.vnics.iter().find(|(_, v)| {
+                v.vni == vni
+                    && match ip {
+                        IpAddr::V4(a) => v.params.ipv4.contains(a),
+                        IpAddr::V6(a) => v.params.ipv6.contains(a),
+                    }
+            }) {
+                return Err(ErrorBody::new(
+                    ErrorCode::EExists,
+                    format!("address {ip} in VN {vn_name} is held by local vNIC {holder}"),
+                ));
+            }
+        }
+        let vn = self.vn_mut(vn_name)?;
+        vn.remote.insert(req.mac, req.vtep);
+        if req.ips.is_empty() {
+            vn.remote_ips.remove(&req.mac);
+        } else {
+            vn.remote_ips
+                .insert(req.mac, req.ips.iter().copied().collect());
+        }
         Ok(())
     }
 
     pub fn del_remote(&mut self, vn_name: &str, mac: MacAddr) -> Result<()> {
         let vn = self.vn_mut(vn_name)?;
+        vn.remote_ips.remove(&mac);
         vn.remote
             .remove(&mac)
             .map(|_| ())
@@ -424,6 +450,19 @@ impl Model {
             for (mac, vtep) in &vn.remote {
                 d.fdb
                     .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::remote(vtep.octets()));
+            }
+            // Local vNICs' own addresses (below) take precedence.
+            for (mac, ips) in &vn.remote_ips {
+                for ip in ips {
+                    match ip {
+                        IpAddr::V4(a) => d
+                            .arp
+                            .insert(ArpKey::new(vn.vni, a.octets()), ArpEntry::new(mac.0)),
+                        IpAddr::V6(a) => {
+                            d.nd.insert(NdKey::new(vn.vni, a.octets()), ArpEntry::new(mac.0))
+                        }
+                    };
+                }
             }
             for ((p, vid), macs) in &vn.ports {
                 bindings.insert((p, *vid), (vn.vni, true, !macs.is_empty()));
@@ -593,6 +632,7 @@ mod tests {
                 &RemoteMac {
                     mac: mac("02:00:00:00:00:01"),
                     vtep: [10, 0, 0, 2].into(),
+                    ips: Vec::new(),
                 },
             )
             .unwrap_err();
@@ -623,6 +663,7 @@ mod tests {
             &RemoteMac {
                 mac: mac("02:00:00:00:00:02"),
                 vtep: [10, 0, 0, 2].into(),
+                ips: Vec::new(),
             },
         )
         .unwrap();
