@@ -14,6 +14,9 @@ pub const STATS_MAP: &str = "NVE_STATS";
 pub const NEXTHOPS_MAP: &str = "NVE_NEXTHOPS";
 pub const ARP_MAP: &str = "NVE_ARP";
 pub const ND_MAP: &str = "NVE_ND";
+pub const EVENTS_MAP: &str = "NVE_EVENTS";
+/// Bytes of the announcement ring buffer (a power of two of pages).
+pub const EVENTS_BYTES: u32 = 64 * 1024;
 pub const VN_VTEPS_MAP: &str = "NVE_VN_VTEPS";
 pub const VN_STATS_MAP: &str = "NVE_VN_STATS";
 pub const PORT_STATS_MAP: &str = "NVE_PORT_STATS";
@@ -343,6 +346,29 @@ impl VnVtepKey {
     }
 }
 
+/// `Announcement::kind`: a gratuitous ARP (sender address = target address).
+pub const ANNOUNCE_GARP: u32 = 1;
+/// `Announcement::kind`: a reverse ARP (QEMU announces a migrated guest's MAC with it).
+pub const ANNOUNCE_RARP: u32 = 2;
+/// `Announcement::kind`: an unsolicited IPv6 neighbour advertisement.
+pub const ANNOUNCE_NA: u32 = 3;
+
+/// What a VM announced on its port (`EVENTS_MAP` records), for the daemon to learn from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Announcement {
+    /// `ANNOUNCE_*`.
+    pub kind: u32,
+    /// VNI, host order.
+    pub vni: u32,
+    pub ifindex: u32,
+    pub vid: u16,
+    pub mac: [u8; 6],
+    /// GARP: IPv4 in the first 4 bytes; NA: the IPv6 target; RARP: zero.
+    pub ip: [u8; 16],
+}
+const _: () = assert!(size_of::<Announcement>() == 36);
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -359,5 +385,6 @@ mod pod {
     unsafe impl aya::Pod for ArpEntry {}
     unsafe impl aya::Pod for NdKey {}
     unsafe impl aya::Pod for VnVtepKey {}
+    unsafe impl aya::Pod for Announcement {}
     unsafe impl aya::Pod for crate::metrics::Counter {}
 }

@@ -142,10 +142,13 @@ pub enum DropReason {
     /// VXLAN of a VN from a VTEP the VN does not know (not in its flood list nor the VTEP
     /// of one of its remote MACs), in a VN that checks.
     VtepNotInVn = 16,
+    /// From a VM port, a frame that is still tagged once the port's own VLAN tag (if any)
+    /// is removed: stacked tags are not carried.
+    VlanStacked = 17,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::PktTooSmall,
         DropReason::VxlanInvalidHdr,
         DropReason::VniNotFound,
@@ -162,6 +165,7 @@ impl DropReason {
         DropReason::SpoofedSrcMac,
         DropReason::SpoofedSrcIp,
         DropReason::VtepNotInVn,
+        DropReason::VlanStacked,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -182,6 +186,7 @@ impl DropReason {
             DropReason::SpoofedSrcMac => "SPOOFED_SRC_MAC",
             DropReason::SpoofedSrcIp => "SPOOFED_SRC_IP",
             DropReason::VtepNotInVn => "VTEP_NOT_IN_VN",
+            DropReason::VlanStacked => "VLAN_STACKED",
         }
     }
 }

@@ -7,7 +7,7 @@ use nve_common::{
 };
 
 use crate::{
-    maps,
+    deliver, maps,
     metrics::Scope,
     parse::{ETH_LEN, ETH_P_IPV4, Frame, IPPROTO_UDP, be16, header, is_multicast, require},
 };
@@ -111,11 +111,7 @@ pub fn target(
     }
     match maps::fdb(vni, dst) {
         Some(entry) if entry.kind == FDB_LOCAL => {
-            let port = entry.port;
-            match maps::port(port.ifindex, port.vid) {
-                Some(p) if p.is_active() => Ok(Target::Port(port)),
-                _ => Err(DropReason::VnicInactive),
-            }
+            Ok(Target::Port(deliver::forwarding(entry.port)?))
         }
         Some(_) => Err(DropReason::FdbMiss),
         None if vn.floods_unknown() => Ok(Target::Flood(vn)),

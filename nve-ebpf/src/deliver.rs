@@ -10,7 +10,17 @@ use nve_common::{
     metrics::DropReason,
 };
 
-use crate::{metrics, parse::ETH_P_8021Q};
+use crate::{maps, metrics, parse::ETH_P_8021Q};
+
+/// `port`, if it forwards: a pre-associated or paused vNIC receives nothing, from the
+/// underlay or locally.
+#[inline(always)]
+pub fn forwarding(port: LocalPort) -> Result<LocalPort, DropReason> {
+    match maps::port(port.ifindex, port.vid) {
+        Some(p) if p.is_active() => Ok(port),
+        _ => Err(DropReason::VnicInactive),
+    }
+}
 
 /// Redirects the frame (of `vni`) to `port`, tagged with the port's VID if it has one.
 /// Returns the TC action.

@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod announce;
 mod antispoof;
 mod arp;
 mod csum;

@@ -2,13 +2,13 @@
 //! daemon uses to open the pins.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use nve_common::{
     maps::{
-        ARP_MAX_ENTRIES, ArpEntry, ArpKey, DataplaneConfig, FDB_MAX_ENTRIES, FdbEntry, FdbKey,
-        ND_MAX_ENTRIES, NEXTHOPS_MAX_ENTRIES, NdKey, NextHop, PORTS_MAX_ENTRIES, PortKey,
-        PortValue, VN_VTEPS_MAX_ENTRIES, VNS_MAX_ENTRIES, VnInfo, VnVtepKey,
+        ARP_MAX_ENTRIES, ArpEntry, ArpKey, DataplaneConfig, EVENTS_BYTES, FDB_MAX_ENTRIES,
+        FdbEntry, FdbKey, ND_MAX_ENTRIES, NEXTHOPS_MAX_ENTRIES, NdKey, NextHop, PORTS_MAX_ENTRIES,
+        PortKey, PortValue, VN_VTEPS_MAX_ENTRIES, VNS_MAX_ENTRIES, VnInfo, VnVtepKey,
     },
     metrics::{Counter, PortTraffic, STATS_MAX_ENTRIES, VnTraffic},
 };
@@ -36,6 +36,10 @@ pub static NVE_ND: HashMap<NdKey, ArpEntry> = HashMap::pinned(ND_MAX_ENTRIES, 0)
 
 #[map]
 pub static NVE_VN_VTEPS: HashMap<VnVtepKey, u32> = HashMap::pinned(VN_VTEPS_MAX_ENTRIES, 0);
+
+/// Announcements VMs made (`announce`), read by the daemon.
+#[map]
+pub static NVE_EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
 #[map]
 pub static NVE_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_MAX_ENTRIES, 0);

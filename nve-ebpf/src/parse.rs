@@ -6,6 +6,7 @@ pub const ETH_LEN: usize = 14;
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
@@ -72,4 +73,10 @@ pub fn be16(b: [u8; 2]) -> u16 {
 #[inline(always)]
 pub fn is_multicast(mac: &[u8; 6]) -> bool {
     mac[0] & 1 != 0
+}
+
+/// An 802.1Q or 802.1ad tag's ethertype.
+#[inline(always)]
+pub fn is_vlan(ether_type: u16) -> bool {
+    ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD
 }

@@ -8,17 +8,17 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use network_types::{eth::EthHdr, vlan::VlanHdr};
+use network_types::eth::EthHdr;
 use nve_common::{
     maps::{DataplaneConfig, FDB_LOCAL, FDB_REMOTE, FLOOD_MAX_REMOTES, LocalPort, VnInfo},
     metrics::{DropReason, Forward, Hook},
 };
 
 use crate::{
-    antispoof, arp, deliver, encap, maps,
+    announce, antispoof, arp, deliver, encap, maps,
     metrics::{self, Scope},
     nd,
-    parse::{ETH_LEN, ETH_P_8021Q, Frame, be16, is_multicast, require},
+    parse::{ETH_LEN, Frame, be16, is_multicast, is_vlan, require},
 };
 
 #[classifier]
@@ -34,25 +34,28 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
     let cfg = maps::config().ok_or(DropReason::PortNotInVn)?;
     let eth = require::<EthHdr>(ctx, 0, DropReason::PktTooSmall)?;
     let dst = eth.dst_addr;
-    let vid = ingress_vid(ctx, eth)?;
+    let Tag { vid, tagged } = ingress_tag(ctx, eth)?;
     // SAFETY: reading a field of our own __sk_buff.
     let ingress = LocalPort::new(unsafe { (*ctx.skb.skb).ifindex }, vid);
     let port = maps::port(ingress.ifindex, vid).ok_or(DropReason::PortNotInVn)?;
     scope.set_port(ingress.ifindex);
     scope.set_vni(port.vni);
-    if !port.is_active() {
-        return Err(DropReason::VnicInactive);
-    }
     let vni = port.vni;
     let sender = if port.checks_src_mac() {
         antispoof::mac(vni, eth.src_addr, ingress)?
     } else {
         0
     };
-    if vid != 0 {
+    if tagged {
         deliver::vlan_pop(ctx)?;
     }
     antispoof::ips(ctx, vni, ingress, sender)?;
+    // Announcements are reported even from a vNIC not active yet: a migrated VM's first
+    // frames are its announcements.
+    announce::observe(ctx, vni, ingress);
+    if !port.is_active() {
+        return Err(DropReason::VnicInactive);
+    }
     if is_multicast(&dst) {
         if let Some(action) = arp::reply(ctx, vni, ingress)? {
             return Ok((action, Forward::ArpReplied));
@@ -72,10 +75,10 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
         return flood(ctx, cfg, vni, vn, ingress);
     };
     match entry.kind {
-        FDB_LOCAL => Ok((
-            deliver::to_port(ctx, vni, entry.port)?,
-            Forward::LocalSwitched,
-        )),
+        FDB_LOCAL => {
+            let to = deliver::forwarding(entry.port)?;
+            Ok((deliver::to_port(ctx, vni, to)?, Forward::LocalSwitched))
+        }
         FDB_REMOTE => {
             let remote = entry.remote;
             encap::encapsulate(ctx, cfg, vni, remote)?;
@@ -88,20 +91,42 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
     }
 }
 
-/// The frame's 802.1Q VID (0: untagged): the offloaded tag the stack has already taken out
-/// of the frame, else a tag still in it.
+/// The port's VLAN as a frame names it.
+struct Tag {
+    /// 802.1Q VID; 0: untagged (or priority-tagged).
+    vid: u16,
+    /// The frame carries a tag (in the skb's metadata or still in the frame) to remove.
+    tagged: bool,
+}
+
+/// The frame's VLAN tag: the offloaded one the stack has already taken out of the frame,
+/// else one still in it. What the tag carries must be untagged: a VN carries plain
+/// Ethernet frames. A stacked tag is a VLAN_STACKED drop: removing the port's tag would
+/// move the next one into the skb's metadata, where encapsulation would carry it onto the
+/// underlay. A priority tag (VID 0) is removed like any other.
 #[inline(always)]
-fn ingress_vid(ctx: &TcContext, eth: &EthHdr) -> Result<u16, DropReason> {
+fn ingress_tag(ctx: &TcContext, eth: &EthHdr) -> Result<Tag, DropReason> {
     // SAFETY: reading fields of our own __sk_buff.
     let (present, tci) = unsafe { ((*ctx.skb.skb).vlan_present, (*ctx.skb.skb).vlan_tci) };
-    if present != 0 {
-        return Ok(tci as u16 & 0x0fff);
+    let ether_type = u16::from_be(eth.ether_type);
+    let (tci, inner_type) = if present != 0 {
+        (tci as u16, ether_type)
+    } else if is_vlan(ether_type) {
+        let tag = require::<[u8; 4]>(ctx, ETH_LEN, DropReason::PktTooSmall)?;
+        (be16([tag[0], tag[1]]), be16([tag[2], tag[3]]))
+    } else {
+        return Ok(Tag {
+            vid: 0,
+            tagged: false,
+        });
+    };
+    if is_vlan(inner_type) {
+        return Err(DropReason::VlanStacked);
     }
-    if u16::from_be(eth.ether_type) != ETH_P_8021Q {
-        return Ok(0);
-    }
-    let tag = require::<VlanHdr>(ctx, ETH_LEN, DropReason::PktTooSmall)?;
-    Ok(be16(tag.tci) & 0x0fff)
+    Ok(Tag {
+        vid: tci & 0x0fff,
+        tagged: true,
+    })
 }
 
 /// Head-end replication: a copy to each other local port of the VN, then one encapsulated

@@ -135,6 +135,9 @@ pub struct FdbView {
     pub mac: MacAddr,
     #[serde(flatten)]
     pub target: FdbTarget,
+    /// Learned from the VM's announcements rather than configured or signaled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub learned: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -531,7 +531,11 @@ fn fdb_table(fdb: &Vec<FdbView>) -> String {
             FdbTarget::Port { port, vid } => format!("port {port} vid {vid}"),
             FdbTarget::Vtep { vtep } => format!("vtep {vtep}"),
         };
-        out += &format!("{:<16} {:>9}  {:<17}  {}\n", e.vn, e.vni, e.mac, target);
+        let learned = if e.learned { " (learned)" } else { "" };
+        out += &format!(
+            "{:<16} {:>9}  {:<17}  {target}{learned}\n",
+            e.vn, e.vni, e.mac
+        );
     }
     out
 }

@@ -265,6 +265,9 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     tokio::spawn(watch_conn);
     let watcher = tokio::spawn(follow_underlay(shared.clone(), events));
     let expirer = tokio::spawn(expire_soft_state(shared.clone()));
+    let announcements = shared.lock().await.dataplane.take_announcements();
+    let learner =
+        announcements.map(|ring| tokio::spawn(crate::announcements::learn(shared.clone(), ring)));
     let metrics = match args.metrics_listen {
         Some(addr) => Some(crate::prometheus::serve(addr, shared.clone()).await?),
         None => None,
@@ -277,6 +280,10 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     let _ = fs::remove_file(&socket);
     watcher.abort();
     expirer.abort();
+    if let Some(learner) = learner {
+        learner.abort();
+        let _ = learner.await;
+    }
     writer.abort();
     if let Some(metrics) = metrics {
         metrics.abort();

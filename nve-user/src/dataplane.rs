@@ -10,7 +10,9 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{
+        Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf,
+    },
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -20,9 +22,9 @@ use aya::{
 };
 use nve_common::{
     maps::{
-        ARP_MAP, ArpEntry, ArpKey, CONFIG_MAP, DataplaneConfig, FDB_MAP, FdbEntry, FdbKey, ND_MAP,
-        NEXTHOPS_MAP, NdKey, NextHop, PORT_STATS_MAP, PORTS_MAP, PortKey, PortValue, STATS_MAP,
-        TUNNEL_DEV, VN_STATS_MAP, VN_VTEPS_MAP, VNS_MAP, VnInfo, VnVtepKey,
+        ARP_MAP, ArpEntry, ArpKey, CONFIG_MAP, DataplaneConfig, EVENTS_MAP, FDB_MAP, FdbEntry,
+        FdbKey, ND_MAP, NEXTHOPS_MAP, NdKey, NextHop, PORT_STATS_MAP, PORTS_MAP, PortKey,
+        PortValue, STATS_MAP, TUNNEL_DEV, VN_STATS_MAP, VN_VTEPS_MAP, VNS_MAP, VnInfo, VnVtepKey,
     },
     metrics::{
         Counter, DropReason, Forward, Hook, Outcome, PortCounter, PortTraffic, VnCounter, VnTraffic,
@@ -129,6 +131,8 @@ pub struct Dataplane {
     links: BTreeMap<String, PinnedLink>,
     /// VM ports with `tc_vm_egress` attached.
     vm_ports: BTreeSet<String>,
+    /// The VMs' announcements, until the daemon takes them (`take_announcements`).
+    announcements: Option<RingBuf<MapData>>,
     /// Forwards the programs' aya-log records to the daemon's log (`--debug-log`).
     logger: Option<tokio::task::JoinHandle<()>>,
 }
@@ -173,6 +177,7 @@ impl Dataplane {
             .override_global(aya_log::LEVEL, &level, true)
             .load(EBPF_OBJECT)
             .map_err(DataplaneError::Load)?;
+        let announcements = take_map(&mut ebpf, EVENTS_MAP)?;
         let logger = if debug_log {
             Some(forward_logs(&mut ebpf)?)
         } else {
@@ -195,6 +200,7 @@ impl Dataplane {
             pin_dir: pin_dir.into(),
             links: BTreeMap::new(),
             vm_ports: BTreeSet::new(),
+            announcements: Some(announcements),
             logger,
         };
 
@@ -339,6 +345,11 @@ impl Dataplane {
                 .map_err(|source| DataplaneError::Program { name, source })?;
         }
         Ok(prog)
+    }
+
+    /// The ring buffer of the VMs' announcements (once).
+    pub fn take_announcements(&mut self) -> Option<RingBuf<MapData>> {
+        self.announcements.take()
     }
 
     /// Makes the VM ports with `tc_vm_egress` attached exactly `ports` (those that exist).

@@ -2,6 +2,7 @@
 //! the local API over a Unix socket, and the CLI on top of it.
 
 pub mod access;
+pub mod announcements;
 pub mod api;
 pub mod cli;
 pub mod client;

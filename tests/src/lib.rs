@@ -1,6 +1,7 @@
 pub mod overlay;
 pub mod packet;
 pub mod progtest;
+pub mod reference;
 pub mod rig;
 pub mod signal_bench;
 pub mod tap;

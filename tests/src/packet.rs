@@ -255,3 +255,30 @@ pub fn neighbour_advert(target: Ipv6Addr, mac: [u8; 6]) -> Vec<u8> {
     p.extend_from_slice(&mac);
     p
 }
+
+/// A reverse ARP request announcing `mac` (what QEMU sends after a migration).
+pub fn rarp(mac: [u8; 6]) -> Vec<u8> {
+    let mut a = vec![0, 1, 0x08, 0x00, 6, 4, 0, 3];
+    a.extend_from_slice(&mac);
+    a.extend_from_slice(&[0; 4]);
+    a.extend_from_slice(&mac);
+    a.extend_from_slice(&[0; 4]);
+    eth(BROADCAST, mac, 0x8035, &a)
+}
+
+/// An unsolicited neighbour advertisement (override) of `target` by `mac`, from the
+/// link-local `src` to all nodes.
+pub fn unsolicited_na(mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let all_nodes: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let mut body = vec![0x20, 0, 0, 0];
+    body.extend_from_slice(&target.octets());
+    body.extend_from_slice(&[2, 1]);
+    body.extend_from_slice(&mac);
+    let icmp = icmpv6(src, all_nodes, 136, &body);
+    eth(
+        [0x33, 0x33, 0, 0, 0, 1],
+        mac,
+        0x86dd,
+        &ipv6_hops(src, all_nodes, 58, 255, &icmp),
+    )
+}

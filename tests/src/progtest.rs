@@ -679,6 +679,38 @@ pub fn cases() -> Vec<Case> {
         Output::Any,
         drop(DropReason::PortNotInVn),
     ));
+    let inner_tagged = packet::eth_tagged(VM2, VM1, 7, 0x0800, &tagged_ip);
+    for (name, outer) in [
+        ("802.1Q inside the port's tag: stacked", 0x8100),
+        ("802.1ad-tagged frame: stacked", 0x88a8),
+    ] {
+        let mut frame = packet::eth_tagged(VM2, VM1, VID, 0x8100, &inner_tagged[14..]);
+        frame[12..14].copy_from_slice(&u16::to_be_bytes(outer));
+        cases.push(egress(
+            name,
+            frame,
+            Drop,
+            Output::Any,
+            drop(DropReason::VlanStacked),
+        ));
+    }
+    cases.push(egress(
+        "priority-tagged (VID 0): the untagged VN, tag removed",
+        packet::eth_tagged(VM2, VM1, 0, 0x0800, &tagged_ip),
+        Redirect,
+        Output::Encap {
+            vni: VNI,
+            inner: packet::eth(VM2, VM1, 0x0800, &tagged_ip),
+        },
+        fwd(Forward::Encapsulated),
+    ));
+    cases.push(egress(
+        "to a pre-associated vNIC on this host: not switched",
+        packet::inner_ping(VM6, VM1, 32),
+        Drop,
+        Output::Any,
+        drop(DropReason::VnicInactive),
+    ));
     cases.push(egress(
         "truncated 802.1Q tag",
         packet::eth(VM2, VM1, 0x8100, &[0]),

@@ -2,7 +2,9 @@
 //! kernel's own vxlan as the peer. Every object is named from a per-process prefix and
 //! removed on drop, also when the test fails; namespaces of dead test processes are swept.
 use std::{
+    fs::File,
     io::{Read, Write},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -450,4 +452,63 @@ pub fn http(socket: &Path, method: &str, path: &str, body: &[u8]) -> Result<(u16
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// An ethertype for local experiments (IEEE 802): frames nothing else sends.
+pub const PROBE_ETHERTYPE: u16 = 0x88b5;
+
+/// An AF_PACKET socket on `iface` inside `ns`, receiving `ethertype` (it sends any frame).
+pub fn packet_socket(ns: &Netns, iface: &str, ethertype: u16) -> Result<OwnedFd> {
+    let ns_path = ns.path();
+    let iface = iface.to_string();
+    thread::spawn(move || -> Result<OwnedFd> {
+        let target = File::open(&ns_path)?;
+        // SAFETY: setns on this thread only.
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        let proto = ethertype.to_be() as i32;
+        // SAFETY: plain socket(2).
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
+        if fd < 0 {
+            bail!("socket: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor we just opened.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(iface)?;
+        // SAFETY: NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        // SAFETY: zeroed sockaddr_ll, then filled.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = ethertype.to_be();
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: bind with a sockaddr_ll of the right size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const _ as *const libc::sockaddr,
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc != 0 {
+            bail!("bind: {}", std::io::Error::last_os_error());
+        }
+        Ok(fd)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("socket thread panicked"))?
+}
+
+/// Sends `frames` as they are on `iface` inside `ns` (a VM's announcements, say).
+pub fn send_frames(ns: &Netns, iface: &str, frames: &[Vec<u8>]) -> Result<()> {
+    let fd = packet_socket(ns, iface, PROBE_ETHERTYPE)?;
+    for frame in frames {
+        // SAFETY: send(2) of a buffer we own on a descriptor we own.
+        let sent = unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if sent < 0 {
+            bail!("send: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

@@ -1,8 +1,7 @@
 //! Signaling figures for the bench: how long from an associate request until the first
 //! frame of the vNIC arrives at a remote VM, and what 10,000 associations cost.
 use std::{
-    fs::File,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -17,57 +16,11 @@ use serde_json::json;
 
 use crate::{
     overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_MAC, VM2_MAC, VN},
-    rig::{Daemon, Netns, mac_str},
+    rig::{Daemon, PROBE_ETHERTYPE, mac_str, packet_socket},
 };
 
 /// Concurrent clients in the scale run.
 pub const CLIENTS: u32 = 8;
-
-/// An ethertype for local experiments (IEEE 802): frames nothing else sends.
-const PROBE_ETHERTYPE: u16 = 0x88b5;
-
-/// An AF_PACKET socket on `iface` inside `ns`.
-fn packet_socket(ns: &Netns, iface: &str) -> Result<OwnedFd> {
-    let ns_path = ns.path();
-    let iface = iface.to_string();
-    thread::spawn(move || -> Result<OwnedFd> {
-        let target = File::open(&ns_path)?;
-        // SAFETY: setns on this thread only.
-        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns: {}", std::io::Error::last_os_error());
-        }
-        let proto = (PROBE_ETHERTYPE).to_be() as i32;
-        // SAFETY: plain socket(2).
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
-        if fd < 0 {
-            bail!("socket: {}", std::io::Error::last_os_error());
-        }
-        // SAFETY: a descriptor we just opened.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let name = std::ffi::CString::new(iface)?;
-        // SAFETY: NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        // SAFETY: zeroed sockaddr_ll, then filled.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = PROBE_ETHERTYPE.to_be();
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: bind with a sockaddr_ll of the right size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sll as *const _ as *const libc::sockaddr,
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if rc != 0 {
-            bail!("bind: {}", std::io::Error::last_os_error());
-        }
-        Ok(fd)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("socket thread panicked"))?
-}
 
 pub struct Figures {
     /// Associate request sent -> first frame of the vNIC at the remote VM, microseconds.
@@ -100,8 +53,8 @@ pub fn run(associations: u32, scale_n: u32) -> Result<Figures> {
     let d = Daemon::start(&rig.h1, "bsig", H1_VTEP, "ul", &[])?;
     overlay::serve_vn(&d, H2_VTEP, VM2_MAC)?;
 
-    let tx = packet_socket(&rig.vm1.ns, "eth0")?;
-    let rx = packet_socket(&rig.vm2.ns, "eth0")?;
+    let tx = packet_socket(&rig.vm1.ns, "eth0", PROBE_ETHERTYPE)?;
+    let rx = packet_socket(&rig.vm2.ns, "eth0", PROBE_ETHERTYPE)?;
     let seq = Arc::new(AtomicU32::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (seen_tx, seen) = mpsc::channel::<(u32, Instant)>();

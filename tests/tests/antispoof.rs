@@ -60,7 +60,8 @@ fn spoofed_source_ips_are_dropped() {
 
     let ns = &rig.vm1.ns;
     ns.ip(&["addr", "flush", "dev", "eth0"]).unwrap();
-    ns.ip(&["addr", "add", "192.168.10.99/24", "dev", "eth0"]).unwrap();
+    ns.ip(&["addr", "add", "192.168.10.99/24", "dev", "eth0"])
+        .unwrap();
     ns.ip(&["neigh", "flush", "dev", "eth0"]).unwrap();
     assert!(
         ns.exec(&["ping", "-c", "2", "-W", "1", VM2_IP]).is_err(),
@@ -71,6 +72,7 @@ fn spoofed_source_ips_are_dropped() {
 
     // Back on its own address it is reachable again.
     ns.ip(&["addr", "flush", "dev", "eth0"]).unwrap();
-    ns.ip(&["addr", "add", &format!("{VM1_IP}/24"), "dev", "eth0"]).unwrap();
+    ns.ip(&["addr", "add", &format!("{VM1_IP}/24"), "dev", "eth0"])
+        .unwrap();
     rig.vm1.ping_until_reachable(VM2_IP, 5).unwrap();
 }

@@ -99,6 +99,9 @@ fn spoof(rig: &TwoHosts) {
         .unwrap();
     rig.vm1.ns.ip(&["neigh", "flush", "dev", "eth0"]).unwrap();
     let _ = rig.vm1.ns.exec(&["ping", "-c", "2", "-W", "1", VM2_IP]);
+    // Quiet from here on (no more router or listener reports), so counts read one after
+    // the other agree.
+    rig.vm1.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
 }
 
 #[test]
@@ -109,12 +112,20 @@ fn debug_log_names_each_drop() {
     spoof(&rig);
     let dropped = d.counter("vm_egress", "SPOOFED_SRC_MAC").unwrap();
     assert!(dropped > 0);
+    let logged = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("vm_egress drop SPOOFED_SRC_MAC: vni 100"))
+            .count() as u64
+    };
+    // The daemon forwards the log records as the ring buffer wakes it: allow it a moment.
+    for _ in 0..20 {
+        if logged(&d.log_text()) >= dropped {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let log = d.log_text();
-    let logged = log
-        .lines()
-        .filter(|l| l.contains("vm_egress drop SPOOFED_SRC_MAC: vni 100"))
-        .count() as u64;
-    assert_eq!(logged, dropped, "{log}");
+    assert_eq!(logged(&log), dropped, "{log}");
 }
 
 #[test]

@@ -34,7 +34,10 @@ fn vxlan_from_an_unknown_vtep_is_dropped_until_it_joins_the_vn() {
     stranger_peer(&rig);
     let d = Daemon::start(&rig.h1, "va", H1_VTEP, "ul", &[]).unwrap();
     serve(&d, &[]);
-    assert!(rig.vm2.ping(VM1_IP, 2).is_err(), "stranger's VXLAN accepted");
+    assert!(
+        rig.vm2.ping(VM1_IP, 2).is_err(),
+        "stranger's VXLAN accepted"
+    );
     assert!(d.counter("underlay_rx", "VTEP_NOT_IN_VN").unwrap() >= 2);
     assert_eq!(d.counter("underlay_rx", "DECAPSULATED").unwrap(), 0);
 

@@ -48,6 +48,8 @@ pub enum Event {
     },
     /// Soft associations whose hold time ran out are removed.
     Expire,
+    /// A VM announced its MAC (and address) on its port.
+    Learn(super::Announced),
 }
 
 impl Model {
@@ -64,6 +66,7 @@ impl Model {
             Event::AddFlood { vn, vtep } => self.add_flood(vn, *vtep),
             Event::DelFlood { vn, vtep } => self.del_flood(vn, *vtep),
             Event::Signal { id, req } => return self.signal(id, req, now),
+            Event::Learn(a) => self.learn(a),
             Event::Expire => {
                 self.expire(now);
                 Ok(())

@@ -26,8 +26,10 @@ use crate::{
 };
 
 mod events;
+mod learning;
 mod vnics;
 pub use events::Event;
+pub use learning::Announced;
 pub use vnics::{Vnic, VnicId};
 
 pub type Result<T> = std::result::Result<T, ErrorBody>;
@@ -90,6 +92,13 @@ pub struct Vn {
     /// Addresses of remote MACs, answered for by ARP/ND suppression.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub remote_ips: BTreeMap<MacAddr, BTreeSet<IpAddr>>,
+    /// MACs learned from announcements on ports that do not check source MACs: MAC ->
+    /// (port, VID).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub learned_macs: BTreeMap<MacAddr, (String, u16)>,
+    /// Addresses learned from announcements -> the MAC that announced them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub learned_ips: BTreeMap<IpAddr, MacAddr>,
     pub flood: BTreeSet<Ipv4Addr>,
 }
 
@@ -113,6 +122,20 @@ pub struct Desired {
     pub nd: HashMap<NdKey, ArpEntry>,
     /// The VTEPs each VN decapsulates from: its flood list and its remote MACs' VTEPs.
     pub vn_vteps: HashMap<VnVtepKey, u32>,
+}
+
+impl Desired {
+    /// `ip` of `vni` is answered for with `mac` (ARP or ND).
+    fn add_address(&mut self, vni: u32, ip: IpAddr, mac: MacAddr) {
+        match ip {
+            IpAddr::V4(a) => self
+                .arp
+                .insert(ArpKey::new(vni, a.octets()), ArpEntry::new(mac.0)),
+            IpAddr::V6(a) => self
+                .nd
+                .insert(NdKey::new(vni, a.octets()), ArpEntry::new(mac.0)),
+        };
+    }
 }
 
 fn format_err(message: String) -> ErrorBody {
@@ -292,6 +315,8 @@ impl Model {
         vn.ports
             .remove(&(port.to_string(), vid))
             .ok_or_else(|| not_found(format!("port {port} VID {vid} is not in VN {vn_name}")))?;
+        vn.learned_macs
+            .retain(|_, at| (at.0.as_str(), at.1) != (port, vid));
         self.release_vid(port, vni, now);
         Ok(())
     }
@@ -408,6 +433,7 @@ impl Model {
                         vni: vn.vni,
                         mac,
                         target: FdbTarget::port(key),
+                        learned: false,
                     });
                 }
             }
@@ -417,6 +443,16 @@ impl Model {
                     vni: vn.vni,
                     mac,
                     target: FdbTarget::Vtep { vtep },
+                    learned: false,
+                });
+            }
+            for (&mac, key) in &vn.learned_macs {
+                out.push(FdbView {
+                    vn: name.clone(),
+                    vni: vn.vni,
+                    mac,
+                    target: FdbTarget::port(key),
+                    learned: true,
                 });
             }
         }
@@ -451,18 +487,14 @@ impl Model {
                 d.fdb
                     .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::remote(vtep.octets()));
             }
-            // Local vNICs' own addresses (below) take precedence.
-            for (mac, ips) in &vn.remote_ips {
-                for ip in ips {
-                    match ip {
-                        IpAddr::V4(a) => d
-                            .arp
-                            .insert(ArpKey::new(vn.vni, a.octets()), ArpEntry::new(mac.0)),
-                        IpAddr::V6(a) => {
-                            d.nd.insert(NdKey::new(vn.vni, a.octets()), ArpEntry::new(mac.0))
-                        }
-                    };
-                }
+            // Learned addresses take precedence over remote ones, local vNICs' own
+            // addresses (below) over both.
+            let remote_ips = vn
+                .remote_ips
+                .iter()
+                .flat_map(|(mac, ips)| ips.iter().map(move |ip| (ip, mac)));
+            for (ip, mac) in remote_ips.chain(&vn.learned_ips) {
+                d.add_address(vn.vni, *ip, *mac);
             }
             for ((p, vid), macs) in &vn.ports {
                 bindings.insert((p, *vid), (vn.vni, true, !macs.is_empty()));
@@ -493,6 +525,12 @@ impl Model {
             }
         }
         for vn in self.vns.values() {
+            for (mac, (name, vid)) in &vn.learned_macs {
+                if let Some(lp) = local(name, *vid) {
+                    d.fdb
+                        .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::local(lp));
+                }
+            }
             for ((name, vid), macs) in &vn.ports {
                 let Some(lp) = local(name, *vid) else {
                     continue;
@@ -505,12 +543,9 @@ impl Model {
         }
         for v in self.vnics.values() {
             if let Some(mac) = v.params.macs.first() {
-                for ip in &v.params.ipv4 {
-                    d.arp
-                        .insert(ArpKey::new(v.vni, ip.octets()), ArpEntry::new(mac.0));
-                }
-                for ip in &v.params.ipv6 {
-                    d.nd.insert(NdKey::new(v.vni, ip.octets()), ArpEntry::new(mac.0));
+                let ips = v.params.ipv4.iter().map(|&a| IpAddr::V4(a));
+                for ip in ips.chain(v.params.ipv6.iter().map(|&a| IpAddr::V6(a))) {
+                    d.add_address(v.vni, ip, *mac);
                 }
             }
             let Some(lp) = local(&v.params.port, v.vid) else {
