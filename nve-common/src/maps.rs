@@ -166,6 +166,9 @@ impl LocalPort {
 pub struct VnInfo {
     /// `VN_F_*`.
     pub flags: u32,
+    /// The VMs' MTU if configured lower than the underlay allows (0: the underlay's MTU
+    /// less the encapsulation).
+    pub mtu: u32,
     /// Valid entries at the front of `remotes`.
     pub remote_count: u32,
     /// Valid entries at the front of `ports`.
@@ -175,7 +178,7 @@ pub struct VnInfo {
     /// This host's ports in the VN.
     pub ports: [LocalPort; FLOOD_MAX_PORTS],
 }
-const _: () = assert!(size_of::<VnInfo>() == 12 + 4 * FLOOD_MAX_REMOTES + 8 * FLOOD_MAX_PORTS);
+const _: () = assert!(size_of::<VnInfo>() == 16 + 4 * FLOOD_MAX_REMOTES + 8 * FLOOD_MAX_PORTS);
 
 /// `VnInfo::flags`: unicast to a MAC the FDB does not know is dropped (FDB_MISS) instead of
 /// flooded like broadcast; for VNs whose every MAC is known from signaling.
@@ -198,6 +201,7 @@ impl Default for VnInfo {
     fn default() -> Self {
         Self {
             flags: 0,
+            mtu: 0,
             remote_count: 0,
             port_count: 0,
             remotes: [[0; 4]; FLOOD_MAX_REMOTES],

@@ -59,10 +59,13 @@ pub enum Forward {
     ArpReplied = 9,
     /// An IPv6 neighbour solicitation the dataplane answered on the asking port.
     NdReplied = 10,
+    /// Too large for the underlay (or the VN's MTU) once encapsulated: answered with ICMP
+    /// fragmentation needed / ICMPv6 packet too big on the sender's port.
+    IcmpTooBig = 11,
 }
 
 impl Forward {
-    pub const ALL: [Forward; 10] = [
+    pub const ALL: [Forward; 11] = [
         Forward::Encapsulated,
         Forward::Decapsulated,
         Forward::LocalSwitched,
@@ -73,6 +76,7 @@ impl Forward {
         Forward::ToKernelVxlan,
         Forward::ArpReplied,
         Forward::NdReplied,
+        Forward::IcmpTooBig,
     ];
 
     /// The frame goes on to another program of the NVE (or the kernel's vxlan device)
@@ -99,6 +103,7 @@ impl Forward {
             Forward::ToKernelVxlan => "TO_KERNEL_VXLAN",
             Forward::ArpReplied => "ARP_REPLIED",
             Forward::NdReplied => "ND_REPLIED",
+            Forward::IcmpTooBig => "ICMP_TOO_BIG",
         }
     }
 }

@@ -19,6 +19,7 @@ mod maps;
 mod metrics;
 mod nd;
 mod parse;
+mod pmtu;
 mod tc_tunnel_rx;
 mod tc_underlay_rx;
 mod tc_vm_egress;

@@ -37,6 +37,15 @@ pub static NVE_ND: HashMap<NdKey, ArpEntry> = HashMap::pinned(ND_MAX_ENTRIES, 0)
 #[map]
 pub static NVE_VN_VTEPS: HashMap<VnVtepKey, u32> = HashMap::pinned(VN_VTEPS_MAX_ENTRIES, 0);
 
+/// Bytes of `NVE_SCRATCH`: the largest frame the programs build whole (an ICMPv6 packet
+/// too big: 14 + 40 + 8 + 48).
+pub const SCRATCH_LEN: usize = 112;
+
+/// A per-CPU buffer for frames the programs build (ICMP, neighbour advertisements): the
+/// stack is too small for them next to tc_vm_egress's own locals.
+#[map]
+pub static NVE_SCRATCH: PerCpuArray<[u8; SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Announcements VMs made (`announce`), read by the daemon.
 #[map]
 pub static NVE_EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
@@ -101,4 +110,20 @@ pub fn nd(vni: u32, ip: [u8; 16]) -> Option<&'static ArpEntry> {
 #[inline(always)]
 pub fn vn_knows_vtep(vni: u32, vtep: [u8; 4]) -> bool {
     NVE_VN_VTEPS.get_ptr(VnVtepKey::new(vni, vtep)).is_some()
+}
+
+/// This CPU's scratch buffer.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut [u8; SCRATCH_LEN]> {
+    // SAFETY: per-CPU, and a program runs to completion on its CPU.
+    NVE_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// `N` bytes of a scratch buffer from `at`, as an array (constant bounds: LLVM drops the
+/// check). No copy, and no fallback value on the stack.
+#[inline(always)]
+pub fn window<const N: usize>(buf: &[u8; SCRATCH_LEN], at: usize) -> &[u8; N] {
+    let bytes = &buf[at..at + N];
+    // SAFETY: `bytes` is exactly N bytes long.
+    unsafe { &*(bytes.as_ptr() as *const [u8; N]) }
 }

@@ -2,7 +2,9 @@
 //! once more for the VN and the VM port it turned out to belong to.
 use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST, maps::PerCpuHashMap};
 use aya_log_ebpf::debug;
-use nve_common::metrics::{Counter, DropReason, Forward, Hook, Outcome, PortCounter, VnCounter};
+use nve_common::metrics::{
+    Counter, DropReason, Forward, Hook, Outcome, PortCounter, PortTraffic, VnCounter, VnTraffic,
+};
 
 use crate::maps::{NVE_PORT_STATS, NVE_STATS, NVE_VN_STATS};
 
@@ -62,14 +64,32 @@ pub fn count(hook: Hook, outcome: Outcome, bytes: u32) {
 /// A copy delivered to a VM port of `vni`.
 #[inline(always)]
 pub fn delivered(vni: u32, ifindex: u32, bytes: u32) {
-    bump(&NVE_VN_STATS, vni, VnCounter::ToVms as usize, bytes);
-    bump(&NVE_PORT_STATS, ifindex, PortCounter::ToVm as usize, bytes);
+    bump(
+        &NVE_VN_STATS,
+        &VN_ZERO,
+        vni,
+        VnCounter::ToVms as usize,
+        bytes,
+    );
+    bump(
+        &NVE_PORT_STATS,
+        &PORT_ZERO,
+        ifindex,
+        PortCounter::ToVm as usize,
+        bytes,
+    );
 }
 
 /// An encapsulated copy of a frame of `vni` sent to a remote VTEP.
 #[inline(always)]
 pub fn sent(vni: u32, bytes: u32) {
-    bump(&NVE_VN_STATS, vni, VnCounter::ToUnderlay as usize, bytes);
+    bump(
+        &NVE_VN_STATS,
+        &VN_ZERO,
+        vni,
+        VnCounter::ToUnderlay as usize,
+        bytes,
+    );
 }
 
 /// What an entry point returns for the outcome of its `try_*` body, counted once: the
@@ -96,10 +116,16 @@ pub fn account<A>(
                     Hook::VmEgress => VnCounter::FromVms,
                     Hook::UnderlayRx | Hook::TunnelRx => VnCounter::FromUnderlay,
                 };
-                bump(&NVE_VN_STATS, vni, slot as usize, len);
+                bump(&NVE_VN_STATS, &VN_ZERO, vni, slot as usize, len);
             }
             if let Some(port) = scope.port() {
-                bump(&NVE_PORT_STATS, port, PortCounter::FromVm as usize, len);
+                bump(
+                    &NVE_PORT_STATS,
+                    &PORT_ZERO,
+                    port,
+                    PortCounter::FromVm as usize,
+                    len,
+                );
             }
             action
         }
@@ -115,23 +141,51 @@ pub fn account<A>(
                 len
             );
             if let Some(vni) = scope.vni() {
-                bump(&NVE_VN_STATS, vni, VnCounter::Dropped as usize, len);
+                bump(
+                    &NVE_VN_STATS,
+                    &VN_ZERO,
+                    vni,
+                    VnCounter::Dropped as usize,
+                    len,
+                );
             }
             if let Some(port) = scope.port() {
-                bump(&NVE_PORT_STATS, port, PortCounter::Dropped as usize, len);
+                bump(
+                    &NVE_PORT_STATS,
+                    &PORT_ZERO,
+                    port,
+                    PortCounter::Dropped as usize,
+                    len,
+                );
             }
             drop
         }
     }
 }
 
+static VN_ZERO: VnTraffic = [Counter {
+    packets: 0,
+    bytes: 0,
+}; VnCounter::ALL.len()];
+static PORT_ZERO: PortTraffic = [Counter {
+    packets: 0,
+    bytes: 0,
+}; PortCounter::ALL.len()];
+
 /// Adds a packet of `bytes` to slot `slot` of `key`'s counters, creating them at zero.
 #[inline(always)]
-fn bump<const N: usize>(map: &PerCpuHashMap<u32, [Counter; N]>, key: u32, slot: usize, bytes: u32) {
+fn bump<const N: usize>(
+    map: &PerCpuHashMap<u32, [Counter; N]>,
+    zero: &'static [Counter; N],
+    key: u32,
+    slot: usize,
+    bytes: u32,
+) {
     let counters = match map.get_ptr_mut(key) {
         Some(c) => c,
         None => {
-            let _ = map.insert(key, [Counter::default(); N], BPF_NOEXIST as u64);
+            // From read-only data, not the stack: every delivery site inlines this.
+            let _ = map.insert(key, zero, BPF_NOEXIST as u64);
             match map.get_ptr_mut(key) {
                 Some(c) => c,
                 None => return,

@@ -7,7 +7,7 @@ use nve_common::{maps::LocalPort, metrics::DropReason};
 
 use crate::{
     csum, deliver, maps,
-    parse::{ETH_LEN, ETH_P_IPV6, IPPROTO_ICMPV6, header},
+    parse::{ETH_LEN, ETH_P_IPV6, IPPROTO_ICMPV6, copy_out, header},
 };
 
 const NEIGHBOUR_SOLICIT: u8 = 135;
@@ -27,67 +27,68 @@ const NA_LEN: usize = TARGET_OFFSET + 16 + 8;
 /// address go their way).
 #[inline(always)]
 pub fn reply(ctx: &TcContext, vni: u32, ingress: LocalPort) -> Result<Option<i32>, DropReason> {
-    let Some(eth) = header::<EthHdr>(ctx, 0) else {
+    match header::<EthHdr>(ctx, 0) {
+        Some(eth) if u16::from_be(eth.ether_type) == ETH_P_IPV6 => solicited(ctx, vni, ingress),
+        _ => Ok(None),
+    }
+}
+
+// Out of line, built in the scratch buffer: the stack next to tc_vm_egress's own locals
+// has no room for it. The frame is read with helpers only: LLVM would pass direct packet
+// pointers as promoted integer arguments, which the verifier refuses.
+#[inline(never)]
+fn solicited(ctx: &TcContext, vni: u32, ingress: LocalPort) -> Result<Option<i32>, DropReason> {
+    const IP: usize = ETH_LEN;
+    const LEN: usize = ICMP_OFFSET + NA_LEN;
+    const TARGET: usize = ICMP_OFFSET + TARGET_OFFSET;
+    let Some(buf) = maps::scratch() else {
         return Ok(None);
     };
-    if u16::from_be(eth.ether_type) != ETH_P_IPV6 {
+    // Ethernet, IPv6, the solicitation's header and target.
+    if copy_out(ctx, 0, &mut buf[..TARGET + 16]).is_err() {
         return Ok(None);
     }
-    let Some(ip) = header::<Ipv6Hdr>(ctx, ETH_LEN) else {
-        return Ok(None);
-    };
-    // SAFETY: one byte of the header bounds-checked above, read as a byte.
-    let next = unsafe { *(core::ptr::addr_of!(ip.next_hdr) as *const u8) };
-    if next != IPPROTO_ICMPV6 || ip.hop_limit != 255 || ip.src_addr == [0; 16] {
+    let (next, hops) = (buf[IP + 6], buf[IP + 7]);
+    let unspecified = buf[IP + 8..IP + 24].iter().all(|&b| b == 0);
+    if next != IPPROTO_ICMPV6 || hops != 255 || unspecified {
         return Ok(None);
     }
-    let Some(kind) = header::<[u8; 2]>(ctx, ICMP_OFFSET) else {
-        return Ok(None);
-    };
-    if kind[0] != NEIGHBOUR_SOLICIT || kind[1] != 0 {
+    if buf[ICMP_OFFSET] != NEIGHBOUR_SOLICIT || buf[ICMP_OFFSET + 1] != 0 {
         return Ok(None);
     }
-    let Some(target) = header::<[u8; 16]>(ctx, ICMP_OFFSET + TARGET_OFFSET) else {
-        return Ok(None);
-    };
-    let target = *target;
+    let mut target = [0u8; 16];
+    target.copy_from_slice(&buf[TARGET..TARGET + 16]);
     let Some(owner) = maps::nd(vni, target) else {
         return Ok(None);
     };
-    let (asker_mac, asker_ip, owner_mac) = (eth.src_addr, ip.src_addr, owner.mac);
-    if owner_mac == asker_mac {
+    let owner_mac = owner.mac;
+    if buf[6..12] == owner_mac {
         return Ok(None);
     }
 
-    // Written field by field over the solicitation: whole headers on the stack do not fit
-    // tc_vm_egress's 512 bytes.
+    // Over the solicitation in place: to the asker from the owner, from the target address
+    // to the asker's; the target stays where it is.
+    buf.copy_within(6..12, 0);
+    buf[6..12].copy_from_slice(&owner_mac);
+    buf.copy_within(IP + 8..IP + 24, IP + 24);
+    buf[IP + 8..IP + 24].copy_from_slice(&target);
+    buf[IP..IP + 8].copy_from_slice(&[0x60, 0, 0, 0, 0, NA_LEN as u8, IPPROTO_ICMPV6, 255]);
+    buf[ICMP_OFFSET..TARGET].copy_from_slice(&[NEIGHBOUR_ADVERT, 0, 0, 0, NA_FLAGS, 0, 0, 0]);
+    buf[TARGET + 16] = OPT_TARGET_LL_ADDR;
+    buf[TARGET + 17] = 1;
+    buf[TARGET + 18..LEN].copy_from_slice(&owner_mac);
+    // Pseudo-header (addresses, length, next header), then the message.
+    let sum =
+        csum::add(0, maps::window::<32>(buf, IP + 8)) + (NA_LEN + IPPROTO_ICMPV6 as usize) as u32;
+    let message = maps::window::<NA_LEN>(buf, ICMP_OFFSET);
+    let check = csum::finish(csum::add(sum, message)).to_be_bytes();
+    buf[ICMP_OFFSET + 2..ICMP_OFFSET + 4].copy_from_slice(&check);
+
     // SAFETY: helper call on our own skb.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ICMP_OFFSET + NA_LEN) as u32, 0) } != 0 {
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, LEN as u32, 0) } != 0 {
         return Err(DropReason::HeaderAdjustFailed);
     }
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&asker_mac);
-    macs[6..].copy_from_slice(&owner_mac);
-    let ip_head: [u8; 8] = [0x60, 0, 0, 0, 0, NA_LEN as u8, IPPROTO_ICMPV6, 255];
-    let mut option = [0u8; 8];
-    option[0] = OPT_TARGET_LL_ADDR;
-    option[1] = 1;
-    option[2..].copy_from_slice(&owner_mac);
-    // Pseudo-header (source, destination, length, next header) and the message: type and
-    // code, flags, target, option.
-    let sum = csum::add(csum::add(0, &target), &asker_ip) + NA_LEN as u32 + IPPROTO_ICMPV6 as u32;
-    let sum = csum::add(sum, &target) + ((NEIGHBOUR_ADVERT as u32) << 8) + ((NA_FLAGS as u32) << 8);
-    let check = csum::finish(csum::add(sum, &option)).to_be_bytes();
-    let icmp_head: [u8; 8] = [NEIGHBOUR_ADVERT, 0, check[0], check[1], NA_FLAGS, 0, 0, 0];
-    let bad = |_| DropReason::HeaderAdjustFailed;
-    ctx.store(0, &macs, 0).map_err(bad)?;
-    ctx.store(ETH_LEN, &ip_head, 0).map_err(bad)?;
-    ctx.store(ETH_LEN + 8, &target, 0).map_err(bad)?;
-    ctx.store(ETH_LEN + 24, &asker_ip, 0).map_err(bad)?;
-    ctx.store(ICMP_OFFSET, &icmp_head, 0).map_err(bad)?;
-    ctx.store(ICMP_OFFSET + TARGET_OFFSET, &target, 0)
-        .map_err(bad)?;
-    ctx.store(ICMP_OFFSET + TARGET_OFFSET + 16, &option, 0)
-        .map_err(bad)?;
+    ctx.store(0, maps::window::<LEN>(buf, 0), 0)
+        .map_err(|_| DropReason::HeaderAdjustFailed)?;
     deliver::to_port(ctx, vni, ingress).map(Some)
 }

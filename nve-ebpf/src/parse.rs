@@ -80,3 +80,24 @@ pub fn is_multicast(mac: &[u8; 6]) -> bool {
 pub fn is_vlan(ether_type: u16) -> bool {
     ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD
 }
+
+/// Copies `dst.len()` bytes of the frame from `offset` into `dst` (say, a map value) with
+/// the load helper; `Err` if the frame is shorter. Unlike `load_bytes`, the length is the
+/// caller's constant, never clamped to the frame (the verifier refuses a length that could
+/// be zero).
+#[inline(always)]
+pub fn copy_out(ctx: &TcContext, offset: usize, dst: &mut [u8]) -> Result<(), DropReason> {
+    // SAFETY: helper call writing `dst.len()` bytes into `dst`.
+    let rc = unsafe {
+        aya_ebpf::helpers::bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            offset as u32,
+            dst.as_mut_ptr() as *mut _,
+            dst.len() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(DropReason::PktTooSmall);
+    }
+    Ok(())
+}

@@ -19,6 +19,7 @@ use crate::{
     metrics::{self, Scope},
     nd,
     parse::{ETH_LEN, Frame, be16, is_multicast, is_vlan, require},
+    pmtu,
 };
 
 #[classifier]
@@ -81,6 +82,9 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
         }
         FDB_REMOTE => {
             let remote = entry.remote;
+            if let Some(action) = pmtu::check(ctx, vni, remote, ingress)? {
+                return Ok((action, Forward::IcmpTooBig));
+            }
             encap::encapsulate(ctx, cfg, vni, remote)?;
             Ok((
                 encap::send(ctx, cfg, vni, remote, false)?,

@@ -55,6 +55,11 @@ pub struct CreateVn {
     /// its flood list and behind its remote MACs (others: VTEP_NOT_IN_VN).
     #[serde(default)]
     pub any_vtep: bool,
+    /// The VMs' MTU, when it must be lower than the underlay allows (its MTU less 50
+    /// bytes of encapsulation); larger packets get ICMP fragmentation needed / packet too
+    /// big. 576 to 9000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -68,6 +73,7 @@ impl CreateVn {
             vni,
             flood_unknown: true,
             any_vtep: false,
+            mtu: None,
         }
     }
 }
@@ -109,6 +115,11 @@ pub struct VnView {
     pub vni: u32,
     pub flood_unknown: bool,
     pub any_vtep: bool,
+    /// The MTU the VMs of the VN must use: configured, or the underlay's less 50 bytes.
+    pub mtu: u32,
+    /// Whether `mtu` was configured.
+    #[serde(default)]
+    pub mtu_configured: bool,
     pub ports: Vec<PortView>,
     pub flood: Vec<Ipv4Addr>,
 }
@@ -170,6 +181,12 @@ pub struct StatusView {
     pub pin_dir: String,
     pub vns: usize,
     pub ports: usize,
+    /// The underlay interface's MTU, and what it leaves the VMs (less 50 bytes of VXLAN
+    /// over IPv4).
+    #[serde(default)]
+    pub underlay_mtu: u32,
+    #[serde(default)]
+    pub vm_mtu: u32,
     /// Remote VTEPs whose underlay next hop is resolved.
     pub next_hops: Vec<NextHopView>,
 }

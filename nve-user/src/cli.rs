@@ -168,6 +168,9 @@ pub enum VnCommand {
         /// of its remote MACs.
         #[arg(long)]
         any_vtep: bool,
+        /// The VMs' MTU if lower than the underlay allows (its MTU less 50).
+        #[arg(long)]
+        mtu: Option<u32>,
     },
     Del {
         name: String,
@@ -281,10 +284,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 vni,
                 no_flood_unknown,
                 any_vtep,
+                mtu,
             } => {
                 let req = CreateVn {
                     flood_unknown: !no_flood_unknown,
                     any_vtep,
+                    mtu,
                     ..CreateVn::new(name, vni)
                 };
                 Ok(c.post("/v1/vns", &req).await?)
@@ -498,7 +503,10 @@ fn status_table(s: &StatusView) -> String {
 }
 
 fn vn_table(vns: &Vec<VnView>) -> String {
-    let mut out = format!("{:<16} {:>9}  {:<28} {}\n", "VN", "VNI", "PORTS", "FLOOD");
+    let mut out = format!(
+        "{:<16} {:>9} {:>5}  {:<28} {}\n",
+        "VN", "VNI", "MTU", "PORTS", "FLOOD"
+    );
     for vn in vns {
         let ports: Vec<String> = vn
             .ports
@@ -513,9 +521,10 @@ fn vn_table(vns: &Vec<VnView>) -> String {
             .collect();
         let flood: Vec<String> = vn.flood.iter().map(ToString::to_string).collect();
         out += &format!(
-            "{:<16} {:>9}  {:<28} {}\n",
+            "{:<16} {:>9} {:>5}  {:<28} {}\n",
             vn.name,
             vn.vni,
+            vn.mtu,
             ports.join(","),
             flood.join(",")
         );

@@ -225,6 +225,8 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
         pin_dir: paths.pin_dir.display().to_string(),
         vns: 0,
         ports: 0,
+        underlay_mtu: 0,
+        vm_mtu: 0,
         next_hops: Vec::new(),
     };
     let mut nve = Nve {

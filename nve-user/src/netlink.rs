@@ -230,6 +230,16 @@ pub async fn port_info(handle: &Handle, name: &str) -> Result<Option<PortInfo>, 
     }))
 }
 
+/// The MTU of interface `name`, if it exists.
+pub async fn mtu(handle: &Handle, name: &str) -> Option<u32> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    let link = links.try_next().await.ok()??;
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    })
+}
+
 /// Creates the collect_md ("external") vxlan device, unless it exists, on UDP 4789 and brings it up. Its
 /// socket is also what lets the underlay GRO VXLAN traffic.
 pub async fn create_tunnel_device(handle: &Handle) -> anyhow::Result<()> {

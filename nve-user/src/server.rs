@@ -124,6 +124,14 @@ impl Nve {
         Ok(())
     }
 
+    /// The MTU the underlay leaves the VMs: its MTU less VXLAN over IPv4.
+    pub async fn vm_mtu(&self) -> u32 {
+        netlink::mtu(&self.netlink, &self.status.underlay)
+            .await
+            .unwrap_or(0)
+            .saturating_sub(nve_common::wire::VXLAN_IPV4_OVERHEAD)
+    }
+
     /// Applies one event (see [`Nve::submit_batch`]).
     pub async fn submit(&mut self, event: Event) -> Result<Option<VnicView>, ErrorBody> {
         self.submit_batch(std::slice::from_ref(&event))
@@ -366,6 +374,8 @@ async fn status(State(s): State<Api>) -> Json<StatusView> {
     let mut v = nve.status.clone();
     v.vns = nve.model.vns().count();
     v.ports = nve.model.ports().count();
+    v.vm_mtu = nve.vm_mtu().await;
+    v.underlay_mtu = netlink::mtu(&nve.netlink, &v.underlay).await.unwrap_or(0);
     v.next_hops = nve
         .next_hops
         .iter()
@@ -393,7 +403,15 @@ async fn fdb(State(s): State<Api>) -> Json<Vec<FdbView>> {
 }
 
 async fn list_vns(State(s): State<Api>) -> Json<Vec<VnView>> {
-    Json(s.nve.lock().await.model.vn_views())
+    let nve = s.nve.lock().await;
+    let vm_mtu = nve.vm_mtu().await;
+    let mut views = nve.model.vn_views();
+    for v in &mut views {
+        if !v.mtu_configured {
+            v.mtu = vm_mtu;
+        }
+    }
+    Json(views)
 }
 
 async fn create_vn(

@@ -282,3 +282,41 @@ pub fn unsolicited_na(mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> 
         &ipv6_hops(src, all_nodes, 58, 255, &icmp),
     )
 }
+
+/// The ICMP "fragmentation needed" nve answers an IPv4 `frame` too big for `mtu` with:
+/// from the frame's destination to its source, quoting its IPv4 header and 8 bytes.
+pub fn frag_needed(frame: &[u8], mtu: u16) -> Vec<u8> {
+    let (dst, src) = (&frame[..6], &frame[6..12]);
+    let ip = &frame[14..];
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(&ip[..28]);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let to = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let from = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let mut reply = Ipv4::new(from, to, 1);
+    reply.frag = 0;
+    eth(
+        src.try_into().unwrap(),
+        dst.try_into().unwrap(),
+        0x0800,
+        &reply.packet(&icmp),
+    )
+}
+
+/// The ICMPv6 "packet too big" nve answers an IPv6 `frame` too big for `mtu` with.
+pub fn packet_too_big(frame: &[u8], mtu: u32) -> Vec<u8> {
+    let (dst, src) = (&frame[..6], &frame[6..12]);
+    let ip = &frame[14..];
+    let to = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
+    let from = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap());
+    let mut body = mtu.to_be_bytes().to_vec();
+    body.extend_from_slice(&ip[..48]);
+    eth(
+        src.try_into().unwrap(),
+        dst.try_into().unwrap(),
+        0x86dd,
+        &ipv6_hops(from, to, 58, 64, &icmpv6(from, to, 2, &body)),
+    )
+}

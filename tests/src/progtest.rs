@@ -52,6 +52,8 @@ pub const UNKNOWN: [u8; 6] = [2, 0, 0, 0, 9, 9];
 pub const UNDERLAY_MAC: [u8; 6] = [2, 0xaa, 0, 0, 0, 1];
 pub const NEXT_HOP_MAC: [u8; 6] = [2, 0xbb, 0, 0, 0, 2];
 pub const UNDERLAY_MTU: u32 = 1500;
+/// VNI_TAGGED's configured MTU.
+pub const VN_MTU: u32 = 1280;
 /// An address of VNI_EMPTY the dataplane answers ARP for (VM2 holds it).
 pub const KNOWN_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 30, 9);
 /// An address of VNI_EMPTY the dataplane answers neighbour solicitations for (VM2's).
@@ -155,7 +157,15 @@ impl Loaded {
         vn.ports[0] = LocalPort::new(VM1_PORT, 0);
         vn.port_count = 1;
         vns.insert(VNI, vn, 0)?;
-        vns.insert(VNI_TAGGED, VnInfo::default(), 0)?;
+        // VNI_TAGGED's VMs have a configured MTU below the underlay's.
+        vns.insert(
+            VNI_TAGGED,
+            VnInfo {
+                mtu: VN_MTU,
+                ..VnInfo::default()
+            },
+            0,
+        )?;
         // VNI_EMPTY decapsulates from any VTEP; the others only from REMOTE.
         vns.insert(
             VNI_EMPTY,
@@ -653,12 +663,69 @@ pub fn cases() -> Vec<Case> {
         },
         fwd(Forward::Encapsulated),
     ));
+    // The underlay's 1500 bytes leave 1450 for the VM's packets.
+    let too_big = packet::inner_ping(VM2, VM1, 1465 - 42);
     cases.push(egress(
-        "one byte over the underlay MTU",
-        packet::inner_ping(VM2, VM1, 1465 - 42),
+        "one byte over the underlay MTU, DF: ICMP fragmentation needed",
+        too_big.clone(),
+        Redirect,
+        Output::Bytes(packet::frag_needed(&too_big, 1450)),
+        fwd(Forward::IcmpTooBig),
+    ));
+    let mut no_df = Ipv4::new([192, 168, 10, 1].into(), [192, 168, 10, 2].into(), 1);
+    no_df.frag = 0;
+    cases.push(egress(
+        "one byte over the underlay MTU, no DF: dropped, never fragmented",
+        packet::eth(
+            VM2,
+            VM1,
+            0x0800,
+            &no_df.packet(&packet::icmp_echo(1, 1, 1465 - 42)),
+        ),
         Drop,
         Output::Any,
         drop(DropReason::UnderlayMtuExceeded),
+    ));
+    let v6 = |len: usize| {
+        let src: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let dst: Ipv6Addr = "2001:db8::2".parse().unwrap();
+        packet::eth(
+            VM2,
+            VM1,
+            0x86dd,
+            &packet::ipv6(src, dst, 17, &packet::udp(1, 2, &vec![0; len])),
+        )
+    };
+    let fits6 = v6(1450 - 48);
+    cases.push(egress(
+        "IPv6 at the MTU: encapsulated",
+        fits6.clone(),
+        Redirect,
+        Output::Encap {
+            vni: VNI,
+            inner: fits6,
+        },
+        fwd(Forward::Encapsulated),
+    ));
+    let big6 = v6(1451 - 48);
+    cases.push(egress(
+        "IPv6 one byte over: ICMPv6 packet too big",
+        big6.clone(),
+        Redirect,
+        Output::Bytes(packet::packet_too_big(&big6, 1450)),
+        fwd(Forward::IcmpTooBig),
+    ));
+    let over_vn = Ipv4::new([192, 168, 20, 1].into(), [192, 168, 20, 2].into(), 1)
+        .packet(&packet::icmp_echo(1, 1, 1281 - 28));
+    cases.push(egress(
+        "over the VN's configured MTU (1280): ICMP with that MTU",
+        packet::eth_tagged(VM2, VM1, VID, 0x0800, &over_vn),
+        Redirect,
+        Output::Bytes(packet::frag_needed(
+            &packet::eth(VM2, VM1, 0x0800, &over_vn),
+            1280,
+        )),
+        fwd(Forward::IcmpTooBig),
     ));
     let tagged_ip = Ipv4::new([192, 168, 20, 1].into(), [192, 168, 20, 2].into(), 1)
         .packet(&packet::icmp_echo(1, 1, 32));

@@ -118,6 +118,8 @@ pub struct Vn {
     pub ports: Vec<Port>,
     /// Remote VTEPs broadcast is replicated to.
     pub flood_list: Vec<Ipv4Addr>,
+    /// The VMs' MTU when configured below what the underlay leaves.
+    pub mtu: Option<u32>,
 }
 
 /// How to reach a remote VTEP.
@@ -189,6 +191,7 @@ impl Config {
                 pt::VNI_TAGGED,
                 Vn {
                     floods_unknown: true,
+                    mtu: Some(pt::VN_MTU),
                     ..Vn::default()
                 },
             ),
@@ -659,7 +662,8 @@ fn vm_egress(cfg: &Config, port: Port, frame: &[u8]) -> Prediction {
         ),
         // A pre-associated or paused vNIC receives nothing, from the underlay or locally.
         Some(Location::Local { .. }) => Prediction::drop(DropReason::VnicInactive),
-        Some(Location::Remote(vtep)) => encapsulate(cfg, vni, *vtep, frame),
+        Some(Location::Remote(vtep)) => too_big(cfg, vni, *vtep, ingress, &frame)
+            .unwrap_or_else(|| encapsulate(cfg, vni, *vtep, frame)),
         None => match cfg.vns.get(&vni) {
             Some(vn) if vn.floods_unknown => {
                 flood(cfg, vni, ingress, frame, DropReason::FloodListEmpty)
@@ -741,6 +745,46 @@ impl SourceCheck<'_> {
             || ip.is_unicast_link_local()
             || self.owned_here(self.cfg.nd.get(&(self.vni, ip)))
     }
+}
+
+/// A unicast frame that will not fit once encapsulated (the underlay's MTU less 50, or the
+/// VN's MTU if lower): IPv4 with DF and IPv6 are answered on the sender's port with ICMP
+/// "fragmentation needed" / ICMPv6 "packet too big" from the destination; anything else is
+/// dropped. `None`: it fits.
+fn too_big(
+    cfg: &Config,
+    vni: u32,
+    vtep: Ipv4Addr,
+    ingress: Port,
+    frame: &[u8],
+) -> Option<Prediction> {
+    let nh = cfg.next_hops.get(&vtep)?;
+    let len = frame.len() as u32 - ETH_LEN as u32;
+    let mut mtu = nh.mtu - VXLAN_IPV4_OVERHEAD;
+    if let Some(vn_mtu) = cfg.vns.get(&vni).and_then(|vn| vn.mtu) {
+        mtu = mtu.min(vn_mtu);
+    }
+    if len <= mtu {
+        return None;
+    }
+    let answer = |frame| {
+        Prediction::new(
+            Forward::IcmpTooBig,
+            Verdict::Redirect,
+            Output::Delivered {
+                vni,
+                port: ingress,
+                frame,
+            },
+        )
+    };
+    Some(match be16(frame, 12) {
+        ETH_P_IPV4 if be16(frame, ETH_LEN + 6) & 0x4000 != 0 => {
+            answer(crate::packet::frag_needed(frame, mtu as u16))
+        }
+        ETH_P_IPV6 => answer(crate::packet::packet_too_big(frame, mtu)),
+        _ => Prediction::drop(DropReason::UnderlayMtuExceeded),
+    })
 }
 
 fn encapsulate(cfg: &Config, vni: u32, vtep: Ipv4Addr, inner: Vec<u8>) -> Prediction {

@@ -128,7 +128,7 @@ fn must_reach(program: Program) -> Vec<Outcome> {
             d(D::FloodListEmpty),
             f(F::LocalSwitched),
             f(F::Encapsulated),
-            d(D::UnderlayMtuExceeded),
+            f(F::IcmpTooBig),
             d(D::FdbMiss),
         ],
         Program::TcTunnelRx => vec![d(D::VxlanInvalidHdr)],

@@ -14,7 +14,7 @@ use nve_common::{
         PORT_ACTIVE, PORT_CHECK_SRC_MAC, PORT_F_CHECK_IPV4, PORT_F_CHECK_IPV6, PORT_F_TAP, PortKey,
         PortValue, VN_F_ANY_VTEP, VN_F_NO_UNKNOWN_FLOOD, VnInfo, VnVtepKey,
     },
-    wire::VNI_MAX,
+    wire::{MAX_VN_MTU, MIN_VN_MTU, VNI_MAX},
 };
 
 use crate::{
@@ -85,6 +85,9 @@ pub struct Vn {
     /// VXLAN accepted from any VTEP (see `CreateVn::any_vtep`).
     #[serde(default)]
     pub any_vtep: bool,
+    /// The VMs' configured MTU (see `CreateVn::mtu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
     /// (interface, VID) -> MACs behind it.
     #[serde(with = "pairs")]
     pub ports: BTreeMap<(String, u16), BTreeSet<MacAddr>>,
@@ -200,10 +203,18 @@ impl Model {
                 req.vni
             )));
         }
+        if let Some(mtu) = req.mtu
+            && !(MIN_VN_MTU..=MAX_VN_MTU).contains(&mtu)
+        {
+            return Err(format_err(format!(
+                "MTU {mtu}: must be {MIN_VN_MTU} to {MAX_VN_MTU}"
+            )));
+        }
         if let Some(vn) = self.vns.get(&req.name) {
             if vn.vni == req.vni
                 && vn.flood_unknown == req.flood_unknown
                 && vn.any_vtep == req.any_vtep
+                && vn.mtu == req.mtu
             {
                 return Ok(());
             }
@@ -227,6 +238,7 @@ impl Model {
                 vni: req.vni,
                 flood_unknown: req.flood_unknown,
                 any_vtep: req.any_vtep,
+                mtu: req.mtu,
                 ..Vn::default()
             },
         );
@@ -409,6 +421,8 @@ impl Model {
                 vni: vn.vni,
                 flood_unknown: vn.flood_unknown,
                 any_vtep: vn.any_vtep,
+                mtu: vn.mtu.unwrap_or(0),
+                mtu_configured: vn.mtu.is_some(),
                 ports: vn
                     .ports
                     .iter()
@@ -475,6 +489,7 @@ impl Model {
             if vn.any_vtep {
                 info.flags |= VN_F_ANY_VTEP;
             }
+            info.mtu = vn.mtu.unwrap_or(0);
             for vtep in vn.flood.iter().chain(vn.remote.values()) {
                 d.vn_vteps.insert(VnVtepKey::new(vn.vni, vtep.octets()), 0);
             }
