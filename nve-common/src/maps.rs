@@ -33,6 +33,32 @@ pub const FLOOD_MAX_REMOTES: usize = 16;
 /// Local ports a VN floods broadcast to.
 pub const FLOOD_MAX_PORTS: usize = 16;
 
+/// A VTEP address, IPv4 or IPv6: 16 bytes, network order, an IPv4 address mapped
+/// (::ffff:a.b.c.d).
+pub type Vtep = [u8; 16];
+
+/// The VTEP address of IPv4 `a`.
+pub const fn vtep_v4(a: [u8; 4]) -> Vtep {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+/// The VTEP address of `ip`.
+pub const fn vtep_of(ip: core::net::IpAddr) -> Vtep {
+    match ip {
+        core::net::IpAddr::V4(a) => vtep_v4(a.octets()),
+        core::net::IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// The IPv4 address of `v`, if it is one.
+#[inline(always)]
+pub fn vtep_ipv4(v: &Vtep) -> Option<[u8; 4]> {
+    let mapped = v[..10].iter().all(|&b| b == 0) && v[10] == 0xff && v[11] == 0xff;
+    mapped.then_some([v[12], v[13], v[14], v[15]])
+}
+
 /// Per-instance dataplane settings, one entry at index 0 of `CONFIG_MAP`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -41,11 +67,19 @@ pub struct DataplaneConfig {
     pub vtep_ipv4: [u8; 4],
     /// The underlay interface encapsulated frames leave by.
     pub underlay_ifindex: u32,
-    /// Outer IPv4 TTL.
+    /// Outer IPv4 TTL (and IPv6 hop limit).
     pub ttl: u8,
     pub _pad: [u8; 3],
+    /// This NVE's IPv6 VTEP address (zero: none): VXLAN over IPv6 goes through the kernel's
+    /// collect_md vxlan device, which computes the outer UDP checksum.
+    pub vtep_ipv6: [u8; 16],
+    /// `TUNNEL_DEV`'s ifindex.
+    pub tunnel_ifindex: u32,
+    /// The underlay interface's MTU (for remotes over IPv6, which have no mirrored next
+    /// hop).
+    pub underlay_mtu: u32,
 }
-const _: () = assert!(size_of::<DataplaneConfig>() == 12);
+const _: () = assert!(size_of::<DataplaneConfig>() == 36);
 
 /// A VM port, or one VLAN on a trunk VM port: what a frame arrives on.
 #[repr(C)]
@@ -171,14 +205,17 @@ pub struct VnInfo {
     pub mtu: u32,
     /// Valid entries at the front of `remotes`.
     pub remote_count: u32,
+    /// Of those, the first ones are over IPv4 (the program encapsulates once for them all);
+    /// the rest over IPv6 (the kernel's vxlan device encapsulates each).
+    pub remote_v4_count: u32,
     /// Valid entries at the front of `ports`.
     pub port_count: u32,
     /// Remote VTEPs (network order) for head-end replication.
-    pub remotes: [[u8; 4]; FLOOD_MAX_REMOTES],
+    pub remotes: [Vtep; FLOOD_MAX_REMOTES],
     /// This host's ports in the VN.
     pub ports: [LocalPort; FLOOD_MAX_PORTS],
 }
-const _: () = assert!(size_of::<VnInfo>() == 16 + 4 * FLOOD_MAX_REMOTES + 8 * FLOOD_MAX_PORTS);
+const _: () = assert!(size_of::<VnInfo>() == 20 + 16 * FLOOD_MAX_REMOTES + 8 * FLOOD_MAX_PORTS);
 
 /// `VnInfo::flags`: unicast to a MAC the FDB does not know is dropped (FDB_MISS) instead of
 /// flooded like broadcast; for VNs whose every MAC is known from signaling.
@@ -203,8 +240,9 @@ impl Default for VnInfo {
             flags: 0,
             mtu: 0,
             remote_count: 0,
+            remote_v4_count: 0,
             port_count: 0,
-            remotes: [[0; 4]; FLOOD_MAX_REMOTES],
+            remotes: [[0; 16]; FLOOD_MAX_REMOTES],
             ports: [LocalPort::default(); FLOOD_MAX_PORTS],
         }
     }
@@ -245,20 +283,20 @@ pub struct FdbEntry {
     pub kind: u32,
     /// `FDB_LOCAL`: the port.
     pub port: LocalPort,
-    /// `FDB_REMOTE`: the VTEP, network order.
-    pub remote: [u8; 4],
+    /// `FDB_REMOTE`: the VTEP.
+    pub remote: Vtep,
 }
-const _: () = assert!(size_of::<FdbEntry>() == 16);
+const _: () = assert!(size_of::<FdbEntry>() == 28);
 
 impl FdbEntry {
     pub const fn local(port: LocalPort) -> Self {
         Self {
             kind: FDB_LOCAL,
             port,
-            remote: [0; 4],
+            remote: [0; 16],
         }
     }
-    pub const fn remote(vtep: [u8; 4]) -> Self {
+    pub const fn remote(vtep: Vtep) -> Self {
         Self {
             kind: FDB_REMOTE,
             port: LocalPort::new(0, 0),
@@ -339,13 +377,12 @@ impl NdKey {
 pub struct VnVtepKey {
     /// VNI, host order.
     pub vni: u32,
-    /// Network order.
-    pub vtep: [u8; 4],
+    pub vtep: Vtep,
 }
-const _: () = assert!(size_of::<VnVtepKey>() == 8);
+const _: () = assert!(size_of::<VnVtepKey>() == 20);
 
 impl VnVtepKey {
-    pub const fn new(vni: u32, vtep: [u8; 4]) -> Self {
+    pub const fn new(vni: u32, vtep: Vtep) -> Self {
         Self { vni, vtep }
     }
 }

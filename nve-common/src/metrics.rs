@@ -153,6 +153,12 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// The reason numbered `n`, if any.
+    #[inline(always)]
+    pub fn from_u32(n: u32) -> Option<DropReason> {
+        DropReason::ALL.into_iter().find(|&d| d as u32 == n)
+    }
+
     pub const ALL: [DropReason; 17] = [
         DropReason::PktTooSmall,
         DropReason::VxlanInvalidHdr,

@@ -6,6 +6,8 @@ pub const VXLAN_PORT: u16 = 4789;
 pub const VXLAN_FLAG_I: u8 = 0x08;
 /// Ethernet (14) + IPv4 (20) + UDP (8) + VXLAN (8): what encapsulation adds on an IPv4 underlay.
 pub const VXLAN_IPV4_OVERHEAD: u32 = 50;
+/// Ethernet (14) + IPv6 (40) + UDP (8) + VXLAN (8): on an IPv6 underlay.
+pub const VXLAN_IPV6_OVERHEAD: u32 = 70;
 /// The range a VN's MTU may be configured in; frames up to the smallest skip the
 /// dataplane's lookup of it.
 pub const MIN_VN_MTU: u32 = 576;

@@ -1,7 +1,12 @@
 //! Classification of underlay frames, shared by `xdp_underlay_rx` and `tc_underlay_rx`.
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    udp::UdpHdr,
+    vxlan::VxlanHdr,
+};
 use nve_common::{
-    maps::{DataplaneConfig, FDB_LOCAL, LocalPort, VnInfo},
+    maps::{DataplaneConfig, FDB_LOCAL, LocalPort, VnInfo, Vtep, vtep_v4},
     metrics::{DropReason, Forward},
     wire::{VXLAN_FLAG_I, VXLAN_PORT},
 };
@@ -9,7 +14,9 @@ use nve_common::{
 use crate::{
     deliver, maps,
     metrics::Scope,
-    parse::{ETH_LEN, ETH_P_IPV4, Frame, IPPROTO_UDP, be16, header, is_multicast, require},
+    parse::{
+        ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, Frame, IPPROTO_UDP, be16, header, is_multicast, require,
+    },
 };
 
 /// Where a decapsulated frame goes.
@@ -48,8 +55,12 @@ pub fn classify(
     let Some(eth) = header::<EthHdr>(f, 0) else {
         return host;
     };
-    if u16::from_be(eth.ether_type) != ETH_P_IPV4 {
-        return host;
+    match u16::from_be(eth.ether_type) {
+        ETH_P_IPV4 => {}
+        ETH_P_IPV6 if vxlan_over_ipv6(f, cfg) => {
+            return Ok(Underlay::Host(Forward::ToKernelVxlan));
+        }
+        _ => return host,
     }
     let Some(ip) = header::<Ipv4Hdr>(f, ETH_LEN) else {
         return host;
@@ -82,7 +93,7 @@ pub fn classify(
     let vni = (vxlan.vni[0] as u32) << 16 | (vxlan.vni[1] as u32) << 8 | vxlan.vni[2] as u32;
     let inner_offset = vxlan_offset + VxlanHdr::LEN;
     let inner = require::<EthHdr>(f, inner_offset, DropReason::InnerTruncated)?;
-    let target = target(vni, inner.dst_addr, ip.src_addr, scope)?;
+    let target = target(vni, inner.dst_addr, vtep_v4(ip.src_addr), scope)?;
     Ok(Underlay::Vxlan(Decap {
         vni,
         inner_offset,
@@ -95,12 +106,7 @@ pub fn classify(
 /// Unknown unicast floods to the VN's local ports unless the VN says otherwise. Puts a
 /// served VN in `scope`.
 #[inline(always)]
-pub fn target(
-    vni: u32,
-    dst: [u8; 6],
-    src: [u8; 4],
-    scope: &mut Scope,
-) -> Result<Target, DropReason> {
+pub fn target(vni: u32, dst: [u8; 6], src: Vtep, scope: &mut Scope) -> Result<Target, DropReason> {
     let vn = maps::vn(vni).ok_or(DropReason::VniNotFound)?;
     scope.set_vni(vni);
     if !vn.accepts_any_vtep() && !maps::vn_knows_vtep(vni, src) {
@@ -117,4 +123,20 @@ pub fn target(
         None if vn.floods_unknown() => Ok(Target::Flood(vn)),
         None => Err(DropReason::FdbMiss),
     }
+}
+
+/// Whether the frame is UDP to the VXLAN port of this NVE's IPv6 VTEP: the kernel's
+/// collect_md vxlan device decapsulates it (checking its UDP checksum) and `tc_tunnel_rx`
+/// delivers it.
+#[inline(always)]
+fn vxlan_over_ipv6(f: &impl Frame, cfg: &DataplaneConfig) -> bool {
+    let Some(ip) = header::<Ipv6Hdr>(f, ETH_LEN) else {
+        return false;
+    };
+    // SAFETY: one byte of the header bounds-checked above, read as a byte.
+    let next = unsafe { *(core::ptr::addr_of!(ip.next_hdr) as *const u8) };
+    if cfg.vtep_ipv6 == [0; 16] || ip.dst_addr != cfg.vtep_ipv6 || next != IPPROTO_UDP {
+        return false;
+    }
+    header::<UdpHdr>(f, ETH_LEN + Ipv6Hdr::LEN).is_some_and(|udp| be16(udp.dst) == VXLAN_PORT)
 }

@@ -17,23 +17,17 @@ use nve_common::{
 };
 
 use crate::{
-    csum, maps, metrics,
+    csum,
+    maps::{self, SCRATCH_LEN},
+    metrics,
     parse::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP},
 };
 
 const IP_DF: u16 = 0x4000;
 const IPV4_OFFSET: u32 = ETH_LEN as u32;
 
-/// Everything encapsulation puts in front of the inner frame. Byte arrays only (no padding).
-#[repr(C)]
-struct OuterIpv4 {
-    eth: [u8; 14],
-    ip: [u8; 20],
-    udp: [u8; 8],
-    vxlan: [u8; 8],
-}
-const _: () = assert!(size_of::<OuterIpv4>() == VXLAN_IPV4_OVERHEAD as usize);
 const _: () = assert!(size_of::<EthHdr>() + Ipv4Hdr::LEN + UdpHdr::LEN + VxlanHdr::LEN == 50);
+const OUTER: usize = VXLAN_IPV4_OVERHEAD as usize;
 
 /// Encapsulates the frame for `vni`, addressed to `remote`. On return the outer Ethernet
 /// addresses are not yet set: [`send`] fills them in.
@@ -52,7 +46,10 @@ pub fn encapsulate(
     // SAFETY: helper call; the flow hash of the inner frame (RFC 7348 source port entropy).
     let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
     let src_port = UDP_SRC_PORT_MIN | ((hash ^ (hash >> 16)) as u16 & 0x3fff);
-    let outer = outer_ipv4(cfg, vni, remote, src_port, inner_len);
+    // Built in the per-CPU scratch buffer: on the stack it would not fit next to the
+    // callers' own locals in head-end replication.
+    let outer = maps::scratch().ok_or(DropReason::HeaderAdjustFailed)?;
+    outer_ipv4(outer, cfg, vni, remote, src_port, inner_len);
     let proto = u16::from_be(ctx.skb.protocol() as u16);
     if proto == ETH_P_IPV4 || proto == ETH_P_IPV6 {
         let inner_eth: [u8; ETH_LEN] = ctx.load(0).map_err(|_| DropReason::PktTooSmall)?;
@@ -71,7 +68,7 @@ pub fn encapsulate(
             return Err(DropReason::HeaderAdjustFailed);
         }
     }
-    ctx.store(0, &outer, 0)
+    ctx.store(0, maps::window::<OUTER>(outer, 0), 0)
         .map_err(|_| DropReason::HeaderAdjustFailed)
 }
 
@@ -152,42 +149,39 @@ const fn encap_l2_len(len: u64) -> u64 {
     (len & 0xff) << 56
 }
 
+/// Writes outer Ethernet (addresses left to `send`), IPv4, UDP and VXLAN into the first
+/// `OUTER` bytes of `buf`.
 #[inline(always)]
 fn outer_ipv4(
+    buf: &mut [u8; SCRATCH_LEN],
     cfg: &DataplaneConfig,
     vni: u32,
     remote: [u8; 4],
     src_port: u16,
     inner_len: u32,
-) -> OuterIpv4 {
+) {
+    const IP: usize = ETH_LEN;
+    const UDP: usize = IP + Ipv4Hdr::LEN;
+    const VXLAN: usize = UDP + UdpHdr::LEN;
     let udp_len = (inner_len + (UdpHdr::LEN + VxlanHdr::LEN) as u32) as u16;
     let ip_len = udp_len + Ipv4Hdr::LEN as u16;
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-    ip[6..8].copy_from_slice(&IP_DF.to_be_bytes());
-    ip[8] = cfg.ttl;
-    ip[9] = IPPROTO_UDP;
-    ip[12..16].copy_from_slice(&cfg.vtep_ipv4);
-    ip[16..20].copy_from_slice(&remote);
-    let check = csum::finish(csum::add(0, &ip));
-    ip[10..12].copy_from_slice(&check.to_be_bytes());
-    let mut udp = [0u8; 8];
-    udp[0..2].copy_from_slice(&src_port.to_be_bytes());
-    udp[2..4].copy_from_slice(&VXLAN_PORT.to_be_bytes());
-    udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
-    // udp[6..8]: checksum 0 on IPv4 (RFC 7348); segmentation copies it into every segment.
-    let mut vxlan = [0u8; 8];
-    vxlan[0] = VXLAN_FLAG_I;
-    vxlan[4] = (vni >> 16) as u8;
-    vxlan[5] = (vni >> 8) as u8;
-    vxlan[6] = vni as u8;
-    let mut eth = [0u8; 14];
-    eth[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
-    OuterIpv4 {
-        eth,
-        ip,
-        udp,
-        vxlan,
-    }
+    buf[..OUTER].fill(0);
+    buf[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
+    buf[IP] = 0x45;
+    buf[IP + 2..IP + 4].copy_from_slice(&ip_len.to_be_bytes());
+    buf[IP + 6..IP + 8].copy_from_slice(&IP_DF.to_be_bytes());
+    buf[IP + 8] = cfg.ttl;
+    buf[IP + 9] = IPPROTO_UDP;
+    buf[IP + 12..IP + 16].copy_from_slice(&cfg.vtep_ipv4);
+    buf[IP + 16..IP + 20].copy_from_slice(&remote);
+    let check = csum::finish(csum::add(0, maps::window::<20>(buf, IP)));
+    buf[IP + 10..IP + 12].copy_from_slice(&check.to_be_bytes());
+    buf[UDP..UDP + 2].copy_from_slice(&src_port.to_be_bytes());
+    buf[UDP + 2..UDP + 4].copy_from_slice(&VXLAN_PORT.to_be_bytes());
+    buf[UDP + 4..UDP + 6].copy_from_slice(&udp_len.to_be_bytes());
+    // UDP checksum 0 on IPv4 (RFC 7348); segmentation copies it into every segment.
+    buf[VXLAN] = VXLAN_FLAG_I;
+    buf[VXLAN + 4] = (vni >> 16) as u8;
+    buf[VXLAN + 5] = (vni >> 8) as u8;
+    buf[VXLAN + 6] = vni as u8;
 }

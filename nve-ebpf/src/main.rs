@@ -23,6 +23,7 @@ mod pmtu;
 mod tc_tunnel_rx;
 mod tc_underlay_rx;
 mod tc_vm_egress;
+mod tunnel;
 mod xdp_pass;
 mod xdp_underlay_rx;
 

@@ -8,7 +8,7 @@ use nve_common::{
     maps::{
         ARP_MAX_ENTRIES, ArpEntry, ArpKey, DataplaneConfig, EVENTS_BYTES, FDB_MAX_ENTRIES,
         FdbEntry, FdbKey, ND_MAX_ENTRIES, NEXTHOPS_MAX_ENTRIES, NdKey, NextHop, PORTS_MAX_ENTRIES,
-        PortKey, PortValue, VN_VTEPS_MAX_ENTRIES, VNS_MAX_ENTRIES, VnInfo, VnVtepKey,
+        PortKey, PortValue, VN_VTEPS_MAX_ENTRIES, VNS_MAX_ENTRIES, VnInfo, VnVtepKey, Vtep,
     },
     metrics::{Counter, PortTraffic, STATS_MAX_ENTRIES, VnTraffic},
 };
@@ -108,7 +108,7 @@ pub fn nd(vni: u32, ip: [u8; 16]) -> Option<&'static ArpEntry> {
 
 /// Whether `vtep` is one of the VTEPs VN `vni` decapsulates from.
 #[inline(always)]
-pub fn vn_knows_vtep(vni: u32, vtep: [u8; 4]) -> bool {
+pub fn vn_knows_vtep(vni: u32, vtep: Vtep) -> bool {
     NVE_VN_VTEPS.get_ptr(VnVtepKey::new(vni, vtep)).is_some()
 }
 

@@ -6,9 +6,9 @@
 //! A GSO frame is measured by its segments.
 use aya_ebpf::{helpers::bpf_skb_change_tail, programs::TcContext};
 use nve_common::{
-    maps::LocalPort,
+    maps::{DataplaneConfig, LocalPort, Vtep, vtep_ipv4},
     metrics::DropReason,
-    wire::{MIN_VN_MTU, VXLAN_IPV4_OVERHEAD},
+    wire::{MIN_VN_MTU, VXLAN_IPV4_OVERHEAD, VXLAN_IPV6_OVERHEAD},
 };
 
 use crate::{
@@ -32,19 +32,26 @@ const QUOTE_V6: usize = 48;
 #[inline(always)]
 pub fn check(
     ctx: &TcContext,
+    cfg: &DataplaneConfig,
     vni: u32,
-    remote: [u8; 4],
+    remote: &Vtep,
     ingress: LocalPort,
 ) -> Result<Option<i32>, DropReason> {
-    let Some(nh) = maps::next_hop(remote) else {
-        return Ok(None);
+    // What the underlay leaves: over IPv4, the next hop's MTU (none mirrored yet: the
+    // send path decides); over IPv6, the underlay interface's.
+    let budget = match vtep_ipv4(remote) {
+        Some(v4) => match maps::next_hop(v4) {
+            Some(nh) => nh.mtu.saturating_sub(VXLAN_IPV4_OVERHEAD),
+            None => return Ok(None),
+        },
+        None => cfg.underlay_mtu.saturating_sub(VXLAN_IPV6_OVERHEAD),
     };
     let Ok(ether_type) = ctx.load::<[u8; 2]>(12) else {
         return Ok(None);
     };
     let ether_type = be16(ether_type);
     let len = network_len(ctx, ether_type);
-    let mut mtu = nh.mtu.saturating_sub(VXLAN_IPV4_OVERHEAD);
+    let mut mtu = budget;
     if len > MIN_VN_MTU
         && let Some(vn) = maps::vn(vni)
         && vn.mtu != 0

@@ -10,7 +10,9 @@ use aya_ebpf::{
 };
 use network_types::eth::EthHdr;
 use nve_common::{
-    maps::{DataplaneConfig, FDB_LOCAL, FDB_REMOTE, FLOOD_MAX_REMOTES, LocalPort, VnInfo},
+    maps::{
+        DataplaneConfig, FDB_LOCAL, FDB_REMOTE, FLOOD_MAX_REMOTES, LocalPort, VnInfo, vtep_ipv4,
+    },
     metrics::{DropReason, Forward, Hook},
 };
 
@@ -19,7 +21,7 @@ use crate::{
     metrics::{self, Scope},
     nd,
     parse::{ETH_LEN, Frame, be16, is_multicast, is_vlan, require},
-    pmtu,
+    pmtu, tunnel,
 };
 
 #[classifier]
@@ -82,14 +84,17 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
         }
         FDB_REMOTE => {
             let remote = entry.remote;
-            if let Some(action) = pmtu::check(ctx, vni, remote, ingress)? {
+            if let Some(action) = pmtu::check(ctx, cfg, vni, &remote, ingress)? {
                 return Ok((action, Forward::IcmpTooBig));
             }
-            encap::encapsulate(ctx, cfg, vni, remote)?;
-            Ok((
-                encap::send(ctx, cfg, vni, remote, false)?,
-                Forward::Encapsulated,
-            ))
+            let action = match vtep_ipv4(&remote) {
+                Some(v4) => {
+                    encap::encapsulate(ctx, cfg, vni, v4)?;
+                    encap::send(ctx, cfg, vni, v4, false)?
+                }
+                None => tunnel::send_v6(ctx, vni, &remote, false)?,
+            };
+            Ok((action, Forward::Encapsulated))
         }
         _ => Err(DropReason::FdbMiss),
     }
@@ -133,8 +138,12 @@ fn ingress_tag(ctx: &TcContext, eth: &EthHdr) -> Result<Tag, DropReason> {
     })
 }
 
-/// Head-end replication: a copy to each other local port of the VN, then one encapsulated
-/// copy per remote VTEP of its flood list (encapsulated once, re-addressed per VTEP).
+/// Head-end replication: a copy to each other local port of the VN, then one copy per
+/// remote VTEP of its flood list: first those over IPv6 (the kernel's vxlan device
+/// encapsulates them from the frame as it is), then those over IPv4 (encapsulated once,
+/// re-addressed per VTEP; the daemon puts them first in the list). A copy that fails is
+/// the outcome only if no copy went anywhere: one unreachable VTEP does not cut the others
+/// off.
 #[inline(always)]
 fn flood(
     ctx: &TcContext,
@@ -145,32 +154,35 @@ fn flood(
 ) -> Result<(i32, Forward), DropReason> {
     let local = deliver::flood_ports(ctx, vni, vn, ingress)?;
     let remotes = vn.remote_count.min(FLOOD_MAX_REMOTES as u32);
-    if remotes == 0 {
-        if local == 0 {
-            return Err(DropReason::FloodListEmpty);
-        }
-        return Ok((TC_ACT_SHOT, Forward::Flooded));
-    }
-    encap::encapsulate(ctx, cfg, vni, vn.remotes[0])?;
+    let v4 = vn.remote_v4_count.min(remotes);
     let mut state = RemotesLoop {
         skb: ctx.skb.skb,
         cfg,
         vni,
         vn,
-        error: None,
+        first: v4,
+        sent: 0,
+        error: 0,
     };
-    // SAFETY: the callback and its state live for the call; the state is ours.
-    unsafe {
-        bpf_loop(
-            remotes,
-            remote_copy as *mut c_void,
-            &mut state as *mut _ as *mut c_void,
-            0,
-        )
-    };
-    match state.error {
+    run_loop(remotes - v4, remote_copy_v6, &mut state);
+    if v4 > 0 {
+        match vtep_ipv4(&vn.remotes[0]) {
+            Some(first) => match encap::encapsulate(ctx, cfg, vni, first) {
+                Ok(()) => {
+                    state.first = 0;
+                    run_loop(v4, remote_copy_v4, &mut state);
+                }
+                Err(reason) => state.error = reason as u32,
+            },
+            None => state.error = DropReason::UnderlayNoRoute as u32,
+        }
+    }
+    if local + state.sent > 0 {
+        return Ok((TC_ACT_SHOT, Forward::Flooded));
+    }
+    match DropReason::from_u32(state.error) {
         Some(reason) => Err(reason),
-        None => Ok((TC_ACT_SHOT, Forward::Flooded)),
+        None => Err(DropReason::FloodListEmpty),
     }
 }
 
@@ -179,29 +191,79 @@ struct RemotesLoop<'a> {
     cfg: &'a DataplaneConfig,
     vni: u32,
     vn: &'a VnInfo,
-    error: Option<DropReason>,
+    /// Index in `vn.remotes` of the loop's first VTEP.
+    first: u32,
+    sent: u32,
+    /// The first copy's failure (`DropReason` as a number; 0: none).
+    error: u32,
 }
 
-extern "C" fn remote_copy(index: u64, state: *mut c_void) -> i64 {
-    // SAFETY: `state` is the `RemotesLoop` flood passed to bpf_loop.
-    let state = unsafe { &mut *(state as *mut RemotesLoop) };
-    let i = index as usize;
-    if i >= FLOOD_MAX_REMOTES {
-        return 1;
-    }
-    let ctx = TcContext::new(state.skb);
-    let remote = state.vn.remotes[i];
-    let sent = if i == 0 {
-        Ok(())
-    } else {
-        encap::readdress(&ctx, state.cfg, remote)
-    }
-    .and_then(|()| encap::send(&ctx, state.cfg, state.vni, remote, true));
-    match sent {
-        Ok(_) => 0,
-        Err(reason) => {
-            state.error = Some(reason);
-            1
+impl RemotesLoop<'_> {
+    fn record(&mut self, sent: Result<i32, DropReason>) {
+        match sent {
+            Ok(_) => self.sent += 1,
+            Err(reason) if self.error == 0 => self.error = reason as u32,
+            Err(_) => {}
         }
     }
+}
+
+#[inline(always)]
+fn run_loop(n: u32, callback: extern "C" fn(u64, *mut c_void) -> i64, state: &mut RemotesLoop) {
+    if n == 0 {
+        return;
+    }
+    // SAFETY: the callback and its state live for the call; the state is ours.
+    unsafe {
+        bpf_loop(
+            n,
+            callback as *mut c_void,
+            state as *mut _ as *mut c_void,
+            0,
+        )
+    };
+}
+
+/// The `index`th VTEP of the loop, and the loop's state.
+#[inline(always)]
+fn remote_at<'a>(index: u64, state: *mut c_void) -> Option<(&'a mut RemotesLoop<'a>, [u8; 16])> {
+    // SAFETY: `state` is the `RemotesLoop` flood passed to bpf_loop.
+    let state = unsafe { &mut *(state as *mut RemotesLoop) };
+    let i = state.first as usize + index as usize;
+    let remote = *state.vn.remotes.get(i)?;
+    Some((state, remote))
+}
+
+extern "C" fn remote_copy_v6(index: u64, state: *mut c_void) -> i64 {
+    let Some((state, remote)) = remote_at(index, state) else {
+        return 1;
+    };
+    let ctx = TcContext::new(state.skb);
+    let sent = tunnel::send_v6(&ctx, state.vni, &remote, true);
+    state.record(sent);
+    0
+}
+
+extern "C" fn remote_copy_v4(index: u64, state: *mut c_void) -> i64 {
+    let Some((state, remote)) = remote_at(index, state) else {
+        return 1;
+    };
+    let Some(v4) = vtep_ipv4(&remote) else {
+        return 0;
+    };
+    let ctx = TcContext::new(state.skb);
+    // The first is addressed already.
+    let addressed = if index == 0 {
+        Ok(())
+    } else {
+        encap::readdress(&ctx, state.cfg, v4)
+    };
+    if let Err(reason) = addressed {
+        // The frame is in no state for the next VTEP either.
+        state.record(Err(reason));
+        return 1;
+    }
+    let sent = encap::send(&ctx, state.cfg, state.vni, v4, true);
+    state.record(sent);
+    0
 }

@@ -1,6 +1,9 @@
 //! The local API: JSON bodies of `/v1/...` on the instance's Unix socket, shared by the
 //! daemon and its clients. Every error is an [`ErrorBody`] with a stable code.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -95,7 +98,8 @@ pub struct AttachPort {
 #[serde(deny_unknown_fields)]
 pub struct RemoteMac {
     pub mac: MacAddr,
-    pub vtep: Ipv4Addr,
+    /// IPv4 or IPv6.
+    pub vtep: IpAddr,
     /// Addresses of the remote MAC: the dataplane answers ARP and neighbour solicitations
     /// for them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -105,7 +109,7 @@ pub struct RemoteMac {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FloodVtep {
-    pub vtep: Ipv4Addr,
+    pub vtep: IpAddr,
 }
 
 /// A VN as `GET /v1/vns` shows it.
@@ -121,7 +125,7 @@ pub struct VnView {
     #[serde(default)]
     pub mtu_configured: bool,
     pub ports: Vec<PortView>,
-    pub flood: Vec<Ipv4Addr>,
+    pub flood: Vec<IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,7 +140,7 @@ pub struct PortView {
 #[serde(rename_all = "snake_case")]
 pub enum FdbTarget {
     Port { port: String, vid: u16 },
-    Vtep { vtep: Ipv4Addr },
+    Vtep { vtep: IpAddr },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +180,9 @@ pub struct StatsView {
 pub struct StatusView {
     pub instance: String,
     pub vtep: Ipv4Addr,
+    /// The IPv6 VTEP address, if the NVE has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep6: Option<Ipv6Addr>,
     pub underlay: String,
     pub underlay_mode: String,
     pub pin_dir: String,

@@ -202,8 +202,9 @@ pub enum FdbCommand {
     Add {
         vn: String,
         mac: MacAddr,
+        /// IPv4 or IPv6.
         #[arg(long)]
-        vtep: Ipv4Addr,
+        vtep: std::net::IpAddr,
         /// An IPv4 or IPv6 address of the MAC, answered for by ARP/ND suppression
         /// (repeatable).
         #[arg(long = "ip")]
@@ -217,8 +218,8 @@ pub enum FdbCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum FloodCommand {
-    Add { vn: String, vtep: Ipv4Addr },
-    Del { vn: String, vtep: Ipv4Addr },
+    Add { vn: String, vtep: std::net::IpAddr },
+    Del { vn: String, vtep: std::net::IpAddr },
 }
 
 pub fn main(cli: Cli) -> ExitCode {

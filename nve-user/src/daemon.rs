@@ -33,6 +33,10 @@ pub struct DaemonArgs {
     /// This NVE's VTEP address (an address of the underlay interface).
     #[arg(long)]
     pub vtep: Ipv4Addr,
+    /// Its IPv6 VTEP address, for peers over an IPv6 underlay (VXLAN over IPv6 goes
+    /// through the kernel's collect_md vxlan device, with the outer UDP checksum).
+    #[arg(long)]
+    pub vtep6: Option<std::net::Ipv6Addr>,
     /// The underlay interface VXLAN arrives on and leaves by.
     #[arg(long)]
     pub underlay: String,
@@ -83,7 +87,7 @@ pub struct ConfigVn {
     #[serde(default)]
     pub remote: Vec<RemoteMac>,
     #[serde(default)]
-    pub flood: Vec<Ipv4Addr>,
+    pub flood: Vec<std::net::IpAddr>,
 }
 
 impl ConfigFile {
@@ -194,15 +198,18 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     let underlay_ifindex = netlink::ifindex(&args.underlay)
         .with_context(|| format!("underlay {:?}: no such interface", args.underlay))?;
 
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    tokio::spawn(conn);
+    netlink::create_tunnel_device(&handle).await?;
     let config = DataplaneConfig {
         vtep_ipv4: args.vtep.octets(),
         underlay_ifindex,
         ttl: args.ttl,
         _pad: [0; 3],
+        vtep_ipv6: args.vtep6.map_or([0; 16], |a| a.octets()),
+        tunnel_ifindex: netlink::ifindex(TUNNEL_DEV).context("the tunnel device vanished")?,
+        underlay_mtu: netlink::mtu(&handle, &args.underlay).await.unwrap_or(1500),
     };
-    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-    tokio::spawn(conn);
-    netlink::create_tunnel_device(&handle).await?;
     let dataplane = match Dataplane::load(
         &paths.pin_dir,
         &args.underlay,
@@ -220,6 +227,7 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     let status = StatusView {
         instance: paths.instance.clone(),
         vtep: args.vtep,
+        vtep6: args.vtep6,
         underlay: args.underlay.clone(),
         underlay_mode: args.underlay_mode.to_string(),
         pin_dir: paths.pin_dir.display().to_string(),
@@ -353,7 +361,7 @@ pub async fn teardown(paths: &Paths) -> anyhow::Result<()> {
     tokio::spawn(conn);
     if paths.state_dir.exists() {
         let (_, model) = Store::open(&paths.state_dir)?;
-        for vtep in model.vteps() {
+        for vtep in model.ipv4_vteps() {
             if let Some(route) = netlink::route_to(&handle, vtep).await? {
                 let _ = netlink::forget_neighbour(&handle, route).await;
             }

@@ -260,7 +260,7 @@ impl Nve {
     /// first time becomes a managed neighbour, which the kernel keeps resolved.
     pub async fn refresh_next_hops(&mut self, model: &Model) -> anyhow::Result<()> {
         let mut next_hops = HashMap::new();
-        for vtep in model.vteps() {
+        for vtep in model.ipv4_vteps() {
             let Some(route) = netlink::route_to(&self.netlink, vtep).await? else {
                 tracing::warn!(%vtep, "no underlay route to VTEP");
                 continue;
@@ -493,7 +493,7 @@ async fn del_flood(
     State(s): State<Api>,
     Path((vn, vtep)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let vtep: Ipv4Addr = parse("VTEP", &vtep)?;
+    let vtep: std::net::IpAddr = parse("VTEP", &vtep)?;
     s.submit(Event::DelFlood { vn, vtep }).await?;
     Ok(ok())
 }

@@ -171,12 +171,26 @@ impl Capture {
         bail!("tcpdump did not start")
     }
 
-    /// Stops the capture and decodes it with tshark.
-    pub fn finish(mut self) -> Result<Vec<VxlanPacket>> {
+    fn stop(&mut self) {
         thread::sleep(Duration::from_millis(300));
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let _ = self.child.wait();
+    }
+
+    /// Stops the capture and lists `field` of each packet tshark's `filter` matches.
+    pub fn finish_field(mut self, filter: &str, field: &str) -> Result<Vec<String>> {
+        self.stop();
+        let file = self.file.to_str().context("path")?;
+        let out = crate::rig::run(&[
+            "tshark", "-r", file, "-Y", filter, "-T", "fields", "-e", field,
+        ])?;
+        Ok(out.lines().map(str::to_string).collect())
+    }
+
+    /// Stops the capture and decodes it with tshark.
+    pub fn finish(mut self) -> Result<Vec<VxlanPacket>> {
+        self.stop();
         let out = crate::rig::run(&[
             "tshark",
             "-r",

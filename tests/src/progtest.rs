@@ -16,7 +16,7 @@ use nve_common::{
         ARP_MAP, ArpEntry, ArpKey, CONFIG_MAP, DataplaneConfig, FDB_MAP, FdbEntry, FdbKey,
         LocalPort, ND_MAP, NEXTHOPS_MAP, NdKey, NextHop, PORT_ACTIVE, PORT_CHECK_SRC_MAC,
         PORT_F_CHECK_IPV4, PORT_F_CHECK_IPV6, PORT_F_TAP, PORTS_MAP, PortKey, PortValue,
-        VN_F_ANY_VTEP, VN_F_NO_UNKNOWN_FLOOD, VN_VTEPS_MAP, VNS_MAP, VnInfo, VnVtepKey,
+        VN_F_ANY_VTEP, VN_F_NO_UNKNOWN_FLOOD, VN_VTEPS_MAP, VNS_MAP, VnInfo, VnVtepKey, vtep_v4,
     },
     metrics::{Counter, DropReason, Forward, Hook, Outcome},
 };
@@ -49,6 +49,12 @@ pub const VM6: [u8; 6] = [2, 0, 0, 0, 6, 1];
 /// The one MAC allowed on the test port's VID 50.
 pub const VM7: [u8; 6] = [2, 0, 0, 0, 7, 1];
 pub const UNKNOWN: [u8; 6] = [2, 0, 0, 0, 9, 9];
+/// Behind REMOTE6, over the IPv6 underlay.
+pub const VM8: [u8; 6] = [2, 0, 0, 0, 8, 1];
+pub const VTEP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+pub const REMOTE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+/// The collect_md vxlan device VXLAN over IPv6 goes through.
+pub const TUNNEL_IFINDEX: u32 = 9;
 pub const UNDERLAY_MAC: [u8; 6] = [2, 0xaa, 0, 0, 0, 1];
 pub const NEXT_HOP_MAC: [u8; 6] = [2, 0xbb, 0, 0, 0, 2];
 pub const UNDERLAY_MTU: u32 = 1500;
@@ -107,6 +113,9 @@ impl Loaded {
                 underlay_ifindex: 7,
                 ttl: 64,
                 _pad: [0; 3],
+                vtep_ipv6: VTEP6.octets(),
+                tunnel_ifindex: TUNNEL_IFINDEX,
+                underlay_mtu: UNDERLAY_MTU,
             },
             0,
         )?;
@@ -178,7 +187,7 @@ impl Loaded {
         let mut vteps: HashMap<_, VnVtepKey, u32> =
             HashMap::try_from(self.ebpf.map_mut(VN_VTEPS_MAP).context(VN_VTEPS_MAP)?)?;
         for vni in [VNI, VNI_TAGGED] {
-            vteps.insert(VnVtepKey::new(vni, REMOTE.octets()), 0, 0)?;
+            vteps.insert(VnVtepKey::new(vni, vtep_v4(REMOTE.octets())), 0, 0)?;
         }
         let mut fdb: HashMap<_, FdbKey, FdbEntry> =
             HashMap::try_from(self.ebpf.map_mut(FDB_MAP).context(FDB_MAP)?)?;
@@ -187,7 +196,12 @@ impl Loaded {
             FdbEntry::local(LocalPort::new(VM1_PORT, 0)),
             0,
         )?;
-        fdb.insert(FdbKey::new(VNI, VM2), FdbEntry::remote(REMOTE.octets()), 0)?;
+        fdb.insert(
+            FdbKey::new(VNI, VM2),
+            FdbEntry::remote(vtep_v4(REMOTE.octets())),
+            0,
+        )?;
+        fdb.insert(FdbKey::new(VNI, VM8), FdbEntry::remote(REMOTE6.octets()), 0)?;
         fdb.insert(
             FdbKey::new(VNI, VM3),
             FdbEntry::local(LocalPort::new(VM3_PORT, 0)),
@@ -217,7 +231,7 @@ impl Loaded {
         )?;
         fdb.insert(
             FdbKey::new(VNI_TAGGED, VM2),
-            FdbEntry::remote(REMOTE.octets()),
+            FdbEntry::remote(vtep_v4(REMOTE.octets())),
             0,
         )?;
         let mut arp: HashMap<_, ArpKey, ArpEntry> =
@@ -451,6 +465,23 @@ pub fn cases() -> Vec<Case> {
         ),
         (Pass, Output::Same, fwd(Forward::DeferredToTc)),
         (Drop, Output::Any, drop(DropReason::FloodListEmpty)),
+    );
+    let (x, t) = both(Pass, Output::Same, fwd(Forward::ToKernelVxlan));
+    decap(
+        "VXLAN over IPv6 to this VTEP: to the kernel's tunnel device",
+        packet::eth(
+            UNDERLAY_MAC,
+            NEXT_HOP_MAC,
+            0x86dd,
+            &packet::ipv6(
+                REMOTE6,
+                VTEP6,
+                17,
+                &packet::udp(54321, 4789, &packet::vxlan(0x08, VNI, &to_vm1)),
+            ),
+        ),
+        x,
+        t,
     );
     let (x, t) = both(Pass, Output::Same, fwd(Forward::PassedToHost));
     decap(
@@ -1011,6 +1042,13 @@ pub fn cases() -> Vec<Case> {
         Drop,
         Output::Any,
         drop(DropReason::FdbMiss),
+    ));
+    cases.push(egress(
+        "to a VM behind an IPv6 VTEP: to the kernel's tunnel device",
+        packet::inner_ping(VM8, VM1, 32),
+        Redirect,
+        Output::Same,
+        fwd(Forward::Encapsulated),
     ));
     let to_vm3 = packet::inner_ping(VM3, VM1, 32);
     cases.push(egress(

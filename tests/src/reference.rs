@@ -40,7 +40,7 @@ use std::{
 
 use nve_common::{
     metrics::{DropReason, Forward, Outcome},
-    wire::{VXLAN_FLAG_I, VXLAN_IPV4_OVERHEAD, VXLAN_PORT},
+    wire::{VXLAN_FLAG_I, VXLAN_IPV4_OVERHEAD, VXLAN_IPV6_OVERHEAD, VXLAN_PORT},
 };
 
 use crate::{
@@ -94,6 +94,8 @@ pub enum Location {
         check_ipv6: bool,
     },
     Remote(Ipv4Addr),
+    /// Behind a VTEP over IPv6: the frame goes to the kernel's vxlan device as it is.
+    RemoteV6(Ipv6Addr),
 }
 
 impl Location {
@@ -134,6 +136,9 @@ pub struct NextHop {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub vtep: Ipv4Addr,
+    pub vtep6: Ipv6Addr,
+    /// The underlay interface's MTU (what remotes over IPv6 are measured against).
+    pub underlay_mtu: u32,
     pub ttl: u8,
     /// The port a test run's frame arrives on (the namespace's loopback).
     pub ingress_ifindex: u32,
@@ -208,6 +213,7 @@ impl Config {
         let fdb = BTreeMap::from([
             ((pt::VNI, pt::VM1), local(pt::VM1_PORT, 0)),
             ((pt::VNI, pt::VM2), Location::Remote(pt::REMOTE)),
+            ((pt::VNI, pt::VM8), Location::RemoteV6(pt::REMOTE6)),
             ((pt::VNI, pt::VM3), local(pt::VM3_PORT, 0)),
             ((pt::VNI, pt::VM6), local(pt::VM6_PORT, 0)),
             (
@@ -233,6 +239,8 @@ impl Config {
         ]);
         Self {
             vtep: pt::VTEP,
+            vtep6: pt::VTEP6,
+            underlay_mtu: pt::UNDERLAY_MTU,
             ttl: 64,
             ingress_ifindex: pt::TEST_IFINDEX,
             bindings,
@@ -406,6 +414,8 @@ pub enum Underlay<'a> {
     Fragment,
     /// VXLAN to our VTEP that cannot be decapsulated.
     Invalid(DropReason),
+    /// VXLAN over IPv6 to our IPv6 VTEP: the kernel's vxlan device decapsulates it.
+    KernelVxlan,
     /// A VXLAN frame from VTEP `src` for `vni` carrying `inner` (Ethernet header and on).
     Vxlan {
         src: Ipv4Addr,
@@ -417,6 +427,15 @@ pub enum Underlay<'a> {
 
 /// Classifies an underlay frame (shared by XDP and TC, and by the test's isolation checks).
 pub fn underlay<'a>(cfg: &Config, frame: &'a [u8]) -> Underlay<'a> {
+    const UDP6: usize = ETH_LEN + 40;
+    if frame.len() >= UDP6 + 8
+        && be16(frame, 12) == ETH_P_IPV6
+        && frame[ETH_LEN + 6] == 17
+        && ipv6_at(frame, ETH_LEN + 24) == cfg.vtep6
+        && be16(frame, UDP6 + 2) == VXLAN_PORT
+    {
+        return Underlay::KernelVxlan;
+    }
     if frame.len() < ETH_LEN + 20 || be16(frame, 12) != ETH_P_IPV4 {
         return Underlay::Host;
     }
@@ -474,7 +493,7 @@ fn decap_target(cfg: &Config, vni: u32, src: Ipv4Addr, dst: [u8; 6]) -> Result<T
         }),
         Some(Location::Local { .. }) => Err(DropReason::VnicInactive),
         // Behind another VTEP: the underlay is not relayed back onto the underlay.
-        Some(Location::Remote(_)) => Err(DropReason::FdbMiss),
+        Some(Location::Remote(_) | Location::RemoteV6(_)) => Err(DropReason::FdbMiss),
         None if vn.floods_unknown => Ok(flood()),
         None => Err(DropReason::FdbMiss),
     }
@@ -489,6 +508,7 @@ fn underlay_vxlan<'a>(
         Underlay::Host => Err(Prediction::pass(Forward::PassedToHost)),
         Underlay::Fragment => Err(Prediction::pass(Forward::PassedFragment)),
         Underlay::Invalid(reason) => Err(Prediction::drop(reason)),
+        Underlay::KernelVxlan => Err(Prediction::pass(Forward::ToKernelVxlan)),
         Underlay::Vxlan {
             src, vni, inner, ..
         } => match decap_target(cfg, vni, src, mac_at(inner, 0)) {
@@ -662,7 +682,16 @@ fn vm_egress(cfg: &Config, port: Port, frame: &[u8]) -> Prediction {
         ),
         // A pre-associated or paused vNIC receives nothing, from the underlay or locally.
         Some(Location::Local { .. }) => Prediction::drop(DropReason::VnicInactive),
-        Some(Location::Remote(vtep)) => too_big(cfg, vni, *vtep, ingress, &frame)
+        Some(Location::RemoteV6(_)) => {
+            let budget = cfg.underlay_mtu - VXLAN_IPV6_OVERHEAD;
+            too_big(cfg, vni, budget, ingress, &frame).unwrap_or_else(|| {
+                Prediction::new(Forward::Encapsulated, Verdict::Redirect, Output::Unchanged)
+            })
+        }
+        Some(Location::Remote(vtep)) => cfg
+            .next_hops
+            .get(vtep)
+            .and_then(|nh| too_big(cfg, vni, nh.mtu - VXLAN_IPV4_OVERHEAD, ingress, &frame))
             .unwrap_or_else(|| encapsulate(cfg, vni, *vtep, frame)),
         None => match cfg.vns.get(&vni) {
             Some(vn) if vn.floods_unknown => {
@@ -747,20 +776,14 @@ impl SourceCheck<'_> {
     }
 }
 
-/// A unicast frame that will not fit once encapsulated (the underlay's MTU less 50, or the
-/// VN's MTU if lower): IPv4 with DF and IPv6 are answered on the sender's port with ICMP
+/// A unicast frame that will not fit once encapsulated (`budget`: what the underlay
+/// leaves, 50 bytes less than the next hop's MTU over IPv4 and 70 less than the underlay's
+/// over IPv6; or the VN's MTU if lower): IPv4 with DF and IPv6 are answered on the sender's port with ICMP
 /// "fragmentation needed" / ICMPv6 "packet too big" from the destination; anything else is
 /// dropped. `None`: it fits.
-fn too_big(
-    cfg: &Config,
-    vni: u32,
-    vtep: Ipv4Addr,
-    ingress: Port,
-    frame: &[u8],
-) -> Option<Prediction> {
-    let nh = cfg.next_hops.get(&vtep)?;
+fn too_big(cfg: &Config, vni: u32, budget: u32, ingress: Port, frame: &[u8]) -> Option<Prediction> {
     let len = frame.len() as u32 - ETH_LEN as u32;
-    let mut mtu = nh.mtu - VXLAN_IPV4_OVERHEAD;
+    let mut mtu = budget;
     if let Some(vn_mtu) = cfg.vns.get(&vni).and_then(|vn| vn.mtu) {
         mtu = mtu.min(vn_mtu);
     }

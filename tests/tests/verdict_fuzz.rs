@@ -446,6 +446,18 @@ fn vm_isolation(cfg: &Config, frame: &[u8], forward: Forward, out: &[u8], p: &mu
         return;
     };
     match forward {
+        // Over IPv6 the frame goes as it is to the kernel's vxlan device (the VNI and VTEP
+        // ride in the tunnel key, which a test run does not show): its destination must be
+        // a MAC of the VN behind an IPv6 VTEP.
+        Forward::Encapsulated if out == frame_untagged(frame) => {
+            let dst: [u8; 6] = out[..6].try_into().expect("6 bytes");
+            if !matches!(cfg.fdb.get(&(vni, dst)), Some(Location::RemoteV6(_))) {
+                p.push(format!(
+                    "ISOLATION: from {port:?} (VNI {vni}) to the tunnel device for {dst:02x?}, \
+                     no MAC of that VN over IPv6"
+                ));
+            }
+        }
         Forward::Encapsulated => {
             if out.len() < 50 {
                 p.push("ISOLATION: encapsulated frame shorter than its headers".into());
@@ -1119,4 +1131,9 @@ impl Generator {
             }
         }
     }
+}
+
+/// The frame as tc_vm_egress forwards it: without the port's VLAN tag.
+fn frame_untagged(frame: &[u8]) -> Vec<u8> {
+    reference::vm_frame(frame).map_or_else(|_| frame.to_vec(), |(_, f)| f)
 }

@@ -1,6 +1,6 @@
 //! Every change to the model is an [`Event`] applied by one function, so the journal can
 //! record and replay exactly what the API did.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -36,11 +36,11 @@ pub enum Event {
     },
     AddFlood {
         vn: String,
-        vtep: Ipv4Addr,
+        vtep: IpAddr,
     },
     DelFlood {
         vn: String,
-        vtep: Ipv4Addr,
+        vtep: IpAddr,
     },
     Signal {
         id: VnicId,

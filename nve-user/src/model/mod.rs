@@ -12,7 +12,7 @@ use nve_common::{
     maps::{
         ArpEntry, ArpKey, FLOOD_MAX_PORTS, FLOOD_MAX_REMOTES, FdbEntry, FdbKey, LocalPort, NdKey,
         PORT_ACTIVE, PORT_CHECK_SRC_MAC, PORT_F_CHECK_IPV4, PORT_F_CHECK_IPV6, PORT_F_TAP, PortKey,
-        PortValue, VN_F_ANY_VTEP, VN_F_NO_UNKNOWN_FLOOD, VnInfo, VnVtepKey,
+        PortValue, VN_F_ANY_VTEP, VN_F_NO_UNKNOWN_FLOOD, VnInfo, VnVtepKey, vtep_of,
     },
     wire::{MAX_VN_MTU, MIN_VN_MTU, VNI_MAX},
 };
@@ -91,7 +91,7 @@ pub struct Vn {
     /// (interface, VID) -> MACs behind it.
     #[serde(with = "pairs")]
     pub ports: BTreeMap<(String, u16), BTreeSet<MacAddr>>,
-    pub remote: BTreeMap<MacAddr, Ipv4Addr>,
+    pub remote: BTreeMap<MacAddr, IpAddr>,
     /// Addresses of remote MACs, answered for by ARP/ND suppression.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub remote_ips: BTreeMap<MacAddr, BTreeSet<IpAddr>>,
@@ -102,7 +102,7 @@ pub struct Vn {
     /// Addresses learned from announcements -> the MAC that announced them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub learned_ips: BTreeMap<IpAddr, MacAddr>,
-    pub flood: BTreeSet<Ipv4Addr>,
+    pub flood: BTreeSet<IpAddr>,
 }
 
 /// A VM port as the host has it.
@@ -168,8 +168,9 @@ fn check_unicast(mac: MacAddr) -> Result<()> {
     Ok(())
 }
 
-fn check_vtep(vtep: Ipv4Addr) -> Result<()> {
-    if vtep.is_unspecified() || vtep.is_multicast() || vtep.is_broadcast() {
+fn check_vtep(vtep: IpAddr) -> Result<()> {
+    let broadcast = matches!(vtep, IpAddr::V4(a) if a.is_broadcast());
+    if vtep.is_unspecified() || vtep.is_multicast() || broadcast {
         return Err(format_err(format!(
             "VTEP {vtep}: must be a unicast address"
         )));
@@ -382,7 +383,7 @@ impl Model {
             .ok_or_else(|| not_found(format!("no remote MAC {mac} in VN {vn_name}")))
     }
 
-    pub fn add_flood(&mut self, vn_name: &str, vtep: Ipv4Addr) -> Result<()> {
+    pub fn add_flood(&mut self, vn_name: &str, vtep: IpAddr) -> Result<()> {
         check_vtep(vtep)?;
         let vn = self.vn_mut(vn_name)?;
         if !vn.flood.contains(&vtep) && vn.flood.len() >= FLOOD_MAX_REMOTES {
@@ -395,7 +396,7 @@ impl Model {
         Ok(())
     }
 
-    pub fn del_flood(&mut self, vn_name: &str, vtep: Ipv4Addr) -> Result<()> {
+    pub fn del_flood(&mut self, vn_name: &str, vtep: IpAddr) -> Result<()> {
         let vn = self.vn_mut(vn_name)?;
         if !vn.flood.remove(&vtep) {
             return Err(not_found(format!(
@@ -406,11 +407,20 @@ impl Model {
     }
 
     /// Every remote VTEP some VN sends to.
-    pub fn vteps(&self) -> BTreeSet<Ipv4Addr> {
+    pub fn vteps(&self) -> BTreeSet<IpAddr> {
         self.vns
             .values()
             .flat_map(|vn| vn.flood.iter().chain(vn.remote.values()).copied())
             .collect()
+    }
+
+    /// The remote VTEPs over IPv4: the dataplane encapsulates for them itself, by the
+    /// next hops the daemon mirrors (over IPv6 the kernel's vxlan device routes).
+    pub fn ipv4_vteps(&self) -> impl Iterator<Item = Ipv4Addr> {
+        self.vteps().into_iter().filter_map(|v| match v {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        })
     }
 
     pub fn vn_views(&self) -> Vec<VnView> {
@@ -491,16 +501,19 @@ impl Model {
             }
             info.mtu = vn.mtu.unwrap_or(0);
             for vtep in vn.flood.iter().chain(vn.remote.values()) {
-                d.vn_vteps.insert(VnVtepKey::new(vn.vni, vtep.octets()), 0);
+                d.vn_vteps.insert(VnVtepKey::new(vn.vni, vtep_of(*vtep)), 0);
             }
-            for (i, vtep) in vn.flood.iter().take(FLOOD_MAX_REMOTES).enumerate() {
-                info.remotes[i] = vtep.octets();
+            // IPv4 VTEPs first: the dataplane encapsulates once for all of them.
+            let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = vn.flood.iter().partition(|v| v.is_ipv4());
+            info.remote_v4_count = v4.len().min(FLOOD_MAX_REMOTES) as u32;
+            for (i, vtep) in v4.iter().chain(&v6).take(FLOOD_MAX_REMOTES).enumerate() {
+                info.remotes[i] = vtep_of(*vtep);
                 info.remote_count += 1;
             }
             d.vns.insert(vn.vni, info);
             for (mac, vtep) in &vn.remote {
                 d.fdb
-                    .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::remote(vtep.octets()));
+                    .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::remote(vtep_of(*vtep)));
             }
             // Learned addresses take precedence over remote ones, local vNICs' own
             // addresses (below) over both.
@@ -626,6 +639,7 @@ fn not_found(message: String) -> ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nve_common::maps::vtep_v4;
 
     fn mac(s: &str) -> MacAddr {
         s.parse().unwrap()
@@ -750,11 +764,11 @@ mod tests {
         );
         assert_eq!(
             d.fdb[&FdbKey::new(100, mac("02:00:00:00:00:02").0)],
-            FdbEntry::remote([10, 0, 0, 2])
+            FdbEntry::remote(vtep_v4([10, 0, 0, 2]))
         );
         let vn = d.vns[&100];
         assert_eq!((vn.remote_count, vn.port_count), (1, 2));
-        assert_eq!(vn.remotes[0], [10, 0, 0, 2]);
+        assert_eq!(vn.remotes[0], vtep_v4([10, 0, 0, 2]));
         m.delete_vn("blue", 0).unwrap();
         assert_eq!(
             m.desired(|_| Some(PortInfo {

@@ -1,0 +1,89 @@
+//! VXLAN over an IPv6 underlay, through the kernel's collect_md vxlan device
+//! (`TUNNEL_DEV`): the program sets the tunnel key (remote VTEP, VNI, hop limit, source)
+//! and redirects the frame to the device, which encapsulates with the outer UDP checksum
+//! computed (offloaded for GSO frames). Encapsulating IPv6 in the program would leave that
+//! checksum to software over every byte, or zero, which receivers refuse over IPv6.
+use aya_ebpf::{
+    bindings::{__sk_buff, BPF_F_TUNINFO_IPV6, TC_ACT_REDIRECT, bpf_tunnel_key},
+    helpers::{bpf_redirect, bpf_skb_set_tunnel_key},
+    programs::TcContext,
+};
+use nve_common::{maps::Vtep, metrics::DropReason};
+
+use crate::{maps, metrics};
+
+/// Sends the (inner) frame of `vni` to `remote` over IPv6. With `copy` a clone goes and
+/// the frame stays with the caller (returns 0); otherwise it is redirected (returns the TC
+/// action).
+#[inline(always)]
+pub fn send_v6(ctx: &TcContext, vni: u32, remote: &Vtep, copy: bool) -> Result<i32, DropReason> {
+    let rc = send_v6_out_of_line(ctx.skb.skb, vni, remote, copy);
+    if rc < 0 {
+        return Err(DropReason::from_u32((-rc) as u32).unwrap_or(DropReason::RedirectFailed));
+    }
+    Ok(rc as i32)
+}
+
+/// `send_v6` as a subprogram of its own, so its locals stay off the stacks of
+/// tc_vm_egress and of the head-end replication callback (a subprogram takes at most five
+/// arguments and returns a register: the action, or a negated drop reason).
+#[inline(never)]
+fn send_v6_out_of_line(skb: *mut __sk_buff, vni: u32, remote: &Vtep, copy: bool) -> i64 {
+    match send(&TcContext::new(skb), vni, remote, copy) {
+        Ok(action) => action as i64,
+        Err(reason) => -(reason as i64),
+    }
+}
+
+#[inline(always)]
+fn send(ctx: &TcContext, vni: u32, remote: &Vtep, copy: bool) -> Result<i32, DropReason> {
+    let cfg = maps::config().ok_or(DropReason::UnderlayNoRoute)?;
+    if cfg.tunnel_ifindex == 0 {
+        return Err(DropReason::UnderlayNoRoute);
+    }
+    // In the per-CPU scratch buffer: on the stack it would not fit next to the callers'
+    // own locals in head-end replication.
+    let buf = maps::scratch().ok_or(DropReason::HeaderAdjustFailed)?;
+    const _: () = assert!(size_of::<bpf_tunnel_key>() <= maps::SCRATCH_LEN);
+    buf[..size_of::<bpf_tunnel_key>()].fill(0);
+    // SAFETY: the buffer is large enough and 8-byte aligned (a map value); zero bytes are a
+    // valid key.
+    let key = unsafe { &mut *(buf.as_mut_ptr() as *mut bpf_tunnel_key) };
+    key.tunnel_id = vni;
+    key.tunnel_ttl = cfg.ttl;
+    key.__bindgen_anon_1.remote_ipv6 = words(remote);
+    key.__bindgen_anon_3.local_ipv6 = words(&cfg.vtep_ipv6);
+    // SAFETY: helper call with a correctly sized key.
+    let rc = unsafe {
+        bpf_skb_set_tunnel_key(
+            ctx.skb.skb,
+            key,
+            size_of::<bpf_tunnel_key>() as u32,
+            BPF_F_TUNINFO_IPV6 as u64,
+        )
+    };
+    if rc != 0 {
+        return Err(DropReason::HeaderAdjustFailed);
+    }
+    let sent = if copy {
+        ctx.clone_redirect(cfg.tunnel_ifindex, 0)
+            .map(|()| 0)
+            .map_err(|_| DropReason::RedirectFailed)?
+    } else {
+        // SAFETY: helper call.
+        let action = unsafe { bpf_redirect(cfg.tunnel_ifindex, 0) } as i32;
+        if action != TC_ACT_REDIRECT {
+            return Err(DropReason::RedirectFailed);
+        }
+        action
+    };
+    metrics::sent(vni, ctx.len());
+    Ok(sent)
+}
+
+/// An IPv6 address as the tunnel key holds it: four words in network order.
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
