@@ -48,5 +48,5 @@ pub fn reply(ctx: &TcContext, vni: u32, ingress: LocalPort) -> Result<Option<i32
     let bad = |_| DropReason::HeaderAdjustFailed;
     ctx.store(0, &macs, 0).map_err(bad)?;
     ctx.store(ETH_LEN + 6, &body, 0).map_err(bad)?;
-    deliver::to_port(ctx, vni, ingress).map(Some)
+    deliver::to_port(ctx, ingress).map(Some)
 }

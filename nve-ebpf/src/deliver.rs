@@ -22,10 +22,10 @@ pub fn forwarding(port: LocalPort) -> Result<LocalPort, DropReason> {
     }
 }
 
-/// Redirects the frame (of `vni`) to `port`, tagged with the port's VID if it has one.
-/// Returns the TC action.
+/// Redirects the frame to `port`, tagged with the port's VID if it has one. Returns the TC
+/// action.
 #[inline(always)]
-pub fn to_port(ctx: &TcContext, vni: u32, port: LocalPort) -> Result<i32, DropReason> {
+pub fn to_port(ctx: &TcContext, port: LocalPort) -> Result<i32, DropReason> {
     if port.vid != 0 {
         vlan_push(ctx, port.vid)?;
     }
@@ -34,7 +34,7 @@ pub fn to_port(ctx: &TcContext, vni: u32, port: LocalPort) -> Result<i32, DropRe
     if action != TC_ACT_REDIRECT {
         return Err(DropReason::RedirectFailed);
     }
-    metrics::delivered(vni, port.ifindex, ctx.len());
+    metrics::delivered(port.ifindex, ctx.len());
     Ok(action)
 }
 
@@ -95,7 +95,7 @@ extern "C" fn port_copy(index: u64, state: *mut c_void) -> i64 {
     let ctx = TcContext::new(state.skb);
     match copy_to_port(&ctx, port) {
         Ok(()) => {
-            metrics::delivered(state.vni, port.ifindex, ctx.len());
+            metrics::copied_to_port(state.vni, port.ifindex, ctx.len());
             state.copies += 1;
             0
         }

@@ -6,7 +6,7 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
         BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_REDIRECT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
-    helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head},
+    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head},
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
@@ -19,8 +19,7 @@ use nve_common::{
 use crate::{
     csum,
     maps::{self, SCRATCH_LEN},
-    metrics,
-    parse::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP},
+    parse::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, header},
 };
 
 const IP_DF: u16 = 0x4000;
@@ -43,8 +42,7 @@ pub fn encapsulate(
     remote: [u8; 4],
 ) -> Result<(), DropReason> {
     let inner_len = ctx.len();
-    // SAFETY: helper call; the flow hash of the inner frame (RFC 7348 source port entropy).
-    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let hash = flow_hash(ctx);
     let src_port = UDP_SRC_PORT_MIN | ((hash ^ (hash >> 16)) as u16 & 0x3fff);
     // Built in the per-CPU scratch buffer: on the stack it would not fit next to the
     // callers' own locals in head-end replication.
@@ -70,6 +68,34 @@ pub fn encapsulate(
     }
     ctx.store(0, maps::window::<OUTER>(outer, 0), 0)
         .map_err(|_| DropReason::HeaderAdjustFailed)
+}
+
+/// The inner flow's hash, for the outer UDP source port (RFC 7348 entropy): the skb's
+/// when the stack has one (a local socket's, or from an earlier dissection), else a mix of
+/// the IPv4 addresses and ports. The kernel's bpf_get_hash_recalc would run the flow
+/// dissector here: 190 ns of the 770 ns encapsulation costs in BPF_PROG_TEST_RUN.
+#[inline(always)]
+fn flow_hash(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a field of our own __sk_buff.
+    let hash = unsafe { (*ctx.skb.skb).hash };
+    if hash != 0 {
+        return hash;
+    }
+    // Ethertype, then (IPv4 without options) addresses and the first 4 bytes after them.
+    let (Some(ether_type), Some(tuple)) = (header::<[u8; 2]>(ctx, 12), header::<[u32; 3]>(ctx, 26))
+    else {
+        return 0;
+    };
+    if u16::from_be_bytes(*ether_type) != ETH_P_IPV4 {
+        return 0;
+    }
+    // murmur3's finaliser over the words.
+    let mut h = tuple[0] ^ tuple[1].rotate_left(13) ^ tuple[2].rotate_left(26);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }
 
 /// Re-addresses an encapsulated frame to another VTEP (head-end replication).
@@ -101,7 +127,6 @@ pub fn readdress(
 pub fn send(
     ctx: &TcContext,
     cfg: &DataplaneConfig,
-    vni: u32,
     remote: [u8; 4],
     copy: bool,
 ) -> Result<i32, DropReason> {
@@ -115,7 +140,6 @@ pub fn send(
         if action != TC_ACT_REDIRECT {
             return Err(DropReason::UnderlayNoRoute);
         }
-        metrics::sent(vni, ctx.len());
         return Ok(action);
     };
     // SAFETY: reading a field of our own __sk_buff.
@@ -131,7 +155,6 @@ pub fn send(
     if copy {
         ctx.clone_redirect(nh.ifindex, 0)
             .map_err(|_| DropReason::RedirectFailed)?;
-        metrics::sent(vni, ctx.len());
         return Ok(0);
     }
     // SAFETY: helper call.
@@ -139,7 +162,6 @@ pub fn send(
     if action != TC_ACT_REDIRECT {
         return Err(DropReason::RedirectFailed);
     }
-    metrics::sent(vni, ctx.len());
     Ok(action)
 }
 

@@ -1,5 +1,6 @@
 //! Per-CPU counters: every packet a program sees is counted exactly once by outcome, and
-//! once more for the VN and the VM port it turned out to belong to.
+//! for the VN and the VM port it turned out to belong to. Per-VN and per-port bytes are
+//! the VM's frames' (no outer headers).
 use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST, maps::PerCpuHashMap};
 use aya_log_ebpf::debug;
 use nve_common::metrics::{
@@ -61,35 +62,33 @@ pub fn count(hook: Hook, outcome: Outcome, bytes: u32) {
     }
 }
 
-/// A copy delivered to a VM port of `vni`.
+/// A flood copy of a frame of `vni` (`bytes`: the VM's frame) delivered to a VM port.
 #[inline(always)]
-pub fn delivered(vni: u32, ifindex: u32, bytes: u32) {
+pub fn copied_to_port(vni: u32, ifindex: u32, bytes: u32) {
     bump(
         &NVE_VN_STATS,
         &VN_ZERO,
         vni,
         VnCounter::ToVms as usize,
+        None,
         bytes,
     );
-    bump(
-        &NVE_PORT_STATS,
-        &PORT_ZERO,
-        ifindex,
-        PortCounter::ToVm as usize,
-        bytes,
-    );
+    delivered(ifindex, bytes);
 }
 
-/// An encapsulated copy of a frame of `vni` sent to a remote VTEP.
+/// A frame delivered to VM port `ifindex` (its VN is counted by `account`, or by
+/// `copied_to_port` for flood copies).
 #[inline(always)]
-pub fn sent(vni: u32, bytes: u32) {
-    bump(
-        &NVE_VN_STATS,
-        &VN_ZERO,
-        vni,
-        VnCounter::ToUnderlay as usize,
-        bytes,
-    );
+pub fn delivered(ifindex: u32, bytes: u32) {
+    let slot = PortCounter::ToVm as usize;
+    bump(&NVE_PORT_STATS, &PORT_ZERO, ifindex, slot, None, bytes);
+}
+
+/// A flood copy of a frame of `vni` sent to a remote VTEP (`bytes`: the VM's frame).
+#[inline(always)]
+pub fn copied_to_underlay(vni: u32, bytes: u32) {
+    let slot = VnCounter::ToUnderlay as usize;
+    bump(&NVE_VN_STATS, &VN_ZERO, vni, slot, None, bytes);
 }
 
 /// What an entry point returns for the outcome of its `try_*` body, counted once: the
@@ -112,20 +111,22 @@ pub fn account<A>(
             if let Some(vni) = scope.vni()
                 && !forward.hands_over()
             {
-                let slot = match hook {
+                // Both ends of a unicast frame with one lookup; flood copies are counted
+                // where they are made.
+                let from = match hook {
                     Hook::VmEgress => VnCounter::FromVms,
                     Hook::UnderlayRx | Hook::TunnelRx => VnCounter::FromUnderlay,
                 };
-                bump(&NVE_VN_STATS, &VN_ZERO, vni, slot as usize, len);
+                let to = match forward {
+                    Forward::Encapsulated => Some(VnCounter::ToUnderlay as usize),
+                    Forward::Flooded => None,
+                    _ => Some(VnCounter::ToVms as usize),
+                };
+                bump(&NVE_VN_STATS, &VN_ZERO, vni, from as usize, to, len);
             }
             if let Some(port) = scope.port() {
-                bump(
-                    &NVE_PORT_STATS,
-                    &PORT_ZERO,
-                    port,
-                    PortCounter::FromVm as usize,
-                    len,
-                );
+                let slot = PortCounter::FromVm as usize;
+                bump(&NVE_PORT_STATS, &PORT_ZERO, port, slot, None, len);
             }
             action
         }
@@ -141,22 +142,12 @@ pub fn account<A>(
                 len
             );
             if let Some(vni) = scope.vni() {
-                bump(
-                    &NVE_VN_STATS,
-                    &VN_ZERO,
-                    vni,
-                    VnCounter::Dropped as usize,
-                    len,
-                );
+                let slot = VnCounter::Dropped as usize;
+                bump(&NVE_VN_STATS, &VN_ZERO, vni, slot, None, len);
             }
             if let Some(port) = scope.port() {
-                bump(
-                    &NVE_PORT_STATS,
-                    &PORT_ZERO,
-                    port,
-                    PortCounter::Dropped as usize,
-                    len,
-                );
+                let slot = PortCounter::Dropped as usize;
+                bump(&NVE_PORT_STATS, &PORT_ZERO, port, slot, None, len);
             }
             drop
         }
@@ -172,13 +163,15 @@ static PORT_ZERO: PortTraffic = [Counter {
     bytes: 0,
 }; PortCounter::ALL.len()];
 
-/// Adds a packet of `bytes` to slot `slot` of `key`'s counters, creating them at zero.
+/// Adds a packet of `bytes` to slot `slot` (and `also`) of `key`'s counters, creating
+/// them at zero.
 #[inline(always)]
 fn bump<const N: usize>(
     map: &PerCpuHashMap<u32, [Counter; N]>,
     zero: &'static [Counter; N],
     key: u32,
     slot: usize,
+    also: Option<usize>,
     bytes: u32,
 ) {
     let counters = match map.get_ptr_mut(key) {
@@ -193,8 +186,12 @@ fn bump<const N: usize>(
         }
     };
     // SAFETY: this CPU's copy of the entry; no concurrent writer on this CPU.
-    if let Some(c) = unsafe { (*counters).get_mut(slot) } {
-        unsafe { add(c, bytes) };
+    let counters = unsafe { &mut *counters };
+    for slot in [Some(slot), also].into_iter().flatten() {
+        if let Some(c) = counters.get_mut(slot) {
+            // SAFETY: as above.
+            unsafe { add(c, bytes) };
+        }
     }
 }
 

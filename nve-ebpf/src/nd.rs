@@ -90,5 +90,5 @@ fn solicited(ctx: &TcContext, vni: u32, ingress: LocalPort) -> Result<Option<i32
     }
     ctx.store(0, maps::window::<LEN>(buf, 0), 0)
         .map_err(|_| DropReason::HeaderAdjustFailed)?;
-    deliver::to_port(ctx, vni, ingress).map(Some)
+    deliver::to_port(ctx, ingress).map(Some)
 }

@@ -14,7 +14,7 @@ use nve_common::{
 use crate::{
     csum, deliver,
     maps::{self, SCRATCH_LEN},
-    parse::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, be16, copy_out},
+    parse::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, be16, copy_out, header},
 };
 
 const IPPROTO_TCP: u8 = 6;
@@ -46,10 +46,10 @@ pub fn check(
         },
         None => cfg.underlay_mtu.saturating_sub(VXLAN_IPV6_OVERHEAD),
     };
-    let Ok(ether_type) = ctx.load::<[u8; 2]>(12) else {
+    let Some(ether_type) = header::<[u8; 2]>(ctx, 12) else {
         return Ok(None);
     };
-    let ether_type = be16(ether_type);
+    let ether_type = be16(*ether_type);
     let len = network_len(ctx, ether_type);
     let mut mtu = budget;
     if len > MIN_VN_MTU
@@ -63,8 +63,8 @@ pub fn check(
         return Ok(None);
     }
     match ether_type {
-        ETH_P_IPV4 => frag_needed(ctx, vni, mtu, ingress).map(Some),
-        ETH_P_IPV6 => packet_too_big(ctx, vni, mtu, ingress).map(Some),
+        ETH_P_IPV4 => frag_needed(ctx, mtu, ingress).map(Some),
+        ETH_P_IPV6 => packet_too_big(ctx, mtu, ingress).map(Some),
         _ => Err(DropReason::UnderlayMtuExceeded),
     }
 }
@@ -106,7 +106,7 @@ fn network_len(ctx: &TcContext, ether_type: u16) -> u32 {
 // has no room for it. The frame is read with helpers only: LLVM would pass direct packet
 // pointers as promoted integer arguments, which the verifier refuses.
 #[inline(never)]
-fn frag_needed(ctx: &TcContext, vni: u32, mtu: u32, ingress: LocalPort) -> Result<i32, DropReason> {
+fn frag_needed(ctx: &TcContext, mtu: u32, ingress: LocalPort) -> Result<i32, DropReason> {
     const IP: usize = ETH_LEN;
     const ICMP: usize = IP + 20;
     const QUOTE: usize = ICMP + 8;
@@ -142,19 +142,14 @@ fn frag_needed(ctx: &TcContext, vni: u32, mtu: u32, ingress: LocalPort) -> Resul
     buf[ICMP..QUOTE].copy_from_slice(&[3, 4, 0, 0, 0, 0, mtu[0], mtu[1]]);
     let check = csum::finish(csum::add(0, maps::window::<{ LEN - ICMP }>(buf, ICMP))).to_be_bytes();
     buf[ICMP + 2..ICMP + 4].copy_from_slice(&check);
-    send(ctx, vni, ingress, maps::window::<LEN>(buf, 0))
+    send(ctx, ingress, maps::window::<LEN>(buf, 0))
 }
 
 /// Turns the IPv6 frame into ICMPv6 "packet too big" from its destination to its source
 /// and sends it back to `ingress`.
 // Out of line and in the scratch buffer, as `frag_needed`.
 #[inline(never)]
-fn packet_too_big(
-    ctx: &TcContext,
-    vni: u32,
-    mtu: u32,
-    ingress: LocalPort,
-) -> Result<i32, DropReason> {
+fn packet_too_big(ctx: &TcContext, mtu: u32, ingress: LocalPort) -> Result<i32, DropReason> {
     const IP: usize = ETH_LEN;
     const ICMP: usize = IP + 40;
     const QUOTE: usize = ICMP + 8;
@@ -177,7 +172,7 @@ fn packet_too_big(
         maps::window::<{ LEN - ICMP }>(buf, ICMP),
     );
     buf[ICMP + 2..ICMP + 4].copy_from_slice(&csum::finish(sum).to_be_bytes());
-    send(ctx, vni, ingress, maps::window::<LEN>(buf, 0))
+    send(ctx, ingress, maps::window::<LEN>(buf, 0))
 }
 
 /// The answer's MACs: from the frame's destination, to its source.
@@ -193,7 +188,6 @@ fn swap_macs(buf: &mut [u8; SCRATCH_LEN]) {
 #[inline(always)]
 fn send<const N: usize>(
     ctx: &TcContext,
-    vni: u32,
     ingress: LocalPort,
     answer: &[u8; N],
 ) -> Result<i32, DropReason> {
@@ -203,5 +197,5 @@ fn send<const N: usize>(
     }
     ctx.store(0, answer, 0)
         .map_err(|_| DropReason::HeaderAdjustFailed)?;
-    deliver::to_port(ctx, vni, ingress)
+    deliver::to_port(ctx, ingress)
 }

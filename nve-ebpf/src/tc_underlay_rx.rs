@@ -58,7 +58,7 @@ fn try_tc_underlay_rx(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forwar
     ctx.store(0, &inner, 0)
         .map_err(|_| DropReason::HeaderAdjustFailed)?;
     match d.target {
-        Target::Port(port) => Ok((deliver::to_port(ctx, d.vni, port)?, Forward::Decapsulated)),
+        Target::Port(port) => Ok((deliver::to_port(ctx, port)?, Forward::Decapsulated)),
         Target::Flood(vn) => {
             if deliver::flood_ports(ctx, d.vni, vn, LocalPort::default())? == 0 {
                 return Err(DropReason::FloodListEmpty);

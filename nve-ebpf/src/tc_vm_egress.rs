@@ -80,7 +80,7 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
     match entry.kind {
         FDB_LOCAL => {
             let to = deliver::forwarding(entry.port)?;
-            Ok((deliver::to_port(ctx, vni, to)?, Forward::LocalSwitched))
+            Ok((deliver::to_port(ctx, to)?, Forward::LocalSwitched))
         }
         FDB_REMOTE => {
             let remote = entry.remote;
@@ -90,7 +90,7 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
             let action = match vtep_ipv4(&remote) {
                 Some(v4) => {
                     encap::encapsulate(ctx, cfg, vni, v4)?;
-                    encap::send(ctx, cfg, vni, v4, false)?
+                    encap::send(ctx, cfg, v4, false)?
                 }
                 None => tunnel::send_v6(ctx, vni, &remote, false)?,
             };
@@ -160,6 +160,7 @@ fn flood(
         cfg,
         vni,
         vn,
+        bytes: ctx.len(),
         first: v4,
         sent: 0,
         error: 0,
@@ -191,6 +192,8 @@ struct RemotesLoop<'a> {
     cfg: &'a DataplaneConfig,
     vni: u32,
     vn: &'a VnInfo,
+    /// The VM's frame's length, for the per-VN counters.
+    bytes: u32,
     /// Index in `vn.remotes` of the loop's first VTEP.
     first: u32,
     sent: u32,
@@ -201,7 +204,10 @@ struct RemotesLoop<'a> {
 impl RemotesLoop<'_> {
     fn record(&mut self, sent: Result<i32, DropReason>) {
         match sent {
-            Ok(_) => self.sent += 1,
+            Ok(_) => {
+                metrics::copied_to_underlay(self.vni, self.bytes);
+                self.sent += 1;
+            }
             Err(reason) if self.error == 0 => self.error = reason as u32,
             Err(_) => {}
         }
@@ -263,7 +269,7 @@ extern "C" fn remote_copy_v4(index: u64, state: *mut c_void) -> i64 {
         state.record(Err(reason));
         return 1;
     }
-    let sent = encap::send(&ctx, state.cfg, state.vni, v4, true);
+    let sent = encap::send(&ctx, state.cfg, v4, true);
     state.record(sent);
     0
 }

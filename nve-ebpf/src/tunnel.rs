@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use nve_common::{maps::Vtep, metrics::DropReason};
 
-use crate::{maps, metrics};
+use crate::maps;
 
 /// Sends the (inner) frame of `vni` to `remote` over IPv6. With `copy` a clone goes and
 /// the frame stays with the caller (returns 0); otherwise it is redirected (returns the TC
@@ -77,7 +77,6 @@ fn send(ctx: &TcContext, vni: u32, remote: &Vtep, copy: bool) -> Result<i32, Dro
         }
         action
     };
-    metrics::sent(vni, ctx.len());
     Ok(sent)
 }
 

@@ -48,7 +48,7 @@ fn try_xdp_underlay_rx(ctx: &XdpContext, scope: &mut Scope) -> Result<(u32, Forw
             if action != xdp_action::XDP_REDIRECT {
                 return Err(DropReason::RedirectFailed);
             }
-            metrics::delivered(d.vni, port.ifindex, ctx.frame_len());
+            metrics::delivered(port.ifindex, ctx.frame_len());
             Ok((action, Forward::Decapsulated))
         }
         _ => Ok((xdp_action::XDP_PASS, Forward::DeferredToTc)),

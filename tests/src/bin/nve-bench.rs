@@ -48,6 +48,9 @@ fn main() -> Result<()> {
         return signaling(associations, scale);
     }
     let programs = program_costs(&s)?;
+    if std::env::args().any(|a| a == "--only-programs") {
+        return report(&programs, &Traffic::default(), quick);
+    }
     let traffic = traffic(&s)?;
     report(&programs, &traffic, quick)?;
     signaling(associations, scale)
@@ -115,7 +118,10 @@ fn program_costs(s: &Settings) -> Result<Samples> {
         );
         let to_remote = vm_frame(progtest::VM2, progtest::VM1);
         let to_local = vm_frame(progtest::VM3, progtest::VM1);
-        let rows: [(&str, Program, &[u8]); 5] = [
+        // Asked on the untagged test port (VNI), where VM7's address is known.
+        let arp_request =
+            packet::arp_request(progtest::VM1, [192, 168, 10, 1].into(), progtest::VM7_IP);
+        let rows: [(&str, Program, &[u8]); 6] = [
             ("xdp_pass (baseline)", Program::XdpPass, &decap_frame),
             (
                 "decap xdp_underlay_rx",
@@ -125,6 +131,7 @@ fn program_costs(s: &Settings) -> Result<Samples> {
             ("decap tc_underlay_rx", Program::TcUnderlayRx, &decap_frame),
             ("encap tc_vm_egress", Program::TcVmEgress, &to_remote),
             ("local switch tc_vm_egress", Program::TcVmEgress, &to_local),
+            ("ARP reply tc_vm_egress", Program::TcVmEgress, &arp_request),
         ];
         // One run per call: with `repeat`, the kernel reruns the program on the frame the
         // previous run left (already encapsulated or decapsulated), which measures another
