@@ -127,6 +127,34 @@ pub fn serve_vn(d: &Daemon, remote: &str, remote_mac: [u8; 6]) -> Result<()> {
     d.wait_next_hop(remote)
 }
 
+/// `nve vm associate`: the vNIC `vm` (index 0) joins VN blue on `port` with `mac` (and
+/// `ip`, whose sources and ARP the dataplane then checks and answers).
+pub fn associate(
+    d: &Daemon,
+    vm: &str,
+    port: &str,
+    mac: [u8; 6],
+    ip: Option<&str>,
+) -> Result<String> {
+    let mac = mac_str(mac);
+    let mut args = vec![
+        "vm",
+        "associate",
+        "--vm",
+        vm,
+        "--vn",
+        VN,
+        "--port",
+        port,
+        "--mac",
+        &mac,
+    ];
+    if let Some(ip) = ip {
+        args.extend(["--ip", ip]);
+    }
+    d.nve(&args)
+}
+
 /// One decoded VXLAN packet of a capture.
 #[derive(Clone, Debug)]
 pub struct VxlanPacket {

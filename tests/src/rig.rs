@@ -157,6 +157,12 @@ impl Vm {
         mac_str(self.mac)
     }
 
+    /// Gives the VM IPv6 address `cidr` (no duplicate address detection: usable at once).
+    pub fn add_ipv6(&self, cidr: &str) -> Result<String> {
+        self.ns
+            .ip(&["-6", "addr", "add", cidr, "dev", "eth0", "nodad"])
+    }
+
     /// `ping -c count` to `dst`; Ok when every reply came back.
     pub fn ping(&self, dst: &str, count: u32) -> Result<String> {
         self.ns.exec(&[

@@ -2,8 +2,8 @@
 //! source IPs where they were signaled: a VM that changes its MAC or its address is cut off
 //! and the drops are counted (SPOOFED_SRC_MAC, SPOOFED_SRC_IP).
 use nve_tests::{
-    overlay::{self, H1_VTEP, H2_VTEP, Side, TwoHosts, VM1_IP, VM1_MAC, VM2_IP, VM2_MAC, VN},
-    rig::{Daemon, mac_str, require_root},
+    overlay::{self, H1_VTEP, H2_VTEP, Side, TwoHosts, VM1_IP, VM1_MAC, VM2_IP, VM2_MAC},
+    rig::{Daemon, require_root},
 };
 
 #[test]
@@ -40,20 +40,13 @@ fn spoofed_source_ips_are_dropped() {
     overlay::kernel_vxlan(&rig.h2, H2_VTEP, H1_VTEP, "vm2p", &[VM1_MAC]).unwrap();
     let d = Daemon::start(&rig.h1, "si", H1_VTEP, "ul", &[]).unwrap();
     overlay::serve_vn(&d, H2_VTEP, VM2_MAC).unwrap();
-    d.nve(&[
-        "vm",
-        "associate",
-        "--vm",
+    overlay::associate(
+        &d,
         "00000000-0000-4000-8000-000000000001",
-        "--vn",
-        VN,
-        "--port",
         "vm1p",
-        "--mac",
-        &mac_str(VM1_MAC),
-        "--ip",
-        VM1_IP,
-    ])
+        VM1_MAC,
+        Some(VM1_IP),
+    )
     .unwrap();
     rig.vm1.ping_until_reachable(VM2_IP, 5).unwrap();
     assert_eq!(d.counter("vm_egress", "SPOOFED_SRC_IP").unwrap(), 0);

@@ -34,20 +34,13 @@ fn announcements_teach_macs_and_addresses_but_never_take_a_vnics() {
     d.nve(&["port", "attach", VN, "vm1p"]).unwrap();
     // vm3 is a signaled vNIC with its address.
     let vm3 = Vm::new("le-vm3", &rig.h1, "vm3p", VM3_MAC, VM3_IP).unwrap();
-    d.nve(&[
-        "vm",
-        "associate",
-        "--vm",
+    overlay::associate(
+        &d,
         "00000000-0000-4000-8000-000000000003",
-        "--vn",
-        VN,
-        "--port",
         "vm3p",
-        "--mac",
-        &mac_str(VM3_MAC),
-        "--ip",
-        VM3_IP,
-    ])
+        VM3_MAC,
+        Some(VM3_IP),
+    )
     .unwrap();
 
     let ip1: Ipv4Addr = VM1_IP.parse().unwrap();
@@ -76,17 +69,7 @@ fn announcements_teach_macs_and_addresses_but_never_take_a_vnics() {
     );
 
     // vm3 asks for vm1's addresses: the dataplane answers with the learned MAC.
-    vm3.ns
-        .ip(&[
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:10::3/64",
-            "dev",
-            "eth0",
-            "nodad",
-        ])
-        .unwrap();
+    vm3.add_ipv6("2001:db8:10::3/64").unwrap();
     let _ = vm3.ns.exec(&["ping", "-c", "1", "-W", "1", VM1_IP]);
     let _ = vm3.ns.exec(&["ping", "-6", "-c", "1", "-W", "1", VM1_IPV6]);
     assert!(d.counter("vm_egress", "ARP_REPLIED").unwrap() >= 1);

@@ -2,8 +2,8 @@
 //! flooded to each other (and to the remote VTEP), their unicast is switched locally, and no
 //! unicast between them appears on the underlay.
 use nve_tests::{
-    overlay::{self, Capture, H1_VTEP, H2_VTEP, Side, TwoHosts, VM1_IP, VN},
-    rig::{Vm, mac_str, require_root},
+    overlay::{self, Capture, H1_VTEP, H2_VTEP, Side, TwoHosts, VM1_IP},
+    rig::{Vm, require_root},
 };
 
 #[test]
@@ -14,20 +14,13 @@ fn same_host_vms_are_switched_locally() {
     let d = overlay::nve(&rig, Side::H1, "ls", &[]).unwrap();
     let neighbour_mac = [2, 0, 0, 0, 3, 1];
     let neighbour = Vm::new("ls-vm3", &rig.h1, "vm3p", neighbour_mac, "192.168.10.3").unwrap();
-    d.nve(&[
-        "vm",
-        "associate",
-        "--vm",
+    overlay::associate(
+        &d,
         "00000000-0000-4000-8000-000000000003",
-        "--vn",
-        VN,
-        "--port",
         "vm3p",
-        "--mac",
-        &mac_str(neighbour_mac),
-        "--ip",
-        "192.168.10.3",
-    ])
+        neighbour_mac,
+        Some("192.168.10.3"),
+    )
     .unwrap();
     let capture = Capture::start(&rig.h2, "ul", "udp port 4789").unwrap();
 

@@ -19,30 +19,8 @@ fn oversized_frames_get_icmp_and_tcp_finds_the_path_mtu() {
     for (ns, dev) in [(&rig.vm1.ns, "eth0"), (&rig.h1, "vm1p")] {
         ns.ip(&["link", "set", dev, "mtu", "1500"]).unwrap();
     }
-    rig.vm1
-        .ns
-        .ip(&[
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:10::1/64",
-            "dev",
-            "eth0",
-            "nodad",
-        ])
-        .unwrap();
-    rig.vm2
-        .ns
-        .ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{VM2_IPV6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])
-        .unwrap();
+    rig.vm1.add_ipv6("2001:db8:10::1/64").unwrap();
+    rig.vm2.add_ipv6(&format!("{VM2_IPV6}/64")).unwrap();
     let status: serde_json::Value =
         serde_json::from_str(&d.nve(&["status", "--json"]).unwrap()).unwrap();
     assert_eq!(status["vm_mtu"], 1450, "{status}");

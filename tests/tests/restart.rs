@@ -5,8 +5,8 @@
 use std::{thread, time::Duration};
 
 use nve_tests::{
-    overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_MAC, VM2_IP, VM2_MAC, VN},
-    rig::{Daemon, Vm, mac_str, require_root},
+    overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_MAC, VM2_IP, VM2_MAC},
+    rig::{Daemon, Vm, require_root},
 };
 use serde_json::Value;
 
@@ -60,19 +60,7 @@ fn restart_loses_nothing() {
     overlay::kernel_vxlan(&rig.h2, H2_VTEP, H1_VTEP, "vm2p", &[VM1_MAC]).unwrap();
     let mut d = Daemon::start_keeping(&rig.h1, "rst", H1_VTEP, "ul", &[]).unwrap();
     overlay::serve_vn(&d, H2_VTEP, VM2_MAC).unwrap();
-    d.nve(&[
-        "vm",
-        "associate",
-        "--vm",
-        VM_UUID,
-        "--vn",
-        VN,
-        "--port",
-        "vm1p",
-        "--mac",
-        &mac_str(VM1_MAC),
-    ])
-    .unwrap();
+    overlay::associate(&d, VM_UUID, "vm1p", VM1_MAC, None).unwrap();
     rig.vm1.ping_until_reachable(VM2_IP, 5).unwrap();
     rig.vm2.ping_until_reachable(overlay::VM1_IP, 5).unwrap();
     let before = state(&d);

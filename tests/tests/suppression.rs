@@ -30,16 +30,7 @@ fn arp_and_nd_for_remote_addresses_are_answered_by_the_dataplane() {
     ])
     .unwrap();
     let ns = &rig.vm1.ns;
-    ns.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:10::1/64",
-        "dev",
-        "eth0",
-        "nodad",
-    ])
-    .unwrap();
+    rig.vm1.add_ipv6("2001:db8:10::1/64").unwrap();
 
     // Nobody holds the addresses: the pings go unanswered, the neighbour lookups do not.
     let _ = ns.exec(&["ping", "-c", "1", "-W", "1", GHOST_IP]);
