@@ -150,6 +150,9 @@ pub enum DropReason {
     /// From a VM port, a frame that is still tagged once the port's own VLAN tag (if any)
     /// is removed: stacked tags are not carried.
     VlanStacked = 17,
+    /// Unicast to a MAC on the very port (and VID) it came from: as a bridge, never sent
+    /// back where it came from.
+    Hairpin = 18,
 }
 
 impl DropReason {
@@ -159,7 +162,7 @@ impl DropReason {
         DropReason::ALL.into_iter().find(|&d| d as u32 == n)
     }
 
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::PktTooSmall,
         DropReason::VxlanInvalidHdr,
         DropReason::VniNotFound,
@@ -177,6 +180,7 @@ impl DropReason {
         DropReason::SpoofedSrcIp,
         DropReason::VtepNotInVn,
         DropReason::VlanStacked,
+        DropReason::Hairpin,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -198,6 +202,7 @@ impl DropReason {
             DropReason::SpoofedSrcIp => "SPOOFED_SRC_IP",
             DropReason::VtepNotInVn => "VTEP_NOT_IN_VN",
             DropReason::VlanStacked => "VLAN_STACKED",
+            DropReason::Hairpin => "HAIRPIN",
         }
     }
 }

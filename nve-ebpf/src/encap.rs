@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
 use nve_common::{
-    maps::DataplaneConfig,
+    maps::{DataplaneConfig, NextHop},
     metrics::DropReason,
     wire::{UDP_SRC_PORT_MIN, VXLAN_FLAG_I, VXLAN_IPV4_OVERHEAD, VXLAN_PORT},
 };
@@ -130,7 +130,18 @@ pub fn send(
     remote: [u8; 4],
     copy: bool,
 ) -> Result<i32, DropReason> {
-    let Some(nh) = maps::next_hop(remote) else {
+    send_via(ctx, cfg, maps::next_hop(remote), copy)
+}
+
+/// As [`send`], by `next_hop` (the caller's lookup of the VTEP's; `None`: not resolved).
+#[inline(always)]
+pub fn send_via(
+    ctx: &TcContext,
+    cfg: &DataplaneConfig,
+    next_hop: Option<&NextHop>,
+    copy: bool,
+) -> Result<i32, DropReason> {
+    let Some(nh) = next_hop else {
         if copy || u16::from_be(ctx.skb.protocol() as u16) != ETH_P_IPV4 {
             return Err(DropReason::UnderlayNoNeigh);
         }

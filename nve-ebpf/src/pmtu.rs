@@ -5,11 +5,7 @@
 //! tunnels), so the VM's stack lowers its path MTU; anything else is dropped and counted.
 //! A GSO frame is measured by its segments.
 use aya_ebpf::{helpers::bpf_skb_change_tail, programs::TcContext};
-use nve_common::{
-    maps::{DataplaneConfig, LocalPort, Vtep, vtep_ipv4},
-    metrics::DropReason,
-    wire::{MIN_VN_MTU, VXLAN_IPV4_OVERHEAD, VXLAN_IPV6_OVERHEAD},
-};
+use nve_common::{maps::LocalPort, metrics::DropReason, wire::MIN_VN_MTU};
 
 use crate::{
     csum, deliver,
@@ -27,24 +23,20 @@ const IP_DF: u16 = 0x4000;
 const QUOTE_V4: usize = 28;
 const QUOTE_V6: usize = 48;
 
-/// Whether the (untagged) frame fits; if not, the ICMP answer has been sent back to
+/// Whether the (untagged) frame fits in `budget` (what the underlay leaves: 50 bytes less
+/// than the next hop's MTU over IPv4, 70 less than the underlay's over IPv6) and its VN's
+/// MTU; if not, the ICMP answer has been sent back to
 /// `ingress` (returns the TC action) or the frame is an `Err`.
 #[inline(always)]
 pub fn check(
     ctx: &TcContext,
-    cfg: &DataplaneConfig,
     vni: u32,
-    remote: &Vtep,
+    budget: Option<u32>,
     ingress: LocalPort,
 ) -> Result<Option<i32>, DropReason> {
-    // What the underlay leaves: over IPv4, the next hop's MTU (none mirrored yet: the
-    // send path decides); over IPv6, the underlay interface's.
-    let budget = match vtep_ipv4(remote) {
-        Some(v4) => match maps::next_hop(v4) {
-            Some(nh) => nh.mtu.saturating_sub(VXLAN_IPV4_OVERHEAD),
-            None => return Ok(None),
-        },
-        None => cfg.underlay_mtu.saturating_sub(VXLAN_IPV6_OVERHEAD),
+    // No budget (an IPv4 VTEP whose next hop is not mirrored yet): the send path decides.
+    let Some(budget) = budget else {
+        return Ok(None);
     };
     let Some(ether_type) = header::<[u8; 2]>(ctx, 12) else {
         return Ok(None);

@@ -14,6 +14,7 @@ use nve_common::{
         DataplaneConfig, FDB_LOCAL, FDB_REMOTE, FLOOD_MAX_REMOTES, LocalPort, VnInfo, vtep_ipv4,
     },
     metrics::{DropReason, Forward, Hook},
+    wire::{VXLAN_IPV4_OVERHEAD, VXLAN_IPV6_OVERHEAD},
 };
 
 use crate::{
@@ -80,21 +81,36 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
     match entry.kind {
         FDB_LOCAL => {
             let to = deliver::forwarding(entry.port)?;
+            // As a bridge: never back where it came from.
+            if to.is(&ingress) {
+                return Err(DropReason::Hairpin);
+            }
             Ok((deliver::to_port(ctx, to)?, Forward::LocalSwitched))
         }
         FDB_REMOTE => {
             let remote = entry.remote;
-            if let Some(action) = pmtu::check(ctx, cfg, vni, &remote, ingress)? {
-                return Ok((action, Forward::IcmpTooBig));
-            }
-            let action = match vtep_ipv4(&remote) {
+            match vtep_ipv4(&remote) {
                 Some(v4) => {
+                    // One lookup for the MTU check and the outer MACs; none yet: the
+                    // kernel resolves (send_via).
+                    let nh = maps::next_hop(v4);
+                    let budget = nh.map(|nh| nh.mtu.saturating_sub(VXLAN_IPV4_OVERHEAD));
+                    if let Some(action) = pmtu::check(ctx, vni, budget, ingress)? {
+                        return Ok((action, Forward::IcmpTooBig));
+                    }
                     encap::encapsulate(ctx, cfg, vni, v4)?;
-                    encap::send(ctx, cfg, v4, false)?
+                    let action = encap::send_via(ctx, cfg, nh, false)?;
+                    Ok((action, Forward::Encapsulated))
                 }
-                None => tunnel::send_v6(ctx, vni, &remote, false)?,
-            };
-            Ok((action, Forward::Encapsulated))
+                None => {
+                    let budget = cfg.underlay_mtu.saturating_sub(VXLAN_IPV6_OVERHEAD);
+                    if let Some(action) = pmtu::check(ctx, vni, Some(budget), ingress)? {
+                        return Ok((action, Forward::IcmpTooBig));
+                    }
+                    let action = tunnel::send_v6(ctx, vni, &remote, false)?;
+                    Ok((action, Forward::Encapsulated))
+                }
+            }
         }
         _ => Err(DropReason::FdbMiss),
     }

@@ -829,6 +829,13 @@ pub fn cases() -> Vec<Case> {
         fwd(Forward::Encapsulated),
     ));
     cases.push(egress(
+        "to a MAC on the port it came from: not sent back",
+        packet::eth_tagged(VM7, VM7, 50, 0x0800, &from_vm7),
+        Drop,
+        Output::Any,
+        drop(DropReason::Hairpin),
+    ));
+    cases.push(egress(
         "source MAC of another port: spoofed",
         packet::eth_tagged(VM2, VM1, 50, 0x0800, &from_vm7),
         Drop,

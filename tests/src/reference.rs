@@ -671,6 +671,10 @@ fn vm_egress(cfg: &Config, port: Port, frame: &[u8]) -> Prediction {
         return flood(cfg, vni, ingress, frame, DropReason::FloodListEmpty);
     }
     match cfg.fdb.get(&(vni, dst)) {
+        // As a bridge: never back to the port (and VID) it came from.
+        Some(Location::Local { port, .. }) if cfg.forwards(*port) && *port == ingress => {
+            Prediction::drop(DropReason::Hairpin)
+        }
         Some(Location::Local { port, .. }) if cfg.forwards(*port) => Prediction::new(
             Forward::LocalSwitched,
             Verdict::Redirect,
