@@ -273,6 +273,10 @@ impl FdbKey {
 pub const FDB_LOCAL: u32 = 1;
 /// `FdbEntry::kind`: the MAC is behind a remote VTEP.
 pub const FDB_REMOTE: u32 = 2;
+/// `FdbEntry::kind`: the MAC was here and moved to a remote VTEP (a forwarding pointer,
+/// for the hold time after a migration): VXLAN that still arrives for it is re-addressed
+/// to that VTEP instead of dropped; local VMs reach it as a remote MAC.
+pub const FDB_MOVED: u32 = 3;
 
 /// Where a MAC of a VN lives. `u32` kind rather than an enum so any bit pattern read from
 /// the map is a valid value.
@@ -302,6 +306,18 @@ impl FdbEntry {
             port: LocalPort::new(0, 0),
             remote: vtep,
         }
+    }
+
+    pub const fn moved(vtep: Vtep) -> Self {
+        Self {
+            kind: FDB_MOVED,
+            ..Self::remote(vtep)
+        }
+    }
+
+    /// Behind a remote VTEP, moved there or not.
+    pub const fn is_remote(&self) -> bool {
+        self.kind == FDB_REMOTE || self.kind == FDB_MOVED
     }
 }
 

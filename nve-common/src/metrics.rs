@@ -62,10 +62,13 @@ pub enum Forward {
     /// Too large for the underlay (or the VN's MTU) once encapsulated: answered with ICMP
     /// fragmentation needed / ICMPv6 packet too big on the sender's port.
     IcmpTooBig = 11,
+    /// VXLAN for a MAC that moved to another VTEP (the forwarding pointer a migration
+    /// leaves): re-addressed to it rather than decapsulated.
+    ForwardedToVtep = 12,
 }
 
 impl Forward {
-    pub const ALL: [Forward; 11] = [
+    pub const ALL: [Forward; 12] = [
         Forward::Encapsulated,
         Forward::Decapsulated,
         Forward::LocalSwitched,
@@ -77,6 +80,7 @@ impl Forward {
         Forward::ArpReplied,
         Forward::NdReplied,
         Forward::IcmpTooBig,
+        Forward::ForwardedToVtep,
     ];
 
     /// The frame goes on to another program of the NVE (or the kernel's vxlan device)
@@ -104,6 +108,7 @@ impl Forward {
             Forward::ArpReplied => "ARP_REPLIED",
             Forward::NdReplied => "ND_REPLIED",
             Forward::IcmpTooBig => "ICMP_TOO_BIG",
+            Forward::ForwardedToVtep => "FORWARDED_TO_VTEP",
         }
     }
 }
@@ -153,6 +158,9 @@ pub enum DropReason {
     /// Unicast to a MAC on the very port (and VID) it came from: as a bridge, never sent
     /// back where it came from.
     Hairpin = 18,
+    /// VXLAN re-addressed to a moved MAC's VTEP whose outer TTL ran out (two NVEs pointing
+    /// at each other).
+    TtlExceeded = 19,
 }
 
 impl DropReason {
@@ -162,7 +170,7 @@ impl DropReason {
         DropReason::ALL.into_iter().find(|&d| d as u32 == n)
     }
 
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::PktTooSmall,
         DropReason::VxlanInvalidHdr,
         DropReason::VniNotFound,
@@ -181,6 +189,7 @@ impl DropReason {
         DropReason::VtepNotInVn,
         DropReason::VlanStacked,
         DropReason::Hairpin,
+        DropReason::TtlExceeded,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -203,6 +212,7 @@ impl DropReason {
             DropReason::VtepNotInVn => "VTEP_NOT_IN_VN",
             DropReason::VlanStacked => "VLAN_STACKED",
             DropReason::Hairpin => "HAIRPIN",
+            DropReason::TtlExceeded => "TTL_EXCEEDED",
         }
     }
 }

@@ -6,7 +6,7 @@ use network_types::{
     vxlan::VxlanHdr,
 };
 use nve_common::{
-    maps::{DataplaneConfig, FDB_LOCAL, LocalPort, VnInfo, Vtep, vtep_v4},
+    maps::{DataplaneConfig, FDB_LOCAL, FDB_MOVED, LocalPort, VnInfo, Vtep, vtep_v4},
     metrics::{DropReason, Forward},
     wire::{VXLAN_FLAG_I, VXLAN_PORT},
 };
@@ -25,6 +25,8 @@ pub enum Target {
     Port(LocalPort),
     /// Every local port of the VN (broadcast, multicast).
     Flood(&'static VnInfo),
+    /// A MAC that moved to this VTEP: the frame is re-addressed there.
+    Moved(Vtep),
 }
 
 /// A VXLAN frame for this VTEP and a VN it serves.
@@ -119,6 +121,7 @@ pub fn target(vni: u32, dst: [u8; 6], src: Vtep, scope: &mut Scope) -> Result<Ta
         Some(entry) if entry.kind == FDB_LOCAL => {
             Ok(Target::Port(deliver::forwarding(entry.port)?))
         }
+        Some(entry) if entry.kind == FDB_MOVED => Ok(Target::Moved(entry.remote)),
         Some(_) => Err(DropReason::FdbMiss),
         None if vn.floods_unknown() => Ok(Target::Flood(vn)),
         None => Err(DropReason::FdbMiss),

@@ -98,6 +98,36 @@ fn flow_hash(ctx: &TcContext) -> u32 {
     h ^ (h >> 16)
 }
 
+/// Sends a VXLAN frame that arrived for a MAC which moved away on to `remote` (the
+/// forwarding pointer a migration leaves): the outer IPv4 header is re-addressed from this
+/// VTEP to `remote` with its TTL decremented (two NVEs pointing at each other cannot loop
+/// a frame forever), the UDP checksum cleared (IPv4 allows it; the addresses it covered
+/// changed), and the frame leaves by the VTEP's next hop. Outer IPv4 options: dropped.
+#[inline(always)]
+pub fn forward(ctx: &TcContext, cfg: &DataplaneConfig, remote: [u8; 4]) -> Result<i32, DropReason> {
+    let mut ip: [u8; 20] = ctx
+        .load(IPV4_OFFSET as usize)
+        .map_err(|_| DropReason::HeaderAdjustFailed)?;
+    if ip[0] != 0x45 {
+        return Err(DropReason::HeaderAdjustFailed);
+    }
+    if ip[8] <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
+    ip[8] -= 1;
+    ip[12..16].copy_from_slice(&cfg.vtep_ipv4);
+    ip[16..20].copy_from_slice(&remote);
+    ip[10] = 0;
+    ip[11] = 0;
+    let check = csum::finish(csum::add(0, &ip));
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    let bad = |_| DropReason::HeaderAdjustFailed;
+    ctx.store(IPV4_OFFSET as usize, &ip, 0).map_err(bad)?;
+    ctx.store(IPV4_OFFSET as usize + Ipv4Hdr::LEN + 6, &[0u8; 2], 0)
+        .map_err(bad)?;
+    send(ctx, cfg, remote, false)
+}
+
 /// Re-addresses an encapsulated frame to another VTEP (head-end replication).
 #[inline(always)]
 pub fn readdress(

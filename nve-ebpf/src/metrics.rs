@@ -118,7 +118,9 @@ pub fn account<A>(
                     Hook::UnderlayRx | Hook::TunnelRx => VnCounter::FromUnderlay,
                 };
                 let to = match forward {
-                    Forward::Encapsulated => Some(VnCounter::ToUnderlay as usize),
+                    Forward::Encapsulated | Forward::ForwardedToVtep => {
+                        Some(VnCounter::ToUnderlay as usize)
+                    }
                     Forward::Flooded => None,
                     _ => Some(VnCounter::ToVms as usize),
                 };

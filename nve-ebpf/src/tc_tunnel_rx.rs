@@ -36,6 +36,8 @@ fn try_tc_tunnel_rx(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
     let eth = require::<EthHdr>(ctx, 0, DropReason::InnerTruncated)?;
     match decap::target(vni, eth.dst_addr, src, scope)? {
         Target::Port(port) => Ok((deliver::to_port(ctx, port)?, Forward::Decapsulated)),
+        // A moved MAC over the kernel's device (taps, IPv6): not forwarded yet.
+        Target::Moved(_) => Err(DropReason::FdbMiss),
         Target::Flood(vn) => {
             if deliver::flood_ports(ctx, vni, vn, LocalPort::default())? == 0 {
                 return Err(DropReason::FloodListEmpty);

@@ -11,13 +11,13 @@ use aya_ebpf::{
 };
 use network_types::eth::EthHdr;
 use nve_common::{
-    maps::LocalPort,
+    maps::{LocalPort, vtep_ipv4},
     metrics::{DropReason, Forward, Hook},
 };
 
 use crate::{
     decap::{self, Target, Underlay},
-    deliver, maps,
+    deliver, encap, maps,
     metrics::{self, Scope},
     parse::Frame,
 };
@@ -39,10 +39,13 @@ fn try_tc_underlay_rx(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forwar
         Underlay::Host(forward) => return Ok((TC_ACT_OK, forward)),
         Underlay::Vxlan(d) => d,
     };
-    if let Target::Port(port) = d.target
-        && port.is_tap()
-    {
-        return Ok((TC_ACT_OK, Forward::ToKernelVxlan));
+    match d.target {
+        Target::Port(port) if port.is_tap() => return Ok((TC_ACT_OK, Forward::ToKernelVxlan)),
+        Target::Moved(vtep) => {
+            let v4 = vtep_ipv4(&vtep).ok_or(DropReason::FdbMiss)?;
+            return Ok((encap::forward(ctx, cfg, v4)?, Forward::ForwardedToVtep));
+        }
+        _ => {}
     }
     let inner: EthHdr = ctx
         .load(d.inner_offset)
@@ -59,6 +62,7 @@ fn try_tc_underlay_rx(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forwar
         .map_err(|_| DropReason::HeaderAdjustFailed)?;
     match d.target {
         Target::Port(port) => Ok((deliver::to_port(ctx, port)?, Forward::Decapsulated)),
+        Target::Moved(_) => Err(DropReason::FdbMiss),
         Target::Flood(vn) => {
             if deliver::flood_ports(ctx, d.vni, vn, LocalPort::default())? == 0 {
                 return Err(DropReason::FloodListEmpty);

@@ -11,7 +11,8 @@ use aya_ebpf::{
 use network_types::eth::EthHdr;
 use nve_common::{
     maps::{
-        DataplaneConfig, FDB_LOCAL, FDB_REMOTE, FLOOD_MAX_REMOTES, LocalPort, VnInfo, vtep_ipv4,
+        DataplaneConfig, FDB_LOCAL, FDB_MOVED, FDB_REMOTE, FLOOD_MAX_REMOTES, LocalPort, VnInfo,
+        vtep_ipv4,
     },
     metrics::{DropReason, Forward, Hook},
     wire::{VXLAN_IPV4_OVERHEAD, VXLAN_IPV6_OVERHEAD},
@@ -87,7 +88,7 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
             }
             Ok((deliver::to_port(ctx, to)?, Forward::LocalSwitched))
         }
-        FDB_REMOTE => {
+        FDB_REMOTE | FDB_MOVED => {
             let remote = entry.remote;
             match vtep_ipv4(&remote) {
                 Some(v4) => {

@@ -153,6 +153,10 @@ pub struct FdbView {
     /// Learned from the VM's announcements rather than configured or signaled.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub learned: bool,
+    /// A forwarding pointer: the MAC's vNIC migrated to `vtep`; VXLAN that still arrives
+    /// for it is sent on there until this time (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_until: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -130,6 +130,20 @@ pub struct AssocArgs {
     pub hold_time: Option<u64>,
 }
 
+/// Disassociation, and where the VM went if it migrated.
+#[derive(Debug, Args)]
+pub struct DisassocArgs {
+    #[command(flatten)]
+    pub id: VnicArgs,
+    /// The VM migrated to this VTEP: VXLAN that still arrives for its MACs is sent on
+    /// there for the hold time (a forwarding pointer).
+    #[arg(long)]
+    pub migrating_out: Option<Ipv4Addr>,
+    /// With --migrating-out: seconds the forwarding pointer lasts (default 60).
+    #[arg(long, requires = "migrating_out")]
+    pub hold_time: Option<u64>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Install everything for the vNIC, not forwarding yet (e.g. migration destination).
@@ -137,7 +151,7 @@ pub enum VmCommand {
     /// Make the vNIC forward.
     Associate(AssocArgs),
     /// Remove the vNIC (VM stopped, or migrated away).
-    Disassociate(VnicArgs),
+    Disassociate(DisassocArgs),
     /// Keep the association, stop forwarding.
     Pause(VnicArgs),
     Resume(VnicArgs),
@@ -375,7 +389,16 @@ async fn vm(c: &Client, command: VmCommand) -> anyhow::Result<()> {
         }
         VmCommand::PreAssociate(a) => assoc(Op::PreAssociate, a)?,
         VmCommand::Associate(a) => assoc(Op::Associate, a)?,
-        VmCommand::Disassociate(id) => (id, bare(Op::Disassociate)),
+        VmCommand::Disassociate(d) => (
+            d.id,
+            VnicRequest {
+                migration: d
+                    .migrating_out
+                    .map_or(Migration::None, Migration::MigratingOut),
+                hold_time: d.hold_time,
+                ..bare(Op::Disassociate)
+            },
+        ),
         VmCommand::Pause(id) => (id, bare(Op::Pause)),
         VmCommand::Resume(id) => (id, bare(Op::Resume)),
         VmCommand::KeepAlive(id) => (id, bare(Op::KeepAlive)),
@@ -541,7 +564,11 @@ fn fdb_table(fdb: &Vec<FdbView>) -> String {
             FdbTarget::Port { port, vid } => format!("port {port} vid {vid}"),
             FdbTarget::Vtep { vtep } => format!("vtep {vtep}"),
         };
-        let learned = if e.learned { " (learned)" } else { "" };
+        let learned = match (e.learned, e.moved_until) {
+            (true, _) => " (learned)",
+            (_, Some(_)) => " (moved: forwarding)",
+            _ => "",
+        };
         out += &format!(
             "{:<16} {:>9}  {:<17}  {target}{learned}\n",
             e.vn, e.vni, e.mac

@@ -5,3 +5,4 @@ pub mod reference;
 pub mod rig;
 pub mod signal_bench;
 pub mod tap;
+pub mod three_hosts;

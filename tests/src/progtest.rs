@@ -49,6 +49,9 @@ pub const VM6: [u8; 6] = [2, 0, 0, 0, 6, 1];
 /// The one MAC allowed on the test port's VID 50.
 pub const VM7: [u8; 6] = [2, 0, 0, 0, 7, 1];
 pub const UNKNOWN: [u8; 6] = [2, 0, 0, 0, 9, 9];
+/// Migrated from here to REMOTE3: a forwarding pointer.
+pub const VM9: [u8; 6] = [2, 0, 0, 0, 9, 1];
+pub const REMOTE3: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
 /// Behind REMOTE6, over the IPv6 underlay.
 pub const VM8: [u8; 6] = [2, 0, 0, 0, 8, 1];
 pub const VTEP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
@@ -189,6 +192,8 @@ impl Loaded {
         for vni in [VNI, VNI_TAGGED] {
             vteps.insert(VnVtepKey::new(vni, vtep_v4(REMOTE.octets())), 0, 0)?;
         }
+        // A moved MAC's VTEP is one the VN knows.
+        vteps.insert(VnVtepKey::new(VNI, vtep_v4(REMOTE3.octets())), 0, 0)?;
         let mut fdb: HashMap<_, FdbKey, FdbEntry> =
             HashMap::try_from(self.ebpf.map_mut(FDB_MAP).context(FDB_MAP)?)?;
         fdb.insert(
@@ -202,6 +207,8 @@ impl Loaded {
             0,
         )?;
         fdb.insert(FdbKey::new(VNI, VM8), FdbEntry::remote(REMOTE6.octets()), 0)?;
+        let remote3 = vtep_v4(REMOTE3.octets());
+        fdb.insert(FdbKey::new(VNI, VM9), FdbEntry::moved(remote3), 0)?;
         fdb.insert(
             FdbKey::new(VNI, VM3),
             FdbEntry::local(LocalPort::new(VM3_PORT, 0)),
@@ -252,16 +259,15 @@ impl Loaded {
         )?;
         let mut nh: HashMap<_, [u8; 4], NextHop> =
             HashMap::try_from(self.ebpf.map_mut(NEXTHOPS_MAP).context(NEXTHOPS_MAP)?)?;
-        nh.insert(
-            REMOTE.octets(),
-            NextHop {
+        for vtep in [REMOTE, REMOTE3] {
+            let next_hop = NextHop {
                 ifindex: 7,
                 mtu: UNDERLAY_MTU,
                 smac: UNDERLAY_MAC,
                 dmac: NEXT_HOP_MAC,
-            },
-            0,
-        )?;
+            };
+            nh.insert(vtep.octets(), next_hop, 0)?;
+        }
         Ok(())
     }
 
@@ -482,6 +488,34 @@ pub fn cases() -> Vec<Case> {
         ),
         x,
         t,
+    );
+    let to_vm9 = packet::inner_ping(VM9, VM2, 32);
+    let mut sent_on = Ipv4::new(VTEP, REMOTE3, 17);
+    sent_on.ttl = 63;
+    decap(
+        "VXLAN for a MAC that moved away: sent on to its new VTEP",
+        from_remote(&ip, 4789, 0x08, VNI, &to_vm9),
+        (Pass, Output::Same, fwd(Forward::DeferredToTc)),
+        (
+            Redirect,
+            Output::Bytes(packet::vxlan_frame(
+                NEXT_HOP_MAC,
+                UNDERLAY_MAC,
+                &sent_on,
+                54321,
+                VNI,
+                &to_vm9,
+            )),
+            fwd(Forward::ForwardedToVtep),
+        ),
+    );
+    let mut last_hop = Ipv4::new(REMOTE, VTEP, 17);
+    last_hop.ttl = 1;
+    decap(
+        "VXLAN for a moved MAC with its TTL run out: not sent on",
+        from_remote(&last_hop, 4789, 0x08, VNI, &to_vm9),
+        (Pass, Output::Same, fwd(Forward::DeferredToTc)),
+        (Drop, Output::Any, drop(DropReason::TtlExceeded)),
     );
     let (x, t) = both(Pass, Output::Same, fwd(Forward::PassedToHost));
     decap(

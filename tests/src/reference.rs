@@ -96,6 +96,8 @@ pub enum Location {
     Remote(Ipv4Addr),
     /// Behind a VTEP over IPv6: the frame goes to the kernel's vxlan device as it is.
     RemoteV6(Ipv6Addr),
+    /// Was here, migrated to this VTEP: VXLAN still arriving for it is sent on there.
+    Moved(Ipv4Addr),
 }
 
 impl Location {
@@ -214,6 +216,7 @@ impl Config {
             ((pt::VNI, pt::VM1), local(pt::VM1_PORT, 0)),
             ((pt::VNI, pt::VM2), Location::Remote(pt::REMOTE)),
             ((pt::VNI, pt::VM8), Location::RemoteV6(pt::REMOTE6)),
+            ((pt::VNI, pt::VM9), Location::Moved(pt::REMOTE3)),
             ((pt::VNI, pt::VM3), local(pt::VM3_PORT, 0)),
             ((pt::VNI, pt::VM6), local(pt::VM6_PORT, 0)),
             (
@@ -254,21 +257,24 @@ impl Config {
                 ((pt::VNI, pt::VM7_IPV6), pt::VM7),
                 ((pt::VNI_EMPTY, pt::KNOWN_IPV6), pt::VM2),
             ]),
-            next_hops: BTreeMap::from([(
-                pt::REMOTE,
-                NextHop {
-                    mtu: pt::UNDERLAY_MTU,
-                    smac: pt::UNDERLAY_MAC,
-                    dmac: pt::NEXT_HOP_MAC,
-                },
-            )]),
+            next_hops: [pt::REMOTE, pt::REMOTE3]
+                .into_iter()
+                .map(|vtep| {
+                    let nh = NextHop {
+                        mtu: pt::UNDERLAY_MTU,
+                        smac: pt::UNDERLAY_MAC,
+                        dmac: pt::NEXT_HOP_MAC,
+                    };
+                    (vtep, nh)
+                })
+                .collect(),
         }
     }
 
     /// The VTEPs a frame of `vni` may be sent to: those of its FDB and its flood list.
     pub fn vteps_of(&self, vni: u32) -> BTreeSet<Ipv4Addr> {
         let fdb = self.fdb.iter().filter_map(|((v, _), loc)| match loc {
-            Location::Remote(vtep) if *v == vni => Some(*vtep),
+            Location::Remote(vtep) | Location::Moved(vtep) if *v == vni => Some(*vtep),
             _ => None,
         });
         let flood = self
@@ -362,6 +368,9 @@ pub enum Output {
         vtep: Ipv4Addr,
         inner: Vec<u8>,
     },
+    /// Sent on as exactly these bytes: a VXLAN frame re-addressed to a moved MAC's VTEP,
+    /// or a VM's frame handed to the kernel's vxlan device (IPv6 underlay).
+    Forwarded(Vec<u8>),
     /// Copied to `ports` and (encapsulated) to `vteps`; the original, `frame`, is consumed.
     Flooded {
         vni: u32,
@@ -474,6 +483,7 @@ pub fn underlay<'a>(cfg: &Config, frame: &'a [u8]) -> Underlay<'a> {
 enum Target {
     Port { port: Port, tap: bool },
     Flood(Vec<Port>),
+    Moved(Ipv4Addr),
 }
 
 /// Where a frame of `vni` for `dst`, from VTEP `src`, goes.
@@ -492,8 +502,10 @@ fn decap_target(cfg: &Config, vni: u32, src: Ipv4Addr, dst: [u8; 6]) -> Result<T
             tap: *tap,
         }),
         Some(Location::Local { .. }) => Err(DropReason::VnicInactive),
-        // Behind another VTEP: the underlay is not relayed back onto the underlay.
+        // Behind another VTEP: the underlay is not relayed back onto the underlay, unless
+        // the MAC moved away from here (the forwarding pointer).
         Some(Location::Remote(_) | Location::RemoteV6(_)) => Err(DropReason::FdbMiss),
+        Some(Location::Moved(vtep)) => Ok(Target::Moved(*vtep)),
         None if vn.floods_unknown => Ok(flood()),
         None => Err(DropReason::FdbMiss),
     }
@@ -543,13 +555,47 @@ fn tc_underlay_rx(cfg: &Config, frame: &[u8]) -> Prediction {
         Ok(t) => t,
         Err(p) => return p,
     };
-    if let Target::Port { tap: true, .. } = target {
-        return Prediction::pass(Forward::ToKernelVxlan);
+    match target {
+        Target::Port { tap: true, .. } => return Prediction::pass(Forward::ToKernelVxlan),
+        Target::Moved(vtep) => return forward_moved(cfg, frame, vtep),
+        _ => {}
     }
     if inner.len() < TC_MIN_DECAPSULATED {
         return Prediction::drop(DropReason::HeaderAdjustFailed);
     }
     deliver(vni, inner, target)
+}
+
+/// VXLAN for a MAC that moved to `vtep`: the outer IPv4 header re-addressed (from this
+/// VTEP), TTL one less, the UDP checksum cleared, the next hop's MACs; sent on. A TTL at 1
+/// or below ends it (two NVEs pointing at each other).
+fn forward_moved(cfg: &Config, frame: &[u8], vtep: Ipv4Addr) -> Prediction {
+    let ip = ETH_LEN;
+    if frame[ip] != 0x45 {
+        return Prediction::drop(DropReason::HeaderAdjustFailed);
+    }
+    if frame[ip + 8] <= 1 {
+        return Prediction::drop(DropReason::TtlExceeded);
+    }
+    let Some(nh) = cfg.next_hops.get(&vtep) else {
+        // Not in the test configuration: every VTEP it names has a next hop.
+        return Prediction::drop(DropReason::UnderlayNoNeigh);
+    };
+    let mut out = frame.to_vec();
+    out[..6].copy_from_slice(&nh.dmac);
+    out[6..12].copy_from_slice(&nh.smac);
+    out[ip + 8] -= 1;
+    out[ip + 10..ip + 12].fill(0);
+    out[ip + 12..ip + 16].copy_from_slice(&cfg.vtep.octets());
+    out[ip + 16..ip + 20].copy_from_slice(&vtep.octets());
+    let check = packet::checksum(&out[ip..ip + 20]);
+    out[ip + 10..ip + 12].copy_from_slice(&check.to_be_bytes());
+    out[ip + 26..ip + 28].fill(0);
+    Prediction::new(
+        Forward::ForwardedToVtep,
+        Verdict::Redirect,
+        Output::Forwarded(out),
+    )
 }
 
 /// Delivery of a decapsulated frame (TC and tunnel rx).
@@ -564,6 +610,9 @@ fn deliver(vni: u32, inner: &[u8], target: Target) -> Prediction {
                 frame: inner.to_vec(),
             },
         ),
+        // A moved MAC over the kernel's device is not forwarded (the TC path forwards it
+        // before delivery).
+        Target::Moved(_) => Prediction::drop(DropReason::FdbMiss),
         Target::Flood(ports) if ports.is_empty() => Prediction::drop(DropReason::FloodListEmpty),
         Target::Flood(ports) => Prediction::new(
             Forward::Flooded,
@@ -686,10 +735,20 @@ fn vm_egress(cfg: &Config, port: Port, frame: &[u8]) -> Prediction {
         ),
         // A pre-associated or paused vNIC receives nothing, from the underlay or locally.
         Some(Location::Local { .. }) => Prediction::drop(DropReason::VnicInactive),
+        Some(Location::Moved(vtep)) => cfg
+            .next_hops
+            .get(vtep)
+            .and_then(|nh| too_big(cfg, vni, nh.mtu - VXLAN_IPV4_OVERHEAD, ingress, &frame))
+            .unwrap_or_else(|| encapsulate(cfg, vni, *vtep, frame)),
         Some(Location::RemoteV6(_)) => {
             let budget = cfg.underlay_mtu - VXLAN_IPV6_OVERHEAD;
+            // To the kernel's vxlan device as it is (without the port's tag).
             too_big(cfg, vni, budget, ingress, &frame).unwrap_or_else(|| {
-                Prediction::new(Forward::Encapsulated, Verdict::Redirect, Output::Unchanged)
+                Prediction::new(
+                    Forward::Encapsulated,
+                    Verdict::Redirect,
+                    Output::Forwarded(frame),
+                )
             })
         }
         Some(Location::Remote(vtep)) => cfg
@@ -932,10 +991,13 @@ mod tests {
             );
             match (&case.output, &p.output) {
                 (CaseOutput::Same, Output::Unchanged) => {}
-                (CaseOutput::Same, Output::Delivered { frame, .. }) => {
+                (CaseOutput::Same, Output::Delivered { frame, .. } | Output::Forwarded(frame)) => {
                     assert_eq!(frame, &case.frame, "{}", case.name)
                 }
-                (CaseOutput::Bytes(want), Output::Delivered { frame, .. }) => {
+                (
+                    CaseOutput::Bytes(want),
+                    Output::Delivered { frame, .. } | Output::Forwarded(frame),
+                ) => {
                     assert_eq!(frame, want, "{}", case.name)
                 }
                 (

@@ -6,7 +6,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use nve_tests::{
-    overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_IP, VM1_MAC, VM2_MAC, VN},
+    overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_IP, VM1_MAC, VM2_IP, VM2_MAC, VN},
     packet,
     rig::{Daemon, Vm, mac_str, require_root, send_frames},
 };
@@ -102,4 +102,54 @@ fn announcements_teach_macs_and_addresses_but_never_take_a_vnics() {
     let _ = rig.vm1.ns.exec(&["ping", "-c", "1", "-W", "1", VM3_IP]);
     let n = rig.vm1.ns.ip(&["neigh", "show", VM3_IP]).unwrap();
     assert!(n.contains(&mac_str(VM3_MAC)), "{n:?}");
+}
+
+/// A migrated VM's first frames are its announcements (QEMU sends RARPs after resuming it):
+/// a pre-associated vNIC is activated by them, before the hypervisor's associate arrives.
+#[test]
+fn an_announcement_activates_a_pre_associated_vnic() {
+    require_root();
+    let rig = TwoHosts::new("la").unwrap();
+    overlay::kernel_vxlan(&rig.h2, H2_VTEP, H1_VTEP, "vm2p", &[VM1_MAC]).unwrap();
+    let d = Daemon::start(&rig.h1, "la", H1_VTEP, "ul", &[]).unwrap();
+    overlay::serve_vn(&d, H2_VTEP, VM2_MAC).unwrap();
+    let vm = "00000000-0000-4000-8000-000000000001";
+    d.nve(&[
+        "vm",
+        "pre-associate",
+        "--vm",
+        vm,
+        "--vn",
+        VN,
+        "--port",
+        "vm1p",
+        "--mac",
+        &mac_str(VM1_MAC),
+    ])
+    .unwrap();
+    let state = |d: &Daemon| {
+        let list: serde_json::Value =
+            serde_json::from_str(&d.nve(&["vm", "list", "--json"]).unwrap()).unwrap();
+        list[0]["state"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(state(&d), "pre-associated");
+    assert!(
+        rig.vm1.ping(VM2_IP, 1).is_err(),
+        "a pre-associated vNIC forwarded"
+    );
+
+    send_frames(&rig.vm1.ns, "eth0", &[packet::rarp(VM1_MAC)]).unwrap();
+    let mut active = false;
+    for _ in 0..50 {
+        if state(&d) == "associated" {
+            active = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(active, "still {} after the RARP", state(&d));
+    rig.vm1.ping_until_reachable(VM2_IP, 5).unwrap();
+    // The hypervisor's associate, arriving later, changes nothing.
+    overlay::associate(&d, vm, "vm1p", VM1_MAC, None).unwrap();
+    assert_eq!(state(&d), "associated");
 }

@@ -110,6 +110,7 @@ fn must_reach(program: Program) -> Vec<Outcome> {
             &[
                 f(F::ToKernelVxlan),
                 f(F::Flooded),
+                f(F::ForwardedToVtep),
                 d(D::FloodListEmpty),
                 d(D::HeaderAdjustFailed),
             ],
@@ -374,6 +375,11 @@ impl<'a> Counters<'a> {
 fn output_problems(cfg: &Config, frame: &[u8], want: &Prediction, out: &[u8], p: &mut Vec<String>) {
     match &want.output {
         Output::Unchanged if out != frame => p.push(format!("frame changed: {}", short_hex(out))),
+        Output::Forwarded(want) if want != out => p.push(format!(
+            "output {}\n        model  {}",
+            short_hex(out),
+            short_hex(want)
+        )),
         Output::Delivered { frame: want, .. } | Output::Flooded { frame: want, .. }
             if want != out =>
         {
@@ -605,6 +611,7 @@ fn output_summary(o: &Output) -> String {
         Output::Encapsulated { vni, vtep, inner } => {
             format!("VNI {vni} to {vtep}: inner {}", short_hex(inner))
         }
+        Output::Forwarded(frame) => format!("sent on: {}", short_hex(frame)),
         Output::Flooded {
             vni, ports, vteps, ..
         } => format!("VNI {vni} to {ports:?} and {vteps:?}"),
@@ -692,7 +699,7 @@ struct Generator {
 
 const MULTICAST: [u8; 6] = [0x01, 0x00, 0x5e, 0x00, 0x00, 0xfb];
 const IPV6_MULTICAST: [u8; 6] = [0x33, 0x33, 0x00, 0x00, 0x00, 0x01];
-const MACS: [[u8; 6]; 13] = [
+const MACS: [[u8; 6]; 15] = [
     pt::VM1,
     pt::VM2,
     pt::VM3,
@@ -700,6 +707,8 @@ const MACS: [[u8; 6]; 13] = [
     pt::VM5,
     pt::VM6,
     pt::VM7,
+    pt::VM8,
+    pt::VM9,
     pt::UNKNOWN,
     BROADCAST,
     MULTICAST,

@@ -10,6 +10,7 @@ use super::{Model, Result};
 use crate::{
     api::{ErrorBody, ErrorCode, FdbTarget},
     mac::MacAddr,
+    vnic::VnicState,
 };
 
 /// One announcement as the daemon hands it to the model.
@@ -37,6 +38,22 @@ impl Model {
             .vnics
             .iter()
             .find(|(_, v)| v.vni == a.vni && v.params.macs.contains(&a.mac));
+        // A pre-associated vNIC speaking up on its own port is a VM that arrived (QEMU
+        // announces a migrated guest with RARPs after resuming it): it is activated, whichever
+        // comes first of this and the hypervisor's associate.
+        if let Some((id, v)) = signaled
+            && v.state == VnicState::PreAssociated
+            && (v.params.port.as_str(), v.vid) == (a.port.as_str(), a.vid)
+        {
+            let id = id.clone();
+            tracing::info!(vnic = %id, mac = %a.mac, "activated by the VM's announcement");
+            let v = self.vnics.get_mut(&id).expect("found above");
+            v.state = VnicState::Associated;
+            // Associated for good: the pre-association's expiry no longer applies.
+            v.hold = None;
+            v.expires_at = None;
+            return Ok(());
+        }
         let learn_mac = match signaled {
             Some((id, v)) if (v.params.port.as_str(), v.vid) != (a.port.as_str(), a.vid) => {
                 return Err(ErrorBody::new(

@@ -102,7 +102,19 @@ pub struct Vn {
     /// Addresses learned from announcements -> the MAC that announced them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub learned_ips: BTreeMap<IpAddr, MacAddr>,
+    /// MACs of vNICs that migrated away (disassociated with a migrating-out hint) -> where
+    /// they went and until when (ms): the forwarding pointer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub moved: BTreeMap<MacAddr, Moved>,
     pub flood: BTreeSet<IpAddr>,
+}
+
+/// Where a MAC that migrated away went, and until when the NVE forwards to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moved {
+    pub vtep: IpAddr,
+    /// Milliseconds since the epoch.
+    pub until: u64,
 }
 
 /// A VM port as the host has it.
@@ -364,6 +376,8 @@ impl Model {
             }
         }
         let vn = self.vn_mut(vn_name)?;
+        // The control plane's word replaces a forwarding pointer.
+        vn.moved.remove(&req.mac);
         vn.remote.insert(req.mac, req.vtep);
         if req.ips.is_empty() {
             vn.remote_ips.remove(&req.mac);
@@ -410,7 +424,14 @@ impl Model {
     pub fn vteps(&self) -> BTreeSet<IpAddr> {
         self.vns
             .values()
-            .flat_map(|vn| vn.flood.iter().chain(vn.remote.values()).copied())
+            .flat_map(|vn| {
+                let moved = vn.moved.values().map(|m| &m.vtep);
+                vn.flood
+                    .iter()
+                    .chain(vn.remote.values())
+                    .chain(moved)
+                    .copied()
+            })
             .collect()
     }
 
@@ -458,6 +479,7 @@ impl Model {
                         mac,
                         target: FdbTarget::port(key),
                         learned: false,
+                        moved_until: None,
                     });
                 }
             }
@@ -468,6 +490,17 @@ impl Model {
                     mac,
                     target: FdbTarget::Vtep { vtep },
                     learned: false,
+                    moved_until: None,
+                });
+            }
+            for (&mac, moved) in &vn.moved {
+                out.push(FdbView {
+                    vn: name.clone(),
+                    vni: vn.vni,
+                    mac,
+                    target: FdbTarget::Vtep { vtep: moved.vtep },
+                    learned: false,
+                    moved_until: Some(moved.until),
                 });
             }
             for (&mac, key) in &vn.learned_macs {
@@ -477,6 +510,7 @@ impl Model {
                     mac,
                     target: FdbTarget::port(key),
                     learned: true,
+                    moved_until: None,
                 });
             }
         }
@@ -514,6 +548,12 @@ impl Model {
             for (mac, vtep) in &vn.remote {
                 d.fdb
                     .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::remote(vtep_of(*vtep)));
+            }
+            for (mac, moved) in &vn.moved {
+                let vtep = vtep_of(moved.vtep);
+                d.fdb
+                    .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::moved(vtep));
+                d.vn_vteps.insert(VnVtepKey::new(vn.vni, vtep), 0);
             }
             // Learned addresses take precedence over remote ones, local vNICs' own
             // addresses (below) over both.

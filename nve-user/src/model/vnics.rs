@@ -4,7 +4,7 @@ use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Model, Result, check_unicast, format_err, unknown_vn};
+use super::{Model, Moved, Result, check_unicast, format_err, unknown_vn};
 use crate::{
     api::{ErrorBody, ErrorCode, Migration, VidRequest, VidWord, VnicRequest, VnicView},
     mac::MacAddr,
@@ -71,6 +71,10 @@ pub struct Vnic {
     /// When it expires unless refreshed.
     pub expires_at: Option<u64>,
 }
+
+/// How long the source forwards a migrated vNIC's frames to its new VTEP, ms, unless the
+/// disassociate message gives a hold time.
+pub const MOVED_HOLD_MS: u64 = 60_000;
 
 /// How long a pre-association without a hold time lives, ms (spec.md 5, row 14).
 pub const PRE_ASSOCIATION_HOLD_MS: u64 = 120_000;
@@ -174,6 +178,21 @@ impl Model {
                 Ok(Some(self.vnic_view(id)))
             }
             Op::Disassociate => {
+                if let (Migration::MigratingOut(vtep), Some(v)) = (req.migration, current) {
+                    // The forwarding pointer: frames that still arrive for the VM go on to
+                    // where it went, for the hold time (remote NVEs may not know yet).
+                    let hold = req
+                        .hold_time
+                        .map_or(MOVED_HOLD_MS, |s| s.saturating_mul(1000));
+                    let moved = Moved {
+                        vtep: vtep.into(),
+                        until: now + hold,
+                    };
+                    let (vn, macs) = (v.params.vn.clone(), v.params.macs.clone());
+                    if let Some(vn) = self.vns.get_mut(&vn) {
+                        vn.moved.extend(macs.into_iter().map(|m| (m, moved)));
+                    }
+                }
                 self.remove_vnic(id, now);
                 Ok(None)
             }
@@ -231,6 +250,10 @@ impl Model {
             VidRequest::Word(VidWord::Assign) => None,
         };
         let vid = self.acquire_vid(&params.port, vni, requested, now)?;
+        // Back here (A -> B -> A): no longer forwarded elsewhere.
+        if let Some(vn) = self.vns.get_mut(&params.vn) {
+            vn.moved.retain(|mac, _| !params.macs.contains(mac));
+        }
         self.vnics.insert(
             id.clone(),
             Vnic {
@@ -319,7 +342,15 @@ impl Model {
 
     /// The earliest time a soft association expires.
     pub fn next_expiry(&self) -> Option<u64> {
-        self.vnics.values().filter_map(|v| v.expires_at).min()
+        let moved = self
+            .vns
+            .values()
+            .flat_map(|vn| vn.moved.values().map(|m| m.until));
+        self.vnics
+            .values()
+            .filter_map(|v| v.expires_at)
+            .chain(moved)
+            .min()
     }
 
     /// Removes the associations whose hold time ran out by `now` (disassociates them).
@@ -333,6 +364,15 @@ impl Model {
         for id in expired {
             tracing::info!(vnic = %id, "hold time ran out: disassociated");
             self.remove_vnic(&id, now);
+        }
+        for vn in self.vns.values_mut() {
+            vn.moved.retain(|mac, m| {
+                let keep = m.until > now;
+                if !keep {
+                    tracing::info!(%mac, vtep = %m.vtep, "forwarding pointer expired");
+                }
+                keep
+            });
         }
     }
 

@@ -1,0 +1,151 @@
+//! A VM ("vmx": vm1's MAC and IP) moves from h1 to h2, nve on both. h3 runs the kernel's
+//! vxlan+bridge whose static FDB still puts vmx behind h1, as a remote NVE has it until it
+//! hears of the move. Disassociated with `--migrating-out`, h1 keeps a forwarding pointer:
+//! VXLAN that still arrives for vmx is re-addressed to h2, so vm3 reaches vmx through h1.
+//! Without it (the control), h1 drops those frames and vm3's pings fail.
+use nve_tests::{
+    overlay::{self, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC, VN, VNI},
+    rig::{Daemon, Vm, mac_str, require_root},
+    three_hosts::{H3_VTEP, ThreeHosts, VM3_MAC},
+};
+
+const VM_UUID: &str = "0b7e3c1a-5d2f-4a6b-9c8d-7e6f5a4b3c2d";
+
+/// The rig with nve on h1 and h2; fields drop in order, daemons before their hosts.
+struct Hosts {
+    d1: Daemon,
+    d2: Daemon,
+    rig: ThreeHosts,
+}
+
+/// vmx runs on h1 (associated there; h2 has its MAC behind h1) and vm3 reaches it.
+fn before_move(tag: &str) -> Hosts {
+    require_root();
+    let rig = ThreeHosts::new(tag).unwrap();
+    // The kernel's flood entry goes to one VTEP; broadcast from vm3 goes to both NVEs.
+    overlay::kernel_vxlan(&rig.h3, H3_VTEP, H1_VTEP, "vm3p", &[VM1_MAC]).unwrap();
+    rig.h3
+        .exec(&[
+            "bridge",
+            "fdb",
+            "append",
+            "00:00:00:00:00:00",
+            "dev",
+            &format!("vx{VNI}"),
+            "dst",
+            H2_VTEP,
+        ])
+        .unwrap();
+    let d1 = Daemon::start(&rig.h1, &format!("{tag}1"), H1_VTEP, "ul", &[]).unwrap();
+    let d2 = Daemon::start(&rig.h2, &format!("{tag}2"), H2_VTEP, "ul", &[]).unwrap();
+    for (d, others) in [(&d1, [H2_VTEP, H3_VTEP]), (&d2, [H1_VTEP, H3_VTEP])] {
+        d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])
+            .unwrap();
+        d.nve(&["fdb", "add", VN, &mac_str(VM3_MAC), "--vtep", H3_VTEP])
+            .unwrap();
+        for vtep in others {
+            d.nve(&["flood", "add", VN, vtep]).unwrap();
+        }
+        for vtep in others {
+            d.wait_next_hop(vtep).unwrap();
+        }
+    }
+    overlay::associate(&d1, VM_UUID, "vm1p", VM1_MAC, Some(VM1_IP)).unwrap();
+    d2.nve(&["fdb", "add", VN, &mac_str(VM1_MAC), "--vtep", H1_VTEP])
+        .unwrap();
+
+    rig.vm3.ping_until_reachable(VM1_IP, 5).unwrap();
+    rig.vm3.ping(VM1_IP, 3).expect("vm3 -> vmx on h1");
+    Hosts { d1, d2, rig }
+}
+
+/// The move: vmx's new incarnation on h2 (port vmxp), associated there; the old one gone
+/// from h1, whose vNIC is disassociated, with `--migrating-out` h2 or without. h3's FDB
+/// stays stale.
+fn move_to_h2(h: &Hosts, tag: &str, migrating_out: bool) -> Vm {
+    let vmx = Vm::new(&format!("{tag}-vmx"), &h.rig.h2, "vmxp", VM1_MAC, VM1_IP).unwrap();
+    h.d2.nve(&["fdb", "del", VN, &mac_str(VM1_MAC)]).unwrap();
+    overlay::associate(&h.d2, VM_UUID, "vmxp", VM1_MAC, Some(VM1_IP)).unwrap();
+    h.rig.vm1.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    let mut args = vec!["vm", "disassociate", "--vm", VM_UUID];
+    if migrating_out {
+        args.extend(["--migrating-out", H2_VTEP]);
+    }
+    h.d1.nve(&args).unwrap();
+    vmx
+}
+
+/// h3's kernel FDB entry for vmx (the vxlan device's, with its `dst`).
+fn h3_fdb_entry(h: &Hosts) -> String {
+    let fdb = h
+        .rig
+        .h3
+        .exec(&["bridge", "fdb", "show", "dev", &format!("vx{VNI}")])
+        .unwrap();
+    let mac = mac_str(VM1_MAC);
+    fdb.lines()
+        .filter(|l| l.starts_with(&mac) && l.contains(" dst "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn forwarding_pointer_carries_stale_senders_to_the_new_host() {
+    let h = before_move("mi");
+    let _vmx = move_to_h2(&h, "mi", true);
+    let decapsulated = h.d2.counter("underlay_rx", "DECAPSULATED").unwrap();
+
+    h.rig
+        .vm3
+        .ping_until_reachable(VM1_IP, 5)
+        .expect("vm3 -> vmx on h2 through h1's forwarding pointer");
+    h.rig.vm3.ping(VM1_IP, 3).expect("vm3 -> vmx, repeated");
+
+    let entry = h3_fdb_entry(&h);
+    assert!(
+        entry.contains(&format!("dst {H1_VTEP}")),
+        "h3's FDB no longer stale, the test proves nothing: {entry:?}"
+    );
+    let forwarded = h.d1.counter("underlay_rx", "FORWARDED_TO_VTEP").unwrap();
+    assert!(forwarded > 0, "h1 forwarded nothing to h2");
+    let delivered = h.d2.counter("underlay_rx", "DECAPSULATED").unwrap();
+    assert!(
+        delivered > decapsulated,
+        "h2 delivered nothing to vmx ({decapsulated} -> {delivered})"
+    );
+}
+
+/// The control: without `--migrating-out`, h1 forgets vmx and vm3's frames die there.
+#[test]
+fn without_migrating_out_stale_senders_lose_the_vm() {
+    let h = before_move("mc");
+    let _vmx = move_to_h2(&h, "mc", false);
+
+    assert!(
+        h.rig
+            .vm3
+            .ns
+            .exec(&["ping", "-c", "2", "-W", "1", VM1_IP])
+            .is_err(),
+        "vm3 reached vmx through a stale FDB without a forwarding pointer"
+    );
+    assert_eq!(h.d1.counter("underlay_rx", "FORWARDED_TO_VTEP").unwrap(), 0);
+    // The stale entry was the only fault: corrected, vm3 reaches vmx on h2 directly.
+    h.rig
+        .h3
+        .exec(&[
+            "bridge",
+            "fdb",
+            "replace",
+            &mac_str(VM1_MAC),
+            "dev",
+            &format!("vx{VNI}"),
+            "dst",
+            H2_VTEP,
+        ])
+        .unwrap();
+    h.rig
+        .vm3
+        .ping_until_reachable(VM1_IP, 5)
+        .expect("vm3 -> vmx on h2 once h3 knows");
+}
