@@ -157,6 +157,9 @@ pub struct FdbView {
     /// for it is sent on there until this time (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved_until: Option<u64>,
+    /// Another NVE published it on the NVA.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_nva: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,8 +201,23 @@ pub struct StatusView {
     pub underlay_mtu: u32,
     #[serde(default)]
     pub vm_mtu: u32,
+    /// The network-wide control plane, when the daemon has one (`--nva`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nva: Option<NvaStatus>,
     /// Remote VTEPs whose underlay next hop is resolved.
     pub next_hops: Vec<NextHopView>,
+}
+
+/// The NVA connection as `nve status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NvaStatus {
+    pub endpoint: String,
+    /// Synced and watching; otherwise forwarding goes on with the last state.
+    pub connected: bool,
+    /// Other NVEs' MACs installed from it.
+    pub entries: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -567,6 +567,7 @@ fn fdb_table(fdb: &Vec<FdbView>) -> String {
         let learned = match (e.learned, e.moved_until) {
             (true, _) => " (learned)",
             (_, Some(_)) => " (moved: forwarding)",
+            _ if e.from_nva => " (NVA)",
             _ => "",
         };
         out += &format!(

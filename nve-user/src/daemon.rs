@@ -67,6 +67,11 @@ pub struct DaemonArgs {
     /// removes it.
     #[arg(long)]
     pub debug_log: bool,
+    /// The network-wide control plane: etcd's client URL (http://HOST:2379). Each NVE
+    /// publishes its associated vNICs there and installs the others'. Without it, remote
+    /// MACs and flood lists are configured (`nve fdb`, `nve flood`).
+    #[arg(long, value_name = "URL")]
+    pub nva: Option<String>,
 }
 
 /// The startup configuration file.
@@ -235,6 +240,7 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
         ports: 0,
         underlay_mtu: 0,
         vm_mtu: 0,
+        nva: None,
         next_hops: Vec::new(),
     };
     let mut nve = Nve {
@@ -246,6 +252,7 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
         managed_neighbours: Default::default(),
         next_hops: Default::default(),
         store,
+        changes: Default::default(),
     };
     if let Err(e) = nve.start(initial).await {
         if args.teardown_on_exit {
@@ -278,6 +285,21 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     let announcements = shared.lock().await.dataplane.take_announcements();
     let learner =
         announcements.map(|ring| tokio::spawn(crate::announcements::learn(shared.clone(), ring)));
+    let nva = match &args.nva {
+        Some(url) => {
+            let etcd = crate::nva::Etcd::new(url)?;
+            let changes = shared.lock().await.changes.clone();
+            let vtep = std::net::IpAddr::V4(args.vtep);
+            Some(tokio::spawn(crate::nva::run(
+                shared.clone(),
+                etcd,
+                url.clone(),
+                vtep,
+                changes,
+            )))
+        }
+        None => None,
+    };
     let metrics = match args.metrics_listen {
         Some(addr) => Some(crate::prometheus::serve(addr, shared.clone()).await?),
         None => None,
@@ -290,9 +312,9 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     let _ = fs::remove_file(&socket);
     watcher.abort();
     expirer.abort();
-    if let Some(learner) = learner {
-        learner.abort();
-        let _ = learner.await;
+    for task in [learner, nva].into_iter().flatten() {
+        task.abort();
+        let _ = task.await;
     }
     writer.abort();
     if let Some(metrics) = metrics {

@@ -12,6 +12,7 @@ pub mod libvirt;
 pub mod mac;
 pub mod model;
 pub mod netlink;
+pub mod nva;
 pub mod paths;
 pub mod prometheus;
 pub mod server;

@@ -47,6 +47,8 @@ pub struct Nve {
     pub store: Store,
     /// Remote VTEPs -> their resolved next hop, as written to the dataplane.
     pub next_hops: HashMap<[u8; 4], NextHop>,
+    /// Woken after each committed change (the NVA republishes).
+    pub changes: Arc<tokio::sync::Notify>,
 }
 
 pub type Shared = Arc<Mutex<Nve>>;
@@ -196,6 +198,7 @@ impl Nve {
             return Err(e);
         }
         self.model = next;
+        self.changes.notify_one();
         Ok(())
     }
 

@@ -1,3 +1,4 @@
+pub mod etcd;
 pub mod overlay;
 pub mod packet;
 pub mod progtest;

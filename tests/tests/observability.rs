@@ -44,7 +44,9 @@ fn vn_and_port_counters_follow_traffic() {
     }
     assert!(packets(port, "from_vm") >= 20, "{port}");
     assert!(packets(port, "to_vm") >= 20, "{port}");
-    assert_eq!(packets(vn, "dropped"), 0, "{vn}");
+    // (The VN may have dropped a frame from h2 that came before its flood list was set:
+    // VTEP_NOT_IN_VN. The port, nothing.)
+    let vn_dropped_before = packets(vn, "dropped");
     assert_eq!(packets(port, "dropped"), 0, "{port}");
     // Per-VN bytes are the VMs' frames' (98 bytes an echo request), not the outer ones.
     let bytes = vn["to_underlay"]["bytes"].as_u64().unwrap();
@@ -56,7 +58,10 @@ fn vn_and_port_counters_follow_traffic() {
     let stats = d.stats().unwrap();
     let dropped = packets(&stats["ports"]["vm1p"], "dropped");
     assert!(dropped > 0, "{}", stats["ports"]);
-    assert_eq!(packets(&stats["vns"][VNI.to_string()], "dropped"), dropped);
+    assert_eq!(
+        packets(&stats["vns"][VNI.to_string()], "dropped") - vn_dropped_before,
+        dropped
+    );
 
     // The same counters on the Prometheus endpoint.
     let text = scrape(&rig).expect("scraping /metrics");

@@ -25,6 +25,7 @@ const PACKAGES: &[&str] = &[
     "tshark",
     "netsniff-ng",
     "curl",
+    "etcd-server",
 ];
 
 pub fn all() -> Result<()> {
@@ -150,7 +151,17 @@ fn packages() -> Result<()> {
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    )?;
+    if missing.contains(&"etcd-server") {
+        // The tests run their own etcd inside their namespaces; the package's system-wide
+        // service is not wanted on a build machine (where there is no systemd, nothing runs).
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "etcd"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    Ok(())
 }
 
 /// Whether this process runs as root.

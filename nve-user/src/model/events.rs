@@ -50,6 +50,8 @@ pub enum Event {
     Expire,
     /// A VM announced its MAC (and address) on its port.
     Learn(super::Announced),
+    /// The other NVEs' entries, as the NVA has them now (replaces the previous).
+    Nva(crate::nva::Table),
 }
 
 impl Model {
@@ -67,6 +69,10 @@ impl Model {
             Event::DelFlood { vn, vtep } => self.del_flood(vn, *vtep),
             Event::Signal { id, req } => return self.signal(id, req, now),
             Event::Learn(a) => self.learn(a),
+            Event::Nva(table) => {
+                self.nva = table.clone();
+                Ok(())
+            }
             Event::Expire => {
                 self.expire(now);
                 Ok(())

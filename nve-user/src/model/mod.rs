@@ -74,6 +74,10 @@ pub struct Model {
     /// Per port: which VN each VID (0: untagged) carries, reference-counted by the static
     /// bindings and vNICs using it.
     port_vids: BTreeMap<String, PortVids>,
+    /// The other NVEs' MACs as the NVA has them (`nva.rs`); kept across restarts and NVA
+    /// outages: forwarding goes on with the last state.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) nva: crate::nva::Table,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -422,16 +426,29 @@ impl Model {
 
     /// Every remote VTEP some VN sends to.
     pub fn vteps(&self) -> BTreeSet<IpAddr> {
+        let nva = self.vns.values().flat_map(|vn| self.nva_vteps(vn.vni));
         self.vns
             .values()
             .flat_map(|vn| {
-                let moved = vn.moved.values().map(|m| &m.vtep);
-                vn.flood
-                    .iter()
-                    .chain(vn.remote.values())
-                    .chain(moved)
-                    .copied()
+                let moved = vn.moved.values().map(|m| m.vtep);
+                let fixed = vn.flood.iter().chain(vn.remote.values()).copied();
+                fixed.chain(moved)
             })
+            .chain(nva)
+            .collect()
+    }
+
+    /// The other NVEs' entries (from the NVA).
+    pub fn nva(&self) -> &crate::nva::Table {
+        &self.nva
+    }
+
+    /// The VTEPs the NVA has MACs of `vni` behind.
+    fn nva_vteps(&self, vni: u32) -> BTreeSet<IpAddr> {
+        self.nva
+            .get(&vni)
+            .into_iter()
+            .flat_map(|macs| macs.values().map(|e| e.vtep))
             .collect()
     }
 
@@ -480,6 +497,7 @@ impl Model {
                         target: FdbTarget::port(key),
                         learned: false,
                         moved_until: None,
+                        from_nva: false,
                     });
                 }
             }
@@ -491,6 +509,18 @@ impl Model {
                     target: FdbTarget::Vtep { vtep },
                     learned: false,
                     moved_until: None,
+                    from_nva: false,
+                });
+            }
+            for (&mac, e) in self.nva.get(&vn.vni).into_iter().flatten() {
+                out.push(FdbView {
+                    vn: name.clone(),
+                    vni: vn.vni,
+                    mac,
+                    target: FdbTarget::Vtep { vtep: e.vtep },
+                    learned: false,
+                    moved_until: None,
+                    from_nva: true,
                 });
             }
             for (&mac, moved) in &vn.moved {
@@ -501,6 +531,7 @@ impl Model {
                     target: FdbTarget::Vtep { vtep: moved.vtep },
                     learned: false,
                     moved_until: Some(moved.until),
+                    from_nva: false,
                 });
             }
             for (&mac, key) in &vn.learned_macs {
@@ -511,6 +542,7 @@ impl Model {
                     target: FdbTarget::port(key),
                     learned: true,
                     moved_until: None,
+                    from_nva: false,
                 });
             }
         }
@@ -534,11 +566,18 @@ impl Model {
                 info.flags |= VN_F_ANY_VTEP;
             }
             info.mtu = vn.mtu.unwrap_or(0);
-            for vtep in vn.flood.iter().chain(vn.remote.values()) {
+            // The flood list: configured, and every VTEP the NVA has a MAC of the VN behind.
+            let flood: BTreeSet<IpAddr> = vn
+                .flood
+                .iter()
+                .copied()
+                .chain(self.nva_vteps(vn.vni))
+                .collect();
+            for vtep in flood.iter().chain(vn.remote.values()) {
                 d.vn_vteps.insert(VnVtepKey::new(vn.vni, vtep_of(*vtep)), 0);
             }
             // IPv4 VTEPs first: the dataplane encapsulates once for all of them.
-            let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = vn.flood.iter().partition(|v| v.is_ipv4());
+            let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = flood.iter().partition(|v| v.is_ipv4());
             info.remote_v4_count = v4.len().min(FLOOD_MAX_REMOTES) as u32;
             for (i, vtep) in v4.iter().chain(&v6).take(FLOOD_MAX_REMOTES).enumerate() {
                 info.remotes[i] = vtep_of(*vtep);
@@ -548,6 +587,16 @@ impl Model {
             for (mac, vtep) in &vn.remote {
                 d.fdb
                     .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::remote(vtep_of(*vtep)));
+            }
+            // The NVA's entries: after configured ones, before local vNICs (which win).
+            for (mac, e) in self.nva.get(&vn.vni).into_iter().flatten() {
+                let key = FdbKey::new(vn.vni, mac.0);
+                d.fdb
+                    .entry(key)
+                    .or_insert(FdbEntry::remote(vtep_of(e.vtep)));
+                for ip in &e.ips {
+                    d.add_address(vn.vni, *ip, *mac);
+                }
             }
             for (mac, moved) in &vn.moved {
                 let vtep = vtep_of(moved.vtep);

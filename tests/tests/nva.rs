@@ -1,0 +1,91 @@
+//! The NVA on a real etcd (Debian's etcd-server, in h2's namespace on the underlay address):
+//! two NVEs configured with nothing about each other learn each other's vNICs from it (remote
+//! MACs, their addresses for ARP suppression, the flood list), the VMs talk, a
+//! disassociation withdraws the entry everywhere; with etcd killed forwarding goes on and
+//! `nve status` says so; etcd back, the NVEs resync.
+use std::{thread, time::Duration};
+
+use nve_tests::{
+    etcd::EtcdServer,
+    overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_IP, VM1_MAC, VM2_IP, VM2_MAC, VN, VNI},
+    rig::{Daemon, mac_str, require_root},
+};
+
+const VM1_UUID: &str = "00000000-0000-4000-8000-0000000000a1";
+const VM2_UUID: &str = "00000000-0000-4000-8000-0000000000a2";
+
+/// Whether `d` has `mac` behind `vtep` from the NVA.
+fn fdb_has(d: &Daemon, mac: [u8; 6], vtep: &str) -> bool {
+    let fdb: serde_json::Value = serde_json::from_str(&d.nve(&["fdb", "--json"]).unwrap()).unwrap();
+    fdb.as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["mac"] == mac_str(mac) && e["vtep"]["vtep"] == vtep && e["from_nva"] == true)
+}
+
+fn wait(what: &str, mut ok: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if ok() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: not within 10 s");
+}
+
+#[test]
+fn nves_learn_each_other_from_etcd() {
+    require_root();
+    let rig = TwoHosts::new("nv").unwrap();
+    let mut etcd = EtcdServer::start(&rig.h2, H2_VTEP).unwrap();
+    let nva = ["--nva", etcd.url.as_str()];
+    let d1 = Daemon::start(&rig.h1, "nv1", H1_VTEP, "ul", &nva).unwrap();
+    let d2 = Daemon::start(&rig.h2, "nv2", H2_VTEP, "ul", &nva).unwrap();
+    for d in [&d1, &d2] {
+        d.nve(&[
+            "vn",
+            "add",
+            VN,
+            "--vni",
+            &VNI.to_string(),
+            "--no-flood-unknown",
+        ])
+        .unwrap();
+    }
+    overlay::associate(&d1, VM1_UUID, "vm1p", VM1_MAC, Some(VM1_IP)).unwrap();
+    overlay::associate(&d2, VM2_UUID, "vm2p", VM2_MAC, Some(VM2_IP)).unwrap();
+    wait("h1 learns h2's vNIC from etcd", || {
+        fdb_has(&d1, VM2_MAC, H2_VTEP)
+    });
+    wait("h2 learns h1's vNIC from etcd", || {
+        fdb_has(&d2, VM1_MAC, H1_VTEP)
+    });
+
+    // Nothing configured about the other side, unknown unicast off: this works only with
+    // the NVA's FDB entries, flood lists and addresses.
+    rig.vm1.ping_until_reachable(VM2_IP, 5).unwrap();
+    rig.vm2.ping(VM1_IP, 3).unwrap();
+    assert!(d1.counter("vm_egress", "ARP_REPLIED").unwrap() >= 1);
+
+    // etcd goes away: forwarding goes on with the last state, and status says so.
+    etcd.kill();
+    wait("h1 notices the NVA is gone", || {
+        let s: serde_json::Value =
+            serde_json::from_str(&d1.nve(&["status", "--json"]).unwrap()).unwrap();
+        s["nva"]["connected"] == false
+    });
+    rig.vm1
+        .ping(VM2_IP, 3)
+        .expect("forwarding during the NVA outage");
+
+    // A disassociation while etcd is down is published when it is back.
+    d2.nve(&["vm", "disassociate", "--vm", VM2_UUID]).unwrap();
+    // (A new, empty etcd: the NVEs republish what they have.)
+    let _etcd = EtcdServer::start(&rig.h2, H2_VTEP).unwrap();
+    wait("h1 resyncs and drops h2's withdrawn vNIC", || {
+        let s: serde_json::Value =
+            serde_json::from_str(&d1.nve(&["status", "--json"]).unwrap()).unwrap();
+        s["nva"]["connected"] == true && !fdb_has(&d1, VM2_MAC, H2_VTEP)
+    });
+    wait("h2 has h1's vNIC again", || fdb_has(&d2, VM1_MAC, H1_VTEP));
+}
