@@ -218,6 +218,9 @@ pub struct NvaStatus {
     pub entries: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// MACs found moving too often (duplicates), frozen where they were: "VNI/MAC".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duplicate_macs: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

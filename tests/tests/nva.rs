@@ -89,3 +89,75 @@ fn nves_learn_each_other_from_etcd() {
     });
     wait("h2 has h1's vNIC again", || fdb_has(&d2, VM1_MAC, H1_VTEP));
 }
+
+/// MAC mobility over the NVA (three NVEs): a MAC claimed on a second NVE while the first
+/// still claims it wins everywhere by its higher sequence number; a MAC that keeps moving
+/// (5 moves within 180 s) is a duplicate: frozen where it is, reported in `nve status`.
+#[test]
+fn the_highest_sequence_number_wins_and_flapping_macs_freeze() {
+    use nve_tests::three_hosts::{H3_VTEP, ThreeHosts};
+    require_root();
+    let rig = ThreeHosts::new("mm").unwrap();
+    let _etcd = EtcdServer::start(&rig.h3, H3_VTEP).unwrap();
+    let url = _etcd.url.clone();
+    let nva = ["--nva", url.as_str()];
+    let d1 = Daemon::start(&rig.h1, "mm1", H1_VTEP, "ul", &nva).unwrap();
+    let d2 = Daemon::start(&rig.h2, "mm2", H2_VTEP, "ul", &nva).unwrap();
+    let d3 = Daemon::start(&rig.h3, "mm3", H3_VTEP, "ul", &nva).unwrap();
+    for d in [&d1, &d2, &d3] {
+        d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])
+            .unwrap();
+    }
+    // The same MAC on h2, as a VM arriving there would have it.
+    let _twin = nve_tests::rig::Vm::new("mm-vmx", &rig.h2, "vmxp", VM1_MAC, VM1_IP).unwrap();
+    let on = |d: &Daemon, port: &str| overlay::associate(d, VM1_UUID, port, VM1_MAC, None).unwrap();
+    let off = |d: &Daemon| {
+        d.nve(&["vm", "disassociate", "--vm", VM1_UUID]).unwrap();
+    };
+
+    on(&d1, "vm1p");
+    wait("h3 sees the MAC on h1", || fdb_has(&d3, VM1_MAC, H1_VTEP));
+    // h2 claims it while h1 still does: sequence 1 beats 0 (and the lower VTEP address).
+    on(&d2, "vmxp");
+    wait("h3 follows the higher sequence to h2", || {
+        fdb_has(&d3, VM1_MAC, H2_VTEP)
+    });
+
+    // Flapping: each NVE takes the MAC back in turn; h3 counts the moves.
+    let mut moves = 1;
+    while moves < nve_user::nva::DUP_MOVES {
+        let (d, port, there) = if moves % 2 == 1 {
+            (&d1, "vm1p", H1_VTEP)
+        } else {
+            (&d2, "vmxp", H2_VTEP)
+        };
+        off(d);
+        on(d, port);
+        moves += 1;
+        wait("h3 follows the move", || fdb_has(&d3, VM1_MAC, there));
+    }
+    let status = |d: &Daemon| -> serde_json::Value {
+        serde_json::from_str(&d.nve(&["status", "--json"]).unwrap()).unwrap()
+    };
+    let frozen_at = if moves % 2 == 1 { H2_VTEP } else { H1_VTEP };
+    let s = status(&d3);
+    assert_eq!(
+        s["nva"]["duplicate_macs"][0],
+        format!("{VNI}/{}", mac_str(VM1_MAC)),
+        "{s}"
+    );
+    // One more move: h3 keeps the frozen entry.
+    let (d, port) = if moves % 2 == 1 {
+        (&d1, "vm1p")
+    } else {
+        (&d2, "vmxp")
+    };
+    off(d);
+    on(d, port);
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        fdb_has(&d3, VM1_MAC, frozen_at),
+        "{}",
+        d3.nve(&["fdb"]).unwrap()
+    );
+}
