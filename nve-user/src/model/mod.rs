@@ -76,7 +76,7 @@ pub struct Model {
     port_vids: BTreeMap<String, PortVids>,
     /// The other NVEs' MACs as the NVA has them (`nva.rs`); kept across restarts and NVA
     /// outages: forwarding goes on with the last state.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "crate::nva::Table::is_empty")]
     pub(crate) nva: crate::nva::Table,
 }
 
@@ -443,12 +443,12 @@ impl Model {
         &self.nva
     }
 
-    /// The VTEPs the NVA has MACs of `vni` behind.
+    /// The VTEPs the NVA has MACs of `vni` behind, or members of it.
     fn nva_vteps(&self, vni: u32) -> BTreeSet<IpAddr> {
-        self.nva
-            .get(&vni)
-            .into_iter()
-            .flat_map(|macs| macs.values().map(|e| e.vtep))
+        let macs = self.nva.macs.get(&vni).into_iter();
+        let members = self.nva.members.get(&vni).into_iter().flatten().copied();
+        macs.flat_map(|macs| macs.values().map(|e| e.vtep))
+            .chain(members)
             .collect()
     }
 
@@ -512,7 +512,7 @@ impl Model {
                     from_nva: false,
                 });
             }
-            for (&mac, e) in self.nva.get(&vn.vni).into_iter().flatten() {
+            for (&mac, e) in self.nva.macs.get(&vn.vni).into_iter().flatten() {
                 out.push(FdbView {
                     vn: name.clone(),
                     vni: vn.vni,
@@ -589,7 +589,7 @@ impl Model {
                     .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::remote(vtep_of(*vtep)));
             }
             // The NVA's entries: after configured ones, before local vNICs (which win).
-            for (mac, e) in self.nva.get(&vn.vni).into_iter().flatten() {
+            for (mac, e) in self.nva.macs.get(&vn.vni).into_iter().flatten() {
                 let key = FdbKey::new(vn.vni, mac.0);
                 d.fdb
                     .entry(key)

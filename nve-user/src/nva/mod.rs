@@ -16,7 +16,7 @@
 mod etcd;
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -54,11 +54,35 @@ pub struct Entry {
     pub seq: u64,
 }
 
-/// The other NVEs' entries: VNI -> MAC -> where.
-pub type Table = BTreeMap<u32, BTreeMap<MacAddr, Entry>>;
+/// What the model keeps of the other NVEs' publications.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Table {
+    /// VNI -> MAC -> where (the winning claim).
+    #[serde(default)]
+    pub macs: BTreeMap<u32, BTreeMap<MacAddr, Entry>>,
+    /// VNI -> the other NVEs with a vNIC in the VN, pre-associated ones included: they join
+    /// its flood list and decapsulation allow-list before a migration's first frame.
+    #[serde(default)]
+    pub members: BTreeMap<u32, BTreeSet<IpAddr>>,
+}
+
+impl Table {
+    pub fn is_empty(&self) -> bool {
+        self.macs.is_empty() && self.members.is_empty()
+    }
+}
 
 fn key(vni: u32, mac: MacAddr, vtep: IpAddr) -> String {
     format!("{PREFIX}{vni}/mac/{mac}/vtep/{vtep}")
+}
+
+fn member_key(vni: u32, vtep: IpAddr) -> String {
+    format!("{PREFIX}{vni}/member/{vtep}")
+}
+
+fn parse_member(key: &str) -> Option<u32> {
+    let (vni, _vtep) = key.strip_prefix(PREFIX)?.split_once("/member/")?;
+    vni.parse().ok()
 }
 
 fn parse_key(key: &str) -> Option<(u32, MacAddr)> {
@@ -76,6 +100,15 @@ fn local_entries(
     published: &BTreeMap<String, Entry>,
 ) -> BTreeMap<String, Entry> {
     let mut out = BTreeMap::new();
+    // Membership: every VN with a vNIC here, whatever its state.
+    for (_, v) in model.vnics() {
+        let member = Entry {
+            vtep,
+            ips: Vec::new(),
+            seq: 0,
+        };
+        out.insert(member_key(v.vni, vtep), member);
+    }
     for (_, v) in model.vnics().filter(|(_, v)| v.state.forwards()) {
         let v4 = v.params.ipv4.iter().map(|&a| IpAddr::from(a));
         let ips: Vec<IpAddr> = v4.chain(v.params.ipv6.iter().map(|&a| a.into())).collect();
@@ -125,7 +158,7 @@ pub async fn run(state: Shared, etcd: Etcd, endpoint: String, vtep: IpAddr, chan
 
 async fn set_status(state: &Shared, endpoint: &str, connected: bool, last_error: Option<String>) {
     let mut nve = state.lock().await;
-    let entries = nve.model.nva().values().map(BTreeMap::len).sum();
+    let entries = nve.model.nva().macs.values().map(BTreeMap::len).sum();
     let duplicate_macs = nve
         .status
         .nva
@@ -265,8 +298,13 @@ async fn install(
     mobility: &mut Mobility,
 ) {
     let mut claims: BTreeMap<(u32, MacAddr), &Entry> = BTreeMap::new();
+    let mut table = Table::default();
     for (key, entry) in all {
         if entry.vtep == vtep {
+            continue;
+        }
+        if let Some(vni) = parse_member(key) {
+            table.members.entry(vni).or_default().insert(entry.vtep);
             continue;
         }
         let Some(id) = parse_key(key) else { continue };
@@ -277,10 +315,9 @@ async fn install(
             claims.insert(id, entry);
         }
     }
-    let mut table = Table::new();
     for ((vni, mac), winner) in claims {
         let entry = mobility.follow(vni, mac, winner);
-        table.entry(vni).or_default().insert(mac, entry);
+        table.macs.entry(vni).or_default().insert(mac, entry);
     }
     let frozen: Vec<String> = mobility
         .frozen

@@ -1,0 +1,200 @@
+//! Races of a migration (spec.md 5), three NVEs on the NVA (a real etcd in h3), h3's VM
+//! talking to the migrating one: an aborted migration leaves the source in charge; A -> B
+//! -> A in quick succession ends on A with no pointer left; with the NVA down during the
+//! move, the forwarding pointer carries the traffic and the NVEs converge once it is back.
+use std::{thread, time::Duration};
+
+use nve_tests::{
+    etcd::EtcdServer,
+    overlay::{self, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC, VN, VNI},
+    packet,
+    rig::{Daemon, Vm, mac_str, require_root, send_frames},
+    three_hosts::{H3_VTEP, ThreeHosts, VM3_IP, VM3_MAC},
+};
+
+const VMX: &str = "00000000-0000-4000-8000-0000000000c1";
+const VM3: &str = "00000000-0000-4000-8000-0000000000c3";
+
+/// Field order: daemons and VMs go before the rig's namespaces.
+struct Rig {
+    d1: Daemon,
+    d2: Daemon,
+    d3: Daemon,
+    new: Vm,
+    etcd: EtcdServer,
+    rig: ThreeHosts,
+}
+
+/// Three NVEs on etcd, the VM on h1 reachable from vm3, its next incarnation ready (link
+/// down) on h2.
+fn setup(tag: &str) -> Rig {
+    require_root();
+    let rig = ThreeHosts::new(tag).unwrap();
+    let etcd = EtcdServer::start(&rig.h3, H3_VTEP).unwrap();
+    let nva = ["--nva", etcd.url.as_str()];
+    let d1 = Daemon::start(&rig.h1, &format!("{tag}1"), H1_VTEP, "ul", &nva).unwrap();
+    let d2 = Daemon::start(&rig.h2, &format!("{tag}2"), H2_VTEP, "ul", &nva).unwrap();
+    let d3 = Daemon::start(&rig.h3, &format!("{tag}3"), H3_VTEP, "ul", &nva).unwrap();
+    for d in [&d1, &d2, &d3] {
+        d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])
+            .unwrap();
+    }
+    overlay::associate(&d1, VMX, "vm1p", VM1_MAC, Some(VM1_IP)).unwrap();
+    overlay::associate(&d3, VM3, "vm3p", VM3_MAC, Some(VM3_IP)).unwrap();
+    rig.vm3.ping_until_reachable(VM1_IP, 5).unwrap();
+    let new = Vm::new(&format!("{tag}-new"), &rig.h2, "vmxp", VM1_MAC, VM1_IP).unwrap();
+    new.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    Rig {
+        d1,
+        d2,
+        d3,
+        new,
+        etcd,
+        rig,
+    }
+}
+
+fn pre_associate(d: &Daemon) {
+    d.nve(&[
+        "vm",
+        "pre-associate",
+        "--vm",
+        VMX,
+        "--vn",
+        VN,
+        "--port",
+        "vmxp",
+        "--mac",
+        &mac_str(VM1_MAC),
+        "--ip",
+        VM1_IP,
+        "--migrating-in",
+        H1_VTEP,
+    ])
+    .unwrap();
+}
+
+/// Where `d` has the VM from the NVA, if anywhere.
+fn nva_location(d: &Daemon) -> Option<String> {
+    let fdb: serde_json::Value = serde_json::from_str(&d.nve(&["fdb", "--json"]).unwrap()).unwrap();
+    fdb.as_array()?
+        .iter()
+        .find(|e| e["mac"] == mac_str(VM1_MAC) && e["from_nva"] == true)
+        .and_then(|e| e["vtep"]["vtep"].as_str().map(str::to_string))
+}
+
+fn wait(what: &str, mut ok: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if ok() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: not within 10 s");
+}
+
+#[test]
+fn an_aborted_migration_leaves_the_source_in_charge() {
+    let r = setup("ra");
+    pre_associate(&r.d2);
+    // The hypervisor gives up: the destination disassociates, the VM never paused.
+    r.d2.nve(&["vm", "disassociate", "--vm", VMX]).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(nva_location(&r.d3).as_deref(), Some(H1_VTEP));
+    r.rig
+        .vm3
+        .ping(VM1_IP, 3)
+        .expect("vm3 -> the VM, still on h1");
+}
+
+#[test]
+fn there_and_back_again_ends_where_it_started() {
+    let r = setup("rb");
+    pre_associate(&r.d2);
+    // h1 -> h2 ...
+    r.rig.vm1.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    r.d1.nve(&[
+        "vm",
+        "disassociate",
+        "--vm",
+        VMX,
+        "--migrating-out",
+        H2_VTEP,
+    ])
+    .unwrap();
+    r.new.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    send_frames(&r.new.ns, "eth0", &[packet::rarp(VM1_MAC)]).unwrap();
+    // ... and straight back: h1 associates again, h2 lets go.
+    r.new.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    overlay::associate(&r.d1, VMX, "vm1p", VM1_MAC, Some(VM1_IP)).unwrap();
+    r.rig.vm1.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    r.d2.nve(&[
+        "vm",
+        "disassociate",
+        "--vm",
+        VMX,
+        "--migrating-out",
+        H1_VTEP,
+    ])
+    .unwrap();
+    wait("h3 has the VM on h1 again", || {
+        nva_location(&r.d3).as_deref() == Some(H1_VTEP)
+    });
+    r.rig
+        .vm3
+        .ping_until_reachable(VM1_IP, 5)
+        .expect("vm3 -> the VM, back on h1");
+    // h1 is the VM's home again: no forwarding pointer of its own left for it.
+    let fdb = r.d1.nve(&["fdb", "--json"]).unwrap();
+    assert!(!fdb.contains("moved_until"), "{fdb}");
+}
+
+#[test]
+fn with_the_nva_down_the_pointer_carries_the_move_and_the_nves_converge_after() {
+    let mut r = setup("rn");
+    pre_associate(&r.d2);
+    // The pre-association made h2 a member of the VN (nothing about the VM published):
+    // h3 floods to it and accepts its VXLAN.
+    r.d3.wait_next_hop(H2_VTEP).unwrap();
+    r.etcd.kill();
+    wait("h3 notices the NVA is gone", || {
+        let s: serde_json::Value =
+            serde_json::from_str(&r.d3.nve(&["status", "--json"]).unwrap()).unwrap();
+        s["nva"]["connected"] == false
+    });
+    r.rig.vm1.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    r.d1.nve(&[
+        "vm",
+        "disassociate",
+        "--vm",
+        VMX,
+        "--migrating-out",
+        H2_VTEP,
+    ])
+    .unwrap();
+    r.new.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    send_frames(&r.new.ns, "eth0", &[packet::rarp(VM1_MAC)]).unwrap();
+    // h3 still has the VM on h1 (the NVA is down): h1's pointer carries the traffic.
+    if let Err(e) = r.rig.vm3.ping_until_reachable(VM1_IP, 5) {
+        let stats = |d: &Daemon| d.nve(&["stats"]).unwrap_or_default();
+        panic!(
+            "vm3 -> the VM on h2, via h1: {e:#}\nh1:\n{}\nh2:\n{}\nh3:\n{}\nh2 fdb:\n{}\nh2 vms:\n{}",
+            stats(&r.d1),
+            stats(&r.d2),
+            stats(&r.d3),
+            r.d2.nve(&["fdb"]).unwrap_or_default(),
+            r.d2.nve(&["vm", "list"]).unwrap_or_default()
+        );
+    }
+    assert_eq!(nva_location(&r.d3).as_deref(), Some(H1_VTEP));
+    assert!(r.d1.counter("underlay_rx", "FORWARDED_TO_VTEP").unwrap() > 0);
+    // The NVA back (empty): everyone republishes, h3 follows the VM to h2.
+    let _etcd = EtcdServer::start(&r.rig.h3, H3_VTEP).unwrap();
+    wait("h3 converges on h2", || {
+        nva_location(&r.d3).as_deref() == Some(H2_VTEP)
+    });
+    r.rig
+        .vm3
+        .ping(VM1_IP, 3)
+        .expect("vm3 -> the VM on h2, directly");
+}
