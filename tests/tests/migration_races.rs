@@ -198,3 +198,34 @@ fn with_the_nva_down_the_pointer_carries_the_move_and_the_nves_converge_after() 
         .ping(VM1_IP, 3)
         .expect("vm3 -> the VM on h2, directly");
 }
+
+#[test]
+fn the_source_lets_go_before_the_destination_takes_over() {
+    let r = setup("rd");
+    pre_associate(&r.d2);
+    // The source disassociates first; the destination is not active yet.
+    r.rig.vm1.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    r.d1.nve(&[
+        "vm",
+        "disassociate",
+        "--vm",
+        VMX,
+        "--migrating-out",
+        H2_VTEP,
+    ])
+    .unwrap();
+    // Meanwhile vm3's frames follow the pointer to h2, which holds them off: the vNIC is
+    // only pre-associated (VNIC_INACTIVE), not delivered to a VM not running yet.
+    let _ = r.rig.vm3.ns.exec(&["ping", "-c", "1", "-W", "1", VM1_IP]);
+    assert!(r.d2.counter("underlay_rx", "VNIC_INACTIVE").unwrap() > 0);
+    // Then the hypervisor's associate at the destination (no announcement this time).
+    r.new.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    overlay::associate(&r.d2, VMX, "vmxp", VM1_MAC, Some(VM1_IP)).unwrap();
+    wait("h3 follows the VM to h2", || {
+        nva_location(&r.d3).as_deref() == Some(H2_VTEP)
+    });
+    r.rig
+        .vm3
+        .ping_until_reachable(VM1_IP, 5)
+        .expect("vm3 -> the VM on h2");
+}
