@@ -518,3 +518,14 @@ pub fn send_frames(ns: &Netns, iface: &str, frames: &[Vec<u8>]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Polls `ok` every 100 ms for up to 10 s; panics naming `what` if it never holds.
+pub fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if ok() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: not within 10 s");
+}

@@ -8,7 +8,7 @@ use nve_tests::{
     etcd::EtcdServer,
     overlay::{self, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC, VN, VNI},
     packet,
-    rig::{Daemon, Vm, mac_str, require_root, send_frames},
+    rig::{Daemon, Vm, mac_str, require_root, send_frames, wait_until},
     three_hosts::{H3_VTEP, ThreeHosts, VM3_IP, VM3_MAC},
 };
 
@@ -54,6 +54,27 @@ fn setup(tag: &str) -> Rig {
     }
 }
 
+/// The source's side of the move: the VM pauses on h1, which disassociates it leaving a
+/// forwarding pointer to h2.
+fn leave_h1(r: &Rig) {
+    r.rig.vm1.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    r.d1.nve(&[
+        "vm",
+        "disassociate",
+        "--vm",
+        VMX,
+        "--migrating-out",
+        H2_VTEP,
+    ])
+    .unwrap();
+}
+
+/// The VM resumes on h2 and announces itself (as QEMU does, with a RARP).
+fn resume_on_h2(r: &Rig) {
+    r.new.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    send_frames(&r.new.ns, "eth0", &[packet::rarp(VM1_MAC)]).unwrap();
+}
+
 fn pre_associate(d: &Daemon) {
     d.nve(&[
         "vm",
@@ -83,16 +104,6 @@ fn nva_location(d: &Daemon) -> Option<String> {
         .and_then(|e| e["vtep"]["vtep"].as_str().map(str::to_string))
 }
 
-fn wait(what: &str, mut ok: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what}: not within 10 s");
-}
-
 #[test]
 fn an_aborted_migration_leaves_the_source_in_charge() {
     let r = setup("ra");
@@ -112,18 +123,8 @@ fn there_and_back_again_ends_where_it_started() {
     let r = setup("rb");
     pre_associate(&r.d2);
     // h1 -> h2 ...
-    r.rig.vm1.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
-    r.d1.nve(&[
-        "vm",
-        "disassociate",
-        "--vm",
-        VMX,
-        "--migrating-out",
-        H2_VTEP,
-    ])
-    .unwrap();
-    r.new.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
-    send_frames(&r.new.ns, "eth0", &[packet::rarp(VM1_MAC)]).unwrap();
+    leave_h1(&r);
+    resume_on_h2(&r);
     // ... and straight back: h1 associates again, h2 lets go.
     r.new.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
     overlay::associate(&r.d1, VMX, "vm1p", VM1_MAC, Some(VM1_IP)).unwrap();
@@ -137,7 +138,7 @@ fn there_and_back_again_ends_where_it_started() {
         H1_VTEP,
     ])
     .unwrap();
-    wait("h3 has the VM on h1 again", || {
+    wait_until("h3 has the VM on h1 again", || {
         nva_location(&r.d3).as_deref() == Some(H1_VTEP)
     });
     r.rig
@@ -157,23 +158,13 @@ fn with_the_nva_down_the_pointer_carries_the_move_and_the_nves_converge_after() 
     // h3 floods to it and accepts its VXLAN.
     r.d3.wait_next_hop(H2_VTEP).unwrap();
     r.etcd.kill();
-    wait("h3 notices the NVA is gone", || {
+    wait_until("h3 notices the NVA is gone", || {
         let s: serde_json::Value =
             serde_json::from_str(&r.d3.nve(&["status", "--json"]).unwrap()).unwrap();
         s["nva"]["connected"] == false
     });
-    r.rig.vm1.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
-    r.d1.nve(&[
-        "vm",
-        "disassociate",
-        "--vm",
-        VMX,
-        "--migrating-out",
-        H2_VTEP,
-    ])
-    .unwrap();
-    r.new.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
-    send_frames(&r.new.ns, "eth0", &[packet::rarp(VM1_MAC)]).unwrap();
+    leave_h1(&r);
+    resume_on_h2(&r);
     // h3 still has the VM on h1 (the NVA is down): h1's pointer carries the traffic.
     if let Err(e) = r.rig.vm3.ping_until_reachable(VM1_IP, 5) {
         let stats = |d: &Daemon| d.nve(&["stats"]).unwrap_or_default();
@@ -190,7 +181,7 @@ fn with_the_nva_down_the_pointer_carries_the_move_and_the_nves_converge_after() 
     assert!(r.d1.counter("underlay_rx", "FORWARDED_TO_VTEP").unwrap() > 0);
     // The NVA back (empty): everyone republishes, h3 follows the VM to h2.
     let _etcd = EtcdServer::start(&r.rig.h3, H3_VTEP).unwrap();
-    wait("h3 converges on h2", || {
+    wait_until("h3 converges on h2", || {
         nva_location(&r.d3).as_deref() == Some(H2_VTEP)
     });
     r.rig
@@ -204,16 +195,7 @@ fn the_source_lets_go_before_the_destination_takes_over() {
     let r = setup("rd");
     pre_associate(&r.d2);
     // The source disassociates first; the destination is not active yet.
-    r.rig.vm1.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
-    r.d1.nve(&[
-        "vm",
-        "disassociate",
-        "--vm",
-        VMX,
-        "--migrating-out",
-        H2_VTEP,
-    ])
-    .unwrap();
+    leave_h1(&r);
     // Meanwhile vm3's frames follow the pointer to h2, which holds them off: the vNIC is
     // only pre-associated (VNIC_INACTIVE), not delivered to a VM not running yet.
     let _ = r.rig.vm3.ns.exec(&["ping", "-c", "1", "-W", "1", VM1_IP]);
@@ -221,7 +203,7 @@ fn the_source_lets_go_before_the_destination_takes_over() {
     // Then the hypervisor's associate at the destination (no announcement this time).
     r.new.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
     overlay::associate(&r.d2, VMX, "vmxp", VM1_MAC, Some(VM1_IP)).unwrap();
-    wait("h3 follows the VM to h2", || {
+    wait_until("h3 follows the VM to h2", || {
         nva_location(&r.d3).as_deref() == Some(H2_VTEP)
     });
     r.rig

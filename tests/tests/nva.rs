@@ -8,7 +8,7 @@ use std::{thread, time::Duration};
 use nve_tests::{
     etcd::EtcdServer,
     overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_IP, VM1_MAC, VM2_IP, VM2_MAC, VN, VNI},
-    rig::{Daemon, mac_str, require_root},
+    rig::{Daemon, mac_str, require_root, wait_until},
 };
 
 const VM1_UUID: &str = "00000000-0000-4000-8000-0000000000a1";
@@ -21,16 +21,6 @@ fn fdb_has(d: &Daemon, mac: [u8; 6], vtep: &str) -> bool {
         .unwrap()
         .iter()
         .any(|e| e["mac"] == mac_str(mac) && e["vtep"]["vtep"] == vtep && e["from_nva"] == true)
-}
-
-fn wait(what: &str, mut ok: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what}: not within 10 s");
 }
 
 #[test]
@@ -54,10 +44,10 @@ fn nves_learn_each_other_from_etcd() {
     }
     overlay::associate(&d1, VM1_UUID, "vm1p", VM1_MAC, Some(VM1_IP)).unwrap();
     overlay::associate(&d2, VM2_UUID, "vm2p", VM2_MAC, Some(VM2_IP)).unwrap();
-    wait("h1 learns h2's vNIC from etcd", || {
+    wait_until("h1 learns h2's vNIC from etcd", || {
         fdb_has(&d1, VM2_MAC, H2_VTEP)
     });
-    wait("h2 learns h1's vNIC from etcd", || {
+    wait_until("h2 learns h1's vNIC from etcd", || {
         fdb_has(&d2, VM1_MAC, H1_VTEP)
     });
 
@@ -69,7 +59,7 @@ fn nves_learn_each_other_from_etcd() {
 
     // etcd goes away: forwarding goes on with the last state, and status says so.
     etcd.kill();
-    wait("h1 notices the NVA is gone", || {
+    wait_until("h1 notices the NVA is gone", || {
         let s: serde_json::Value =
             serde_json::from_str(&d1.nve(&["status", "--json"]).unwrap()).unwrap();
         s["nva"]["connected"] == false
@@ -82,12 +72,12 @@ fn nves_learn_each_other_from_etcd() {
     d2.nve(&["vm", "disassociate", "--vm", VM2_UUID]).unwrap();
     // (A new, empty etcd: the NVEs republish what they have.)
     let _etcd = EtcdServer::start(&rig.h2, H2_VTEP).unwrap();
-    wait("h1 resyncs and drops h2's withdrawn vNIC", || {
+    wait_until("h1 resyncs and drops h2's withdrawn vNIC", || {
         let s: serde_json::Value =
             serde_json::from_str(&d1.nve(&["status", "--json"]).unwrap()).unwrap();
         s["nva"]["connected"] == true && !fdb_has(&d1, VM2_MAC, H2_VTEP)
     });
-    wait("h2 has h1's vNIC again", || fdb_has(&d2, VM1_MAC, H1_VTEP));
+    wait_until("h2 has h1's vNIC again", || fdb_has(&d2, VM1_MAC, H1_VTEP));
 }
 
 /// MAC mobility over the NVA (three NVEs): a MAC claimed on a second NVE while the first
@@ -116,10 +106,10 @@ fn the_highest_sequence_number_wins_and_flapping_macs_freeze() {
     };
 
     on(&d1, "vm1p");
-    wait("h3 sees the MAC on h1", || fdb_has(&d3, VM1_MAC, H1_VTEP));
+    wait_until("h3 sees the MAC on h1", || fdb_has(&d3, VM1_MAC, H1_VTEP));
     // h2 claims it while h1 still does: sequence 1 beats 0 (and the lower VTEP address).
     on(&d2, "vmxp");
-    wait("h3 follows the higher sequence to h2", || {
+    wait_until("h3 follows the higher sequence to h2", || {
         fdb_has(&d3, VM1_MAC, H2_VTEP)
     });
 
@@ -134,7 +124,7 @@ fn the_highest_sequence_number_wins_and_flapping_macs_freeze() {
         off(d);
         on(d, port);
         moves += 1;
-        wait("h3 follows the move", || fdb_has(&d3, VM1_MAC, there));
+        wait_until("h3 follows the move", || fdb_has(&d3, VM1_MAC, there));
     }
     let status = |d: &Daemon| -> serde_json::Value {
         serde_json::from_str(&d.nve(&["status", "--json"]).unwrap()).unwrap()
