@@ -1,6 +1,7 @@
 //! The NVA on a real etcd (Debian's etcd-server, in h2's namespace on the underlay address):
-//! two NVEs configured with nothing about each other learn each other's vNICs from it (remote
-//! MACs, their addresses for ARP suppression, the flood list), the VMs talk, a
+//! two NVEs configured with nothing about each other (h2 not even the VN: it creates it from
+//! the NVA's definition on its first vNIC) learn each other's vNICs from it (remote MACs,
+//! their addresses for ARP suppression, the flood list), the VMs talk, a
 //! disassociation withdraws the entry everywhere; with etcd killed forwarding goes on and
 //! `nve status` says so; etcd back, the NVEs resync.
 use std::{thread, time::Duration};
@@ -31,19 +32,42 @@ fn nves_learn_each_other_from_etcd() {
     let nva = ["--nva", etcd.url.as_str()];
     let d1 = Daemon::start(&rig.h1, "nv1", H1_VTEP, "ul", &nva).unwrap();
     let d2 = Daemon::start(&rig.h2, "nv2", H2_VTEP, "ul", &nva).unwrap();
-    for d in [&d1, &d2] {
-        d.nve(&[
-            "vn",
-            "add",
-            VN,
-            "--vni",
-            &VNI.to_string(),
-            "--no-flood-unknown",
-        ])
-        .unwrap();
-    }
+    // Only h1 has the VN; h2 creates it from the NVA on its first vNIC.
+    d1.nve(&[
+        "vn",
+        "add",
+        VN,
+        "--vni",
+        &VNI.to_string(),
+        "--no-flood-unknown",
+    ])
+    .unwrap();
     overlay::associate(&d1, VM1_UUID, "vm1p", VM1_MAC, Some(VM1_IP)).unwrap();
-    overlay::associate(&d2, VM2_UUID, "vm2p", VM2_MAC, Some(VM2_IP)).unwrap();
+    wait_until("h2 associates in the VN h1 published", || {
+        overlay::associate(&d2, VM2_UUID, "vm2p", VM2_MAC, Some(VM2_IP)).is_ok()
+    });
+    let vns: serde_json::Value =
+        serde_json::from_str(&d2.nve(&["vn", "list", "--json"]).unwrap()).unwrap();
+    assert_eq!(vns[0]["name"], VN, "{vns}");
+    assert_eq!(vns[0]["flood_unknown"], false, "{vns}");
+    // Neither knows this one: refused.
+    let err = d2
+        .nve(&[
+            "vm",
+            "associate",
+            "--vm",
+            VM2_UUID,
+            "--vnic",
+            "1",
+            "--vn",
+            "nosuch",
+            "--port",
+            "vm2p",
+            "--mac",
+            "02:00:00:00:02:02",
+        ])
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("E_UNKNOWN_VN"), "{err:#}");
     wait_until("h1 learns h2's vNIC from etcd", || {
         fdb_has(&d1, VM2_MAC, H2_VTEP)
     });

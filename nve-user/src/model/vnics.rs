@@ -217,6 +217,12 @@ impl Model {
         req: &VnicRequest,
         now: u64,
     ) -> Result<()> {
+        // A VN other NVEs serve (from the NVA) is created here on its first vNIC.
+        if !self.vns.contains_key(&params.vn)
+            && let Some(def) = self.nva.vns.get(&params.vn).cloned()
+        {
+            self.create_vn(&def)?;
+        }
         let vn = self
             .vns
             .get(&params.vn)

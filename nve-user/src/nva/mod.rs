@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 pub use etcd::Etcd;
 
 use crate::{
-    api::NvaStatus,
+    api::{CreateVn, NvaStatus},
     mac::MacAddr,
     model::{Event, Model},
     server::Shared,
@@ -52,6 +52,9 @@ pub struct Entry {
     /// Incremented by each NVE that takes the MAC over (RFC 7432 section 15).
     #[serde(default)]
     pub seq: u64,
+    /// In a VN definition's entry: the VN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vn: Option<CreateVn>,
 }
 
 /// What the model keeps of the other NVEs' publications.
@@ -64,16 +67,29 @@ pub struct Table {
     /// its flood list and decapsulation allow-list before a migration's first frame.
     #[serde(default)]
     pub members: BTreeMap<u32, BTreeSet<IpAddr>>,
+    /// VN definitions other NVEs serve, by name: an associate in a VN this NVE does not
+    /// have creates it from here.
+    #[serde(default)]
+    pub vns: BTreeMap<String, CreateVn>,
 }
 
 impl Table {
     pub fn is_empty(&self) -> bool {
-        self.macs.is_empty() && self.members.is_empty()
+        self.macs.is_empty() && self.members.is_empty() && self.vns.is_empty()
     }
 }
 
 fn key(vni: u32, mac: MacAddr, vtep: IpAddr) -> String {
     format!("{PREFIX}{vni}/mac/{mac}/vtep/{vtep}")
+}
+
+fn vn_key(vni: u32, vtep: IpAddr) -> String {
+    format!("{PREFIX}{vni}/vn/{vtep}")
+}
+
+fn is_vn_key(key: &str) -> bool {
+    key.strip_prefix(PREFIX)
+        .is_some_and(|rest| rest.contains("/vn/"))
 }
 
 fn member_key(vni: u32, vtep: IpAddr) -> String {
@@ -100,12 +116,29 @@ fn local_entries(
     published: &BTreeMap<String, Entry>,
 ) -> BTreeMap<String, Entry> {
     let mut out = BTreeMap::new();
+    // The VNs this NVE serves, for those that do not have them yet.
+    for (name, vn) in model.vns() {
+        let def = CreateVn {
+            flood_unknown: vn.flood_unknown,
+            any_vtep: vn.any_vtep,
+            mtu: vn.mtu,
+            ..CreateVn::new(name.clone(), vn.vni)
+        };
+        let entry = Entry {
+            vtep,
+            ips: Vec::new(),
+            seq: 0,
+            vn: Some(def),
+        };
+        out.insert(vn_key(vn.vni, vtep), entry);
+    }
     // Membership: every VN with a vNIC here, whatever its state.
     for (_, v) in model.vnics() {
         let member = Entry {
             vtep,
             ips: Vec::new(),
             seq: 0,
+            vn: None,
         };
         out.insert(member_key(v.vni, vtep), member);
     }
@@ -119,7 +152,15 @@ fn local_entries(
                 None => highest_claim(all, v.vni, mac, vtep).map_or(0, |e| e.seq + 1),
             };
             let ips = ips.clone();
-            out.insert(key, Entry { vtep, ips, seq });
+            out.insert(
+                key,
+                Entry {
+                    vtep,
+                    ips,
+                    seq,
+                    vn: None,
+                },
+            );
         }
     }
     out
@@ -305,6 +346,15 @@ async fn install(
         }
         if let Some(vni) = parse_member(key) {
             table.members.entry(vni).or_default().insert(entry.vtep);
+            continue;
+        }
+        if is_vn_key(key) {
+            if let Some(def) = &entry.vn {
+                table
+                    .vns
+                    .entry(def.name.clone())
+                    .or_insert_with(|| def.clone());
+            }
             continue;
         }
         let Some(id) = parse_key(key) else { continue };
