@@ -1,4 +1,5 @@
 pub mod etcd;
+pub mod nva_bench;
 pub mod overlay;
 pub mod packet;
 pub mod progtest;

@@ -47,13 +47,39 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--only-signaling") {
         return signaling(associations, scale);
     }
+    if std::env::args().any(|a| a == "--only-nva") {
+        return nva(if quick { 20 } else { 200 });
+    }
     let programs = program_costs(&s)?;
     if std::env::args().any(|a| a == "--only-programs") {
         return report(&programs, &Traffic::default(), quick);
     }
     let traffic = traffic(&s)?;
     report(&programs, &traffic, quick)?;
-    signaling(associations, scale)
+    signaling(associations, scale)?;
+    nva(if quick { 20 } else { 200 })
+}
+
+/// Associate on one NVE -> the MAC in another NVE's FDB through etcd (p50/p99).
+fn nva(runs: u32) -> Result<()> {
+    eprintln!("==> NVA: {runs} associations, each until the other NVE has it");
+    let mut lat = nve_tests::nva_bench::move_visible(runs)?;
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    let (p50, p99, max) = (pct(0.50), pct(0.99), lat[lat.len() - 1]);
+    println!(
+        "\nNVA (etcd): associate -> MAC in the other NVE's FDB, {} runs: p50 {p50:.0} us, p99 {p99:.0} us, max {max:.0} us",
+        lat.len()
+    );
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    fs::create_dir_all(&dir)?;
+    fs::write(
+        dir.join("nva.json"),
+        serde_json::to_string_pretty(
+            &json!({"move_visible_us": {"p50": p50, "p99": p99, "max": max, "runs": lat.len()}}),
+        )?,
+    )?;
+    Ok(())
 }
 
 /// Associate -> first frame at the remote VM (p50/p99), and the cost of `scale`
