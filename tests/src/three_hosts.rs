@@ -5,8 +5,9 @@
 use anyhow::Result;
 
 use crate::{
-    overlay::{H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC},
-    rig::{Netns, Vm, veth},
+    etcd::EtcdServer,
+    overlay::{self, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC, VN, VNI},
+    rig::{Daemon, Netns, Vm, veth},
 };
 
 pub const H3_VTEP: &str = "10.0.0.3";
@@ -47,6 +48,46 @@ impl ThreeHosts {
             h2,
             h3,
             fabric,
+        })
+    }
+}
+
+/// A VM about to migrate h1 -> h2, three NVEs sharing a real etcd (in h3): VN blue on each,
+/// the VM (vm1's MAC and IP, vNIC `vmx`) associated on h1, vm3 (vNIC `vm3`) on h3 and
+/// reaching it, the VM's next incarnation ready on h2 (port `vmxp`, link down). Fields drop
+/// in order: daemons and VMs before etcd and the namespaces.
+pub struct MigrationRig {
+    pub d1: Daemon,
+    pub d2: Daemon,
+    pub d3: Daemon,
+    pub new: Vm,
+    pub etcd: EtcdServer,
+    pub rig: ThreeHosts,
+}
+
+impl MigrationRig {
+    pub fn new(tag: &str, vmx: &str, vm3: &str) -> Result<Self> {
+        let rig = ThreeHosts::new(tag)?;
+        let etcd = EtcdServer::start(&rig.h3, H3_VTEP)?;
+        let nva = ["--nva", etcd.url.as_str()];
+        let d1 = Daemon::start(&rig.h1, &format!("{tag}1"), H1_VTEP, "ul", &nva)?;
+        let d2 = Daemon::start(&rig.h2, &format!("{tag}2"), H2_VTEP, "ul", &nva)?;
+        let d3 = Daemon::start(&rig.h3, &format!("{tag}3"), H3_VTEP, "ul", &nva)?;
+        for d in [&d1, &d2, &d3] {
+            d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])?;
+        }
+        overlay::associate(&d1, vmx, "vm1p", VM1_MAC, Some(VM1_IP))?;
+        overlay::associate(&d3, vm3, "vm3p", VM3_MAC, Some(VM3_IP))?;
+        rig.vm3.ping_until_reachable(VM1_IP, 5)?;
+        let new = Vm::new(&format!("{tag}-new"), &rig.h2, "vmxp", VM1_MAC, VM1_IP)?;
+        new.ns.ip(&["link", "set", "eth0", "down"])?;
+        Ok(Self {
+            d1,
+            d2,
+            d3,
+            new,
+            etcd,
+            rig,
         })
     }
 }

@@ -11,7 +11,7 @@ use std::{
     net::UdpSocket,
     os::fd::AsRawFd,
     sync::{
-        Arc, Mutex,
+        Arc, Barrier, Mutex,
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
     thread,
@@ -19,11 +19,10 @@ use std::{
 };
 
 use nve_tests::{
-    etcd::EtcdServer,
-    overlay::{self, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC, VN, VNI},
+    overlay::{H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC, VN},
     packet,
-    rig::{Daemon, Netns, Vm, mac_str, require_root, send_frames},
-    three_hosts::{H3_VTEP, ThreeHosts, VM3_IP, VM3_MAC},
+    rig::{Daemon, Netns, mac_str, require_root, send_frames},
+    three_hosts::MigrationRig,
 };
 
 const VMX: &str = "00000000-0000-4000-8000-0000000000b1";
@@ -53,14 +52,17 @@ fn in_ns<T: Send + 'static>(
     })
 }
 
-/// Collects the sequence numbers arriving on UDP `PORT` in `ns` until `stop`.
+/// Collects the sequence numbers arriving on UDP `PORT` in `ns` until `stop`; waits on
+/// `bound` once listening.
 fn receiver(
     ns: &Netns,
     got: Arc<Mutex<BTreeSet<u32>>>,
     stop: Arc<AtomicBool>,
+    bound: Arc<Barrier>,
 ) -> thread::JoinHandle<()> {
     in_ns(ns, move || {
         let socket = UdpSocket::bind(("0.0.0.0", PORT)).expect("bind");
+        bound.wait();
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
@@ -79,23 +81,9 @@ fn receiver(
 #[test]
 fn a_vm_migrates_under_a_stream_without_network_loss() {
     require_root();
-    let rig = ThreeHosts::new("lm").unwrap();
-    let _etcd = EtcdServer::start(&rig.h3, H3_VTEP).unwrap();
-    let nva = ["--nva", _etcd.url.as_str()];
-    let d1 = Daemon::start(&rig.h1, "lm1", H1_VTEP, "ul", &nva).unwrap();
-    let d2 = Daemon::start(&rig.h2, "lm2", H2_VTEP, "ul", &nva).unwrap();
-    let d3 = Daemon::start(&rig.h3, "lm3", H3_VTEP, "ul", &nva).unwrap();
-    for d in [&d1, &d2, &d3] {
-        d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])
-            .unwrap();
-    }
-    overlay::associate(&d1, VMX, "vm1p", VM1_MAC, Some(VM1_IP)).unwrap();
-    overlay::associate(&d3, VM3, "vm3p", VM3_MAC, Some(VM3_IP)).unwrap();
-    rig.vm3.ping_until_reachable(VM1_IP, 5).unwrap();
-
-    // The destination: the VM's new incarnation, not running yet, pre-associated.
-    let new = Vm::new("lm-new", &rig.h2, "vmxp", VM1_MAC, VM1_IP).unwrap();
-    new.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    let r = MigrationRig::new("lm", VMX, VM3).unwrap();
+    let (d1, d2, d3, rig, new) = (&r.d1, &r.d2, &r.d3, &r.rig, &r.new);
+    // The destination pre-associates the VM's new incarnation (not running yet).
     d2.nve(&[
         "vm",
         "pre-associate",
@@ -116,10 +104,13 @@ fn a_vm_migrates_under_a_stream_without_network_loss() {
 
     let got = Arc::new(Mutex::new(BTreeSet::new()));
     let stop = Arc::new(AtomicBool::new(false));
+    let bound = Arc::new(Barrier::new(3));
     let receivers = [
-        receiver(&rig.vm1.ns, got.clone(), stop.clone()),
-        receiver(&new.ns, got.clone(), stop.clone()),
+        receiver(&rig.vm1.ns, got.clone(), stop.clone(), bound.clone()),
+        receiver(&new.ns, got.clone(), stop.clone(), bound.clone()),
     ];
+    // Both listening before the first datagram leaves.
+    bound.wait();
     let next = Arc::new(AtomicU32::new(0));
     let total = RATE * SECONDS;
     let sender = {
@@ -191,6 +182,6 @@ fn a_vm_migrates_under_a_stream_without_network_loss() {
             e["mac"] == mac_str(VM1_MAC) && e["vtep"]["vtep"] == H2_VTEP && e["from_nva"] == true
         })
     };
-    assert!(on_h2(&d3), "{}", d3.nve(&["fdb"]).unwrap());
-    assert!(on_h2(&d1), "{}", d1.nve(&["fdb"]).unwrap());
+    assert!(on_h2(d3), "{}", d3.nve(&["fdb"]).unwrap());
+    assert!(on_h2(d1), "{}", d1.nve(&["fdb"]).unwrap());
 }

@@ -6,52 +6,20 @@ use std::{thread, time::Duration};
 
 use nve_tests::{
     etcd::EtcdServer,
-    overlay::{self, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC, VN, VNI},
+    overlay::{self, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC, VN},
     packet,
-    rig::{Daemon, Vm, mac_str, require_root, send_frames, wait_until},
-    three_hosts::{H3_VTEP, ThreeHosts, VM3_IP, VM3_MAC},
+    rig::{Daemon, mac_str, require_root, send_frames, wait_until},
+    three_hosts::{H3_VTEP, MigrationRig},
 };
 
 const VMX: &str = "00000000-0000-4000-8000-0000000000c1";
 const VM3: &str = "00000000-0000-4000-8000-0000000000c3";
 
-/// Field order: daemons and VMs go before the rig's namespaces.
-struct Rig {
-    d1: Daemon,
-    d2: Daemon,
-    d3: Daemon,
-    new: Vm,
-    etcd: EtcdServer,
-    rig: ThreeHosts,
-}
+type Rig = MigrationRig;
 
-/// Three NVEs on etcd, the VM on h1 reachable from vm3, its next incarnation ready (link
-/// down) on h2.
 fn setup(tag: &str) -> Rig {
     require_root();
-    let rig = ThreeHosts::new(tag).unwrap();
-    let etcd = EtcdServer::start(&rig.h3, H3_VTEP).unwrap();
-    let nva = ["--nva", etcd.url.as_str()];
-    let d1 = Daemon::start(&rig.h1, &format!("{tag}1"), H1_VTEP, "ul", &nva).unwrap();
-    let d2 = Daemon::start(&rig.h2, &format!("{tag}2"), H2_VTEP, "ul", &nva).unwrap();
-    let d3 = Daemon::start(&rig.h3, &format!("{tag}3"), H3_VTEP, "ul", &nva).unwrap();
-    for d in [&d1, &d2, &d3] {
-        d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])
-            .unwrap();
-    }
-    overlay::associate(&d1, VMX, "vm1p", VM1_MAC, Some(VM1_IP)).unwrap();
-    overlay::associate(&d3, VM3, "vm3p", VM3_MAC, Some(VM3_IP)).unwrap();
-    rig.vm3.ping_until_reachable(VM1_IP, 5).unwrap();
-    let new = Vm::new(&format!("{tag}-new"), &rig.h2, "vmxp", VM1_MAC, VM1_IP).unwrap();
-    new.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
-    Rig {
-        d1,
-        d2,
-        d3,
-        new,
-        etcd,
-        rig,
-    }
+    MigrationRig::new(tag, VMX, VM3).unwrap()
 }
 
 /// The source's side of the move: the VM pauses on h1, which disassociates it leaving a
