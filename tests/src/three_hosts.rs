@@ -7,7 +7,7 @@ use anyhow::Result;
 use crate::{
     etcd::EtcdServer,
     overlay::{self, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC, VN, VNI},
-    rig::{Daemon, Netns, Vm, veth},
+    rig::{Daemon, Netns, Vm, mac_str, veth},
 };
 
 pub const H3_VTEP: &str = "10.0.0.3";
@@ -57,6 +57,8 @@ impl ThreeHosts {
 /// reaching it, the VM's next incarnation ready on h2 (port `vmxp`, link down). Fields drop
 /// in order: daemons and VMs before etcd and the namespaces.
 pub struct MigrationRig {
+    /// The migrating VM's UUID.
+    pub vmx: String,
     pub d1: Daemon,
     pub d2: Daemon,
     pub d3: Daemon,
@@ -82,6 +84,7 @@ impl MigrationRig {
         let new = Vm::new(&format!("{tag}-new"), &rig.h2, "vmxp", VM1_MAC, VM1_IP)?;
         new.ns.ip(&["link", "set", "eth0", "down"])?;
         Ok(Self {
+            vmx: vmx.to_string(),
             d1,
             d2,
             d3,
@@ -89,5 +92,29 @@ impl MigrationRig {
             etcd,
             rig,
         })
+    }
+}
+
+impl MigrationRig {
+    /// The destination's first step: the VM's new incarnation pre-associated on h2
+    /// (installed, not forwarding, nothing of it published).
+    pub fn pre_associate_on_h2(&self) -> Result<String> {
+        let mac = mac_str(VM1_MAC);
+        self.d2.nve(&[
+            "vm",
+            "pre-associate",
+            "--vm",
+            &self.vmx,
+            "--vn",
+            VN,
+            "--port",
+            "vmxp",
+            "--mac",
+            &mac,
+            "--ip",
+            VM1_IP,
+            "--migrating-in",
+            H1_VTEP,
+        ])
     }
 }

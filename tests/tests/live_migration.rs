@@ -19,7 +19,7 @@ use std::{
 };
 
 use nve_tests::{
-    overlay::{H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC, VN},
+    overlay::{H2_VTEP, VM1_IP, VM1_MAC},
     packet,
     rig::{Daemon, Netns, mac_str, require_root, send_frames},
     three_hosts::MigrationRig,
@@ -82,25 +82,9 @@ fn receiver(
 fn a_vm_migrates_under_a_stream_without_network_loss() {
     require_root();
     let r = MigrationRig::new("lm", VMX, VM3).unwrap();
-    let (d1, d2, d3, rig, new) = (&r.d1, &r.d2, &r.d3, &r.rig, &r.new);
+    let (d1, d3, rig, new) = (&r.d1, &r.d3, &r.rig, &r.new);
     // The destination pre-associates the VM's new incarnation (not running yet).
-    d2.nve(&[
-        "vm",
-        "pre-associate",
-        "--vm",
-        VMX,
-        "--vn",
-        VN,
-        "--port",
-        "vmxp",
-        "--mac",
-        &mac_str(VM1_MAC),
-        "--ip",
-        VM1_IP,
-        "--migrating-in",
-        H1_VTEP,
-    ])
-    .unwrap();
+    r.pre_associate_on_h2().unwrap();
 
     let got = Arc::new(Mutex::new(BTreeSet::new()));
     let stop = Arc::new(AtomicBool::new(false));

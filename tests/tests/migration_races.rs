@@ -6,7 +6,7 @@ use std::{thread, time::Duration};
 
 use nve_tests::{
     etcd::EtcdServer,
-    overlay::{self, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC, VN},
+    overlay::{self, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC},
     packet,
     rig::{Daemon, mac_str, require_root, send_frames, wait_until},
     three_hosts::{H3_VTEP, MigrationRig},
@@ -43,26 +43,6 @@ fn resume_on_h2(r: &Rig) {
     send_frames(&r.new.ns, "eth0", &[packet::rarp(VM1_MAC)]).unwrap();
 }
 
-fn pre_associate(d: &Daemon) {
-    d.nve(&[
-        "vm",
-        "pre-associate",
-        "--vm",
-        VMX,
-        "--vn",
-        VN,
-        "--port",
-        "vmxp",
-        "--mac",
-        &mac_str(VM1_MAC),
-        "--ip",
-        VM1_IP,
-        "--migrating-in",
-        H1_VTEP,
-    ])
-    .unwrap();
-}
-
 /// Where `d` has the VM from the NVA, if anywhere.
 fn nva_location(d: &Daemon) -> Option<String> {
     let fdb: serde_json::Value = serde_json::from_str(&d.nve(&["fdb", "--json"]).unwrap()).unwrap();
@@ -75,7 +55,7 @@ fn nva_location(d: &Daemon) -> Option<String> {
 #[test]
 fn an_aborted_migration_leaves_the_source_in_charge() {
     let r = setup("ra");
-    pre_associate(&r.d2);
+    r.pre_associate_on_h2().unwrap();
     // The hypervisor gives up: the destination disassociates, the VM never paused.
     r.d2.nve(&["vm", "disassociate", "--vm", VMX]).unwrap();
     thread::sleep(Duration::from_millis(300));
@@ -89,7 +69,7 @@ fn an_aborted_migration_leaves_the_source_in_charge() {
 #[test]
 fn there_and_back_again_ends_where_it_started() {
     let r = setup("rb");
-    pre_associate(&r.d2);
+    r.pre_associate_on_h2().unwrap();
     // h1 -> h2 ...
     leave_h1(&r);
     resume_on_h2(&r);
@@ -121,7 +101,7 @@ fn there_and_back_again_ends_where_it_started() {
 #[test]
 fn with_the_nva_down_the_pointer_carries_the_move_and_the_nves_converge_after() {
     let mut r = setup("rn");
-    pre_associate(&r.d2);
+    r.pre_associate_on_h2().unwrap();
     // The pre-association made h2 a member of the VN (nothing about the VM published):
     // h3 floods to it and accepts its VXLAN.
     r.d3.wait_next_hop(H2_VTEP).unwrap();
@@ -161,7 +141,7 @@ fn with_the_nva_down_the_pointer_carries_the_move_and_the_nves_converge_after() 
 #[test]
 fn the_source_lets_go_before_the_destination_takes_over() {
     let r = setup("rd");
-    pre_associate(&r.d2);
+    r.pre_associate_on_h2().unwrap();
     // The source disassociates first; the destination is not active yet.
     leave_h1(&r);
     // Meanwhile vm3's frames follow the pointer to h2, which holds them off: the vNIC is
