@@ -23,10 +23,12 @@ pub const PORT_STATS_MAP: &str = "NVE_PORT_STATS";
 
 pub const PORTS_MAX_ENTRIES: u32 = 4096;
 pub const VNS_MAX_ENTRIES: u32 = 4096;
-pub const FDB_MAX_ENTRIES: u32 = 65536;
+/// The maps with an entry per MAC or address, remote ones included (100,000 remote MACs
+/// from the NVA fit): allocated as entries are added, not up front.
+pub const FDB_MAX_ENTRIES: u32 = 262_144;
 pub const NEXTHOPS_MAX_ENTRIES: u32 = 4096;
-pub const ARP_MAX_ENTRIES: u32 = 65536;
-pub const ND_MAX_ENTRIES: u32 = 65536;
+pub const ARP_MAX_ENTRIES: u32 = 262_144;
+pub const ND_MAX_ENTRIES: u32 = 262_144;
 pub const VN_VTEPS_MAX_ENTRIES: u32 = 65536;
 /// Remote VTEPs a VN floods broadcast to (head-end replication).
 pub const FLOOD_MAX_REMOTES: usize = 16;

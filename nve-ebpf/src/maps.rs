@@ -1,6 +1,7 @@
 //! Every map of the dataplane. Static names equal `nve_common::maps::*_MAP`, which the
 //! daemon uses to open the pins.
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -23,16 +24,16 @@ pub static NVE_PORTS: HashMap<PortKey, PortValue> = HashMap::pinned(PORTS_MAX_EN
 pub static NVE_VNS: HashMap<u32, VnInfo> = HashMap::pinned(VNS_MAX_ENTRIES, 0);
 
 #[map]
-pub static NVE_FDB: HashMap<FdbKey, FdbEntry> = HashMap::pinned(FDB_MAX_ENTRIES, 0);
+pub static NVE_FDB: HashMap<FdbKey, FdbEntry> = HashMap::pinned(FDB_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static NVE_NEXTHOPS: HashMap<[u8; 4], NextHop> = HashMap::pinned(NEXTHOPS_MAX_ENTRIES, 0);
 
 #[map]
-pub static NVE_ARP: HashMap<ArpKey, ArpEntry> = HashMap::pinned(ARP_MAX_ENTRIES, 0);
+pub static NVE_ARP: HashMap<ArpKey, ArpEntry> = HashMap::pinned(ARP_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static NVE_ND: HashMap<NdKey, ArpEntry> = HashMap::pinned(ND_MAX_ENTRIES, 0);
+pub static NVE_ND: HashMap<NdKey, ArpEntry> = HashMap::pinned(ND_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static NVE_VN_VTEPS: HashMap<VnVtepKey, u32> = HashMap::pinned(VN_VTEPS_MAX_ENTRIES, 0);

@@ -57,6 +57,9 @@ pub enum Command {
     Fdb {
         #[command(subcommand)]
         command: Option<FdbCommand>,
+        /// Only this MAC's entries.
+        #[arg(long)]
+        mac: Option<MacAddr>,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -327,9 +330,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .delete(&format!("/v1/vns/{vn}/ports/{port}?vid={vid}"))
                 .await?),
         },
-        Command::Fdb { command, json } => match command {
+        Command::Fdb { command, mac, json } => match command {
             None => {
-                let fdb: Vec<FdbView> = c.get("/v1/fdb").await?;
+                let path = match mac {
+                    Some(mac) => format!("/v1/fdb?mac={mac}"),
+                    None => "/v1/fdb".to_string(),
+                };
+                let fdb: Vec<FdbView> = c.get(&path).await?;
                 print(&fdb, json.json, fdb_table)
             }
             Some(FdbCommand::Add { vn, mac, vtep, ips }) => Ok(c

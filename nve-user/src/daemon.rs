@@ -253,6 +253,8 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
         next_hops: Default::default(),
         store,
         changes: Default::default(),
+        above_nva: Default::default(),
+        next_hop_vteps: Default::default(),
     };
     if let Err(e) = nve.start(initial).await {
         if args.teardown_on_exit {
@@ -345,8 +347,13 @@ async fn follow_underlay(state: server::Shared, mut events: impl futures_util::S
         while let Some(Some(_)) = futures_util::FutureExt::now_or_never(events.next()) {}
         let mut nve = state.lock().await;
         let model = nve.model.clone();
-        if let Err(e) = nve.sync_with(&model, false).await {
+        // Ports and next hops changed, not the NVA's entries: those stay as they are.
+        let nva_unchanged = crate::model::Keys::default();
+        if let Err(e) = nve.sync_with(&model, false, Some(&nva_unchanged)).await {
             tracing::warn!("following a link, neighbour or route change: {e}");
+        }
+        if let Err(e) = nve.refresh_next_hops(&model).await {
+            tracing::warn!("following a link, neighbour or route change: {e:#}");
         }
     }
 }

@@ -2,7 +2,7 @@
 //! them to the underlay and VM ports, and reconciles map contents with the model's
 //! [`Desired`] state by difference, so entries traffic uses are never cleared and refilled.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs,
     hash::Hash,
     path::{Path, PathBuf},
@@ -373,20 +373,23 @@ impl Dataplane {
     /// first and added last, so a port is never active before its VN and FDB are in place.
     /// Counters of a VN or port go with it.
     pub fn apply(&mut self, desired: &Desired) -> Result<()> {
-        let gone_ports = self.ports.remove_absent(&desired.ports)?;
+        let gone_ports = self.ports.remove_absent(&desired.ports, None)?;
         for key in gone_ports {
             if !desired.ports.keys().any(|k| k.ifindex == key.ifindex) {
                 // Absent already when the port never carried a packet.
                 let _ = self.port_stats.remove(&key.ifindex);
             }
         }
-        self.fdb.remove_absent(&desired.fdb)?;
-        for vni in self.vns.remove_absent(&desired.vns)? {
+        let scope = desired.scope.as_ref();
+        self.fdb
+            .remove_absent(&desired.fdb, scope.map(|s| &s.fdb))?;
+        for vni in self.vns.remove_absent(&desired.vns, None)? {
             let _ = self.vn_stats.remove(&vni);
         }
-        self.vn_vteps.remove_absent(&desired.vn_vteps)?;
-        self.arp.remove_absent(&desired.arp)?;
-        self.nd.remove_absent(&desired.nd)?;
+        self.vn_vteps.remove_absent(&desired.vn_vteps, None)?;
+        self.arp
+            .remove_absent(&desired.arp, scope.map(|s| &s.arp))?;
+        self.nd.remove_absent(&desired.nd, scope.map(|s| &s.nd))?;
         self.arp.upsert_changed(&desired.arp)?;
         self.nd.upsert_changed(&desired.nd)?;
         // A VN's VTEPs before the VN: it never checks against a list not yet written.
@@ -398,7 +401,7 @@ impl Dataplane {
 
     /// Makes the underlay next hops (remote VTEP -> egress and MACs) exactly `next_hops`.
     pub fn set_next_hops(&mut self, next_hops: &HashMap<[u8; 4], NextHop>) -> Result<()> {
-        self.next_hops.remove_absent(next_hops)?;
+        self.next_hops.remove_absent(next_hops, None)?;
         self.next_hops.upsert_changed(next_hops)
     }
 
@@ -542,11 +545,18 @@ impl<K: Pod + Eq + Hash, V: Pod + PartialEq> Mirrored<K, V> {
         Ok(Self { map, current, name })
     }
 
-    /// Deletes the entries `desired` does not have; returns their keys.
-    fn remove_absent(&mut self, desired: &HashMap<K, V>) -> Result<Vec<K>> {
-        let stale: Vec<K> = self
-            .current
-            .keys()
+    /// Deletes the entries `desired` does not have (of those in `scope`, when given);
+    /// returns their keys.
+    fn remove_absent(
+        &mut self,
+        desired: &HashMap<K, V>,
+        scope: Option<&HashSet<K>>,
+    ) -> Result<Vec<K>> {
+        let candidates: Box<dyn Iterator<Item = &K>> = match scope {
+            Some(keys) => Box::new(keys.iter().filter(|k| self.current.contains_key(k))),
+            None => Box::new(self.current.keys()),
+        };
+        let stale: Vec<K> = candidates
             .filter(|k| !desired.contains_key(k))
             .copied()
             .collect();

@@ -26,7 +26,7 @@ use crate::{
     },
     dataplane::{Dataplane, DataplaneError},
     mac::MacAddr,
-    model::{Event, Model, VnicId},
+    model::{Event, Keys, Model, VnicId},
     netlink,
     store::Store,
 };
@@ -49,6 +49,11 @@ pub struct Nve {
     pub next_hops: HashMap<[u8; 4], NextHop>,
     /// Woken after each committed change (the NVA republishes).
     pub changes: Arc<tokio::sync::Notify>,
+    /// The dataplane's FDB, ARP and ND entries above the NVA's, as last written: a change
+    /// that touches only some NVA entries rewrites those and these (see `Model::desired_in`).
+    pub above_nva: Keys,
+    /// The remote VTEPs whose next hops were last resolved.
+    pub next_hop_vteps: BTreeSet<Ipv4Addr>,
 }
 
 pub type Shared = Arc<Mutex<Nve>>;
@@ -115,7 +120,7 @@ impl Nve {
     /// difference, so entries traffic uses are left alone. Ports that are missing now are
     /// bound when they appear.
     pub async fn start(&mut self, model: Model) -> Result<(), ErrorBody> {
-        self.sync_with(&model, false).await?;
+        self.sync_with(&model, false, None).await?;
         self.dataplane
             .drop_unclaimed_links()
             .map_err(|e| ErrorBody::new(ErrorCode::EHost, anyhow::Error::from(e).to_string()))?;
@@ -153,7 +158,15 @@ impl Nve {
         let mut next = self.model.clone();
         let mut results = Vec::with_capacity(events.len());
         let mut accepted = Vec::new();
+        // The NVA's entries the batch changes: only those are rewritten (all after a full
+        // table, or when VNs came or went).
+        let mut touched = Some(Keys::default());
         for event in events {
+            match (event, touched.as_mut()) {
+                (Event::NvaDelta(delta), Some(keys)) => next.nva_keys(delta, keys),
+                (Event::Nva(_), _) => touched = None,
+                _ => {}
+            }
             let result = next.apply(event, now);
             if result.is_ok() {
                 accepted.push(event);
@@ -163,8 +176,11 @@ impl Nve {
         if accepted.is_empty() {
             return results;
         }
+        if next.vnis() != self.model.vnis() {
+            touched = None;
+        }
         let persisted = self
-            .move_to(next, |store, model| {
+            .move_to(next, touched.as_ref(), |store, model| {
                 accepted
                     .iter()
                     .try_for_each(|e| store.append(e, now, model))
@@ -179,12 +195,13 @@ impl Nve {
     async fn move_to(
         &mut self,
         next: Model,
+        touched: Option<&Keys>,
         persist: impl FnOnce(&mut Store, &Model) -> anyhow::Result<()>,
     ) -> Result<(), ErrorBody> {
         if next == self.model {
             return Ok(());
         }
-        let result = match self.sync(&next).await {
+        let result = match self.sync_with(&next, true, touched).await {
             Ok(()) => persist(&mut self.store, &next).map_err(|e| {
                 ErrorBody::new(ErrorCode::EHost, format!("persisting the change: {e:#}"))
             }),
@@ -192,7 +209,7 @@ impl Nve {
         };
         if let Err(e) = result {
             let current = self.model.clone();
-            if let Err(again) = self.sync(&current).await {
+            if let Err(again) = self.sync_with(&current, true, None).await {
                 tracing::error!("restoring the dataplane after a failed change: {again}");
             }
             return Err(e);
@@ -216,15 +233,17 @@ impl Nve {
         }
     }
 
-    /// Brings VM port attachments, maps and underlay neighbours to `model`.
-    pub async fn sync(&mut self, model: &Model) -> Result<(), ErrorBody> {
-        self.sync_with(model, true).await
-    }
-
-    /// As [`Nve::sync`]. With `strict`, a statically bound port that does not exist is an
-    /// error (an API request named it); otherwise (a link event) it is left out like a vNIC's
-    /// port that has not appeared yet, and bound when it does.
-    pub async fn sync_with(&mut self, model: &Model, strict: bool) -> Result<(), ErrorBody> {
+    /// Brings VM port attachments, maps and underlay neighbours to `model`. With `strict`, a
+    /// statically bound port that does not exist is an error (an API request named it);
+    /// otherwise (a link event) it is left out like a vNIC's port that has not appeared
+    /// yet, and bound when it does. `touched`: the NVA entries that changed since the last
+    /// sync, if only those did (see `Model::desired_in`); `None` rewrites what differs.
+    pub async fn sync_with(
+        &mut self,
+        model: &Model,
+        strict: bool,
+        touched: Option<&Keys>,
+    ) -> Result<(), ErrorBody> {
         let host = |e: &dyn std::fmt::Display| ErrorBody::new(ErrorCode::EHost, e.to_string());
         let static_ports: BTreeSet<&str> = model.ports().map(|(p, _)| p.as_str()).collect();
         let vnic_ports = model.vnics().map(|(_, v)| v.params.port.as_str());
@@ -248,11 +267,22 @@ impl Nve {
         self.dataplane
             .set_vm_ports(infos.keys().map(String::as_str))
             .map_err(|e| host(&format!("{e:#}")))?;
-        let desired = model.desired(|p| infos.get(p).copied());
+        let scope = touched.map(|t| {
+            let mut keys = self.above_nva.clone();
+            keys.extend(t);
+            keys
+        });
+        let (desired, above_nva) = model.desired_in(|p| infos.get(p).copied(), scope.as_ref());
+        self.above_nva = above_nva;
         self.dataplane.apply(&desired).map_err(|e| match e {
             DataplaneError::MapFull { .. } => ErrorBody::new(ErrorCode::EResources, e.to_string()),
             e => host(&anyhow::Error::from(e).to_string()),
         })?;
+        // A change resolves the next hops of VTEPs it adds or removes; the kernel's
+        // neighbour and route events (follow_underlay) refresh the others.
+        if touched.is_some() && model.ipv4_vteps().eq(self.next_hop_vteps.iter().copied()) {
+            return Ok(());
+        }
         self.refresh_next_hops(model)
             .await
             .map_err(|e| host(&format!("{e:#}")))
@@ -263,6 +293,7 @@ impl Nve {
     /// first time becomes a managed neighbour, which the kernel keeps resolved.
     pub async fn refresh_next_hops(&mut self, model: &Model) -> anyhow::Result<()> {
         let mut next_hops = HashMap::new();
+        self.next_hop_vteps = model.ipv4_vteps().collect();
         for vtep in model.ipv4_vteps() {
             let Some(route) = netlink::route_to(&self.netlink, vtep).await? else {
                 tracing::warn!(%vtep, "no underlay route to VTEP");
@@ -377,6 +408,9 @@ async fn status(State(s): State<Api>) -> Json<StatusView> {
     let mut v = nve.status.clone();
     v.vns = nve.model.vns().count();
     v.ports = nve.model.ports().count();
+    if let Some(nva) = v.nva.as_mut() {
+        nva.entries = nve.model.nva().len();
+    }
     v.vm_mtu = nve.vm_mtu().await;
     v.underlay_mtu = netlink::mtu(&nve.netlink, &v.underlay).await.unwrap_or(0);
     v.next_hops = nve
@@ -401,8 +435,19 @@ async fn stats(State(s): State<Api>) -> ApiResult<Json<StatsView>> {
     Ok(Json(stats))
 }
 
-async fn fdb(State(s): State<Api>) -> Json<Vec<FdbView>> {
-    Json(s.nve.lock().await.model.fdb_views())
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FdbQuery {
+    mac: Option<String>,
+}
+
+async fn fdb(
+    State(s): State<Api>,
+    q: Result<Query<FdbQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<FdbView>>> {
+    let Query(q) = q.map_err(|e| ErrorBody::new(ErrorCode::EFormat, e.body_text()))?;
+    let only: Option<MacAddr> = q.mac.map(|m| parse("MAC", &m)).transpose()?;
+    Ok(Json(s.nve.lock().await.model.fdb_views(only)))
 }
 
 async fn list_vns(State(s): State<Api>) -> Json<Vec<VnView>> {

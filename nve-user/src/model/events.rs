@@ -50,8 +50,11 @@ pub enum Event {
     Expire,
     /// A VM announced its MAC (and address) on its port.
     Learn(super::Announced),
-    /// The other NVEs' entries, as the NVA has them now (replaces the previous).
+    /// The other NVEs' entries, as the NVA has them now (replaces the previous): a
+    /// session's first sync.
     Nva(crate::nva::Table),
+    /// What changed in the NVA since.
+    NvaDelta(crate::nva::Delta),
 }
 
 impl Model {
@@ -71,6 +74,10 @@ impl Model {
             Event::Learn(a) => self.learn(a),
             Event::Nva(table) => {
                 self.nva = table.clone();
+                Ok(())
+            }
+            Event::NvaDelta(delta) => {
+                self.nva.apply(delta);
                 Ok(())
             }
             Event::Expire => {

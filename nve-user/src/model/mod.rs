@@ -2,7 +2,7 @@
 //! requests are validated and applied here, and the dataplane's map contents are derived
 //! from it by [`Model::desired`]. A rejected request leaves the model unchanged.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr},
 };
 
@@ -141,6 +141,40 @@ pub struct Desired {
     pub nd: HashMap<NdKey, ArpEntry>,
     /// The VTEPs each VN decapsulates from: its flood list and its remote MACs' VTEPs.
     pub vn_vteps: HashMap<VnVtepKey, u32>,
+    /// `None`: `fdb`, `arp` and `nd` are complete. Otherwise they hold what the keys here
+    /// should map to (a key they lack: no entry), and entries not named are left as they are.
+    pub scope: Option<Keys>,
+}
+
+/// Keys of FDB, ARP and ND entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Keys {
+    pub fdb: HashSet<FdbKey>,
+    pub arp: HashSet<ArpKey>,
+    pub nd: HashSet<NdKey>,
+}
+
+impl Keys {
+    fn of(d: &Desired) -> Self {
+        Keys {
+            fdb: d.fdb.keys().copied().collect(),
+            arp: d.arp.keys().copied().collect(),
+            nd: d.nd.keys().copied().collect(),
+        }
+    }
+
+    pub fn extend(&mut self, other: &Keys) {
+        self.fdb.extend(&other.fdb);
+        self.arp.extend(&other.arp);
+        self.nd.extend(&other.nd);
+    }
+
+    fn address(&mut self, vni: u32, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(a) => self.arp.insert(ArpKey::new(vni, a.octets())),
+            IpAddr::V6(a) => self.nd.insert(NdKey::new(vni, a.octets())),
+        };
+    }
 }
 
 impl Desired {
@@ -153,6 +187,18 @@ impl Desired {
             IpAddr::V6(a) => self
                 .nd
                 .insert(NdKey::new(vni, a.octets()), ArpEntry::new(mac.0)),
+        };
+    }
+
+    /// `ip` of `vni` is answered for with `mac` unless an entry answers already.
+    fn add_address_below(&mut self, vni: u32, ip: IpAddr, mac: MacAddr) {
+        let entry = ArpEntry::new(mac.0);
+        match ip {
+            IpAddr::V4(a) => self
+                .arp
+                .entry(ArpKey::new(vni, a.octets()))
+                .or_insert(entry),
+            IpAddr::V6(a) => self.nd.entry(NdKey::new(vni, a.octets())).or_insert(entry),
         };
     }
 }
@@ -445,11 +491,26 @@ impl Model {
 
     /// The VTEPs the NVA has MACs of `vni` behind, or members of it.
     fn nva_vteps(&self, vni: u32) -> BTreeSet<IpAddr> {
-        let macs = self.nva.macs.get(&vni).into_iter();
-        let members = self.nva.members.get(&vni).into_iter().flatten().copied();
-        macs.flat_map(|macs| macs.values().map(|e| e.vtep))
-            .chain(members)
-            .collect()
+        self.nva.vteps(vni).collect()
+    }
+
+    /// Adds to `keys` the dataplane entries applying `delta` changes: each MAC's FDB entry
+    /// and its addresses before and after.
+    pub fn nva_keys(&self, delta: &crate::nva::Delta, keys: &mut Keys) {
+        for c in &delta.macs {
+            keys.fdb.insert(FdbKey::new(c.vni, c.mac.0));
+            let old = self.nva.get(c.vni, c.mac).into_iter();
+            for e in old.chain(c.entry.as_ref()) {
+                for &ip in &e.ips {
+                    keys.address(c.vni, ip);
+                }
+            }
+        }
+    }
+
+    /// The VNIs of the VNs (the NVA's entries of a VN come and go with it).
+    pub fn vnis(&self) -> BTreeSet<u32> {
+        self.vns.values().map(|v| v.vni).collect()
     }
 
     /// The remote VTEPs over IPv4: the dataplane encapsulates for them itself, by the
@@ -485,7 +546,9 @@ impl Model {
             .collect()
     }
 
-    pub fn fdb_views(&self) -> Vec<FdbView> {
+    /// The forwarding database as the API shows it; `only` keeps one MAC's entries (looked
+    /// up, not filtered, where there may be many: the NVA's).
+    pub fn fdb_views(&self, only: Option<MacAddr>) -> Vec<FdbView> {
         let mut out = Vec::new();
         for (name, vn) in &self.vns {
             for (key, macs) in &vn.ports {
@@ -512,7 +575,16 @@ impl Model {
                     from_nva: false,
                 });
             }
-            for (&mac, e) in self.nva.macs.get(&vn.vni).into_iter().flatten() {
+            let nva: Vec<(MacAddr, &crate::nva::Entry)> = match only {
+                Some(mac) => self
+                    .nva
+                    .get(vn.vni, mac)
+                    .map(|e| (mac, e))
+                    .into_iter()
+                    .collect(),
+                None => self.nva.macs(vn.vni).map(|(m, e)| (*m, e)).collect(),
+            };
+            for (mac, e) in nva {
                 out.push(FdbView {
                     vn: name.clone(),
                     vni: vn.vni,
@@ -546,6 +618,7 @@ impl Model {
                 });
             }
         }
+        out.retain(|e| only.is_none_or(|m| e.mac == m));
         out
     }
 
@@ -553,6 +626,65 @@ impl Model {
     /// `None`) are left out until it appears. A (port, VID) forwards if a static binding or
     /// an associated vNIC uses it; pre-associated and paused vNICs are installed but inactive.
     pub fn desired(&self, port: impl Fn(&str) -> Option<PortInfo>) -> Desired {
+        self.desired_in(port, None).0
+    }
+
+    /// As [`Model::desired`], but with `scope` only the FDB, ARP and ND entries of the keys
+    /// in it and of the entries above the NVA's (which the second value lists; the caller
+    /// keeps them for the next change) are computed, and `Desired::scope` says so: the
+    /// NVA's many entries cost only where a change touched them. The NVA's entries are the
+    /// lowest layer: configured, moved, learned and local entries win over them.
+    pub fn desired_in(
+        &self,
+        port: impl Fn(&str) -> Option<PortInfo>,
+        scope: Option<&Keys>,
+    ) -> (Desired, Keys) {
+        let mut d = self.desired_above_nva(port);
+        let above = Keys::of(&d);
+        let vnis = self.vnis();
+        let fdb = |vni: u32, mac: MacAddr| {
+            let e = self.nva.get(vni, mac)?;
+            Some(FdbEntry::remote(vtep_of(e.vtep)))
+        };
+        match scope {
+            None => {
+                for &vni in &vnis {
+                    for (mac, e) in self.nva.macs(vni) {
+                        let key = FdbKey::new(vni, mac.0);
+                        d.fdb
+                            .entry(key)
+                            .or_insert(FdbEntry::remote(vtep_of(e.vtep)));
+                        for &ip in &e.ips {
+                            if self.nva.owner(vni, ip) == Some(*mac) {
+                                d.add_address_below(vni, ip, *mac);
+                            }
+                        }
+                    }
+                }
+            }
+            Some(keys) => {
+                for key in keys.fdb.iter().filter(|k| vnis.contains(&k.vni)) {
+                    if let Some(e) = fdb(key.vni, MacAddr(key.mac)) {
+                        d.fdb.entry(*key).or_insert(e);
+                    }
+                }
+                let addrs = keys.arp.iter().map(|k| (k.vni, IpAddr::from(k.ip)));
+                let addrs = addrs.chain(keys.nd.iter().map(|k| (k.vni, IpAddr::from(k.ip))));
+                for (vni, ip) in addrs.filter(|(vni, _)| vnis.contains(vni)) {
+                    if let Some(mac) = self.nva.owner(vni, ip) {
+                        d.add_address_below(vni, ip, mac);
+                    }
+                }
+                let mut all = keys.clone();
+                all.extend(&above);
+                d.scope = Some(all);
+            }
+        }
+        (d, above)
+    }
+
+    /// Every entry but the NVA's MACs and addresses.
+    fn desired_above_nva(&self, port: impl Fn(&str) -> Option<PortInfo>) -> Desired {
         let mut d = Desired::default();
         // (port, VID) -> (VNI, active)
         // (port, VID) -> (VNI, active, every MAC behind it known: check source MACs)
@@ -587,16 +719,6 @@ impl Model {
             for (mac, vtep) in &vn.remote {
                 d.fdb
                     .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::remote(vtep_of(*vtep)));
-            }
-            // The NVA's entries: after configured ones, before local vNICs (which win).
-            for (mac, e) in self.nva.macs.get(&vn.vni).into_iter().flatten() {
-                let key = FdbKey::new(vn.vni, mac.0);
-                d.fdb
-                    .entry(key)
-                    .or_insert(FdbEntry::remote(vtep_of(e.vtep)));
-                for ip in &e.ips {
-                    d.add_address(vn.vni, *ip, *mac);
-                }
             }
             for (mac, moved) in &vn.moved {
                 let vtep = vtep_of(moved.vtep);
@@ -866,5 +988,109 @@ mod tests {
             })),
             Desired::default()
         );
+    }
+
+    /// A step of `scoped_updates_match_a_full_rewrite`: an NVA change or a local one.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// MAC (pool index) -> VTEP index and addresses (pool indexes), or withdrawn.
+        Nva(u8, Option<(u8, Vec<u8>)>),
+        /// A configured remote MAC with an address, or removed.
+        Remote(u8, Option<u8>),
+        /// A static port binding with a MAC, or unbound.
+        Port(Option<u8>),
+        /// The VN deleted and created again (its NVA entries go and come back).
+        Recreate,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        let addrs = prop::collection::vec(0u8..6, 0..3);
+        prop_oneof![
+            6 => (0u8..6, prop::option::of((0u8..3, addrs))).prop_map(|(m, e)| Step::Nva(m, e)),
+            2 => (0u8..6, prop::option::of(0u8..6)).prop_map(|(m, a)| Step::Remote(m, a)),
+            2 => prop::option::of(0u8..6).prop_map(Step::Port),
+            1 => Just(Step::Recreate),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Rewriting only the entries a change touched (and those above the NVA's) leaves
+        /// the FDB, ARP and ND maps exactly as a full rewrite would, whatever the mix of NVA
+        /// entries, configured remotes and local ports claiming the same MACs and addresses.
+        #[test]
+        fn scoped_updates_match_a_full_rewrite(steps in proptest::collection::vec(step(), 1..60)) {
+            let macs: Vec<MacAddr> = (0..6).map(|i| MacAddr([2, 0, 0, 0, 0, i])).collect();
+            let addr = |i: u8| -> IpAddr {
+                if i < 4 { format!("192.168.0.{i}").parse().unwrap() } else { format!("fd00::{i}").parse().unwrap() }
+            };
+            let vtep = |i: u8| -> IpAddr { format!("10.0.0.{}", 10 + i).parse().unwrap() };
+            let info = |p: &str| (p == "tap1").then_some(PortInfo { ifindex: 7, tap: true });
+            let mut m = model();
+            let (full, mut above) = m.desired_in(info, None);
+            let (mut fdb, mut arp, mut nd) = (full.fdb, full.arp, full.nd);
+            for step in steps {
+                let event = match step {
+                    Step::Nva(i, e) => Event::NvaDelta(crate::nva::Delta {
+                        macs: vec![crate::nva::MacChange {
+                            vni: 100,
+                            mac: macs[i as usize],
+                            entry: e.map(|(v, a)| crate::nva::Entry {
+                                vtep: vtep(v),
+                                ips: a.into_iter().map(addr).collect(),
+                                seq: 0,
+                                vn: None,
+                            }),
+                        }],
+                        ..Default::default()
+                    }),
+                    Step::Remote(i, Some(a)) => Event::AddRemote {
+                        vn: "blue".into(),
+                        req: RemoteMac { mac: macs[i as usize], vtep: vtep(2), ips: vec![addr(a)] },
+                    },
+                    Step::Remote(i, None) => Event::DelRemote { vn: "blue".into(), mac: macs[i as usize] },
+                    Step::Port(Some(i)) => Event::AttachPort {
+                        vn: "blue".into(),
+                        req: AttachPort { port: "tap1".into(), vid: 0, macs: vec![macs[i as usize]] },
+                    },
+                    Step::Port(None) => Event::DetachPort { vn: "blue".into(), port: "tap1".into(), vid: 0 },
+                    Step::Recreate => Event::DeleteVn { vn: "blue".into() },
+                };
+                let mut touched = Keys::default();
+                if let Event::NvaDelta(d) = &event {
+                    m.nva_keys(d, &mut touched);
+                }
+                let vnis = m.vnis();
+                let mut next = m.clone();
+                if next.apply(&event, 0).is_err() {
+                    continue;
+                }
+                if matches!(event, Event::DeleteVn { .. }) {
+                    next.create_vn(&CreateVn::new("blue", 100)).unwrap();
+                }
+                let scope = (next.vnis() == vnis && !matches!(event, Event::DeleteVn { .. })).then(|| {
+                    touched.extend(&above);
+                    touched
+                });
+                let (d, now_above) = next.desired_in(info, scope.as_ref());
+                above = now_above;
+                match &d.scope {
+                    None => (fdb, arp, nd) = (d.fdb.clone(), d.arp.clone(), d.nd.clone()),
+                    Some(keys) => {
+                        for k in &keys.fdb { fdb.remove(k); }
+                        for k in &keys.arp { arp.remove(k); }
+                        for k in &keys.nd { nd.remove(k); }
+                        fdb.extend(d.fdb.clone());
+                        arp.extend(d.arp.clone());
+                        nd.extend(d.nd.clone());
+                    }
+                }
+                let full = next.desired(info);
+                proptest::prop_assert_eq!(&fdb, &full.fdb);
+                proptest::prop_assert_eq!(&arp, &full.arp);
+                proptest::prop_assert_eq!(&nd, &full.nd);
+                m = next;
+            }
+        }
     }
 }

@@ -13,7 +13,9 @@
 //! number, ties to the lowest VTEP address. A MAC whose winning VTEP changes `DUP_MOVES`
 //! times within `DUP_WINDOW` is a duplicate (two VMs with one MAC, or a loop): its entry is
 //! frozen where it is and reported in `nve status`.
+mod claims;
 mod etcd;
+mod table;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
@@ -26,6 +28,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 pub use etcd::Etcd;
+pub use table::{Delta, MacChange, Table};
+
+use claims::{Claims, MacId, key, member_key, vn_key};
 
 use crate::{
     api::{CreateVn, NvaStatus},
@@ -57,62 +62,12 @@ pub struct Entry {
     pub vn: Option<CreateVn>,
 }
 
-/// What the model keeps of the other NVEs' publications.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Table {
-    /// VNI -> MAC -> where (the winning claim).
-    #[serde(default)]
-    pub macs: BTreeMap<u32, BTreeMap<MacAddr, Entry>>,
-    /// VNI -> the other NVEs with a vNIC in the VN, pre-associated ones included: they join
-    /// its flood list and decapsulation allow-list before a migration's first frame.
-    #[serde(default)]
-    pub members: BTreeMap<u32, BTreeSet<IpAddr>>,
-    /// VN definitions other NVEs serve, by name: an associate in a VN this NVE does not
-    /// have creates it from here.
-    #[serde(default)]
-    pub vns: BTreeMap<String, CreateVn>,
-}
-
-impl Table {
-    pub fn is_empty(&self) -> bool {
-        self.macs.is_empty() && self.members.is_empty() && self.vns.is_empty()
-    }
-}
-
-fn key(vni: u32, mac: MacAddr, vtep: IpAddr) -> String {
-    format!("{PREFIX}{vni}/mac/{mac}/vtep/{vtep}")
-}
-
-fn vn_key(vni: u32, vtep: IpAddr) -> String {
-    format!("{PREFIX}{vni}/vn/{vtep}")
-}
-
-fn is_vn_key(key: &str) -> bool {
-    key.strip_prefix(PREFIX)
-        .is_some_and(|rest| rest.contains("/vn/"))
-}
-
-fn member_key(vni: u32, vtep: IpAddr) -> String {
-    format!("{PREFIX}{vni}/member/{vtep}")
-}
-
-fn parse_member(key: &str) -> Option<u32> {
-    let (vni, _vtep) = key.strip_prefix(PREFIX)?.split_once("/member/")?;
-    vni.parse().ok()
-}
-
-fn parse_key(key: &str) -> Option<(u32, MacAddr)> {
-    let (vni, rest) = key.strip_prefix(PREFIX)?.split_once("/mac/")?;
-    let (mac, _vtep) = rest.split_once("/vtep/")?;
-    Some((vni.parse().ok()?, mac.parse().ok()?))
-}
-
 /// What this NVE publishes: its associated vNICs. A MAC it already claims keeps its
 /// sequence number; one it starts to claim takes the highest other claim's plus one.
 fn local_entries(
     model: &Model,
     vtep: IpAddr,
-    all: &BTreeMap<String, Entry>,
+    claims: &Claims,
     published: &BTreeMap<String, Entry>,
 ) -> BTreeMap<String, Entry> {
     let mut out = BTreeMap::new();
@@ -149,7 +104,7 @@ fn local_entries(
             let key = key(v.vni, mac, vtep);
             let seq = match published.get(&key) {
                 Some(mine) => mine.seq,
-                None => highest_claim(all, v.vni, mac, vtep).map_or(0, |e| e.seq + 1),
+                None => claims.winner((v.vni, mac), vtep).map_or(0, |e| e.seq + 1),
             };
             let ips = ips.clone();
             out.insert(
@@ -164,20 +119,6 @@ fn local_entries(
         }
     }
     out
-}
-
-/// The winning claim on (`vni`, `mac`) among other VTEPs than `except`: the highest
-/// sequence number, ties to the lowest VTEP address.
-fn highest_claim(
-    all: &BTreeMap<String, Entry>,
-    vni: u32,
-    mac: MacAddr,
-    except: IpAddr,
-) -> Option<&Entry> {
-    all.iter()
-        .filter(|(k, e)| e.vtep != except && parse_key(k) == Some((vni, mac)))
-        .map(|(_, e)| e)
-        .max_by(|a, b| a.seq.cmp(&b.seq).then(b.vtep.cmp(&a.vtep)))
 }
 
 /// Runs the NVA session until the daemon stops: connects, syncs, watches; reconnects with
@@ -199,7 +140,7 @@ pub async fn run(state: Shared, etcd: Etcd, endpoint: String, vtep: IpAddr, chan
 
 async fn set_status(state: &Shared, endpoint: &str, connected: bool, last_error: Option<String>) {
     let mut nve = state.lock().await;
-    let entries = nve.model.nva().macs.values().map(BTreeMap::len).sum();
+    let entries = nve.model.nva().len();
     let duplicate_macs = nve
         .status
         .nva
@@ -224,16 +165,16 @@ async fn session(
 ) -> anyhow::Result<()> {
     let lease = etcd.grant(LEASE_TTL).await?;
     let (kvs, revision) = etcd.range(PREFIX).await?;
-    let mut all: BTreeMap<String, Entry> = kvs
-        .into_iter()
-        .filter_map(|kv| Some((kv.key, serde_json::from_slice(&kv.value).ok()?)))
-        .collect();
+    let mut claims = Claims::default();
+    for kv in &kvs {
+        claims.put(&kv.key, &kv.value);
+    }
     let mut published = BTreeMap::new();
-    publish(state, etcd, vtep, &lease, &all, &mut published).await?;
+    publish(state, etcd, vtep, &lease, &claims, &mut published).await?;
     let mut mobility = Mobility::default();
-    install(state, &all, vtep, &mut mobility).await;
+    install_all(state, &claims, vtep, &mut mobility).await?;
     set_status(state, endpoint, true, None).await;
-    tracing::info!(%endpoint, entries = all.len(), revision, "NVA synced");
+    tracing::info!(%endpoint, entries = kvs.len(), revision, "NVA synced");
 
     let mut watch = etcd.watch(PREFIX, revision + 1).await?;
     let mut keep_alive = tokio::time::interval(Duration::from_secs(LEASE_TTL / 3));
@@ -241,23 +182,19 @@ async fn session(
     loop {
         tokio::select! {
             batch = watch.next() => {
+                let mut touched = BTreeSet::new();
                 for change in batch? {
-                    match change {
-                        etcd::Change::Put(kv) => {
-                            if let Ok(e) = serde_json::from_slice(&kv.value) {
-                                all.insert(kv.key, e);
-                            }
-                        }
-                        etcd::Change::Delete(key) => {
-                            all.remove(&key);
-                        }
-                    }
+                    let id = match change {
+                        etcd::Change::Put(kv) => claims.put(&kv.key, &kv.value),
+                        etcd::Change::Delete(key) => claims.delete(&key),
+                    };
+                    touched.extend(id);
                 }
-                install(state, &all, vtep, &mut mobility).await;
+                install(state, &claims, &touched, vtep, &mut mobility).await?;
             }
             _ = keep_alive.tick() => etcd.keep_alive(&lease).await?,
             _ = changes.notified() => {
-                publish(state, etcd, vtep, &lease, &all, &mut published).await?;
+                publish(state, etcd, vtep, &lease, &claims, &mut published).await?;
             }
         }
     }
@@ -269,10 +206,10 @@ async fn publish(
     etcd: &Etcd,
     vtep: IpAddr,
     lease: &str,
-    all: &BTreeMap<String, Entry>,
+    claims: &Claims,
     published: &mut BTreeMap<String, Entry>,
 ) -> anyhow::Result<()> {
-    let wanted = local_entries(&state.lock().await.model, vtep, all, published);
+    let wanted = local_entries(&state.lock().await.model, vtep, claims, published);
     for (key, entry) in &wanted {
         if published.get(key) != Some(entry) {
             etcd.put(key, &serde_json::to_vec(entry)?, lease).await?;
@@ -330,58 +267,84 @@ impl Mobility {
     }
 }
 
-/// Hands the other NVEs' entries to the model (a no-op when nothing changed): per MAC the
-/// winning claim (highest sequence number, then lowest VTEP), or where a duplicate froze.
-async fn install(
+/// The entry to install for `id`: the winning claim of another NVE (highest sequence
+/// number, then lowest VTEP), or where a duplicate froze.
+fn installed(claims: &Claims, id: MacId, vtep: IpAddr, mobility: &mut Mobility) -> Option<Entry> {
+    let winner = claims.winner(id, vtep)?;
+    Some(mobility.follow(id.0, id.1, winner))
+}
+
+/// Hands every other NVE's entry to the model (a session's first sync; a no-op when the
+/// model has them all already, e.g. after an outage in which nothing changed).
+async fn install_all(
     state: &Shared,
-    all: &BTreeMap<String, Entry>,
+    claims: &Claims,
     vtep: IpAddr,
     mobility: &mut Mobility,
-) {
-    let mut claims: BTreeMap<(u32, MacAddr), &Entry> = BTreeMap::new();
+) -> anyhow::Result<()> {
     let mut table = Table::default();
-    for (key, entry) in all {
-        if entry.vtep == vtep {
-            continue;
-        }
-        if let Some(vni) = parse_member(key) {
-            table.members.entry(vni).or_default().insert(entry.vtep);
-            continue;
-        }
-        if is_vn_key(key) {
-            if let Some(def) = &entry.vn {
-                table
-                    .vns
-                    .entry(def.name.clone())
-                    .or_insert_with(|| def.clone());
-            }
-            continue;
-        }
-        let Some(id) = parse_key(key) else { continue };
-        let better = claims.get(&id).is_none_or(|e| {
-            (entry.seq, std::cmp::Reverse(entry.vtep)) > (e.seq, std::cmp::Reverse(e.vtep))
-        });
-        if better {
-            claims.insert(id, entry);
+    for id in claims.ids() {
+        if let Some(entry) = installed(claims, id, vtep, mobility) {
+            table.set(id.0, id.1, Some(entry));
         }
     }
-    for ((vni, mac), winner) in claims {
-        let entry = mobility.follow(vni, mac, winner);
-        table.macs.entry(vni).or_default().insert(mac, entry);
+    table.members = claims.members(vtep);
+    table.vns = claims.vns(vtep);
+    let mut nve = state.lock().await;
+    report_duplicates(&mut nve, mobility);
+    if nve.model.nva() == &table {
+        return Ok(());
     }
+    nve.submit(Event::Nva(table))
+        .await
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("installing the NVA's entries: {}", e.message))
+}
+
+/// Hands the model what changed for the MACs in `touched` (and the memberships and VN
+/// definitions, when they changed): a change costs what it touches, not the table's size.
+async fn install(
+    state: &Shared,
+    claims: &Claims,
+    touched: &BTreeSet<MacId>,
+    vtep: IpAddr,
+    mobility: &mut Mobility,
+) -> anyhow::Result<()> {
+    let wanted: Vec<(MacId, Option<Entry>)> = touched
+        .iter()
+        .map(|&id| (id, installed(claims, id, vtep, mobility)))
+        .collect();
+    let members = claims.members(vtep);
+    let vns = claims.vns(vtep);
+    let mut nve = state.lock().await;
+    report_duplicates(&mut nve, mobility);
+    let table = nve.model.nva();
+    let delta = Delta {
+        macs: wanted
+            .into_iter()
+            .filter(|((vni, mac), entry)| table.get(*vni, *mac) != entry.as_ref())
+            .map(|((vni, mac), entry)| MacChange { vni, mac, entry })
+            .collect(),
+        members: (table.members != members).then_some(members),
+        vns: (table.vns != vns).then_some(vns),
+    };
+    if delta.is_empty() {
+        return Ok(());
+    }
+    // Refused (a full map): the session starts over, and says why in `nve status`.
+    nve.submit(Event::NvaDelta(delta))
+        .await
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("installing the NVA's changes: {}", e.message))
+}
+
+fn report_duplicates(nve: &mut crate::server::Nve, mobility: &Mobility) {
     let frozen: Vec<String> = mobility
         .frozen
         .keys()
         .map(|(vni, mac)| format!("{vni}/{mac}"))
         .collect();
-    let mut nve = state.lock().await;
     if let Some(status) = nve.status.nva.as_mut() {
         status.duplicate_macs = frozen;
-    }
-    if nve.model.nva() == &table {
-        return;
-    }
-    if let Err(e) = nve.submit(Event::Nva(table)).await {
-        tracing::warn!("installing the NVA's entries: {}", e.message);
     }
 }

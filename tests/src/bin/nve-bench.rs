@@ -44,11 +44,16 @@ fn main() -> Result<()> {
         }
     };
     let (associations, scale) = if quick { (100, 1_000) } else { (1_000, 10_000) };
+    let nva_macs = std::env::args()
+        .skip_while(|a| a != "--nva-macs")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(if quick { 10_000 } else { 100_000 });
     if std::env::args().any(|a| a == "--only-signaling") {
         return signaling(associations, scale);
     }
     if std::env::args().any(|a| a == "--only-nva") {
-        return nva(if quick { 20 } else { 200 });
+        return nva(if quick { 20 } else { 200 }, nva_macs);
     }
     let programs = program_costs(&s)?;
     if std::env::args().any(|a| a == "--only-programs") {
@@ -57,27 +62,52 @@ fn main() -> Result<()> {
     let traffic = traffic(&s)?;
     report(&programs, &traffic, quick)?;
     signaling(associations, scale)?;
-    nva(if quick { 20 } else { 200 })
+    nva(if quick { 20 } else { 200 }, nva_macs)
 }
 
-/// Associate on one NVE -> the MAC in another NVE's FDB through etcd (p50/p99).
-fn nva(runs: u32) -> Result<()> {
+/// p50, p99 and max of `samples` (sorted here).
+fn percentiles(samples: &mut [f64]) -> (f64, f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    (pct(0.50), pct(0.99), samples[samples.len() - 1])
+}
+
+/// Associate on one NVE -> the MAC in another NVE's FDB through etcd (p50/p99), then one
+/// NVE holding `macs` remote MACs from etcd (install time, entries, RSS, the same latency
+/// at that scale, restart).
+fn nva(runs: u32, macs: u32) -> Result<()> {
     eprintln!("==> NVA: {runs} associations, each until the other NVE has it");
     let mut lat = nve_tests::nva_bench::move_visible(runs)?;
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-    let (p50, p99, max) = (pct(0.50), pct(0.99), lat[lat.len() - 1]);
+    let (p50, p99, max) = percentiles(&mut lat);
     println!(
         "\nNVA (etcd): associate -> MAC in the other NVE's FDB, {} runs: p50 {p50:.0} us, p99 {p99:.0} us, max {max:.0} us",
         lat.len()
+    );
+    eprintln!("==> NVA: {macs} remote MACs published in etcd, held by one NVE");
+    let mut s = nve_tests::nva_bench::at_scale(macs, runs.min(50))?;
+    let (s50, s99, smax) = percentiles(&mut s.move_visible_us);
+    println!(
+        "NVA at scale: {} remote MACs installed in {:.1} s ({:.1} s of it writing them to etcd; FDB map {} entries, ARP map {}), \
+         RSS {} -> {} MiB; associate -> visible with them installed p50 {s50:.0} us, p99 {s99:.0} us, \
+         max {smax:.0} us; restart -> all back in {:.1} s",
+        s.macs,
+        s.install_s,
+        s.written_s,
+        s.fdb_entries,
+        s.arp_entries,
+        s.rss_before_kib / 1024,
+        s.rss_kib / 1024,
+        s.restart_s
     );
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     fs::create_dir_all(&dir)?;
     fs::write(
         dir.join("nva.json"),
-        serde_json::to_string_pretty(
-            &json!({"move_visible_us": {"p50": p50, "p99": p99, "max": max, "runs": lat.len()}}),
-        )?,
+        serde_json::to_string_pretty(&json!({
+            "move_visible_us": {"p50": p50, "p99": p99, "max": max, "runs": lat.len()},
+            "at_scale": s,
+            "at_scale_move_visible_us": {"p50": s50, "p99": s99, "max": smax},
+        }))?,
     )?;
     Ok(())
 }

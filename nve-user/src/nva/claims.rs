@@ -1,0 +1,174 @@
+//! The NVA's keys, and every NVE's publications indexed by what they claim: per MAC the
+//! claims of each VTEP (so a change recomputes one MAC's winner, not all of them), and the
+//! few membership and VN-definition keys.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use super::{Entry, PREFIX};
+use crate::{api::CreateVn, mac::MacAddr};
+
+pub fn key(vni: u32, mac: MacAddr, vtep: IpAddr) -> String {
+    format!("{PREFIX}{vni}/mac/{mac}/vtep/{vtep}")
+}
+
+pub fn vn_key(vni: u32, vtep: IpAddr) -> String {
+    format!("{PREFIX}{vni}/vn/{vtep}")
+}
+
+pub fn member_key(vni: u32, vtep: IpAddr) -> String {
+    format!("{PREFIX}{vni}/member/{vtep}")
+}
+
+/// What a key under the prefix names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Key {
+    Mac(u32, MacAddr, IpAddr),
+    Member(u32, IpAddr),
+    Vn(u32, IpAddr),
+}
+
+fn parse(key: &str) -> Option<Key> {
+    let (vni, rest) = key.strip_prefix(PREFIX)?.split_once('/')?;
+    let vni: u32 = vni.parse().ok()?;
+    let (kind, rest) = rest.split_once('/')?;
+    match kind {
+        "mac" => {
+            let (mac, vtep) = rest.split_once("/vtep/")?;
+            Some(Key::Mac(vni, mac.parse().ok()?, vtep.parse().ok()?))
+        }
+        "member" => Some(Key::Member(vni, rest.parse().ok()?)),
+        "vn" => Some(Key::Vn(vni, rest.parse().ok()?)),
+        _ => None,
+    }
+}
+
+/// A MAC in a VN.
+pub type MacId = (u32, MacAddr);
+
+/// Every NVE's publications (this one's included), as etcd has them.
+#[derive(Default)]
+pub struct Claims {
+    macs: HashMap<MacId, BTreeMap<IpAddr, Entry>>,
+    members: BTreeMap<(u32, IpAddr), ()>,
+    vns: BTreeMap<(u32, IpAddr), CreateVn>,
+}
+
+impl Claims {
+    /// Records a put; the MAC it concerns, if it is a MAC's claim.
+    pub fn put(&mut self, key: &str, value: &[u8]) -> Option<MacId> {
+        let entry: Entry = serde_json::from_slice(value).ok()?;
+        match parse(key)? {
+            Key::Mac(vni, mac, vtep) => {
+                self.macs.entry((vni, mac)).or_default().insert(vtep, entry);
+                Some((vni, mac))
+            }
+            Key::Member(vni, vtep) => {
+                self.members.insert((vni, vtep), ());
+                None
+            }
+            Key::Vn(vni, vtep) => {
+                if let Some(def) = entry.vn {
+                    self.vns.insert((vni, vtep), def);
+                }
+                None
+            }
+        }
+    }
+
+    /// Records a delete; the MAC it concerns, if it was a MAC's claim.
+    pub fn delete(&mut self, key: &str) -> Option<MacId> {
+        match parse(key)? {
+            Key::Mac(vni, mac, vtep) => {
+                let id = (vni, mac);
+                if let Some(claims) = self.macs.get_mut(&id) {
+                    claims.remove(&vtep);
+                    if claims.is_empty() {
+                        self.macs.remove(&id);
+                    }
+                }
+                Some(id)
+            }
+            Key::Member(vni, vtep) => {
+                self.members.remove(&(vni, vtep));
+                None
+            }
+            Key::Vn(vni, vtep) => {
+                self.vns.remove(&(vni, vtep));
+                None
+            }
+        }
+    }
+
+    /// Every MAC claimed.
+    pub fn ids(&self) -> impl Iterator<Item = MacId> + '_ {
+        self.macs.keys().copied()
+    }
+
+    /// The winning claim on `id` among VTEPs other than `except`: the highest sequence
+    /// number, ties to the lowest VTEP address (RFC 7432 section 15).
+    pub fn winner(&self, id: MacId, except: IpAddr) -> Option<&Entry> {
+        self.macs
+            .get(&id)?
+            .values()
+            .filter(|e| e.vtep != except)
+            .max_by(|a, b| a.seq.cmp(&b.seq).then(b.vtep.cmp(&a.vtep)))
+    }
+
+    /// VNI -> the other VTEPs with a vNIC in it.
+    pub fn members(&self, except: IpAddr) -> BTreeMap<u32, BTreeSet<IpAddr>> {
+        let mut out: BTreeMap<u32, BTreeSet<IpAddr>> = BTreeMap::new();
+        for &(vni, vtep) in self.members.keys().filter(|(_, v)| *v != except) {
+            out.entry(vni).or_default().insert(vtep);
+        }
+        out
+    }
+
+    /// The VNs other NVEs define, by name (the lowest VTEP's definition of a name).
+    pub fn vns(&self, except: IpAddr) -> BTreeMap<String, CreateVn> {
+        let mut out = BTreeMap::new();
+        for ((_, vtep), def) in &self.vns {
+            if *vtep != except {
+                out.entry(def.name.clone()).or_insert_with(|| def.clone());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_back() {
+        let mac: MacAddr = "02:00:00:00:00:01".parse().unwrap();
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(parse(&key(7, mac, v6)), Some(Key::Mac(7, mac, v6)));
+        assert_eq!(parse(&member_key(7, v4)), Some(Key::Member(7, v4)));
+        assert_eq!(parse(&vn_key(7, v4)), Some(Key::Vn(7, v4)));
+        assert_eq!(parse("/nve/v1/vni/x/mac/y"), None);
+    }
+
+    #[test]
+    fn highest_sequence_wins_then_lowest_vtep() {
+        let mut c = Claims::default();
+        let mac: MacAddr = "02:00:00:00:00:01".parse().unwrap();
+        let claim = |c: &mut Claims, vtep: &str, seq: u64| {
+            let e = serde_json::json!({"vtep": vtep, "seq": seq}).to_string();
+            c.put(&key(1, mac, vtep.parse().unwrap()), e.as_bytes())
+        };
+        let me: IpAddr = "10.0.0.9".parse().unwrap();
+        claim(&mut c, "10.0.0.3", 1);
+        claim(&mut c, "10.0.0.2", 1);
+        assert_eq!(c.winner((1, mac), me).unwrap().vtep.to_string(), "10.0.0.2");
+        claim(&mut c, "10.0.0.3", 2);
+        assert_eq!(c.winner((1, mac), me).unwrap().vtep.to_string(), "10.0.0.3");
+        claim(&mut c, "10.0.0.9", 5);
+        assert_eq!(c.winner((1, mac), me).unwrap().seq, 2, "own claim left out");
+        c.delete(&key(1, mac, "10.0.0.3".parse().unwrap()));
+        assert_eq!(c.winner((1, mac), me).unwrap().vtep.to_string(), "10.0.0.2");
+    }
+}
