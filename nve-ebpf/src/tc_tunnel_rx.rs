@@ -18,6 +18,7 @@ use crate::{
     deliver,
     metrics::{self, Scope},
     parse::{Frame, require},
+    tunnel,
 };
 
 #[classifier]
@@ -30,14 +31,17 @@ pub fn tc_tunnel_rx(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_tc_tunnel_rx(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward), DropReason> {
-    let Some((vni, src)) = tunnel_source(ctx) else {
+    let Some((vni, src, ttl)) = tunnel_source(ctx) else {
         return Err(DropReason::VxlanInvalidHdr);
     };
     let eth = require::<EthHdr>(ctx, 0, DropReason::InnerTruncated)?;
     match decap::target(vni, eth.dst_addr, src, scope)? {
         Target::Port(port) => Ok((deliver::to_port(ctx, port)?, Forward::Decapsulated)),
-        // A moved MAC over the kernel's device (taps, IPv6): not forwarded yet.
-        Target::Moved(_) => Err(DropReason::FdbMiss),
+        // A MAC that migrated away (a forwarding pointer): on to its new VTEP.
+        Target::Moved(vtep) => Ok((
+            tunnel::forward(ctx, vni, &vtep, ttl)?,
+            Forward::ForwardedToVtep,
+        )),
         Target::Flood(vn) => {
             if deliver::flood_ports(ctx, vni, vn, LocalPort::default())? == 0 {
                 return Err(DropReason::FloodListEmpty);
@@ -47,9 +51,10 @@ fn try_tc_tunnel_rx(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
     }
 }
 
-/// The VNI and the VTEP the kernel decapsulated the frame from, over IPv4 or IPv6.
+/// The VNI, the VTEP the kernel decapsulated the frame from (over IPv4 or IPv6) and the
+/// outer TTL.
 #[inline(always)]
-fn tunnel_source(ctx: &TcContext) -> Option<(u32, Vtep)> {
+fn tunnel_source(ctx: &TcContext) -> Option<(u32, Vtep, u8)> {
     // SAFETY: plain-old-data; zero is its neutral value.
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     let size = size_of::<bpf_tunnel_key>() as u32;
@@ -58,7 +63,7 @@ fn tunnel_source(ctx: &TcContext) -> Option<(u32, Vtep)> {
     if unsafe { bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, size, 0) } == 0 {
         // SAFETY: the IPv4 member, filled; it holds the address in host order.
         let v4 = unsafe { key.__bindgen_anon_1.remote_ipv4 }.to_be_bytes();
-        return Some((key.tunnel_id, vtep_v4(v4)));
+        return Some((key.tunnel_id, vtep_v4(v4), key.tunnel_ttl));
     }
     // SAFETY: as above, asking for IPv6.
     let rc =
@@ -72,5 +77,5 @@ fn tunnel_source(ctx: &TcContext) -> Option<(u32, Vtep)> {
     for (i, w) in words.iter().enumerate() {
         v6[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
     }
-    Some((key.tunnel_id, v6))
+    Some((key.tunnel_id, v6, key.tunnel_ttl))
 }

@@ -369,10 +369,22 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Brings the maps to `desired`, touching only entries that differ. Ports are removed
-    /// first and added last, so a port is never active before its VN and FDB are in place.
+    /// Brings the maps to `desired`, touching only entries that differ. FDB entries are
+    /// rewritten before ports go, so a MAC leaving a port (a VM migrating out: its entry
+    /// becomes the forwarding pointer) is never looked up to a port already removed; ports
+    /// are added last, so a port is never active before its VN and FDB are in place; a VN's
+    /// VTEPs are written before the VN, so it never checks against a list not yet there.
     /// Counters of a VN or port go with it.
     pub fn apply(&mut self, desired: &Desired) -> Result<()> {
+        let scope = desired.scope.as_ref();
+        self.arp
+            .remove_absent(&desired.arp, scope.map(|s| &s.arp))?;
+        self.nd.remove_absent(&desired.nd, scope.map(|s| &s.nd))?;
+        self.arp.upsert_changed(&desired.arp)?;
+        self.nd.upsert_changed(&desired.nd)?;
+        self.vn_vteps.upsert_changed(&desired.vn_vteps)?;
+        self.vns.upsert_changed(&desired.vns)?;
+        self.fdb.upsert_changed(&desired.fdb)?;
         let gone_ports = self.ports.remove_absent(&desired.ports, None)?;
         for key in gone_ports {
             if !desired.ports.keys().any(|k| k.ifindex == key.ifindex) {
@@ -380,22 +392,12 @@ impl Dataplane {
                 let _ = self.port_stats.remove(&key.ifindex);
             }
         }
-        let scope = desired.scope.as_ref();
         self.fdb
             .remove_absent(&desired.fdb, scope.map(|s| &s.fdb))?;
         for vni in self.vns.remove_absent(&desired.vns, None)? {
             let _ = self.vn_stats.remove(&vni);
         }
         self.vn_vteps.remove_absent(&desired.vn_vteps, None)?;
-        self.arp
-            .remove_absent(&desired.arp, scope.map(|s| &s.arp))?;
-        self.nd.remove_absent(&desired.nd, scope.map(|s| &s.nd))?;
-        self.arp.upsert_changed(&desired.arp)?;
-        self.nd.upsert_changed(&desired.nd)?;
-        // A VN's VTEPs before the VN: it never checks against a list not yet written.
-        self.vn_vteps.upsert_changed(&desired.vn_vteps)?;
-        self.vns.upsert_changed(&desired.vns)?;
-        self.fdb.upsert_changed(&desired.fdb)?;
         self.ports.upsert_changed(&desired.ports)
     }
 

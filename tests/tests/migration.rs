@@ -149,3 +149,63 @@ fn without_migrating_out_stale_senders_lose_the_vm() {
         .ping_until_reachable(VM1_IP, 5)
         .expect("vm3 -> vmx on h2 once h3 knows");
 }
+
+/// The pointer on the kernel-device path: h3's kernel vxlan speaks IPv6 to h1, so its
+/// VXLAN reaches h1's dataplane through nve's collect_md device (tc_tunnel_rx), already
+/// decapsulated; h1 sends it on to h2 over IPv4 with a new tunnel key.
+#[test]
+fn the_pointer_also_carries_vxlan_the_kernel_decapsulated() {
+    require_root();
+    let tag = "m6";
+    let rig = ThreeHosts::new(tag).unwrap();
+    let v6 = |h: u8| format!("fd00::{h}");
+    for (h, n) in [(&rig.h1, 1), (&rig.h2, 2), (&rig.h3, 3)] {
+        let cidr = format!("{}/64", v6(n));
+        h.ip(&["-6", "addr", "add", &cidr, "dev", "ul", "nodad"])
+            .unwrap();
+    }
+    overlay::kernel_vxlan(&rig.h3, &v6(3), &v6(1), "vm3p", &[VM1_MAC]).unwrap();
+    let d1 = Daemon::start(
+        &rig.h1,
+        &format!("{tag}1"),
+        H1_VTEP,
+        "ul",
+        &["--vtep6", &v6(1)],
+    )
+    .unwrap();
+    let d2 = Daemon::start(
+        &rig.h2,
+        &format!("{tag}2"),
+        H2_VTEP,
+        "ul",
+        &["--vtep6", &v6(2)],
+    )
+    .unwrap();
+    for (d, other) in [(&d1, H2_VTEP), (&d2, H1_VTEP)] {
+        d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])
+            .unwrap();
+        d.nve(&["fdb", "add", VN, &mac_str(VM3_MAC), "--vtep", &v6(3)])
+            .unwrap();
+        d.nve(&["flood", "add", VN, &v6(3)]).unwrap();
+        d.nve(&["flood", "add", VN, other]).unwrap();
+    }
+    d1.wait_next_hop(H2_VTEP).unwrap();
+    overlay::associate(&d1, VM_UUID, "vm1p", VM1_MAC, Some(VM1_IP)).unwrap();
+    d2.nve(&["fdb", "add", VN, &mac_str(VM1_MAC), "--vtep", H1_VTEP])
+        .unwrap();
+    rig.vm3.ping_until_reachable(VM1_IP, 5).unwrap();
+
+    let h = Hosts { d1, d2, rig };
+    let _vmx = move_to_h2(&h, tag, true);
+    h.rig
+        .vm3
+        .ping_until_reachable(VM1_IP, 5)
+        .expect("vm3 -> vmx on h2 through h1's pointer on the tunnel path");
+    let entry = h3_fdb_entry(&h);
+    assert!(
+        entry.contains(&format!("dst {}", v6(1))),
+        "h3's FDB no longer stale, the test proves nothing: {entry:?}"
+    );
+    let forwarded = h.d1.counter("tunnel_rx", "FORWARDED_TO_VTEP").unwrap();
+    assert!(forwarded > 0, "h1 forwarded nothing from its tunnel device");
+}
