@@ -4,6 +4,7 @@ pub mod nva_bench;
 pub mod overlay;
 pub mod packet;
 pub mod progtest;
+pub mod qemu;
 pub mod reference;
 pub mod rig;
 pub mod signal_bench;

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod guest;
 mod setup;
 mod test;
 
@@ -24,6 +25,9 @@ enum Command {
     Test(test::TestArgs),
     /// Two hosts, one VM each, one VN: watch them talk over VXLAN.
     Demo,
+    /// Build (or find cached) the QEMU guest of the real-hypervisor tests; prints its directory
+    /// (the tests' `NVE_GUEST_DIR`).
+    Guest,
     /// Per-program cost and VM-to-VM throughput against the kernel's vxlan+bridge.
     Bench(BenchArgs),
 }
@@ -65,6 +69,9 @@ fn main() -> std::process::ExitCode {
             setup::all().and_then(|()| cmd::cargo(&["build", "--release", "-p", "nve-user"]))
         }
         Command::Test(args) => test::run(&args),
+        Command::Guest => setup::all()
+            .and_then(|()| guest::build())
+            .map(|g| println!("{}", g.dir.display())),
         Command::Demo => run_bin("the demo", "nve-demo", &[]),
         Command::Bench(args) => {
             let quick: &[&str] = if args.quick { &["--quick"] } else { &[] };

@@ -26,12 +26,25 @@ const PACKAGES: &[&str] = &[
     "netsniff-ng",
     "curl",
     "etcd-server",
+    // The QEMU guests' userland (a static busybox in the initramfs).
+    "busybox-static",
 ];
+
+/// QEMU for the real-guest tests, from bookworm-backports: bookworm's 7.2 corrupted a migrated
+/// guest under a TCP stream in about 1 run of 3 (docs: toolchain.md).
+const QEMU_PACKAGE: &str = "qemu-system-x86";
+const QEMU_MIN_MAJOR: u32 = 10;
+const BACKPORTS: &str = "bookworm-backports";
+/// Our deb822 source for bookworm-backports (Debian's archive, Debian's keyring).
+const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/nve-bookworm-backports.sources";
+/// Where the machine's own Debian source lives: the backports source copies its URI and keyring.
+const DEBIAN_SOURCES: &str = "/etc/apt/sources.list.d/debian.sources";
 
 pub fn all() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
-    packages()
+    packages()?;
+    qemu()
 }
 
 fn rust_src() -> Result<()> {
@@ -164,8 +177,141 @@ fn packages() -> Result<()> {
     Ok(())
 }
 
+/// The installed version of `package` (`1:10.0.2+ds-2~bpo12+1`), if installed.
+fn installed_version(package: &str) -> Option<String> {
+    installed(package)
+        .then(|| output("dpkg-query", &["-W", "-f=${Version}", package]))
+        .flatten()
+}
+
+/// The upstream major version of a Debian version string: `1:10.0.2+ds-2` -> 10.
+fn upstream_major(version: &str) -> Option<u32> {
+    let upstream = version.split_once(':').map_or(version, |(_, v)| v);
+    upstream.split(['.', '+', '-', '~']).next()?.parse().ok()
+}
+
+/// qemu-system-x86 >= 10. On bookworm it comes from bookworm-backports: the source is added
+/// (once) and the package installed with `-t bookworm-backports`; a later release's own QEMU
+/// is taken as it is if it is new enough.
+fn qemu() -> Result<()> {
+    let have = installed_version(QEMU_PACKAGE);
+    if let Some(v) = &have
+        && upstream_major(v).is_some_and(|m| m >= QEMU_MIN_MAJOR)
+    {
+        step(&format!("{QEMU_PACKAGE} {v}: present"));
+        return Ok(());
+    }
+    let what = match &have {
+        Some(v) => format!("{QEMU_PACKAGE} {v} is older than {QEMU_MIN_MAJOR}"),
+        None => format!("{QEMU_PACKAGE} is missing"),
+    };
+    if !is_root() {
+        bail!("{what}: run as root to install it from {BACKPORTS}");
+    }
+    let codename = fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|c| c.trim_matches('"').to_string())
+        .unwrap_or_default();
+    let mut install = Command::new("apt-get");
+    install.args(["install", "-y", "-q", "--no-install-recommends"]);
+    if codename == "bookworm" {
+        step(&format!("{what}: installing it from {BACKPORTS}"));
+        backports_source()?;
+        install.args(["-t", BACKPORTS]);
+    } else {
+        step(&format!("{what}: installing it ({codename})"));
+    }
+    cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+    cmd::run(
+        install
+            .arg(QEMU_PACKAGE)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    match installed_version(QEMU_PACKAGE) {
+        Some(v) if upstream_major(&v).is_some_and(|m| m >= QEMU_MIN_MAJOR) => {
+            step(&format!("{QEMU_PACKAGE} {v}: installed"));
+            Ok(())
+        }
+        v => bail!(
+            "{QEMU_PACKAGE} {} installed, the tests need >= {QEMU_MIN_MAJOR} \
+             (`apt-cache policy {QEMU_PACKAGE}` shows what {BACKPORTS} offers)",
+            v.unwrap_or_else(|| "not".into())
+        ),
+    }
+}
+
+/// Writes the bookworm-backports source, with the URI and keyring of the machine's own Debian
+/// source (a mirror stays the mirror), unless it is already there.
+fn backports_source() -> Result<()> {
+    let (uri, keyring) = debian_archive(&fs::read_to_string(DEBIAN_SOURCES).unwrap_or_default());
+    let text = format!(
+        "# Added by nve's `cargo xtask setup`: QEMU >= {QEMU_MIN_MAJOR} for the real-guest tests.\n\
+         Types: deb\nURIs: {uri}\nSuites: {BACKPORTS}\nComponents: main\nSigned-By: {keyring}\n"
+    );
+    if fs::read_to_string(BACKPORTS_SOURCES).ok().as_deref() == Some(text.as_str()) {
+        return Ok(());
+    }
+    step(&format!(
+        "apt: adding {BACKPORTS} ({uri}) as {BACKPORTS_SOURCES}"
+    ));
+    fs::write(BACKPORTS_SOURCES, text).with_context(|| format!("writing {BACKPORTS_SOURCES}"))
+}
+
+/// The URI and keyring of the deb822 stanza that serves `bookworm` itself (not -security),
+/// or Debian's defaults.
+fn debian_archive(sources: &str) -> (String, String) {
+    let mut uri = "http://deb.debian.org/debian".to_string();
+    let mut keyring = "/usr/share/keyrings/debian-archive-keyring.gpg".to_string();
+    for stanza in sources.split("\n\n") {
+        let field = |name: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        let serves_bookworm =
+            field("Suites:").is_some_and(|s| s.split_whitespace().any(|s| s == "bookworm"));
+        if serves_bookworm && let Some(u) = field("URIs:") {
+            uri = u.split_whitespace().next().unwrap_or(&u).to_string();
+            if let Some(k) = field("Signed-By:") {
+                keyring = k;
+            }
+            break;
+        }
+    }
+    (uri, keyring)
+}
+
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
     // SAFETY: no arguments, no side effects.
     unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_major_of_debian_versions() {
+        assert_eq!(upstream_major("1:10.0.2+ds-2+deb13u1~bpo12+1"), Some(10));
+        assert_eq!(upstream_major("1:7.2+dfsg-7+deb12u18+b3"), Some(7));
+        assert_eq!(upstream_major("10.1"), Some(10));
+        assert_eq!(upstream_major("garbage"), None);
+    }
+
+    #[test]
+    fn backports_take_the_machines_debian_uri_and_keyring() {
+        let sources = "Types: deb\n# a comment\nURIs: http://mirror.example/debian\n\
+                       Suites: bookworm bookworm-updates\nComponents: main\n\
+                       Signed-By: /k.gpg\n\nTypes: deb\nURIs: http://x/debian-security\n\
+                       Suites: bookworm-security\n";
+        assert_eq!(
+            debian_archive(sources),
+            ("http://mirror.example/debian".into(), "/k.gpg".into())
+        );
+        assert_eq!(debian_archive("").0, "http://deb.debian.org/debian");
+    }
 }

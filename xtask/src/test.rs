@@ -1,13 +1,13 @@
 //! `cargo xtask test`: formatting, clippy (host crates and the eBPF crate), unit tests, then
 //! the integration tests, which need root: BPF_PROG_TEST_RUN tables and namespace rigs, run
-//! one at a time against the freshly built `nve` binary.
+//! one at a time against the freshly built `nve` binary (and the QEMU guest xtask builds).
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Result, bail};
 
 use crate::{
     cmd::{self, cargo, step},
-    setup,
+    guest, setup,
 };
 
 #[derive(clap::Args)]
@@ -56,12 +56,16 @@ pub fn run(args: &TestArgs) -> Result<()> {
     cargo(&["build", "-p", "nve-user"])?;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let nve = root.join("target/debug/nve");
+    // The real-hypervisor tests boot it under QEMU (tests/tests/qemu_migration.rs).
+    let guest = guest::build()?;
     step("integration tests (root: BPF_PROG_TEST_RUN, namespace rigs)");
     let mut c = Command::new(env!("CARGO"));
     c.args(["test", "-p", "nve-tests", "--tests", "--"]);
     if let Some(f) = &args.filter {
         c.arg(f);
     }
-    c.args(["--test-threads=1"]).env("NVE_BIN", nve);
+    c.args(["--test-threads=1"])
+        .env("NVE_BIN", nve)
+        .env("NVE_GUEST_DIR", &guest.dir);
     cmd::run(&mut c)
 }
