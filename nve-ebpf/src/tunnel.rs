@@ -64,13 +64,7 @@ fn send_out_of_line(skb: *mut __sk_buff, vni: u32, remote: &Vtep, copy: bool, tt
 
 /// `ttl` 0: the configured one.
 #[inline(always)]
-fn send(
-    ctx: &TcContext,
-    vni: u32,
-    remote: &Vtep,
-    copy: bool,
-    ttl: u8,
-) -> Result<i32, DropReason> {
+fn send(ctx: &TcContext, vni: u32, remote: &Vtep, copy: bool, ttl: u8) -> Result<i32, DropReason> {
     let cfg = maps::config().ok_or(DropReason::UnderlayNoRoute)?;
     if cfg.tunnel_ifindex == 0 {
         return Err(DropReason::UnderlayNoRoute);
