@@ -5,6 +5,7 @@ pub mod overlay;
 pub mod packet;
 pub mod progtest;
 pub mod qemu;
+pub mod qemu_stream;
 pub mod reference;
 pub mod rig;
 pub mod signal_bench;

@@ -3,7 +3,8 @@
 //! namespaces) while vm3 on h3 streams numbered UDP datagrams to it at about 10,000 a second;
 //! three NVEs on a real etcd. h2 pre-associates the vNIC (`--migrating-in`); QEMU's RARPs
 //! activate it there, nothing calls `associate`; once `query-migrate` says completed, h1
-//! disassociates with `--migrating-out h2`, as libvirt's hook would.
+//! disassociates with `--migrating-out h2`, as libvirt's hook would. See
+//! `nve_tests::qemu_stream`.
 //!
 //! The network's responsibility ends at the tap: packet sockets on both taps record which
 //! datagram reached which tap, and when (kernel timestamps, against QEMU's STOP and RESUME
@@ -11,635 +12,116 @@
 //! source VM stopped are lost to the pause and reported, split at the destination's RESUME:
 //! before it, the VM's own downtime; after it, the time h3 took to follow the move (the RARP's
 //! activation through etcd) or h1 to disassociate, whichever came first.
-use std::{
-    collections::BTreeMap,
-    net::UdpSocket,
-    os::fd::{AsRawFd, OwnedFd},
-    path::PathBuf,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU32, Ordering},
-    },
-    thread,
-    time::{Duration, Instant, SystemTime},
-};
+use nve_tests::{qemu_stream, rig::require_root};
 
-use nve_common::metrics::DropReason;
-use nve_tests::{
-    etcd::EtcdServer,
-    overlay::{self, H1_VTEP, H2_VTEP, VN, VNI},
-    qemu::Guest,
-    rig::{Daemon, Netns, Vm, mac_str, packet_socket, require_root, veth, wait_until},
-    three_hosts::{H3_VTEP, VM3_IP, VM3_MAC},
-};
-
-const GUEST: &str = "00000000-0000-4000-8000-0000000000c1";
-const VM3: &str = "00000000-0000-4000-8000-0000000000c3";
-const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x4e, 0x56, 0x01];
-const GUEST_IP: &str = "192.168.10.1";
-const TAP: &str = "tap0";
-const PORT: u16 = 9999;
 /// Datagrams a second; the stream runs until a second after the move, at most `MAX_SECONDS`.
 const RATE: u32 = 10_000;
 const MAX_SECONDS: u32 = 30;
-/// How long the stream runs before the migration starts.
-const LEAD: Duration = Duration::from_secs(1);
-const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
-const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Three hosts on a bridged underlay, vm3 (a veth VM) on h3, etcd in h3, one NVE a host, the
-/// guests; fields drop in order: QEMUs, daemons, etcd, then the namespaces.
-struct Rig {
-    src: Option<Guest>,
-    dst: Option<Guest>,
-    d1: Daemon,
-    d2: Daemon,
-    d3: Daemon,
-    _etcd: EtcdServer,
-    vm3: Vm,
-    h1: Netns,
-    h2: Netns,
-    _h3: Netns,
-    _fabric: Netns,
-}
-
-impl Rig {
-    fn new(tag: &str) -> anyhow::Result<Self> {
-        let fabric = Netns::new(&format!("{tag}-fab"))?;
-        fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
-        fabric.ip(&["link", "set", "br0", "up"])?;
-        let host = |name: &str, vtep: &str| -> anyhow::Result<Netns> {
-            let h = Netns::new(&format!("{tag}-{name}"))?;
-            veth(&fabric, name, &h, "ul", 1500)?;
-            fabric.ip(&["link", "set", name, "master", "br0"])?;
-            h.ip(&["addr", "add", &format!("{vtep}/24"), "dev", "ul"])?;
-            Ok(h)
-        };
-        let h1 = host("h1", H1_VTEP)?;
-        let h2 = host("h2", H2_VTEP)?;
-        let h3 = host("h3", H3_VTEP)?;
-        let vm3 = Vm::new(&format!("{tag}-vm3"), &h3, "vm3p", VM3_MAC, VM3_IP)?;
-        let etcd = EtcdServer::start(&h3, H3_VTEP)?;
-        let nva = ["--nva", etcd.url.as_str()];
-        let d1 = Daemon::start(&h1, &format!("{tag}1"), H1_VTEP, "ul", &nva)?;
-        let d2 = Daemon::start(&h2, &format!("{tag}2"), H2_VTEP, "ul", &nva)?;
-        let d3 = Daemon::start(&h3, &format!("{tag}3"), H3_VTEP, "ul", &nva)?;
-        for d in [&d1, &d2, &d3] {
-            d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])?;
-        }
-        overlay::associate(&d3, VM3, "vm3p", VM3_MAC, Some(VM3_IP))?;
-        Ok(Self {
-            src: None,
-            dst: None,
-            d1,
-            d2,
-            d3,
-            _etcd: etcd,
-            vm3,
-            h1,
-            h2,
-            _h3: h3,
-            _fabric: fabric,
-        })
-    }
-}
-
-/// Raises its flags when dropped: the stream and the captures stop also when the test fails.
-struct StopOnDrop(Vec<Arc<AtomicBool>>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        for f in &self.0 {
-            f.store(true, Ordering::Relaxed);
-        }
-    }
-}
-
-/// `nve vm list --json`: the state of the guest's vNIC on `d`, if it has one.
-fn vnic_state(d: &Daemon) -> Option<String> {
-    let v: serde_json::Value =
-        serde_json::from_str(&d.nve(&["vm", "list", "--json"]).ok()?).ok()?;
-    v.as_array()?
-        .iter()
-        .find(|n| n["vm"] == GUEST)
-        .and_then(|n| n["state"].as_str().map(str::to_string))
-}
-
-/// Whether `d` has the guest's MAC behind h2's VTEP, from the NVA.
-fn on_h2(d: &Daemon) -> bool {
-    let Ok(fdb) = d.nve(&["fdb", "--json"]) else {
-        return false;
-    };
-    let fdb: serde_json::Value = serde_json::from_str(&fdb).unwrap_or_default();
-    fdb.as_array().is_some_and(|a| {
-        a.iter().any(|e| {
-            e["mac"] == mac_str(GUEST_MAC) && e["vtep"]["vtep"] == H2_VTEP && e["from_nva"] == true
-        })
-    })
-}
-
-/// What a packet socket on a guest's tap saw, with kernel timestamps.
-#[derive(Default)]
-struct TapLog {
-    /// The stream's datagrams the device transmitted (a tap: to its guest; the underlay:
-    /// re-encapsulated, as through the forwarding pointer): sequence number -> when.
-    arrivals: BTreeMap<u32, SystemTime>,
-    /// QEMU's RARPs from the guest's MAC.
-    rarps: Vec<SystemTime>,
-    /// The guest's gratuitous ARPs.
-    garps: Vec<SystemTime>,
-    /// Frames the packet socket itself dropped (then the counts are not trustworthy).
-    drops: u32,
-}
-
-const SOL_PACKET: i32 = 263;
-const PACKET_STATISTICS: i32 = 6;
-
-/// Records what `tap` (in `ns`) transmits to its guest and the guest's announcements, until
-/// `stop`. Frames the kernel hands the tap are seen as PACKET_OUTGOING before the tap queues
-/// them for QEMU (or drops them, its queue full): the network's side of the tap.
-fn tap_capture(
-    ns: &Netns,
-    tap: &str,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<thread::JoinHandle<TapLog>> {
-    // ETH_P_ALL: outgoing frames reach only the packet sockets of every protocol.
-    let fd = packet_socket(ns, tap, libc::ETH_P_ALL as u16)?;
-    let raw = fd.as_raw_fd();
-    let set = |level: i32, name: i32, value: i32| -> anyhow::Result<()> {
-        // SAFETY: setsockopt with an int on a socket we own.
-        let rc = unsafe {
-            libc::setsockopt(
-                raw,
-                level,
-                name,
-                (&raw const value).cast(),
-                size_of::<i32>() as u32,
-            )
-        };
-        anyhow::ensure!(rc == 0, "setsockopt: {}", std::io::Error::last_os_error());
-        Ok(())
-    };
-    set(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 64 << 20)?;
-    set(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)?;
-    let timeout = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 50_000,
-    };
-    // SAFETY: setsockopt with a timeval on a socket we own.
-    unsafe {
-        libc::setsockopt(
-            raw,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            size_of::<libc::timeval>() as u32,
-        )
-    };
-    Ok(thread::spawn(move || capture_loop(&fd, &stop)))
-}
-
-fn capture_loop(fd: &OwnedFd, stop: &AtomicBool) -> TapLog {
-    let mut log = TapLog::default();
-    let mut buf = [0u8; 2048];
-    let mut control = [0u64; 16];
-    while !stop.load(Ordering::Relaxed) {
-        // SAFETY: zeroed plain-data structs, then pointed at buffers that outlive the call.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = (&raw mut sll).cast();
-        msg.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = size_of_val(&control);
-        // SAFETY: recvmsg into the buffers above.
-        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &raw mut msg, 0) };
-        if n <= 0 {
-            continue;
-        }
-        let frame = &buf[..n as usize];
-        let mut at = SystemTime::now();
-        // SAFETY: walking the control messages recvmsg filled in.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                    at =
-                        SystemTime::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-                }
-                c = libc::CMSG_NXTHDR(&raw const msg, c);
-            }
-        }
-        if sll.sll_pkttype == libc::PACKET_OUTGOING {
-            if let Some(seq) = stream_seq(frame).or_else(|| vxlan_inner(frame).and_then(stream_seq))
-            {
-                log.arrivals.entry(seq).or_insert(at);
-            }
-        } else if frame.get(6..12) == Some(&GUEST_MAC[..]) {
-            match announcement(frame) {
-                Some(Announcement::Rarp) => log.rarps.push(at),
-                Some(Announcement::Garp) => log.garps.push(at),
-                None => {}
-            }
-        }
-    }
-    let mut stats = [0u32; 2];
-    let mut len = size_of_val(&stats) as u32;
-    // SAFETY: PACKET_STATISTICS fills struct tpacket_stats { packets, drops }.
-    unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            SOL_PACKET,
-            PACKET_STATISTICS,
-            stats.as_mut_ptr().cast(),
-            &raw mut len,
-        )
-    };
-    log.drops = stats[1];
-    log
-}
-
-enum Announcement {
-    Rarp,
-    Garp,
-}
-
-/// A RARP, or an ARP whose sender and target address are both the guest's.
-fn announcement(frame: &[u8]) -> Option<Announcement> {
-    match frame.get(12..14)? {
-        [0x80, 0x35] => Some(Announcement::Rarp),
-        [0x08, 0x06] => {
-            let guest = GUEST_IP.parse::<std::net::Ipv4Addr>().ok()?.octets();
-            (frame.get(28..32)? == guest && frame.get(38..42)? == guest)
-                .then_some(Announcement::Garp)
-        }
-        _ => None,
-    }
-}
-
-/// The inner frame of a VXLAN packet (IPv4, UDP 4789).
-fn vxlan_inner(frame: &[u8]) -> Option<&[u8]> {
-    let ip = frame.get(14..)?;
-    let ihl = usize::from(ip.first()? & 0x0f) * 4;
-    let udp = ip.get(ihl..)?;
-    (frame.get(12..14)? == [8, 0] && ip.get(9)? == &17 && udp.get(2..4)? == 4789u16.to_be_bytes())
-        .then(|| udp.get(16..))
-        .flatten()
-}
-
-/// The sequence number of a datagram of the stream (IPv4/UDP to the guest's `PORT`).
-fn stream_seq(frame: &[u8]) -> Option<u32> {
-    let ip = frame.get(14..)?;
-    let ihl = usize::from(ip.first()? & 0x0f) * 4;
-    if frame.get(12..14)? != [8, 0]
-        || ip.get(9)? != &17
-        || ip.get(16..20)? != GUEST_IP.parse::<std::net::Ipv4Addr>().ok()?.octets()
-    {
-        return None;
-    }
-    let udp = ip.get(ihl..)?;
-    if u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]) != PORT {
-        return None;
-    }
-    Some(u32::from_be_bytes(udp.get(8..12)?.try_into().ok()?))
-}
-
-/// A tap's transmit counters: (packets, dropped because the guest's queue was full).
-fn tap_tx(ns: &Netns) -> (u64, u64) {
-    let Ok(out) = ns.ip(&["-j", "-s", "link", "show", TAP]) else {
-        return (0, 0);
-    };
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    let tx = &v[0]["stats64"]["tx"];
-    (
-        tx["packets"].as_u64().unwrap_or(0),
-        tx["dropped"].as_u64().unwrap_or(0),
-    )
-}
-
-/// The drops `d` counted, as `hook/REASON: packets`.
-fn drops(d: &Daemon) -> String {
-    let Ok(stats) = d.stats() else {
-        return "?".into();
-    };
-    let mut out = Vec::new();
-    if let Some(hooks) = stats["hooks"].as_object() {
-        for (hook, outcomes) in hooks {
-            for reason in DropReason::ALL {
-                let n = outcomes[reason.name()]["packets"].as_u64().unwrap_or(0);
-                if n > 0 {
-                    out.push(format!("{hook}/{}: {n}", reason.name()));
-                }
-            }
-        }
-    }
-    if out.is_empty() {
-        "none".into()
-    } else {
-        out.join(", ")
-    }
-}
-
-/// Milliseconds from `a` to `b` (negative if `b` is earlier).
-fn ms(a: SystemTime, b: SystemTime) -> f64 {
-    match b.duration_since(a) {
-        Ok(d) => d.as_secs_f64() * 1000.0,
-        Err(e) => -e.duration().as_secs_f64() * 1000.0,
-    }
-}
 
 #[test]
 fn a_qemu_guest_migrates_under_a_stream_without_network_loss() {
     require_root();
-    let test_start = Instant::now();
-    let mut r = Rig::new("qm").unwrap();
-    let migration_socket = PathBuf::from(format!("/tmp/{}-migrate.sock", r.h2.name));
+    let f = qemu_stream::migrate_guest_under_stream("qm", RATE, MAX_SECONDS)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(f.dst_status_before, "inmigrate");
+    assert_eq!(f.h2_state_pre_associated.as_deref(), Some("pre-associated"));
+    assert!(
+        f.h2_activated_without_associate,
+        "h2's vNIC active after QEMU's announcements: not within 10 s"
+    );
+    assert!(
+        f.stop_event,
+        "no STOP event from the source: {}",
+        f.src_events
+    );
+    assert!(
+        f.resume_event,
+        "no RESUME event from the destination: {}",
+        f.dst_events
+    );
+    assert_eq!(f.src_status, "postmigrate");
+    assert_eq!(f.dst_status, "running");
+    // The migrated guest is alive: it answers vm3 from h2.
+    if let Some(e) = &f.ping_error {
+        panic!("the migrated guest does not answer: {e}");
+    }
+    // Everyone converged on h2, from the NVA.
+    assert!(f.h3_converged, "h3 has the guest on h2: not within 10 s");
+    assert!(f.h1_converged, "h1 has the guest on h2: not within 10 s");
 
-    // The guest boots on h1; its vNIC is associated there (libvirt: `started`).
-    let mut src = Guest::start(
-        &r.h1,
-        "src",
-        TAP,
-        GUEST_MAC,
-        &format!("{GUEST_IP}/24"),
-        None,
-    )
-    .unwrap();
-    overlay::associate(&r.d1, GUEST, TAP, GUEST_MAC, Some(GUEST_IP)).unwrap();
-    let boot = src.wait_ready(BOOT_TIMEOUT).unwrap_or_else(|e| {
-        panic!("{e:#}");
-    });
-    let mut src_qmp = src.qmp().unwrap();
-    r.src = Some(src);
-    r.vm3.ping_until_reachable(GUEST_IP, 10).unwrap();
-
-    // The destination: QEMU waiting for the migration on h2, the vNIC pre-associated there
-    // (libvirt: `migrate`/`prepare`), installed but not forwarding, nothing published.
-    let mut dst = Guest::start(
-        &r.h2,
-        "dst",
-        TAP,
-        GUEST_MAC,
-        &format!("{GUEST_IP}/24"),
-        Some(&migration_socket),
-    )
-    .unwrap();
-    let mut dst_qmp = dst.qmp().unwrap();
-    r.dst = Some(dst);
-    assert_eq!(dst_qmp.status().unwrap(), "inmigrate");
-    r.d2.nve(&[
-        "vm",
-        "pre-associate",
-        "--vm",
-        GUEST,
-        "--vn",
-        VN,
-        "--port",
-        TAP,
-        "--mac",
-        &mac_str(GUEST_MAC),
-        "--ip",
-        GUEST_IP,
-        "--migrating-in",
-        H1_VTEP,
-    ])
-    .unwrap();
-    assert_eq!(vnic_state(&r.d2).as_deref(), Some("pre-associated"));
-    let tx_before = (tap_tx(&r.h1), tap_tx(&r.h2));
-
-    // Both taps watched before the first datagram leaves.
-    let stop_capture = Arc::new(AtomicBool::new(false));
-    let cap1 = tap_capture(&r.h1, TAP, stop_capture.clone()).unwrap();
-    let cap2 = tap_capture(&r.h2, TAP, stop_capture.clone()).unwrap();
-    // What leaves h1 for the underlay carrying the stream: re-encapsulated by its pointer.
-    let cap_ul = tap_capture(&r.h1, "ul", stop_capture.clone()).unwrap();
-    let stop_stream = Arc::new(AtomicBool::new(false));
-    let _stop_on_panic = StopOnDrop(vec![stop_stream.clone(), stop_capture.clone()]);
-    let next = Arc::new(AtomicU32::new(0));
-    let failed_sends = Arc::new(Mutex::new(Vec::new()));
-    let sender = {
-        let (stop, next, failed) = (stop_stream.clone(), next.clone(), failed_sends.clone());
-        let path = r.vm3.ns.path();
-        thread::spawn(move || {
-            let target = std::fs::File::open(path).expect("netns");
-            // SAFETY: setns on this thread only.
-            assert_eq!(
-                unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
-            // Not connected: the guest's port unreachables must not fail the next send.
-            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-            let start = Instant::now();
-            for seq in 0..RATE * MAX_SECONDS {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                // Paced: datagram `seq` leaves at seq / RATE seconds.
-                let due = Duration::from_secs_f64(f64::from(seq) / f64::from(RATE));
-                if let Some(wait) = due.checked_sub(start.elapsed()) {
-                    thread::sleep(wait);
-                }
-                if socket
-                    .send_to(&seq.to_be_bytes(), (GUEST_IP, PORT))
-                    .is_err()
-                {
-                    failed.lock().unwrap().push(seq);
-                }
-                next.store(seq + 1, Ordering::Relaxed);
-            }
-        })
-    };
-
-    // The move: QEMU's own live migration, source h1 -> destination h2.
-    thread::sleep(LEAD);
-    let migration = src_qmp.migrate(&migration_socket, MIGRATION_TIMEOUT);
-    let migration = migration.unwrap_or_else(|e| {
-        stop_stream.store(true, Ordering::Relaxed);
-        panic!(
-            "{e:#}\nsource:\n{}\ndestination:\n{}",
-            r.src.as_ref().unwrap().logs(),
-            r.dst.as_ref().unwrap().logs()
-        )
-    });
-    let completed_at = SystemTime::now();
-    // What libvirt's hook does once the migration is over: the source disassociates, leaving
-    // a forwarding pointer to h2.
-    r.d1.nve(&[
-        "vm",
-        "disassociate",
-        "--vm",
-        GUEST,
-        "--migrating-out",
-        H2_VTEP,
-    ])
-    .unwrap();
-    let disassociated_at = SystemTime::now();
-    // QEMU's RARPs activated the destination's vNIC by themselves.
-    wait_until("h2's vNIC active after QEMU's announcements", || {
-        vnic_state(&r.d2).as_deref() == Some("associated")
-    });
-    thread::sleep(Duration::from_secs(1));
-    stop_stream.store(true, Ordering::Relaxed);
-    sender.join().unwrap();
-    thread::sleep(Duration::from_millis(300));
-    stop_capture.store(true, Ordering::Relaxed);
-    let log1 = cap1.join().unwrap();
-    let log2 = cap2.join().unwrap();
-    let log_ul = cap_ul.join().unwrap();
-    let (at_h1, at_h2) = (&log1.arrivals, &log2.arrivals);
-    let tx_after = (tap_tx(&r.h1), tap_tx(&r.h2));
-
-    src_qmp.drain_events(Duration::from_millis(100)).unwrap();
-    dst_qmp.drain_events(Duration::from_millis(100)).unwrap();
-    let stopped = src_qmp
-        .event_time("STOP")
-        .unwrap_or_else(|| panic!("no STOP event from the source: {:?}", src_qmp.events));
-    let resumed = dst_qmp
-        .event_time("RESUME")
-        .unwrap_or_else(|| panic!("no RESUME event from the destination: {:?}", dst_qmp.events));
-    assert_eq!(src_qmp.status().unwrap(), "postmigrate");
-    assert_eq!(dst_qmp.status().unwrap(), "running");
-
-    let total = next.load(Ordering::Relaxed);
-    let failed = failed_sends.lock().unwrap().clone();
-    let sent: Vec<u32> = (0..total)
-        .filter(|s| failed.binary_search(s).is_err())
-        .collect();
-    let network: Vec<u32> = sent
-        .iter()
-        .copied()
-        .filter(|s| !at_h1.contains_key(s) && !at_h2.contains_key(s))
-        .collect();
-    let paused: Vec<(u32, SystemTime)> = at_h1
-        .iter()
-        .filter(|(_, at)| **at >= stopped)
-        .map(|(s, at)| (*s, *at))
-        .collect();
-    let (in_downtime, after_resume): (Vec<_>, Vec<_>) =
-        paused.iter().partition(|(_, at)| *at < resumed);
-    let last_at_h1 = at_h1.values().max().copied();
-    let first_at_h2 = at_h2.values().min().copied();
-    let forwarded = r.d1.counter("underlay_rx", "FORWARDED_TO_VTEP").unwrap();
-    let early_at_h2 = at_h2.values().filter(|at| **at < resumed).count();
-    let tap_drops = (tx_after.0.1 - tx_before.0.1, tx_after.1.1 - tx_before.1.1);
-    let after_resume_ms = |v: &[SystemTime]| {
-        let v: Vec<String> = v
-            .iter()
-            .map(|t| format!("{:+.0}", ms(resumed, *t)))
-            .collect();
+    let seqs = |v: Option<(u32, u32)>| v.map_or("none".into(), |(a, b)| format!("seq {a}..={b}"));
+    let after_resume_ms = |v: &[f64]| {
+        let v: Vec<String> = v.iter().map(|t| format!("{t:+.0}")).collect();
         format!("{} [{}] ms", v.len(), v.join(", "))
     };
-    let window = |m: &BTreeMap<u32, SystemTime>| match (
-        m.keys().next(),
-        m.keys().last(),
-        m.values().min(),
-        m.values().max(),
-    ) {
-        (Some(a), Some(b), Some(first), Some(last)) => format!(
-            "seq {a}..={b}, {:+.1}..{:+.1} ms after RESUME",
-            ms(resumed, *first),
-            ms(resumed, *last)
-        ),
-        _ => "none".into(),
-    };
-    let seqs = |v: &[(u32, SystemTime)]| match (v.first(), v.last()) {
-        (Some(a), Some(b)) => format!("seq {}..={}", a.0, b.0),
-        _ => "none".into(),
-    };
-
-    // The migrated guest is alive: it answers vm3 from h2.
-    r.vm3
-        .ping(GUEST_IP, 3)
-        .unwrap_or_else(|e| panic!("the migrated guest does not answer: {e:#}"));
-    // Everyone converged on h2, from the NVA.
-    wait_until("h3 has the guest on h2", || on_h2(&r.d3));
-    wait_until("h1 has the guest on h2", || on_h2(&r.d1));
-
     println!(
         "QEMU guest: boot {:.1} s; migration {} ms (setup {} ms, {} KiB), QEMU downtime {} ms, \
          STOP -> RESUME {:.1} ms",
-        boot.as_secs_f64(),
-        migration.total_ms,
-        migration.setup_ms,
-        migration.ram_transferred / 1024,
-        migration.downtime_ms,
-        ms(stopped, resumed),
+        f.boot_s, f.migration_ms, f.setup_ms, f.ram_kib, f.qemu_downtime_ms, f.stop_to_resume_ms,
     );
     println!(
         "stream: sent {} ({} send errors), reached h1's tap {}, h2's tap {}; \
          lost by the network: {}",
-        sent.len(),
-        failed.len(),
-        at_h1.len(),
-        at_h2.len(),
-        network.len()
+        f.sent,
+        f.send_errors,
+        f.at_h1,
+        f.at_h2,
+        f.network_lost.len()
     );
     println!(
         "lost to the pause (reached h1's tap after the source stopped): {} = {} during QEMU's \
          downtime ({}) + {} after the destination resumed ({}); last frame at h1's tap {:.1} ms \
          after RESUME; first at h2's tap {:.1} ms after RESUME ({} before it)",
-        paused.len(),
-        in_downtime.len(),
-        seqs(&in_downtime),
-        after_resume.len(),
-        seqs(&after_resume),
-        last_at_h1.map_or(f64::NAN, |t| ms(resumed, t)),
-        first_at_h2.map_or(f64::NAN, |t| ms(resumed, t)),
-        early_at_h2,
+        f.lost_to_pause,
+        f.in_downtime,
+        seqs(f.in_downtime_seqs),
+        f.after_resume,
+        seqs(f.after_resume_seqs),
+        f.last_at_h1_ms.unwrap_or(f64::NAN),
+        f.first_at_h2_ms.unwrap_or(f64::NAN),
+        f.early_at_h2,
     );
     println!(
         "migration completed (query-migrate) {:.1} ms after RESUME, h1 disassociated {:.1} ms \
-         after RESUME; through h1's forwarding pointer: {forwarded} (counter), stream datagrams \
+         after RESUME; through h1's forwarding pointer: {} (counter), stream datagrams \
          leaving h1's underlay: {} ({}); dropped by the taps (guest queue full): h1 {}, h2 {}; \
          test {:.1} s",
-        ms(resumed, completed_at),
-        ms(resumed, disassociated_at),
-        log_ul.arrivals.len(),
-        window(&log_ul.arrivals),
-        tap_drops.0,
-        tap_drops.1,
-        test_start.elapsed().as_secs_f64(),
+        f.completed_ms,
+        f.disassociated_ms,
+        f.forwarded,
+        f.through_pointer,
+        f.through_pointer_window.map_or("none".into(), |w| format!(
+            "seq {}..={}, {:+.1}..{:+.1} ms after RESUME",
+            w.first_seq, w.last_seq, w.first_ms, w.last_ms
+        )),
+        f.tap_drops.0,
+        f.tap_drops.1,
+        f.elapsed_s,
     );
     println!(
         "drops counted: h1 {}; h2 {}; h3 {}",
-        drops(&r.d1),
-        drops(&r.d2),
-        drops(&r.d3)
+        f.drops[0], f.drops[1], f.drops[2]
     );
     println!(
         "announcements at h2's tap after RESUME: QEMU's RARPs {}, the guest's GARPs {}",
-        after_resume_ms(&log2.rarps),
-        after_resume_ms(&log2.garps),
+        after_resume_ms(&f.rarps_ms),
+        after_resume_ms(&f.garps_ms),
     );
     assert_eq!(
-        (log1.drops, log2.drops, log_ul.drops),
+        f.packet_socket_drops,
         (0, 0, 0),
         "the packet sockets dropped frames: the count is not trustworthy"
     );
+    let [h1, h2, h3] = f.hooks_on_loss.clone().unwrap_or_default();
     assert!(
-        network.is_empty(),
-        "the network lost {} datagrams: {:?}\nh1's counters: {}\nh2's counters: {}\n\
-         h3's counters: {}",
-        network.len(),
-        &network[..network.len().min(50)],
-        r.d1.stats()
-            .map(|s| s["hooks"].to_string())
-            .unwrap_or_default(),
-        r.d2.stats()
-            .map(|s| s["hooks"].to_string())
-            .unwrap_or_default(),
-        r.d3.stats()
-            .map(|s| s["hooks"].to_string())
-            .unwrap_or_default(),
+        f.network_lost.is_empty(),
+        "the network lost {} datagrams: {:?}\nh1's counters: {h1}\nh2's counters: {h2}\n\
+         h3's counters: {h3}",
+        f.network_lost.len(),
+        &f.network_lost[..f.network_lost.len().min(50)],
     );
     assert_eq!(
-        early_at_h2, 0,
+        f.early_at_h2, 0,
         "datagrams reached h2's tap before the destination ran"
     );
 }

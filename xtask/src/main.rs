@@ -39,26 +39,30 @@ struct BenchArgs {
     quick: bool,
 }
 
-/// Builds `nve` (release) and runs one of the rig binaries of nve-tests against it.
-fn run_bin(what: &str, bin: &str, args: &[&str]) -> anyhow::Result<()> {
+/// Builds `nve` (release) and runs one of the rig binaries of nve-tests against it; `guest`:
+/// with the QEMU guest too (built or found as for the tests), in `NVE_GUEST_DIR`.
+fn run_bin(what: &str, bin: &str, args: &[&str], guest: bool) -> anyhow::Result<()> {
     setup::all()?;
     test::require_root(what)?;
     cmd::cargo(&["build", "--release", "-p", "nve-user"])?;
     let nve = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/nve");
+    let mut c = std::process::Command::new(env!("CARGO"));
+    if guest {
+        c.env("NVE_GUEST_DIR", guest::build()?.dir);
+    }
     cmd::run(
-        std::process::Command::new(env!("CARGO"))
-            .args([
-                "run",
-                "--quiet",
-                "--release",
-                "-p",
-                "nve-tests",
-                "--bin",
-                bin,
-                "--",
-            ])
-            .args(args)
-            .env("NVE_BIN", nve),
+        c.args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "nve-tests",
+            "--bin",
+            bin,
+            "--",
+        ])
+        .args(args)
+        .env("NVE_BIN", nve),
     )
 }
 
@@ -72,10 +76,10 @@ fn main() -> std::process::ExitCode {
         Command::Guest => setup::all()
             .and_then(|()| guest::build())
             .map(|g| println!("{}", g.dir.display())),
-        Command::Demo => run_bin("the demo", "nve-demo", &[]),
+        Command::Demo => run_bin("the demo", "nve-demo", &[], false),
         Command::Bench(args) => {
             let quick: &[&str] = if args.quick { &["--quick"] } else { &[] };
-            run_bin("the bench", "nve-bench", quick)
+            run_bin("the bench", "nve-bench", quick, true)
         }
     };
     match result {

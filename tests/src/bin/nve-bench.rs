@@ -56,6 +56,10 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--only-migration") {
         return migration(migrations);
     }
+    let qemu_migrations = if quick { 1 } else { 3 };
+    if std::env::args().any(|a| a == "--only-qemu") {
+        return qemu_migration(qemu_migrations);
+    }
     if std::env::args().any(|a| a == "--only-nva") {
         return nva(if quick { 20 } else { 200 }, nva_macs);
     }
@@ -67,7 +71,8 @@ fn main() -> Result<()> {
     report(&programs, &traffic, quick)?;
     signaling(associations, scale)?;
     nva(if quick { 20 } else { 200 }, nva_macs)?;
-    migration(migrations)
+    migration(migrations)?;
+    qemu_migration(qemu_migrations)
 }
 
 /// `runs` live migrations on the three-host rig under a 10,000 datagrams/s stream: what the
@@ -100,13 +105,56 @@ fn migration(runs: u32) -> Result<()> {
             f.forwarded
         );
     }
+    merge_json("migration.json", "rig", serde_json::to_value(&figures)?)
+}
+
+/// Sets `key` in `target/bench/<file>` to `value`, keeping the file's other keys (the rig
+/// and QEMU migrations write one file).
+fn merge_json(file: &str, key: &str, value: Value) -> Result<()> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     fs::create_dir_all(&dir)?;
-    fs::write(
-        dir.join("migration.json"),
-        serde_json::to_string_pretty(&json!({ "rig": figures }))?,
-    )?;
+    let path = dir.join(file);
+    let mut all = fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    all[key] = value;
+    fs::write(path, serde_json::to_string_pretty(&all)?)?;
     Ok(())
+}
+
+/// `runs` QEMU live migrations (a real guest, QEMU's own migration between h1 and h2) under a
+/// 10,000 datagrams/s stream: QEMU's figures, what the pause cost, what the network lost (0 is
+/// the aim). Merged into `target/bench/migration.json` under "qemu".
+fn qemu_migration(runs: u32) -> Result<()> {
+    eprintln!("==> QEMU live migration under a stream, {runs} runs");
+    let mut figures = Vec::new();
+    for i in 0..runs {
+        figures.push(nve_tests::qemu_stream::migrate_guest_under_stream(
+            &format!("qb{i}"),
+            10_000,
+            30,
+        )?);
+    }
+    println!("\nLive migration (QEMU guest, QEMU's own migration h1 -> h2), 10,000 datagrams/s:");
+    for (i, f) in figures.iter().enumerate() {
+        println!(
+            "  run {}: boot {:.1} s, migration {} ms, QEMU downtime {} ms, STOP -> RESUME {:.1} ms, \
+             lost to the pause {} ({} after RESUME), lost by the network {}, through the \
+             forwarding pointer {}",
+            i + 1,
+            f.boot_s,
+            f.migration_ms,
+            f.qemu_downtime_ms,
+            f.stop_to_resume_ms,
+            f.lost_to_pause,
+            f.after_resume,
+            f.network_lost.len(),
+            f.forwarded
+        );
+    }
+    merge_json("migration.json", "qemu", serde_json::to_value(&figures)?)
 }
 
 /// p50, p99 and max of `samples` (sorted here).
