@@ -36,8 +36,8 @@ use crate::{
     live_stream::in_ns,
     overlay::{self, H1_VTEP, H2_VTEP, VN, VNI},
     qemu::Guest,
-    rig::{Daemon, Netns, Vm, mac_str, packet_socket, veth},
-    three_hosts::{H3_VTEP, VM3_IP, VM3_MAC},
+    rig::{Daemon, Netns, Vm, mac_str, packet_socket},
+    three_hosts::{self, H3_VTEP, VM3_IP, VM3_MAC},
 };
 
 const GUEST: &str = "00000000-0000-4000-8000-0000000000c1";
@@ -69,19 +69,7 @@ struct Rig {
 
 impl Rig {
     fn new(tag: &str) -> Result<Self> {
-        let fabric = Netns::new(&format!("{tag}-fab"))?;
-        fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
-        fabric.ip(&["link", "set", "br0", "up"])?;
-        let host = |name: &str, vtep: &str| -> Result<Netns> {
-            let h = Netns::new(&format!("{tag}-{name}"))?;
-            veth(&fabric, name, &h, "ul", 1500)?;
-            fabric.ip(&["link", "set", name, "master", "br0"])?;
-            h.ip(&["addr", "add", &format!("{vtep}/24"), "dev", "ul"])?;
-            Ok(h)
-        };
-        let h1 = host("h1", H1_VTEP)?;
-        let h2 = host("h2", H2_VTEP)?;
-        let h3 = host("h3", H3_VTEP)?;
+        let (fabric, h1, h2, h3) = three_hosts::underlay(tag)?;
         let vm3 = Vm::new(&format!("{tag}-vm3"), &h3, "vm3p", VM3_MAC, VM3_IP)?;
         let etcd = EtcdServer::start(&h3, H3_VTEP)?;
         let nva = ["--nva", etcd.url.as_str()];

@@ -14,6 +14,25 @@ pub const H3_VTEP: &str = "10.0.0.3";
 pub const VM3_MAC: [u8; 6] = [2, 0, 0, 0, 3, 1];
 pub const VM3_IP: &str = "192.168.10.3";
 
+/// The fabric namespace (a bridge) and hosts h1, h2, h3 on it, each with its underlay
+/// address on `ul`.
+pub fn underlay(tag: &str) -> Result<(Netns, Netns, Netns, Netns)> {
+    let fabric = Netns::new(&format!("{tag}-fab"))?;
+    fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
+    fabric.ip(&["link", "set", "br0", "up"])?;
+    let host = |name: &str, vtep: &str| -> Result<Netns> {
+        let h = Netns::new(&format!("{tag}-{name}"))?;
+        veth(&fabric, name, &h, "ul", 1500)?;
+        fabric.ip(&["link", "set", name, "master", "br0"])?;
+        h.ip(&["addr", "add", &format!("{vtep}/24"), "dev", "ul"])?;
+        Ok(h)
+    };
+    let h1 = host("h1", H1_VTEP)?;
+    let h2 = host("h2", H2_VTEP)?;
+    let h3 = host("h3", H3_VTEP)?;
+    Ok((fabric, h1, h2, h3))
+}
+
 /// Underlay, hosts and VMs; VMs are declared first so they go first on drop.
 pub struct ThreeHosts {
     pub vm1: Vm,
@@ -26,19 +45,7 @@ pub struct ThreeHosts {
 
 impl ThreeHosts {
     pub fn new(tag: &str) -> Result<Self> {
-        let fabric = Netns::new(&format!("{tag}-fab"))?;
-        fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
-        fabric.ip(&["link", "set", "br0", "up"])?;
-        let host = |name: &str, vtep: &str| -> Result<Netns> {
-            let h = Netns::new(&format!("{tag}-{name}"))?;
-            veth(&fabric, name, &h, "ul", 1500)?;
-            fabric.ip(&["link", "set", name, "master", "br0"])?;
-            h.ip(&["addr", "add", &format!("{vtep}/24"), "dev", "ul"])?;
-            Ok(h)
-        };
-        let h1 = host("h1", H1_VTEP)?;
-        let h2 = host("h2", H2_VTEP)?;
-        let h3 = host("h3", H3_VTEP)?;
+        let (fabric, h1, h2, h3) = underlay(tag)?;
         let vm1 = Vm::new(&format!("{tag}-vm1"), &h1, "vm1p", VM1_MAC, VM1_IP)?;
         let vm3 = Vm::new(&format!("{tag}-vm3"), &h3, "vm3p", VM3_MAC, VM3_IP)?;
         Ok(Self {
