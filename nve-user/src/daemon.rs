@@ -72,6 +72,10 @@ pub struct DaemonArgs {
     /// MACs and flood lists are configured (`nve fdb`, `nve flood`).
     #[arg(long, value_name = "URL")]
     pub nva: Option<String>,
+    /// The embedded NVA's static peers file (JSON: the other NVEs' VTEPs, VNIs and MACs;
+    /// see README), followed as it changes. Instead of --nva, for hosts without etcd.
+    #[arg(long, value_name = "FILE", conflicts_with = "nva")]
+    pub peers: Option<PathBuf>,
 }
 
 /// The startup configuration file.
@@ -287,8 +291,16 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     let announcements = shared.lock().await.dataplane.take_announcements();
     let learner =
         announcements.map(|ring| tokio::spawn(crate::announcements::learn(shared.clone(), ring)));
-    let nva = match &args.nva {
-        Some(url) => {
+    let own_vteps: Vec<std::net::IpAddr> = std::iter::once(args.vtep.into())
+        .chain(args.vtep6.map(Into::into))
+        .collect();
+    let nva = match (&args.nva, &args.peers) {
+        (None, Some(path)) => Some(tokio::spawn(crate::nva::peers::run(
+            shared.clone(),
+            path.clone(),
+            own_vteps,
+        ))),
+        (Some(url), _) => {
             let etcd = crate::nva::Etcd::new(url)?;
             let changes = shared.lock().await.changes.clone();
             let vtep = std::net::IpAddr::V4(args.vtep);
@@ -300,7 +312,7 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
                 changes,
             )))
         }
-        None => None,
+        (None, None) => None,
     };
     let metrics = match args.metrics_listen {
         Some(addr) => Some(crate::prometheus::serve(addr, shared.clone()).await?),

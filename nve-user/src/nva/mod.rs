@@ -1,4 +1,8 @@
-//! The network-wide control plane (the NVA, spec.md 3) on etcd. With `nve daemon --nva
+//! The network-wide control plane (the NVA, spec.md 3), with two backends: embedded (the
+//! default: one host needs nothing, several list each other in a static peers file, see
+//! `peers.rs`) and etcd. Both hand the model the same [`Table`].
+//!
+//! On etcd: with `nve daemon --nva
 //! http://HOST:2379` each NVE publishes the vNICs associated on it (VN, MAC, addresses ->
 //! its VTEP, sequence number) under `/nve/v1/vni/<vni>/mac/<mac>/vtep/<vtep>`, tied to a
 //! lease (an NVE that dies drops out), and watches that prefix: the other NVEs' entries
@@ -15,6 +19,7 @@
 //! frozen where it is and reported in `nve status`.
 mod claims;
 mod etcd;
+pub mod peers;
 mod table;
 
 use std::{
