@@ -76,6 +76,26 @@ pub struct DaemonArgs {
     /// see README), followed as it changes. Instead of --nva, for hosts without etcd.
     #[arg(long, value_name = "FILE", conflicts_with = "nva")]
     pub peers: Option<PathBuf>,
+    /// The VTEP the NVA publishes for this NVE's vNICs: --vtep (the default) or, where the
+    /// NVEs reach each other over IPv6, the --vtep6 address.
+    #[arg(long, value_name = "ADDR", requires = "nva")]
+    pub nva_vtep: Option<std::net::IpAddr>,
+}
+
+impl DaemonArgs {
+    /// The VTEP published on the NVA: one of this NVE's own.
+    fn published_vtep(&self) -> anyhow::Result<std::net::IpAddr> {
+        let own = [Some(self.vtep.into()), self.vtep6.map(Into::into)];
+        match self.nva_vtep {
+            None => Ok(self.vtep.into()),
+            Some(v) if own.contains(&Some(v)) => Ok(v),
+            Some(v) => anyhow::bail!(
+                "--nva-vtep {v}: not one of this NVE's VTEPs (--vtep {}, --vtep6 {})",
+                self.vtep,
+                self.vtep6.map_or("unset".to_string(), |a| a.to_string())
+            ),
+        }
+    }
 }
 
 /// The startup configuration file.
@@ -178,6 +198,8 @@ fn ensure_bpffs() -> anyhow::Result<()> {
 }
 
 pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
+    // Refused before anything is set up.
+    let nva_vtep = args.published_vtep()?;
     let allowed = Allowed {
         gid: args.group.as_deref().map(access::group_id).transpose()?,
     };
@@ -303,7 +325,7 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
         (Some(url), _) => {
             let etcd = crate::nva::Etcd::new(url)?;
             let changes = shared.lock().await.changes.clone();
-            let vtep = std::net::IpAddr::V4(args.vtep);
+            let vtep = nva_vtep;
             Some(tokio::spawn(crate::nva::run(
                 shared.clone(),
                 etcd,

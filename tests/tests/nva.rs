@@ -175,3 +175,59 @@ fn the_highest_sequence_number_wins_and_flapping_macs_freeze() {
         d3.nve(&["fdb"]).unwrap()
     );
 }
+
+/// NVEs that reach each other over IPv6 publish their IPv6 VTEPs (`--nva-vtep`): the
+/// others' entries point there and the VMs talk over VXLAN over IPv6. A VTEP that is not
+/// the NVE's own is refused before anything is set up.
+#[test]
+fn nves_publish_their_ipv6_vteps() {
+    require_root();
+    let rig = TwoHosts::new("n6").unwrap();
+    let v6 = |n: u8| format!("fd00::{n}");
+    for (h, n) in [(&rig.h1, 1), (&rig.h2, 2)] {
+        let cidr = format!("{}/64", v6(n));
+        h.ip(&["-6", "addr", "add", &cidr, "dev", "ul", "nodad"])
+            .unwrap();
+    }
+    let etcd = EtcdServer::start(&rig.h2, H2_VTEP).unwrap();
+    let refused = Daemon::start(
+        &rig.h1,
+        "n6x",
+        H1_VTEP,
+        "ul",
+        &["--nva", &etcd.url, "--vtep6", &v6(1), "--nva-vtep", &v6(2)],
+    );
+    let e = format!(
+        "{:#}",
+        refused.err().expect("a foreign --nva-vtep was accepted")
+    );
+    assert!(e.contains("not one of this NVE's VTEPs"), "{e}");
+    let start = |h, tag, vtep, n| {
+        let args = ["--nva", &etcd.url, "--vtep6", &v6(n), "--nva-vtep", &v6(n)];
+        Daemon::start(h, tag, vtep, "ul", &args).unwrap()
+    };
+    let d1 = start(&rig.h1, "n61", H1_VTEP, 1);
+    let d2 = start(&rig.h2, "n62", H2_VTEP, 2);
+    for d in [&d1, &d2] {
+        d.nve(&[
+            "vn",
+            "add",
+            VN,
+            "--vni",
+            &VNI.to_string(),
+            "--no-flood-unknown",
+        ])
+        .unwrap();
+    }
+    overlay::associate(&d1, VM1_UUID, "vm1p", VM1_MAC, Some(VM1_IP)).unwrap();
+    overlay::associate(&d2, VM2_UUID, "vm2p", VM2_MAC, Some(VM2_IP)).unwrap();
+    wait_until("h1 has vm2 behind h2's IPv6 VTEP", || {
+        fdb_has(&d1, VM2_MAC, &v6(2))
+    });
+    wait_until("h2 has vm1 behind h1's IPv6 VTEP", || {
+        fdb_has(&d2, VM1_MAC, &v6(1))
+    });
+    rig.vm1.ping_until_reachable(VM2_IP, 5).unwrap();
+    let over_v6 = d1.counter("tunnel_rx", "DECAPSULATED").unwrap();
+    assert!(over_v6 > 0, "h1 received nothing over IPv6");
+}
