@@ -6,7 +6,10 @@ use anyhow::Context as _;
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use nve_common::metrics::{DropReason, Outcome};
 
-use crate::{api::StatsView, server::Shared};
+use crate::{
+    api::{NvaStatus, StatsView},
+    server::Shared,
+};
 
 /// Binds `addr` and serves `/metrics` until the task is aborted.
 pub async fn serve(addr: SocketAddr, state: Shared) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -31,11 +34,15 @@ async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
         nve.model.vns().count(),
         nve.model.ports().count(),
     );
+    let nva = nve.status.nva.clone().map(|mut s| {
+        s.entries = nve.model.nva().len();
+        s
+    });
     drop(nve);
     match stats {
         Ok(stats) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            render(&stats, vns, ports),
+            render(&stats, vns, ports) + &render_nva(nva.as_ref()),
         )
             .into_response(),
         Err(e) => (
@@ -122,5 +129,36 @@ pub fn render(stats: &StatsView, vns: usize, ports: usize) -> String {
         out,
         "# HELP nve_ports VM ports attached.\n# TYPE nve_ports gauge\nnve_ports {ports}"
     );
+    out
+}
+
+/// The NVA's gauges, when the daemon has one (etcd or a peers file).
+pub fn render_nva(nva: Option<&NvaStatus>) -> String {
+    let Some(nva) = nva else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            "nve_nva_connected",
+            "1 while the NVA is synced (etcd watched, peers file accepted).",
+            u64::from(nva.connected),
+        ),
+        (
+            "nve_nva_entries",
+            "Other NVEs' MACs installed from the NVA.",
+            nva.entries as u64,
+        ),
+        (
+            "nve_nva_duplicate_macs",
+            "MACs frozen as duplicates (too many moves).",
+            nva.duplicate_macs.len() as u64,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    }
     out
 }

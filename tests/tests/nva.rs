@@ -117,7 +117,8 @@ fn the_highest_sequence_number_wins_and_flapping_macs_freeze() {
     let nva = ["--nva", url.as_str()];
     let d1 = Daemon::start(&rig.h1, "mm1", H1_VTEP, "ul", &nva).unwrap();
     let d2 = Daemon::start(&rig.h2, "mm2", H2_VTEP, "ul", &nva).unwrap();
-    let d3 = Daemon::start(&rig.h3, "mm3", H3_VTEP, "ul", &nva).unwrap();
+    let metrics = [nva[0], nva[1], "--metrics-listen", "127.0.0.1:9464"];
+    let d3 = Daemon::start(&rig.h3, "mm3", H3_VTEP, "ul", &metrics).unwrap();
     for d in [&d1, &d2, &d3] {
         d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])
             .unwrap();
@@ -160,6 +161,26 @@ fn the_highest_sequence_number_wins_and_flapping_macs_freeze() {
         format!("{VNI}/{}", mac_str(VM1_MAC)),
         "{s}"
     );
+    let scraped = rig
+        .h3
+        .exec(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:9464/metrics",
+        ])
+        .unwrap();
+    for line in [
+        "nve_nva_duplicate_macs 1",
+        "nve_nva_connected 1",
+        "nve_nva_entries 1",
+    ] {
+        assert!(
+            scraped.lines().any(|l| l == line),
+            "no {line:?} in:\n{scraped}"
+        );
+    }
     // One more move: h3 keeps the frozen entry.
     let (d, port) = if moves % 2 == 1 {
         (&d1, "vm1p")
