@@ -50,7 +50,9 @@ pub type MacId = (u32, MacAddr);
 /// Every NVE's publications (this one's included), as etcd has them.
 #[derive(Default)]
 pub struct Claims {
-    macs: HashMap<MacId, BTreeMap<IpAddr, Entry>>,
+    /// Per MAC, each VTEP's claim: almost always one, so a vector (a BTreeMap's first node
+    /// holds room for eleven: at 100,000 MACs that was most of the daemon's memory).
+    macs: HashMap<MacId, Vec<(IpAddr, Entry)>>,
     members: BTreeMap<(u32, IpAddr), ()>,
     vns: BTreeMap<(u32, IpAddr), CreateVn>,
 }
@@ -61,7 +63,11 @@ impl Claims {
         let entry: Entry = serde_json::from_slice(value).ok()?;
         match parse(key)? {
             Key::Mac(vni, mac, vtep) => {
-                self.macs.entry((vni, mac)).or_default().insert(vtep, entry);
+                let claims = self.macs.entry((vni, mac)).or_default();
+                match claims.iter_mut().find(|(v, _)| *v == vtep) {
+                    Some((_, e)) => *e = entry,
+                    None => claims.push((vtep, entry)),
+                }
                 Some((vni, mac))
             }
             Key::Member(vni, vtep) => {
@@ -70,7 +76,7 @@ impl Claims {
             }
             Key::Vn(vni, vtep) => {
                 if let Some(def) = entry.vn {
-                    self.vns.insert((vni, vtep), def);
+                    self.vns.insert((vni, vtep), *def);
                 }
                 None
             }
@@ -83,7 +89,7 @@ impl Claims {
             Key::Mac(vni, mac, vtep) => {
                 let id = (vni, mac);
                 if let Some(claims) = self.macs.get_mut(&id) {
-                    claims.remove(&vtep);
+                    claims.retain(|(v, _)| *v != vtep);
                     if claims.is_empty() {
                         self.macs.remove(&id);
                     }
@@ -111,7 +117,8 @@ impl Claims {
     pub fn winner(&self, id: MacId, except: IpAddr) -> Option<&Entry> {
         self.macs
             .get(&id)?
-            .values()
+            .iter()
+            .map(|(_, e)| e)
             .filter(|e| e.vtep != except)
             .max_by(|a, b| a.seq.cmp(&b.seq).then(b.vtep.cmp(&a.vtep)))
     }

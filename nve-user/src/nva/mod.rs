@@ -62,9 +62,9 @@ pub struct Entry {
     /// Incremented by each NVE that takes the MAC over (RFC 7432 section 15).
     #[serde(default)]
     pub seq: u64,
-    /// In a VN definition's entry: the VN.
+    /// In a VN definition's entry: the VN (boxed: MAC entries, by far the most, have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vn: Option<CreateVn>,
+    pub vn: Option<Box<CreateVn>>,
 }
 
 /// What this NVE publishes: its associated vNICs. A MAC it already claims keeps its
@@ -88,7 +88,7 @@ fn local_entries(
             vtep,
             ips: Vec::new(),
             seq: 0,
-            vn: Some(def),
+            vn: Some(Box::new(def)),
         };
         out.insert(vn_key(vn.vni, vtep), entry);
     }

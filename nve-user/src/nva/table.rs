@@ -21,8 +21,9 @@ type Macs = imbl::OrdMap<u32, imbl::OrdMap<MacAddr, Entry>>;
 pub struct Table {
     /// VNI -> MAC -> where.
     macs: Macs,
-    /// (VNI, address) -> the MACs claiming it; the highest answers.
-    addrs: imbl::OrdMap<(u32, IpAddr), BTreeSet<MacAddr>>,
+    /// (VNI, address) -> the MACs claiming it, sorted (nearly always one); the highest
+    /// answers.
+    addrs: imbl::OrdMap<(u32, IpAddr), Vec<MacAddr>>,
     /// VNI -> VTEP -> how many of its MACs are behind it.
     vteps: BTreeMap<u32, BTreeMap<IpAddr, usize>>,
     /// VNI -> the other NVEs with a vNIC in the VN, pre-associated ones included: they join
@@ -146,7 +147,10 @@ impl Table {
         }
         if let Some(new) = &entry {
             for &ip in &new.ips {
-                self.addrs.entry((vni, ip)).or_default().insert(mac);
+                let owners = self.addrs.entry((vni, ip)).or_default();
+                if let Err(at) = owners.binary_search(&mac) {
+                    owners.insert(at, mac);
+                }
             }
             *self
                 .vteps
@@ -161,7 +165,7 @@ impl Table {
     fn unindex(&mut self, vni: u32, mac: MacAddr, old: &Entry) {
         for ip in &old.ips {
             if let Some(owners) = self.addrs.get_mut(&(vni, *ip)) {
-                owners.remove(&mac);
+                owners.retain(|m| *m != mac);
                 if owners.is_empty() {
                     self.addrs.remove(&(vni, *ip));
                 }
