@@ -209,3 +209,51 @@ fn the_pointer_also_carries_vxlan_the_kernel_decapsulated() {
     let forwarded = h.d1.counter("tunnel_rx", "FORWARDED_TO_VTEP").unwrap();
     assert!(forwarded > 0, "h1 forwarded nothing from its tunnel device");
 }
+
+/// On the NVA, the source need not wait for the disassociate: the destination's claim
+/// (sequence + 1) beats the source's own, and the source forwards the VM's frames to the
+/// destination from then on (RFC 7432 section 15: the older route withdraws). h3's kernel
+/// FDB stays stale; h1 is never told the VM left (the paused source, before libvirt's hook
+/// runs): vm3 still reaches the VM on h2, through h1.
+#[test]
+fn a_newer_claim_elsewhere_turns_the_source_into_a_pointer() {
+    use nve_tests::etcd::EtcdServer;
+    require_root();
+    let tag = "mn";
+    let rig = ThreeHosts::new(tag).unwrap();
+    overlay::kernel_vxlan(&rig.h3, H3_VTEP, H1_VTEP, "vm3p", &[VM1_MAC]).unwrap();
+    let etcd = EtcdServer::start(&rig.h3, H3_VTEP).unwrap();
+    let nva = ["--nva", etcd.url.as_str()];
+    let d1 = Daemon::start(&rig.h1, &format!("{tag}1"), H1_VTEP, "ul", &nva).unwrap();
+    let d2 = Daemon::start(&rig.h2, &format!("{tag}2"), H2_VTEP, "ul", &nva).unwrap();
+    for d in [&d1, &d2] {
+        d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])
+            .unwrap();
+        d.nve(&["fdb", "add", VN, &mac_str(VM3_MAC), "--vtep", H3_VTEP])
+            .unwrap();
+        d.nve(&["flood", "add", VN, H3_VTEP]).unwrap();
+    }
+    overlay::associate(&d1, VM_UUID, "vm1p", VM1_MAC, Some(VM1_IP)).unwrap();
+    rig.vm3.ping_until_reachable(VM1_IP, 5).unwrap();
+
+    // The VM stops on h1 and runs on h2, which associates it; h1 hears nothing but the NVA.
+    rig.vm1.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    let _vmx = Vm::new(&format!("{tag}-vmx"), &rig.h2, "vmxp", VM1_MAC, VM1_IP).unwrap();
+    overlay::associate(&d2, VM_UUID, "vmxp", VM1_MAC, Some(VM1_IP)).unwrap();
+    nve_tests::rig::wait_until("h1 sees h2's claim on the VM", || {
+        let fdb = d1
+            .nve(&["fdb", "--mac", &mac_str(VM1_MAC), "--json"])
+            .unwrap();
+        fdb.contains(H2_VTEP)
+    });
+    rig.vm3
+        .ping_until_reachable(VM1_IP, 5)
+        .expect("vm3 -> the VM on h2, through h1 (never told it left)");
+    let forwarded = d1.counter("underlay_rx", "FORWARDED_TO_VTEP").unwrap();
+    assert!(forwarded > 0, "h1 forwarded nothing to h2");
+    let vnics = d1.nve(&["vm", "list", "--json"]).unwrap();
+    assert!(
+        vnics.contains(VM_UUID),
+        "h1's vNIC is still associated: {vnics}"
+    );
+}

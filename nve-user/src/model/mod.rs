@@ -802,7 +802,13 @@ impl Model {
             };
             let lp = lp.with_flags(lp.flags | checks);
             for mac in &v.params.macs {
-                d.fdb.insert(FdbKey::new(v.vni, mac.0), FdbEntry::local(lp));
+                // A newer claim elsewhere (the VM moved on, the disassociate has not come
+                // yet): frames for it follow the move instead of going to the old port.
+                let entry = match self.nva.get(v.vni, *mac) {
+                    Some(e) if e.supersedes_local => FdbEntry::moved(vtep_of(e.vtep)),
+                    _ => FdbEntry::local(lp),
+                };
+                d.fdb.insert(FdbKey::new(v.vni, mac.0), entry);
             }
         }
         d
@@ -1040,6 +1046,7 @@ mod tests {
                                 ips: a.into_iter().map(addr).collect(),
                                 seq: 0,
                                 vn: None,
+                                supersedes_local: false,
                             }),
                         }],
                         ..Default::default()

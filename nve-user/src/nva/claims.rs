@@ -120,7 +120,13 @@ impl Claims {
             .iter()
             .map(|(_, e)| e)
             .filter(|e| e.vtep != except)
-            .max_by(|a, b| a.seq.cmp(&b.seq).then(b.vtep.cmp(&a.vtep)))
+            .reduce(|a, b| if b.beats(a) { b } else { a })
+    }
+
+    /// The claim `vtep` (this NVE) has on `id`, as etcd has it.
+    pub fn own(&self, id: MacId, vtep: IpAddr) -> Option<&Entry> {
+        let claims = self.macs.get(&id)?;
+        claims.iter().find(|(v, _)| *v == vtep).map(|(_, e)| e)
     }
 
     /// VNI -> the other VTEPs with a vNIC in it.

@@ -65,6 +65,19 @@ pub struct Entry {
     /// In a VN definition's entry: the VN (boxed: MAC entries, by far the most, have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vn: Option<Box<CreateVn>>,
+    /// Never published: set by the NVE installing the entry when the claim beats its own
+    /// on the same MAC (the VM moved on, and this NVE has not been told yet): its local
+    /// vNIC's MAC then forwards to the claim's VTEP, as a forwarding pointer does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub supersedes_local: bool,
+}
+
+impl Entry {
+    /// Whether this claim wins over `other` (RFC 7432 section 15: the higher sequence
+    /// number; equal ones, the lower VTEP address).
+    pub fn beats(&self, other: &Entry) -> bool {
+        (self.seq, std::cmp::Reverse(self.vtep)) > (other.seq, std::cmp::Reverse(other.vtep))
+    }
 }
 
 /// What this NVE publishes: its associated vNICs. A MAC it already claims keeps its
@@ -89,6 +102,7 @@ fn local_entries(
             ips: Vec::new(),
             seq: 0,
             vn: Some(Box::new(def)),
+            supersedes_local: false,
         };
         out.insert(vn_key(vn.vni, vtep), entry);
     }
@@ -99,6 +113,7 @@ fn local_entries(
             ips: Vec::new(),
             seq: 0,
             vn: None,
+            supersedes_local: false,
         };
         out.insert(member_key(v.vni, vtep), member);
     }
@@ -119,6 +134,7 @@ fn local_entries(
                     ips,
                     seq,
                     vn: None,
+                    supersedes_local: false,
                 },
             );
         }
@@ -276,7 +292,9 @@ impl Mobility {
 /// number, then lowest VTEP), or where a duplicate froze.
 fn installed(claims: &Claims, id: MacId, vtep: IpAddr, mobility: &mut Mobility) -> Option<Entry> {
     let winner = claims.winner(id, vtep)?;
-    Some(mobility.follow(id.0, id.1, winner))
+    let mut entry = mobility.follow(id.0, id.1, winner);
+    entry.supersedes_local = claims.own(id, vtep).is_some_and(|own| entry.beats(own));
+    Some(entry)
 }
 
 /// Hands every other NVE's entry to the model (a session's first sync; a no-op when the

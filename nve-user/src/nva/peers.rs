@@ -86,6 +86,7 @@ fn parse(text: &str, own: &[IpAddr]) -> anyhow::Result<Table> {
                 ips: m.ips.clone(),
                 seq: 0,
                 vn: None,
+                supersedes_local: false,
             };
             table.set(m.vni, m.mac, Some(entry));
         }

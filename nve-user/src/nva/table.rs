@@ -207,6 +207,7 @@ mod tests {
             ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
             seq: 0,
             vn: None,
+            supersedes_local: false,
         }
     }
 
