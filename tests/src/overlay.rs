@@ -127,6 +127,17 @@ pub fn serve_vn(d: &Daemon, remote: &str, remote_mac: [u8; 6]) -> Result<()> {
     d.wait_next_hop(remote)
 }
 
+/// `nve vn add blue`; without `flood_unknown`, unicast to MACs nve was not told about is
+/// dropped (so traffic flows only by what signaling or the NVA installed).
+pub fn add_vn(d: &Daemon, flood_unknown: bool) -> Result<String> {
+    let vni = VNI.to_string();
+    let mut args = vec!["vn", "add", VN, "--vni", &vni];
+    if !flood_unknown {
+        args.push("--no-flood-unknown");
+    }
+    d.nve(&args)
+}
+
 /// `nve vm associate`: the vNIC `vm` (index 0) joins VN blue on `port` with `mac` (and
 /// `ip`, whose sources and ARP the dataplane then checks and answers).
 pub fn associate(

@@ -33,15 +33,7 @@ fn nves_learn_each_other_from_etcd() {
     let d1 = Daemon::start(&rig.h1, "nv1", H1_VTEP, "ul", &nva).unwrap();
     let d2 = Daemon::start(&rig.h2, "nv2", H2_VTEP, "ul", &nva).unwrap();
     // Only h1 has the VN; h2 creates it from the NVA on its first vNIC.
-    d1.nve(&[
-        "vn",
-        "add",
-        VN,
-        "--vni",
-        &VNI.to_string(),
-        "--no-flood-unknown",
-    ])
-    .unwrap();
+    overlay::add_vn(&d1, false).unwrap();
     overlay::associate(&d1, VM1_UUID, "vm1p", VM1_MAC, Some(VM1_IP)).unwrap();
     wait_until("h2 associates in the VN h1 published", || {
         overlay::associate(&d2, VM2_UUID, "vm2p", VM2_MAC, Some(VM2_IP)).is_ok()
@@ -230,15 +222,7 @@ fn nves_publish_their_ipv6_vteps() {
     let d1 = start(&rig.h1, "n61", H1_VTEP, 1);
     let d2 = start(&rig.h2, "n62", H2_VTEP, 2);
     for d in [&d1, &d2] {
-        d.nve(&[
-            "vn",
-            "add",
-            VN,
-            "--vni",
-            &VNI.to_string(),
-            "--no-flood-unknown",
-        ])
-        .unwrap();
+        overlay::add_vn(d, false).unwrap();
     }
     overlay::associate(&d1, VM1_UUID, "vm1p", VM1_MAC, Some(VM1_IP)).unwrap();
     overlay::associate(&d2, VM2_UUID, "vm2p", VM2_MAC, Some(VM2_IP)).unwrap();

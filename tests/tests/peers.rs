@@ -6,7 +6,7 @@
 use std::{fs, path::PathBuf};
 
 use nve_tests::{
-    overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_IP, VM1_MAC, VM2_IP, VM2_MAC, VN, VNI},
+    overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_IP, VM1_MAC, VM2_IP, VM2_MAC, VNI},
     rig::{Daemon, mac_str, require_root, wait_until},
 };
 
@@ -62,15 +62,7 @@ fn a_static_peers_file_connects_nves_without_etcd() {
     let d1 = Daemon::start(&rig.h1, "pf1", H1_VTEP, "ul", &["--peers", path]).unwrap();
     let d2 = Daemon::start(&rig.h2, "pf2", H2_VTEP, "ul", &["--peers", path]).unwrap();
     for d in [&d1, &d2] {
-        d.nve(&[
-            "vn",
-            "add",
-            VN,
-            "--vni",
-            &VNI.to_string(),
-            "--no-flood-unknown",
-        ])
-        .unwrap();
+        overlay::add_vn(d, false).unwrap();
     }
     overlay::associate(
         &d1,
