@@ -146,6 +146,19 @@ pub struct Desired {
     pub scope: Option<Keys>,
 }
 
+/// How much of the dataplane a change recomputes.
+pub enum Recompute {
+    /// Every entry.
+    All,
+    /// Every entry, and the keys of those above the NVA's layer, for a later `Touched`.
+    AllKeepingAbove,
+    /// The entries above the NVA's layer, and the NVA's entries of these keys: the NVA
+    /// entries a change touched and the keys that were above the NVA's layer before it
+    /// (one of them may have left it). With 100,000 NVA entries a change then costs what it
+    /// touches.
+    Touched(Keys),
+}
+
 /// Keys of FDB, ARP and ND entries.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Keys {
@@ -626,28 +639,26 @@ impl Model {
     /// `None`) are left out until it appears. A (port, VID) forwards if a static binding or
     /// an associated vNIC uses it; pre-associated and paused vNICs are installed but inactive.
     pub fn desired(&self, port: impl Fn(&str) -> Option<PortInfo>) -> Desired {
-        self.desired_in(port, None).0
+        self.desired_in(port, Recompute::All).0
     }
 
-    /// As [`Model::desired`], but with `scope` only the FDB, ARP and ND entries of the keys
-    /// in it and of the entries above the NVA's (which the second value lists; the caller
-    /// keeps them for the next change) are computed, and `Desired::scope` says so: the
-    /// NVA's many entries cost only where a change touched them. The NVA's entries are the
-    /// lowest layer: configured, moved, learned and local entries win over them.
+    /// As [`Model::desired`], for as much as `how` asks (see [`Recompute`]); with
+    /// `AllKeepingAbove` and `Touched`, also the keys of the entries above the NVA's, which
+    /// the caller keeps for the next `Touched`. The NVA's entries are the lowest layer:
+    /// configured, moved, learned and local entries win over them.
     pub fn desired_in(
         &self,
         port: impl Fn(&str) -> Option<PortInfo>,
-        scope: Option<&Keys>,
-    ) -> (Desired, Keys) {
+        how: Recompute,
+    ) -> (Desired, Option<Keys>) {
         let mut d = self.desired_above_nva(port);
-        let above = Keys::of(&d);
-        let vnis = self.vnis();
-        let fdb = |vni: u32, mac: MacAddr| {
-            let e = self.nva.get(vni, mac)?;
-            Some(FdbEntry::remote(vtep_of(e.vtep)))
+        let above = match how {
+            Recompute::All => None,
+            _ => Some(Keys::of(&d)),
         };
-        match scope {
-            None => {
+        let vnis = self.vnis();
+        match how {
+            Recompute::All | Recompute::AllKeepingAbove => {
                 for &vni in &vnis {
                     for (mac, e) in self.nva.macs(vni) {
                         let key = FdbKey::new(vni, mac.0);
@@ -662,10 +673,12 @@ impl Model {
                     }
                 }
             }
-            Some(keys) => {
+            Recompute::Touched(keys) => {
                 for key in keys.fdb.iter().filter(|k| vnis.contains(&k.vni)) {
-                    if let Some(e) = fdb(key.vni, MacAddr(key.mac)) {
-                        d.fdb.entry(*key).or_insert(e);
+                    if let Some(e) = self.nva.get(key.vni, MacAddr(key.mac)) {
+                        d.fdb
+                            .entry(*key)
+                            .or_insert(FdbEntry::remote(vtep_of(e.vtep)));
                     }
                 }
                 let addrs = keys.arp.iter().map(|k| (k.vni, IpAddr::from(k.ip)));
@@ -675,9 +688,8 @@ impl Model {
                         d.add_address_below(vni, ip, mac);
                     }
                 }
-                let mut all = keys.clone();
-                all.extend(&above);
-                d.scope = Some(all);
+                // The entries above the NVA's are all in `d`: only these may have to go.
+                d.scope = Some(keys);
             }
         }
         (d, above)
@@ -1033,7 +1045,8 @@ mod tests {
             let vtep = |i: u8| -> IpAddr { format!("10.0.0.{}", 10 + i).parse().unwrap() };
             let info = |p: &str| (p == "tap1").then_some(PortInfo { ifindex: 7, tap: true });
             let mut m = model();
-            let (full, mut above) = m.desired_in(info, None);
+            let (full, above) = m.desired_in(info, Recompute::AllKeepingAbove);
+            let mut above = above.unwrap();
             let (mut fdb, mut arp, mut nd) = (full.fdb, full.arp, full.nd);
             for step in steps {
                 let event = match step {
@@ -1075,12 +1088,14 @@ mod tests {
                 if matches!(event, Event::DeleteVn { .. }) {
                     next.create_vn(&CreateVn::new("blue", 100)).unwrap();
                 }
-                let scope = (next.vnis() == vnis && !matches!(event, Event::DeleteVn { .. })).then(|| {
+                let how = if next.vnis() == vnis && !matches!(event, Event::DeleteVn { .. }) {
                     touched.extend(&above);
-                    touched
-                });
-                let (d, now_above) = next.desired_in(info, scope.as_ref());
-                above = now_above;
+                    Recompute::Touched(touched)
+                } else {
+                    Recompute::AllKeepingAbove
+                };
+                let (d, now_above) = next.desired_in(info, how);
+                above = now_above.unwrap();
                 match &d.scope {
                     None => (fdb, arp, nd) = (d.fdb.clone(), d.arp.clone(), d.nd.clone()),
                     Some(keys) => {
