@@ -287,11 +287,12 @@ impl Nve {
             _ => Recompute::All,
         };
         let (desired, above_nva) = model.desired_in(|p| infos.get(p).copied(), how);
-        self.above_nva = above_nva;
         self.dataplane.apply(&desired).map_err(|e| match e {
             DataplaneError::MapFull { .. } => ErrorBody::new(ErrorCode::EResources, e.to_string()),
             e => host(&anyhow::Error::from(e).to_string()),
         })?;
+        // Known only once written: after a failed write the next change compares all.
+        self.above_nva = above_nva;
         // A change resolves the next hops of VTEPs it adds or removes; the kernel's
         // neighbour and route events (follow_underlay) refresh the others.
         if touched.is_some() && model.ipv4_vteps().eq(self.next_hop_vteps.iter().copied()) {
