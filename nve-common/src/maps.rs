@@ -80,8 +80,12 @@ pub struct DataplaneConfig {
     /// The underlay interface's MTU (for remotes over IPv6, which have no mirrored next
     /// hop).
     pub underlay_mtu: u32,
+    /// The underlay interface's MAC: XDP drops VXLAN in frames unicast to another MAC
+    /// (OTHERHOST), as TC does by the skb's pkt_type.
+    pub underlay_mac: [u8; 6],
+    pub _pad2: [u8; 2],
 }
-const _: () = assert!(size_of::<DataplaneConfig>() == 36);
+const _: () = assert!(size_of::<DataplaneConfig>() == 44);
 
 /// A VM port, or one VLAN on a trunk VM port: what a frame arrives on.
 #[repr(C)]

@@ -161,6 +161,15 @@ pub enum DropReason {
     /// VXLAN re-addressed to a moved MAC's VTEP whose outer TTL ran out (two NVEs pointing
     /// at each other).
     TtlExceeded = 19,
+    /// VXLAN to this VTEP in a frame addressed to another host's MAC (a unicast outer
+    /// destination MAC that is not the underlay interface's: seen on a shared segment).
+    OtherHost = 20,
+    /// VXLAN to this VTEP whose outer IPv4 header checksum is wrong.
+    IpCsum = 21,
+    /// VXLAN to this VTEP whose outer IPv4 total length is not the frame's length.
+    IpTotLen = 22,
+    /// VXLAN to this VTEP whose UDP length is not what the outer IPv4 header leaves.
+    UdpLen = 23,
 }
 
 impl DropReason {
@@ -170,7 +179,7 @@ impl DropReason {
         DropReason::ALL.into_iter().find(|&d| d as u32 == n)
     }
 
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 23] = [
         DropReason::PktTooSmall,
         DropReason::VxlanInvalidHdr,
         DropReason::VniNotFound,
@@ -190,6 +199,10 @@ impl DropReason {
         DropReason::VlanStacked,
         DropReason::Hairpin,
         DropReason::TtlExceeded,
+        DropReason::OtherHost,
+        DropReason::IpCsum,
+        DropReason::IpTotLen,
+        DropReason::UdpLen,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -213,6 +226,10 @@ impl DropReason {
             DropReason::VlanStacked => "VLAN_STACKED",
             DropReason::Hairpin => "HAIRPIN",
             DropReason::TtlExceeded => "TTL_EXCEEDED",
+            DropReason::OtherHost => "OTHERHOST",
+            DropReason::IpCsum => "IP_CSUM",
+            DropReason::IpTotLen => "IP_TOT_LEN",
+            DropReason::UdpLen => "UDP_LEN",
         }
     }
 }
@@ -220,6 +237,7 @@ impl DropReason {
 /// Slots per hook in `STATS_MAP`: forwards in [0, 32), drops in [32, 64).
 pub const SLOTS_PER_HOOK: u32 = 64;
 const DROP_BASE: u32 = 32;
+const _: () = assert!(DropReason::ALL.len() < (SLOTS_PER_HOOK - DROP_BASE) as usize);
 /// Entries of `STATS_MAP`.
 pub const STATS_MAX_ENTRIES: u32 = SLOTS_PER_HOOK * Hook::ALL.len() as u32;
 

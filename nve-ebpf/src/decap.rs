@@ -12,7 +12,7 @@ use nve_common::{
 };
 
 use crate::{
-    deliver, maps,
+    csum, deliver, maps,
     metrics::Scope,
     parse::{
         ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, Frame, IPPROTO_UDP, be16, header, is_multicast, require,
@@ -87,6 +87,7 @@ pub fn classify(
     if be16(udp.dst) != VXLAN_PORT {
         return host;
     }
+    check_outer(f, cfg, eth, ip, udp)?;
     let vxlan_offset = udp_offset + UdpHdr::LEN;
     let vxlan = require::<VxlanHdr>(f, vxlan_offset, DropReason::VxlanInvalidHdr)?;
     if vxlan.flags & VXLAN_FLAG_I == 0 {
@@ -101,6 +102,53 @@ pub fn classify(
         inner_offset,
         target,
     }))
+}
+
+/// What the kernel's stack checks of a frame before its UDP socket sees it (ip_rcv,
+/// udp_rcv), on VXLAN to this VTEP: addressed to this host at L2, a valid header checksum,
+/// and the IPv4 and UDP lengths those of the frame. Whatever the stack would drop is a
+/// drop here too, never decapsulated.
+#[inline(always)]
+fn check_outer(
+    f: &impl Frame,
+    cfg: &DataplaneConfig,
+    eth: &EthHdr,
+    ip: &Ipv4Hdr,
+    udp: &UdpHdr,
+) -> Result<(), DropReason> {
+    if f.for_other_host(&eth.dst_addr, &cfg.underlay_mac) {
+        return Err(DropReason::OtherHost);
+    }
+    if !ipv4_csum_ok(f, ip.ihl() as usize) {
+        return Err(DropReason::IpCsum);
+    }
+    let ip_len = be16(ip.tot_len) as u32;
+    if ip_len + ETH_LEN as u32 != f.frame_len() {
+        return Err(DropReason::IpTotLen);
+    }
+    if be16(udp.len) as u32 + ip.ihl() as u32 != ip_len {
+        return Err(DropReason::UdpLen);
+    }
+    Ok(())
+}
+
+/// Whether the outer IPv4 header (`ihl` bytes, options included) sums to its checksum.
+#[inline(always)]
+fn ipv4_csum_ok(f: &impl Frame, ihl: usize) -> bool {
+    let Some(fixed) = header::<[u8; Ipv4Hdr::LEN]>(f, ETH_LEN) else {
+        return false;
+    };
+    let mut sum = csum::add(0, fixed);
+    // Options (rare), a 32-bit word at a time: at most 40 bytes.
+    let mut off = Ipv4Hdr::LEN;
+    while off < 60 && off < ihl {
+        let Some(word) = f.load_word(ETH_LEN + off) else {
+            return false;
+        };
+        sum = csum::add(sum, &word);
+        off += 4;
+    }
+    csum::finish(sum) == 0
 }
 
 /// Where a decapsulated frame of `vni` to `dst` from VTEP `src` goes; shared by every

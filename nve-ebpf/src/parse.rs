@@ -11,6 +11,9 @@ pub const ETH_P_ARP: u16 = 0x0806;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
 
+/// `pkt_type` of an skb addressed to another host's MAC (linux/if_packet.h).
+const PACKET_OTHERHOST: u32 = 3;
+
 /// A packet buffer as the verifier sees it: [data, data_end).
 pub trait Frame {
     fn data(&self) -> usize;
@@ -19,6 +22,15 @@ pub trait Frame {
     fn frame_len(&self) -> u32 {
         (self.data_end() - self.data()) as u32
     }
+    /// Whether the frame is unicast to a MAC (`dst`) that is not this interface's (`own`):
+    /// one the kernel's stack drops as PACKET_OTHERHOST.
+    fn for_other_host(&self, dst: &[u8; 6], own: &[u8; 6]) -> bool {
+        !is_multicast(dst) && dst != own
+    }
+    /// The 4 bytes at `offset`, through the context's load helper: for offsets that vary
+    /// with a header length, whose direct bounds checks the compiler may prove redundant
+    /// from a later one in ways the verifier cannot follow.
+    fn load_word(&self, offset: usize) -> Option<[u8; 4]>;
 }
 
 impl Frame for XdpContext {
@@ -29,6 +41,20 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn data_end(&self) -> usize {
         XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn load_word(&self, offset: usize) -> Option<[u8; 4]> {
+        let mut word = [0u8; 4];
+        // SAFETY: helper call writing 4 bytes into `word`.
+        let rc = unsafe {
+            aya_ebpf::helpers::bpf_xdp_load_bytes(
+                self.ctx,
+                offset as u32,
+                word.as_mut_ptr() as *mut _,
+                4,
+            )
+        };
+        (rc == 0).then_some(word)
     }
 }
 
@@ -45,6 +71,17 @@ impl Frame for TcContext {
     fn frame_len(&self) -> u32 {
         // skb->len: includes paged data the linear window does not show.
         self.len()
+    }
+    #[inline(always)]
+    fn load_word(&self, offset: usize) -> Option<[u8; 4]> {
+        let mut word = [0u8; 4];
+        copy_out(self, offset, &mut word).ok().map(|()| word)
+    }
+    #[inline(always)]
+    fn for_other_host(&self, _dst: &[u8; 6], _own: &[u8; 6]) -> bool {
+        // eth_type_trans compared the destination with the device's address already.
+        // SAFETY: reading a field of the program's own context.
+        unsafe { (*self.skb.skb).pkt_type == PACKET_OTHERHOST }
     }
 }
 

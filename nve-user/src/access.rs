@@ -5,13 +5,12 @@
 //! another process, still refuses them with E_PERMISSION.
 use axum::{
     Json,
-    extract::{ConnectInfo, Request, State, connect_info::Connected},
+    extract::{ConnectInfo, Request, State},
     http::StatusCode,
     middleware::Next,
     response::{IntoResponse, Response},
-    serve::IncomingStream,
 };
-use tokio::net::UnixListener;
+use tokio::net::UnixStream;
 
 use crate::api::{ErrorBody, ErrorCode};
 
@@ -23,9 +22,10 @@ pub struct Peer {
     pub pid: Option<i32>,
 }
 
-impl Connected<IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        match stream.io().peer_cred() {
+impl Peer {
+    /// The peer credentials of `stream`.
+    pub fn of(stream: &UnixStream) -> Self {
+        match stream.peer_cred() {
             Ok(c) => Peer {
                 uid: Some(c.uid()),
                 gid: Some(c.gid()),

@@ -36,6 +36,30 @@ pub enum ErrorCode {
     EState,
     /// The caller is neither root nor in the daemon's `--group`.
     EPermission,
+    /// The path exists, not with this method.
+    EMethod,
+    /// The request (its head, or all of it) did not arrive in time.
+    ETimeout,
+    /// Too many requests at once (connections, or changes queued for the writer): try
+    /// again.
+    EBusy,
+}
+
+impl ErrorCode {
+    /// The code of an answer with HTTP status `status` that no handler gave a code (one
+    /// the HTTP layers refused).
+    pub fn for_status(status: http::StatusCode) -> Self {
+        use http::StatusCode as S;
+        match status {
+            S::NOT_FOUND => ErrorCode::ENotFound,
+            S::METHOD_NOT_ALLOWED => ErrorCode::EMethod,
+            S::REQUEST_TIMEOUT => ErrorCode::ETimeout,
+            S::FORBIDDEN => ErrorCode::EPermission,
+            S::SERVICE_UNAVAILABLE | S::TOO_MANY_REQUESTS => ErrorCode::EBusy,
+            s if s.is_client_error() => ErrorCode::EFormat,
+            _ => ErrorCode::EHost,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -240,6 +240,17 @@ pub enum FloodCommand {
 }
 
 pub fn main(cli: Cli) -> ExitCode {
+    // Before the runtime's threads: settling may change the process's mount namespace.
+    let pins = match cli.command {
+        Command::Daemon(_) | Command::Teardown => match crate::bpffs::settle() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("nve: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -247,7 +258,7 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, pins)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nve: {e:#}");
@@ -256,7 +267,7 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, pins: Option<crate::bpffs::Settled>) -> anyhow::Result<()> {
     let paths = Paths::new(&cli.instance)?;
     let socket = cli.socket.clone().unwrap_or_else(|| paths.socket.clone());
     if let Command::Daemon(args) = cli.command {
@@ -273,6 +284,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .with_writer(std::io::stderr)
             .init();
+        if let Some(pins) = pins {
+            tracing::info!("{pins}");
+        }
         return daemon::run(paths, socket, args).await;
     }
     if let Command::Teardown = cli.command {

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio::{net::UnixListener, signal::unix::SignalKind, sync::Mutex};
 
 use crate::{
-    access::{self, Allowed, Peer},
+    access::{self, Allowed},
     api::{AttachPort, CreateVn, RemoteMac, StatusView},
     dataplane::{Dataplane, UnderlayMode},
     model::Model,
@@ -166,37 +166,6 @@ impl InstanceLock {
     }
 }
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-/// Mounts bpffs on /sys/fs/bpf where it is missing (e.g. under `ip netns exec`, which
-/// mounts a fresh /sys), so pins have somewhere to live.
-fn ensure_bpffs() -> anyhow::Result<()> {
-    let path = c"/sys/fs/bpf";
-    // SAFETY: statfs into a zeroed struct we own.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    // SAFETY: mount with static, NUL-terminated arguments.
-    let rc = unsafe {
-        libc::mount(
-            c"bpffs".as_ptr(),
-            path.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        bail!(
-            "mounting bpffs on /sys/fs/bpf: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    tracing::info!("mounted bpffs on /sys/fs/bpf");
-    Ok(())
-}
-
 pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     // Refused before anything is set up.
     let nva_vtep = args.published_vtep()?;
@@ -225,7 +194,6 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
         }
         None => stored,
     };
-    ensure_bpffs()?;
     let underlay_ifindex = netlink::ifindex(&args.underlay)
         .with_context(|| format!("underlay {:?}: no such interface", args.underlay))?;
 
@@ -240,6 +208,10 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
         vtep_ipv6: args.vtep6.map_or([0; 16], |a| a.octets()),
         tunnel_ifindex: netlink::ifindex(TUNNEL_DEV).context("the tunnel device vanished")?,
         underlay_mtu: netlink::mtu(&handle, &args.underlay).await.unwrap_or(1500),
+        underlay_mac: netlink::mac(&handle, &args.underlay)
+            .await
+            .with_context(|| format!("underlay {:?}: not an Ethernet interface", args.underlay))?,
+        _pad2: [0; 2],
     };
     let dataplane = match Dataplane::load(
         &paths.pin_dir,
@@ -341,10 +313,7 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
         None => None,
     };
     let (api, writer) = server::Api::new(shared.clone());
-    let app = server::router(api, allowed).into_make_service_with_connect_info::<Peer>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    crate::http_conn::serve(listener, server::router(api, allowed), shutdown_signal()).await;
     let _ = fs::remove_file(&socket);
     watcher.abort();
     expirer.abort();
@@ -369,7 +338,7 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     } else {
         tracing::info!(instance = %paths.instance, "nve daemon stopped; the dataplane keeps forwarding (`nve teardown` removes it)");
     }
-    served.context("serving the API")
+    Ok(())
 }
 
 /// Brings the dataplane back to the model whenever the kernel reports a link, neighbour or
@@ -388,6 +357,11 @@ async fn follow_underlay(state: server::Shared, mut events: impl futures_util::S
         }
         if let Err(e) = nve.refresh_next_hops(&model).await {
             tracing::warn!("following a link, neighbour or route change: {e:#}");
+        }
+        if let Some(mac) = netlink::mac(&nve.netlink, &nve.status.underlay).await
+            && let Err(e) = nve.dataplane.set_underlay_mac(mac)
+        {
+            tracing::warn!("following the underlay's MAC: {e:#}");
         }
     }
 }

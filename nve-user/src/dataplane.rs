@@ -117,6 +117,9 @@ const TC_TUNNEL_RX: &str = "tc_tunnel_rx";
 pub struct Dataplane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
+    /// `CONFIG_MAP`'s one entry, as written.
+    cfg: Array<MapData, DataplaneConfig>,
+    config: DataplaneConfig,
     ports: Mirrored<PortKey, PortValue>,
     vns: Mirrored<u32, VnInfo>,
     fdb: Mirrored<FdbKey, FdbEntry>,
@@ -186,6 +189,8 @@ impl Dataplane {
         let mut cfg: Array<_, DataplaneConfig> = take_map(&mut ebpf, CONFIG_MAP)?;
         cfg.set(0, config, 0).map_err(map_err(CONFIG_MAP))?;
         let mut dp = Self {
+            cfg,
+            config,
             ports: Mirrored::new(take_map(&mut ebpf, PORTS_MAP)?, PORTS_MAP)?,
             vns: Mirrored::new(take_map(&mut ebpf, VNS_MAP)?, VNS_MAP)?,
             fdb: Mirrored::new(take_map(&mut ebpf, FDB_MAP)?, FDB_MAP)?,
@@ -399,6 +404,20 @@ impl Dataplane {
         }
         self.vn_vteps.remove_absent(&desired.vn_vteps, None)?;
         self.ports.upsert_changed(&desired.ports)
+    }
+
+    /// Follows a change of the underlay interface's MAC (what XDP takes for this host's).
+    pub fn set_underlay_mac(&mut self, mac: [u8; 6]) -> Result<()> {
+        if mac == self.config.underlay_mac {
+            return Ok(());
+        }
+        let config = DataplaneConfig {
+            underlay_mac: mac,
+            ..self.config
+        };
+        self.cfg.set(0, config, 0).map_err(map_err(CONFIG_MAP))?;
+        self.config = config;
+        Ok(())
     }
 
     /// Makes the underlay next hops (remote VTEP -> egress and MACs) exactly `next_hops`.

@@ -4,10 +4,12 @@
 pub mod access;
 pub mod announcements;
 pub mod api;
+pub mod bpffs;
 pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod dataplane;
+pub mod http_conn;
 pub mod libvirt;
 pub mod mac;
 pub mod model;

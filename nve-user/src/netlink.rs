@@ -230,14 +230,33 @@ pub async fn port_info(handle: &Handle, name: &str) -> Result<Option<PortInfo>, 
     }))
 }
 
-/// The MTU of interface `name`, if it exists.
-pub async fn mtu(handle: &Handle, name: &str) -> Option<u32> {
+/// What `pick` finds among the attributes of interface `name`, if it exists.
+async fn link_attribute<T>(
+    handle: &Handle,
+    name: &str,
+    pick: impl Fn(&LinkAttribute) -> Option<T>,
+) -> Option<T> {
     let mut links = handle.link().get().match_name(name.to_string()).execute();
     let link = links.try_next().await.ok()??;
-    link.attributes.iter().find_map(|a| match a {
+    link.attributes.iter().find_map(pick)
+}
+
+/// The MTU of interface `name`, if it exists.
+pub async fn mtu(handle: &Handle, name: &str) -> Option<u32> {
+    link_attribute(handle, name, |a| match a {
         LinkAttribute::Mtu(m) => Some(*m),
         _ => None,
     })
+    .await
+}
+
+/// The Ethernet address of interface `name`, if it exists and has one.
+pub async fn mac(handle: &Handle, name: &str) -> Option<[u8; 6]> {
+    link_attribute(handle, name, |a| match a {
+        LinkAttribute::Address(m) => m.as_slice().try_into().ok(),
+        _ => None,
+    })
+    .await
 }
 
 /// Creates the collect_md ("external") vxlan device, unless it exists, on UDP 4789 and brings it up. Its

@@ -380,6 +380,9 @@ impl IntoResponse for ApiError {
             ErrorCode::EHost => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::EState => StatusCode::CONFLICT,
             ErrorCode::EPermission => StatusCode::FORBIDDEN,
+            ErrorCode::EMethod => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::ETimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::EBusy => StatusCode::SERVICE_UNAVAILABLE,
         };
         (status, Json(self.0)).into_response()
     }

@@ -82,6 +82,14 @@ impl Ipv4 {
     }
 }
 
+/// Recomputes the checksum of the IPv4 header at `at` in `frame` (after a test edited it).
+pub fn refresh_ipv4_checksum(frame: &mut [u8], at: usize) {
+    let ihl = usize::from(frame[at] & 0x0f) * 4;
+    frame[at + 10..at + 12].fill(0);
+    let c = checksum(&frame[at..at + ihl]);
+    frame[at + 10..at + 12].copy_from_slice(&c.to_be_bytes());
+}
+
 /// A UDP datagram with a zero checksum.
 pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut u = Vec::with_capacity(8 + payload.len());

@@ -58,7 +58,10 @@ pub const VTEP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
 pub const REMOTE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 /// The collect_md vxlan device VXLAN over IPv6 goes through.
 pub const TUNNEL_IFINDEX: u32 = 9;
-pub const UNDERLAY_MAC: [u8; 6] = [2, 0xaa, 0, 0, 0, 1];
+/// The underlay interface's MAC. Zero: BPF_PROG_TEST_RUN runs TC programs on the
+/// namespace's loopback, whose address is zero, and eth_type_trans marks a frame unicast to
+/// any other MAC as another host's (PACKET_OTHERHOST), which decapsulation refuses.
+pub const UNDERLAY_MAC: [u8; 6] = [0; 6];
 pub const NEXT_HOP_MAC: [u8; 6] = [2, 0xbb, 0, 0, 0, 2];
 pub const UNDERLAY_MTU: u32 = 1500;
 /// VNI_TAGGED's configured MTU.
@@ -119,6 +122,8 @@ impl Loaded {
                 vtep_ipv6: VTEP6.octets(),
                 tunnel_ifindex: TUNNEL_IFINDEX,
                 underlay_mtu: UNDERLAY_MTU,
+                underlay_mac: UNDERLAY_MAC,
+                _pad2: [0; 2],
             },
             0,
         )?;
@@ -394,6 +399,67 @@ pub fn encapsulated(vni: u32, inner: &[u8]) -> Vec<u8> {
     packet::vxlan_frame(NEXT_HOP_MAC, UNDERLAY_MAC, &ip, 0, vni, inner)
 }
 
+/// `valid` (VXLAN to this VTEP) with each outer fault the kernel's stack drops before a UDP
+/// socket sees it, and the drop reason decapsulation gives it.
+fn outer_header_faults(valid: &[u8]) -> Vec<(&'static str, Vec<u8>, DropReason)> {
+    const IP: usize = 14;
+    let edit = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut frame = valid.to_vec();
+        f(&mut frame);
+        frame
+    };
+    let add16 = |frame: &mut Vec<u8>, at: usize, delta: i32| {
+        let v = i32::from(u16::from_be_bytes([frame[at], frame[at + 1]])) + delta;
+        frame[at..at + 2].copy_from_slice(&(v as u16).to_be_bytes());
+    };
+    vec![
+        (
+            "VXLAN to this VTEP in a frame for another host's MAC",
+            edit(&|f| f[..6].copy_from_slice(&NEXT_HOP_MAC)),
+            DropReason::OtherHost,
+        ),
+        (
+            "VXLAN with a wrong outer IPv4 header checksum",
+            edit(&|f| f[IP + 10] ^= 0x40),
+            DropReason::IpCsum,
+        ),
+        (
+            "VXLAN whose outer IPv4 total length is larger than the frame",
+            edit(&|f| {
+                add16(f, IP + 2, 8);
+                packet::refresh_ipv4_checksum(f, IP);
+            }),
+            DropReason::IpTotLen,
+        ),
+        (
+            "VXLAN whose outer IPv4 total length is shorter than the frame",
+            edit(&|f| {
+                add16(f, IP + 2, -4);
+                packet::refresh_ipv4_checksum(f, IP);
+            }),
+            DropReason::IpTotLen,
+        ),
+        (
+            "VXLAN whose UDP length disagrees with the IPv4 total length",
+            edit(&|f| add16(f, IP + 24, -2)),
+            DropReason::UdpLen,
+        ),
+    ]
+}
+
+/// The first `len` bytes of VXLAN frame `frame`, its IPv4 and UDP lengths (where it still
+/// has those headers) cut to match.
+fn truncated(frame: &[u8], len: usize) -> Vec<u8> {
+    const IP: usize = 14;
+    let mut f = frame[..len].to_vec();
+    if len >= IP + 28 {
+        f[IP + 2..IP + 4].copy_from_slice(&((len - IP) as u16).to_be_bytes());
+        f[IP + 24..IP + 26].copy_from_slice(&((len - IP - 20) as u16).to_be_bytes());
+        packet::refresh_ipv4_checksum(&mut f, IP);
+    }
+    f
+}
+
 /// A VXLAN frame from REMOTE to VTEP.
 fn from_remote(ip: &Ipv4, dport: u16, flags: u8, vni: u32, inner: &[u8]) -> Vec<u8> {
     packet::eth(
@@ -441,6 +507,10 @@ pub fn cases() -> Vec<Case> {
         fwd(Forward::Decapsulated),
     );
     decap("valid VXLAN to a local VM", valid.clone(), x, t);
+    for (name, frame, reason) in outer_header_faults(&valid) {
+        let (x, t) = both(Drop, Output::Any, drop(reason));
+        decap(name, frame, x, t);
+    }
     let (x, t) = both(
         Redirect,
         Output::Bytes(to_vm1.clone()),
@@ -657,11 +727,13 @@ pub fn cases() -> Vec<Case> {
         (Pass, Output::Same, fwd(Forward::ToKernelVxlan)),
     );
     // Truncated at (and one byte short of) every header boundary: Ethernet 14, IPv4 34,
-    // UDP 42, VXLAN 50, inner Ethernet 64. BPF_PROG_TEST_RUN refuses an skb whose IPv4
-    // header is cut (EINVAL), so the TC program sees those lengths only through XDP's rows.
+    // UDP 42, VXLAN 50, inner Ethernet 64, with IPv4 and UDP lengths saying so (a cut
+    // frame whose headers claim more is IP_TOT_LEN, above). BPF_PROG_TEST_RUN refuses an
+    // skb whose IPv4 header is cut (EINVAL), so the TC program sees those lengths only
+    // through XDP's rows.
     let mut xdp_only = Vec::new();
     for len in [14, 33, 34, 41, 42, 49, 50, 63, 64, 84] {
-        let frame = valid[..len].to_vec();
+        let frame = truncated(&valid, len);
         let (x, t) = match len {
             ..42 => both(Pass, Output::Same, fwd(Forward::PassedToHost)),
             42..50 => both(Drop, Output::Any, drop(DropReason::VxlanInvalidHdr)),

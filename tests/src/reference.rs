@@ -139,6 +139,8 @@ pub struct NextHop {
 pub struct Config {
     pub vtep: Ipv4Addr,
     pub vtep6: Ipv6Addr,
+    /// The underlay interface's MAC: VXLAN unicast to any other is another host's.
+    pub underlay_mac: [u8; 6],
     /// The underlay interface's MTU (what remotes over IPv6 are measured against).
     pub underlay_mtu: u32,
     pub ttl: u8,
@@ -243,6 +245,7 @@ impl Config {
         Self {
             vtep: pt::VTEP,
             vtep6: pt::VTEP6,
+            underlay_mac: pt::UNDERLAY_MAC,
             underlay_mtu: pt::UNDERLAY_MTU,
             ttl: 64,
             ingress_ifindex: pt::TEST_IFINDEX,
@@ -460,6 +463,23 @@ pub fn underlay<'a>(cfg: &Config, frame: &'a [u8]) -> Underlay<'a> {
     let udp = ETH_LEN + ihl;
     if frame.len() < udp + 8 || be16(frame, udp + 2) != VXLAN_PORT {
         return Underlay::Host;
+    }
+    // What the kernel's stack would drop before its UDP socket saw the frame.
+    let dst = mac_at(frame, 0);
+    let ip_len = usize::from(be16(ip, 2));
+    let outer = if !is_multicast(&dst) && dst != cfg.underlay_mac {
+        Err(DropReason::OtherHost)
+    } else if packet::checksum(&ip[..ihl]) != 0 {
+        Err(DropReason::IpCsum)
+    } else if ip_len + ETH_LEN != frame.len() {
+        Err(DropReason::IpTotLen)
+    } else if usize::from(be16(frame, udp + 4)) + ihl != ip_len {
+        Err(DropReason::UdpLen)
+    } else {
+        Ok(())
+    };
+    if let Err(reason) = outer {
+        return Underlay::Invalid(reason);
     }
     let vxlan = udp + 8;
     if frame.len() < vxlan + 8 || frame[vxlan] & VXLAN_FLAG_I == 0 {

@@ -206,6 +206,25 @@ pub fn nve_bin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/nve")
 }
 
+/// How a program is started in a host's network namespace: the ways people do it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Launch {
+    /// `nsenter --net=/run/netns/NS`: the caller's mount namespace.
+    Nsenter,
+    /// `ip netns exec NS`: a private mount namespace with a fresh /sys.
+    IpNetnsExec,
+}
+
+impl Launch {
+    /// The command line that runs a program in namespace `ns`, before the program.
+    fn prefix(self, ns: &str) -> Vec<String> {
+        match self {
+            Launch::Nsenter => vec!["nsenter".into(), format!("--net=/run/netns/{ns}")],
+            Launch::IpNetnsExec => ["ip", "netns", "exec", ns].map(String::from).to_vec(),
+        }
+    }
+}
+
 /// An `nve daemon` in a host namespace. Stopped on drop, and everything of its instance
 /// (dataplane, state dir) removed.
 pub struct Daemon {
@@ -213,6 +232,8 @@ pub struct Daemon {
     pub instance: String,
     pub socket: PathBuf,
     pub log: PathBuf,
+    /// What runs `nve` in the host's namespace (see [`Launch`]).
+    launcher: Vec<String>,
     /// The command line, for respawning.
     command: Vec<String>,
 }
@@ -239,15 +260,25 @@ impl Daemon {
         underlay: &str,
         extra: &[&str],
     ) -> Result<Self> {
+        Self::start_keeping_by(Launch::Nsenter, host, tag, vtep, underlay, extra)
+    }
+
+    /// As [`Daemon::start_keeping`], started the way `launch` says.
+    pub fn start_keeping_by(
+        launch: Launch,
+        host: &Netns,
+        tag: &str,
+        vtep: &str,
+        underlay: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
         let instance = format!("{NS_PREFIX}{}{tag}", std::process::id());
         let socket = PathBuf::from(format!("/run/nve/{instance}.sock"));
         let log = PathBuf::from(format!("/tmp/{instance}.log"));
         let _ = std::fs::remove_file(&log);
-        let mut command = vec![
-            "nsenter".to_string(),
-            format!("--net=/run/netns/{}", host.name),
-            nve_bin().to_str().context("nve path")?.to_string(),
-        ];
+        let launcher = launch.prefix(&host.name);
+        let mut command = launcher.clone();
+        command.push(nve_bin().to_str().context("nve path")?.to_string());
         command.extend(
             [
                 "--instance",
@@ -268,13 +299,14 @@ impl Daemon {
             instance,
             socket,
             log,
+            launcher,
             command,
         };
         d.wait_ready()?;
         Ok(d)
     }
 
-    /// The daemon's process id (nsenter execs it).
+    /// The daemon's process id (nsenter and ip netns exec exec it).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -293,16 +325,15 @@ impl Daemon {
 
     /// Runs `nve teardown` for this instance (the daemon must be stopped).
     pub fn teardown(&self) -> Result<String> {
-        // command[1] is nsenter's --net=...: teardown runs in the daemon's namespace.
         let nve = nve_bin();
-        run(&[
-            "nsenter",
-            &self.command[1],
+        let mut args: Vec<&str> = self.launcher.iter().map(String::as_str).collect();
+        args.extend([
             nve.to_str().context("nve path")?,
             "--instance",
             &self.instance,
             "teardown",
-        ])
+        ]);
+        run(&args)
     }
 
     fn wait_ready(&mut self) -> Result<()> {

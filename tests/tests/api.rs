@@ -1,5 +1,11 @@
 //! The daemon over its real socket: bad requests get specific errors, the daemon stays up
 //! and its state is unchanged; one daemon per instance.
+use std::{
+    io::{Read, Write},
+    os::unix::net::UnixStream,
+    time::Duration,
+};
+
 use nve_tests::rig::{Daemon, Netns, require_root, veth};
 use serde_json::{Value, json};
 
@@ -41,6 +47,40 @@ fn bad_requests_get_specific_errors_and_change_nothing() {
     let before = (state("/v1/vns"), state("/v1/fdb"));
 
     let long = format!("{{\"name\": \"{}\", \"vni\": 5}}", "x".repeat(100 * 1024));
+    const VNIC: &str = "/v1/vnics/6f1c7a2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b/0";
+    let associate = |extra: &str| {
+        format!(
+            r#"{{"op": "associate", "vn": "blue", "port": "tap1", "macs": ["02:00:00:00:00:07"]{extra}}}"#
+        )
+    };
+    let vnic_rows = [
+        ("hold time 0", associate(r#", "hold_time": 0"#)),
+        ("hold time over a day", associate(r#", "hold_time": 86401"#)),
+        (
+            "one MAC twice",
+            associate(r#", "macs": ["02:00:00:00:00:07", "02:00:00:00:00:07"]"#).replacen(
+                r#""macs": ["02:00:00:00:00:07"], "#,
+                "",
+                1,
+            ),
+        ),
+        (
+            "one address twice",
+            associate(r#", "ipv4": ["192.168.1.7", "192.168.1.7"]"#),
+        ),
+        (
+            "broadcast address",
+            associate(r#", "ipv4": ["255.255.255.255"]"#),
+        ),
+        ("multicast address", associate(r#", "ipv4": ["224.0.0.1"]"#)),
+        ("unspecified address", associate(r#", "ipv4": ["0.0.0.0"]"#)),
+        ("loopback address", associate(r#", "ipv4": ["127.0.0.1"]"#)),
+        (
+            "IPv6 multicast address",
+            associate(r#", "ipv6": ["ff02::1"]"#),
+        ),
+        ("IPv6 loopback address", associate(r#", "ipv6": ["::1"]"#)),
+    ];
     let bad: &[(&str, &str, &str, u16, &str, &str)] = &[
         (
             "malformed JSON",
@@ -212,12 +252,64 @@ fn bad_requests_get_specific_errors_and_change_nothing() {
             "",
         ),
         ("unknown path", "GET", "/v2/vns", 404, "E_NOT_FOUND", ""),
+        (
+            "VN named \".\"",
+            "POST",
+            "/v1/vns",
+            400,
+            "E_FORMAT",
+            r#"{"name": ".", "vni": 8}"#,
+        ),
+        (
+            "VN named \"..\"",
+            "POST",
+            "/v1/vns",
+            400,
+            "E_FORMAT",
+            r#"{"name": "..", "vni": 8}"#,
+        ),
+        (
+            "VN name like a flag",
+            "POST",
+            "/v1/vns",
+            400,
+            "E_FORMAT",
+            r#"{"name": "-x", "vni": 8}"#,
+        ),
+        ("wrong method", "PATCH", "/v1/vns", 405, "E_METHOD", ""),
+        (
+            "wrong method on a VN",
+            "GET",
+            "/v1/vns/blue",
+            405,
+            "E_METHOD",
+            "",
+        ),
+        (
+            "path not UTF-8",
+            "DELETE",
+            "/v1/vns/%ff%fe",
+            400,
+            "E_FORMAT",
+            "",
+        ),
+        (
+            "query not UTF-8",
+            "GET",
+            "/v1/fdb?mac=%ff",
+            400,
+            "E_FORMAT",
+            "",
+        ),
     ];
-    for (what, method, path, want_status, want_code, body) in bad {
+    let vnic_bad = vnic_rows
+        .iter()
+        .map(|(what, body)| (*what, "POST", VNIC, 400, "E_FORMAT", body.as_str()));
+    for (what, method, path, want_status, want_code, body) in bad.iter().copied().chain(vnic_bad) {
         let (status, text) = d.http(method, path, body.as_bytes()).unwrap();
         assert_eq!(
             (status, code(&text).as_str()),
-            (*want_status, *want_code),
+            (want_status, want_code),
             "{what}: {text}"
         );
         let message = serde_json::from_str::<Value>(&text).unwrap()["message"]
@@ -231,6 +323,25 @@ fn bad_requests_get_specific_errors_and_change_nothing() {
         before,
         "a rejected request changed state"
     );
+    assert_eq!(
+        state("/v1/vnics"),
+        "[]",
+        "a rejected signal installed a vNIC"
+    );
+
+    // A repeat is idempotent; a repeat with another hold time needs a higher request_id.
+    let held =
+        |secs: u32, id: u32| associate(&format!(r#", "hold_time": {secs}, "request_id": {id}"#));
+    for (body, want) in [
+        (held(30, 1), 200),
+        (held(30, 1), 200),
+        (held(60, 1), 409),
+        (held(60, 2), 200),
+    ] {
+        let (status, text) = d.http("POST", VNIC, body.as_bytes()).unwrap();
+        assert_eq!(status, want, "{body}: {text}");
+    }
+    ok("POST", VNIC, json!({"op": "disassociate"}));
 
     // A burst of bad and good requests from several clients at once: all answered.
     let threads: Vec<_> = (0..8)
@@ -283,6 +394,101 @@ fn bad_requests_get_specific_errors_and_change_nothing() {
     let pins = d.pin_dir();
     assert!(d.stop().unwrap().success());
     assert!(!pins.exists(), "pins left at {}", pins.display());
+}
+
+/// Writes `request` (raw bytes, maybe half a request) on a new connection to the socket.
+fn send_raw(d: &Daemon, request: &[u8]) -> UnixStream {
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(request).unwrap();
+    s
+}
+
+/// Reads the answer on `s` to its end: (status, body).
+fn answer(mut s: UnixStream) -> (u16, String) {
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    (status.unwrap_or(0), body.unwrap_or(text))
+}
+
+#[test]
+fn every_refusal_is_json_and_a_stuck_client_delays_nobody() {
+    require_root();
+    let host = Netns::new("apr-h").unwrap();
+    let vm = Netns::new("apr-vm").unwrap();
+    veth(&host, "ul", &vm, "peer", 1500).unwrap();
+    host.ip(&["addr", "add", "10.0.0.1/24", "dev", "ul"])
+        .unwrap();
+    let d = Daemon::start(&host, "apr", "10.0.0.1", "ul", &[]).unwrap();
+
+    // Half a request: the connection stays open, and others are served meanwhile.
+    let stuck = send_raw(&d, b"GET /v1/status HTTP/1.1\r\nhost: nve\r\n");
+    let long_uri = format!("GET /v1/{} HTTP/1.1\r\nhost: nve\r\n\r\n", "x".repeat(8000));
+    let many_headers: String = (0..100).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let many_headers = format!("GET /v1/status HTTP/1.1\r\n{many_headers}\r\n");
+    let huge_header = format!(
+        "GET /v1/status HTTP/1.1\r\nx: {}\r\n\r\n",
+        "y".repeat(20_000)
+    );
+    let raw: &[(&str, &[u8], u16, &str)] = &[
+        ("not HTTP", b"hello there\r\n\r\n", 400, "E_FORMAT"),
+        ("binary", b"\x00\x01\x02\xff\r\n\r\n", 400, "E_FORMAT"),
+        (
+            "HTTP/2 preface",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            400,
+            "E_FORMAT",
+        ),
+        ("a URI over 4 KiB", long_uri.as_bytes(), 414, "E_FORMAT"),
+        ("100 headers", many_headers.as_bytes(), 431, "E_FORMAT"),
+        (
+            "a head over 16 KiB",
+            huge_header.as_bytes(),
+            431,
+            "E_FORMAT",
+        ),
+        (
+            "two Content-Lengths",
+            b"POST /v1/vns HTTP/1.1\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}",
+            400,
+            "E_FORMAT",
+        ),
+        (
+            "a Transfer-Encoding hyper does not take",
+            b"POST /v1/vns HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n",
+            400,
+            "E_FORMAT",
+        ),
+    ];
+    for (what, request, want_status, want_code) in raw {
+        let (status, body) = answer(send_raw(&d, request));
+        assert_eq!(
+            (status, code(&body).as_str()),
+            (*want_status, *want_code),
+            "{what}: {body}"
+        );
+    }
+    let (status, _) = d.http("GET", "/v1/status", b"").unwrap();
+    assert_eq!(status, 200, "served while a client is stuck half-way");
+    // The stuck client is cut off, with a reason, once its time is up.
+    let (status, body) = answer(stuck);
+    assert_eq!((status, code(&body).as_str()), (408, "E_TIMEOUT"), "{body}");
+
+    // Connections are bounded (64 at once): past the limit, an answer at once instead of
+    // a wait. The daemon accepts in order, so the 65th is the one refused.
+    let open: Vec<UnixStream> = (0..64)
+        .map(|_| send_raw(&d, b"GET /v1/status HTTP/1.1\r\n"))
+        .collect();
+    let (status, body) = answer(send_raw(&d, b"GET /v1/status HTTP/1.1\r\n\r\n"));
+    assert_eq!((status, code(&body).as_str()), (503, "E_BUSY"), "{body}");
+    drop(open);
+    nve_tests::rig::wait_until("connections freed", || {
+        d.http("GET", "/v1/status", b"")
+            .is_ok_and(|(s, _)| s == 200)
+    });
 }
 
 /// Runs the CLI as `uid`/`gid` with no supplementary groups.

@@ -1,12 +1,14 @@
 //! Restart without loss: steady UDP both ways through nve (about 10,000 packets/s each way,
-//! numbered by iperf3), the daemon killed with SIGKILL and started again in the middle:
-//! iperf3 counts zero lost datagrams, and the state read back is identical. Then a daemon
-//! started with no dataplane left (as after a reboot) rebuilds it from the stored state.
+//! numbered by iperf3), the daemon killed with SIGKILL, or stopped with SIGTERM, and started
+//! again in the middle: iperf3 counts zero lost datagrams, and the state read back is
+//! identical. Then a daemon started with no dataplane left (as after a reboot) rebuilds it
+//! from the stored state. All of it with the daemon started by `nsenter --net=...` and by
+//! `ip netns exec` (a private mount namespace, whose own /sys/fs/bpf would die with it).
 use std::{thread, time::Duration};
 
 use nve_tests::{
     overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_MAC, VM2_IP, VM2_MAC},
-    rig::{Daemon, Vm, require_root},
+    rig::{Daemon, Launch, Vm, require_root},
 };
 use serde_json::Value;
 
@@ -54,11 +56,54 @@ fn state(d: &Daemon) -> (String, String, String) {
 }
 
 #[test]
-fn restart_loses_nothing() {
+fn restart_under_nsenter_loses_nothing() {
+    restart_loses_nothing(Launch::Nsenter, "rst");
+}
+
+#[test]
+fn restart_under_ip_netns_exec_loses_nothing() {
+    restart_loses_nothing(Launch::IpNetnsExec, "rsi");
+}
+
+/// Both streams across one restart (`stop`: SIGKILL or SIGTERM); the state read back after.
+fn across_restart(
+    rig: &TwoHosts,
+    d: &mut Daemon,
+    ports: (u16, u16),
+    stop: impl FnOnce(&mut Daemon),
+) -> (String, String, String) {
+    let (vm1, vm2) = (&rig.vm1, &rig.vm2);
+    let ((out_sent, out_lost), (in_sent, in_lost), after) = thread::scope(|s| {
+        let out = s.spawn(|| udp_stream(vm1, vm2, ports.0, 4));
+        let inbound = s.spawn(|| udp_stream(vm2, vm1, ports.1, 4));
+        thread::sleep(Duration::from_millis(1500));
+        stop(d);
+        thread::sleep(Duration::from_millis(200));
+        d.respawn().unwrap();
+        let after = state(d);
+        (out.join().unwrap(), inbound.join().unwrap(), after)
+    });
+    eprintln!(
+        "restart under traffic: vm1->vm2 {out_sent} sent, {out_lost} lost; vm2->vm1 {in_sent} sent, {in_lost} lost"
+    );
+    assert!(
+        out_sent > 30_000 && in_sent > 30_000,
+        "streams too short: {out_sent} / {in_sent}"
+    );
+    assert_eq!(
+        (out_lost, in_lost),
+        (0, 0),
+        "lost across a restart ({out_sent} / {in_sent} sent):\n{}",
+        d.log_text()
+    );
+    after
+}
+
+fn restart_loses_nothing(launch: Launch, tag: &str) {
     require_root();
-    let rig = TwoHosts::new("rst").unwrap();
+    let rig = TwoHosts::new(tag).unwrap();
     overlay::kernel_vxlan(&rig.h2, H2_VTEP, H1_VTEP, "vm2p", &[VM1_MAC]).unwrap();
-    let mut d = Daemon::start_keeping(&rig.h1, "rst", H1_VTEP, "ul", &[]).unwrap();
+    let mut d = Daemon::start_keeping_by(launch, &rig.h1, tag, H1_VTEP, "ul", &[]).unwrap();
     overlay::serve_vn(&d, H2_VTEP, VM2_MAC).unwrap();
     overlay::associate(&d, VM_UUID, "vm1p", VM1_MAC, None).unwrap();
     rig.vm1.ping_until_reachable(VM2_IP, 5).unwrap();
@@ -80,29 +125,12 @@ fn restart_loses_nothing() {
         "a 300 ms pause lost only {control_lost} datagrams"
     );
 
-    let ((out_sent, out_lost), (in_sent, in_lost), after) = thread::scope(|s| {
-        let out = s.spawn(|| udp_stream(vm1, vm2, 5301, 4));
-        let inbound = s.spawn(|| udp_stream(vm2, vm1, 5302, 4));
-        thread::sleep(Duration::from_millis(1500));
-        d.kill();
-        thread::sleep(Duration::from_millis(200));
-        d.respawn().unwrap();
-        let after = state(&d);
-        (out.join().unwrap(), inbound.join().unwrap(), after)
+    let after = across_restart(&rig, &mut d, (5301, 5302), Daemon::kill);
+    assert_eq!(after, before, "state read back differs after kill -9");
+    let after = across_restart(&rig, &mut d, (5303, 5304), |d| {
+        assert!(d.terminate().unwrap().success());
     });
-    eprintln!(
-        "restart under traffic: vm1->vm2 {out_sent} sent, {out_lost} lost; vm2->vm1 {in_sent} sent, {in_lost} lost"
-    );
-    assert!(
-        out_sent > 30_000 && in_sent > 30_000,
-        "streams too short: {out_sent} / {in_sent}"
-    );
-    assert_eq!(
-        (out_lost, in_lost),
-        (0, 0),
-        "lost across a kill -9 and restart ({out_sent} / {in_sent} sent)"
-    );
-    assert_eq!(after, before, "state read back differs after restart");
+    assert_eq!(after, before, "state read back differs after SIGTERM");
     assert!(
         d.log_text().contains("took over a pinned link"),
         "{}",

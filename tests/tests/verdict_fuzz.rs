@@ -1109,10 +1109,16 @@ impl Generator {
                         self.rng.below(len + 1)
                     };
                     frame.truncate(cut);
+                    if self.rng.percent(50) {
+                        reseal_ipv4(frame);
+                    }
                 }
                 4 => {
                     let extra = self.rng.some_bytes(1, 40);
                     frame.extend(extra);
+                    if self.rng.percent(50) {
+                        reseal_ipv4(frame);
+                    }
                 }
                 5 if !layout.macs.is_empty() => {
                     let at = self.rng.pick(&layout.macs);
@@ -1140,6 +1146,27 @@ impl Generator {
             }
         }
     }
+}
+
+/// Makes an untagged IPv4 frame's total length, UDP length and header checksum agree with
+/// its length again after a cut or an extension, as a sender of a short (or long) frame
+/// would have written them: what lies past the outer headers is then what gets tested.
+fn reseal_ipv4(frame: &mut [u8]) {
+    const IP: usize = 14;
+    let len = frame.len();
+    if len < IP + 20 || frame[12..14] != [0x08, 0x00] {
+        return;
+    }
+    let ihl = usize::from(frame[IP] & 0x0f) * 4;
+    if ihl < 20 || len < IP + ihl {
+        return;
+    }
+    frame[IP + 2..IP + 4].copy_from_slice(&((len - IP) as u16).to_be_bytes());
+    let udp = IP + ihl;
+    if frame[IP + 9] == 17 && len >= udp + 8 {
+        frame[udp + 4..udp + 6].copy_from_slice(&((len - udp) as u16).to_be_bytes());
+    }
+    packet::refresh_ipv4_checksum(frame, IP);
 }
 
 /// The frame as tc_vm_egress forwards it: without the port's VLAN tag.

@@ -220,18 +220,46 @@ fn format_err(message: String) -> ErrorBody {
     ErrorBody::new(ErrorCode::EFormat, message)
 }
 
+/// A VN name: 1 to 64 characters of [A-Za-z0-9._-], the first a letter or digit (so no
+/// "." or "..", which URL-normalising clients cannot address, and nothing a CLI takes for
+/// a flag).
 fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
+    let ok = name.len() <= 64
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if !ok {
         return Err(format_err(format!(
-            "VN name {name:?}: 1 to 64 characters of [A-Za-z0-9._-]"
+            "VN name {name:?}: 1 to 64 characters of [A-Za-z0-9._-], starting with a letter or digit"
         )));
     }
     Ok(())
+}
+
+/// Checks that `ip` (of `field`) can be a host's address: not unspecified, loopback,
+/// multicast, broadcast or reserved (240.0.0.0/4).
+pub(crate) fn check_host_ip(field: &str, ip: IpAddr) -> Result<()> {
+    let why = match ip {
+        IpAddr::V4(a) if a.is_unspecified() => Some("unspecified"),
+        IpAddr::V4(a) if a.is_loopback() => Some("loopback"),
+        IpAddr::V4(a) if a.is_multicast() => Some("multicast"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("broadcast"),
+        IpAddr::V4(a) if a.octets()[0] >= 240 => Some("reserved (240.0.0.0/4)"),
+        IpAddr::V6(a) if a.is_unspecified() => Some("unspecified"),
+        IpAddr::V6(a) if a.is_loopback() => Some("loopback"),
+        IpAddr::V6(a) if a.is_multicast() => Some("multicast"),
+        _ => None,
+    };
+    match why {
+        Some(why) => Err(format_err(format!(
+            "{field}: {ip} is {why}, not a host's address"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn check_unicast(mac: MacAddr) -> Result<()> {
@@ -412,6 +440,9 @@ impl Model {
     pub fn add_remote(&mut self, vn_name: &str, req: &RemoteMac) -> Result<()> {
         check_unicast(req.mac)?;
         check_vtep(req.vtep)?;
+        for &ip in &req.ips {
+            check_host_ip("ips", ip)?;
+        }
         let vn = self.vn(vn_name)?;
         if let Some(owner @ FdbTarget::Port { .. }) = vn.mac_owner(req.mac) {
             return Err(ErrorBody::new(

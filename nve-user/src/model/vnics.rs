@@ -1,10 +1,14 @@
 //! vNICs signaled by the server: pre-associate / associate / disassociate / pause / resume,
 //! checked against the state machine (`vnic.rs`) and the port's VID map (`vid.rs`).
-use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Model, Moved, Result, check_unicast, format_err, unknown_vn};
+use super::{Model, Moved, Result, check_host_ip, check_unicast, format_err, unknown_vn};
 use crate::{
     api::{ErrorBody, ErrorCode, Migration, VidRequest, VidWord, VnicRequest, VnicView},
     mac::MacAddr,
@@ -79,6 +83,10 @@ pub const MOVED_HOLD_MS: u64 = 60_000;
 /// How long a pre-association without a hold time lives, ms (spec.md 5, row 14).
 pub const PRE_ASSOCIATION_HOLD_MS: u64 = 120_000;
 
+/// Longest hold time a message may give, seconds (a day); 0 is refused: a message that
+/// wants no soft state leaves `hold_time` out.
+pub const HOLD_TIME_MAX: u64 = 86_400;
+
 /// The hold time (ms) a (pre-)association gets.
 fn hold_for(op: Op, req: &VnicRequest) -> Option<u64> {
     req.hold_time
@@ -109,6 +117,29 @@ impl VnicParams {
         for &mac in &r.macs {
             check_unicast(mac)?;
         }
+        let v4 = r.ipv4.iter().map(|&a| ("ipv4", IpAddr::V4(a)));
+        for (field, ip) in v4.chain(r.ipv6.iter().map(|&a| ("ipv6", IpAddr::V6(a)))) {
+            check_host_ip(field, ip)?;
+        }
+        let macs: BTreeSet<MacAddr> = r.macs.iter().copied().collect();
+        let ipv4: BTreeSet<Ipv4Addr> = r.ipv4.iter().copied().collect();
+        let ipv6: BTreeSet<Ipv6Addr> = r.ipv6.iter().copied().collect();
+        for (field, given, distinct) in [
+            ("macs", r.macs.len(), macs.len()),
+            ("ipv4", r.ipv4.len(), ipv4.len()),
+            ("ipv6", r.ipv6.len(), ipv6.len()),
+        ] {
+            if given != distinct {
+                return Err(format_err(format!(
+                    "\"{field}\" names {} more than once",
+                    if field == "macs" {
+                        "a MAC"
+                    } else {
+                        "an address"
+                    }
+                )));
+            }
+        }
         if let VidRequest::Vid(v) = r.vid
             && !(1..=VID_MAX).contains(&v)
         {
@@ -118,9 +149,9 @@ impl VnicParams {
         }
         Ok(Self {
             vn,
-            macs: r.macs.iter().copied().collect(),
-            ipv4: r.ipv4.iter().copied().collect(),
-            ipv6: r.ipv6.iter().copied().collect(),
+            macs,
+            ipv4,
+            ipv6,
             port,
             vid: r.vid,
         })
@@ -144,6 +175,11 @@ fn state_err(message: String) -> ErrorBody {
 impl Model {
     /// Applies one signaling message for vNIC `id` at time `now` (ms since the epoch).
     pub fn signal(&mut self, id: &VnicId, req: &VnicRequest, now: u64) -> Result<Option<VnicView>> {
+        if let Some(h) = req.hold_time.filter(|h| !(1..=HOLD_TIME_MAX).contains(h)) {
+            return Err(format_err(format!(
+                "hold_time {h}: must be 1 to {HOLD_TIME_MAX} seconds (leave it out for no soft state)"
+            )));
+        }
         let current = self.vnics.get(id);
         let to = transition(current.map(|v| v.state), req.op)
             .map_err(|e| state_err(format!("vNIC {id}: {e}")))?;
@@ -152,7 +188,10 @@ impl Model {
                 let params = VnicParams::from_request(req)?;
                 let to = to.expect("(pre-)associate leads to a state");
                 if let Some(cur) = current {
-                    if params.same_as(&cur.params, cur.vid) {
+                    // A repeat must repeat its hold time too; a step (pre-associated ->
+                    // associated) may give another.
+                    let same_hold = cur.state != to || cur.hold == hold_for(req.op, req);
+                    if params.same_as(&cur.params, cur.vid) && same_hold {
                         let v = self.vnics.get_mut(id).expect("present");
                         v.state = to;
                         v.migration = req.migration;

@@ -63,6 +63,10 @@ fn parse(text: &str, own: &[IpAddr]) -> anyhow::Result<Table> {
             if m.mac.is_multicast() || m.mac.0 == [0; 6] {
                 bail!("peer {}: MAC {} is not a unicast address", peer.vtep, m.mac);
             }
+            for &ip in &m.ips {
+                crate::model::check_host_ip(&format!("peer {} MAC {}", peer.vtep, m.mac), ip)
+                    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            }
             if let Some(other) = owner.insert((m.vni, m.mac), peer.vtep)
                 && other != peer.vtep
             {
