@@ -308,6 +308,12 @@ pub enum Migration {
     MigratingOut(Ipv4Addr),
 }
 
+impl Migration {
+    pub fn is_migrating_in(self) -> bool {
+        matches!(self, Migration::MigratingIn(_))
+    }
+}
+
 /// `POST /v1/vnics/{vm}/{index}`: one signaling message for the vNIC (VM UUID, vNIC index).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

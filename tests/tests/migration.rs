@@ -215,14 +215,22 @@ fn the_pointer_also_carries_vxlan_the_kernel_decapsulated() {
 /// destination from then on (RFC 7432 section 15: the older route withdraws). h3's kernel
 /// FDB stays stale; h1 is never told the VM left (the paused source, before libvirt's hook
 /// runs): vm3 still reaches the VM on h2, through h1.
-#[test]
-fn a_newer_claim_elsewhere_turns_the_source_into_a_pointer() {
-    use nve_tests::etcd::EtcdServer;
+/// nve on h1 and h2 sharing a real etcd (in h3), the VM associated on h1 (its only vNIC in
+/// the VN there) and reached by vm3 on h3, whose kernel vxlan has it behind h1 for good;
+/// the VM's next incarnation ready on h2 (port vmxp). Fields drop in order.
+struct OnNva {
+    vmx: Vm,
+    d1: Daemon,
+    d2: Daemon,
+    _etcd: nve_tests::etcd::EtcdServer,
+    rig: ThreeHosts,
+}
+
+fn on_nva(tag: &str) -> OnNva {
     require_root();
-    let tag = "mn";
     let rig = ThreeHosts::new(tag).unwrap();
     overlay::kernel_vxlan(&rig.h3, H3_VTEP, H1_VTEP, "vm3p", &[VM1_MAC]).unwrap();
-    let etcd = EtcdServer::start(&rig.h3, H3_VTEP).unwrap();
+    let etcd = nve_tests::etcd::EtcdServer::start(&rig.h3, H3_VTEP).unwrap();
     let nva = ["--nva", etcd.url.as_str()];
     let d1 = Daemon::start(&rig.h1, &format!("{tag}1"), H1_VTEP, "ul", &nva).unwrap();
     let d2 = Daemon::start(&rig.h2, &format!("{tag}2"), H2_VTEP, "ul", &nva).unwrap();
@@ -235,11 +243,30 @@ fn a_newer_claim_elsewhere_turns_the_source_into_a_pointer() {
     }
     overlay::associate(&d1, VM_UUID, "vm1p", VM1_MAC, Some(VM1_IP)).unwrap();
     rig.vm3.ping_until_reachable(VM1_IP, 5).unwrap();
+    let vmx = Vm::new(&format!("{tag}-vmx"), &rig.h2, "vmxp", VM1_MAC, VM1_IP).unwrap();
+    vmx.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    OnNva {
+        vmx,
+        d1,
+        d2,
+        _etcd: etcd,
+        rig,
+    }
+}
 
+/// On the NVA, the source need not wait for the disassociate: the destination's claim
+/// (sequence + 1) beats the source's own, and the source forwards the VM's frames to the
+/// destination from then on (RFC 7432 section 15: the older route withdraws). h3's kernel
+/// FDB stays stale; h1 is never told the VM left (the paused source, before libvirt's hook
+/// runs): vm3 still reaches the VM on h2, through h1.
+#[test]
+fn a_newer_claim_elsewhere_turns_the_source_into_a_pointer() {
+    let r = on_nva("mn");
+    let (vmx, d1, d2, rig) = (&r.vmx, &r.d1, &r.d2, &r.rig);
     // The VM stops on h1 and runs on h2, which associates it; h1 hears nothing but the NVA.
     rig.vm1.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
-    let _vmx = Vm::new(&format!("{tag}-vmx"), &rig.h2, "vmxp", VM1_MAC, VM1_IP).unwrap();
-    overlay::associate(&d2, VM_UUID, "vmxp", VM1_MAC, Some(VM1_IP)).unwrap();
+    vmx.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    overlay::associate(d2, VM_UUID, "vmxp", VM1_MAC, Some(VM1_IP)).unwrap();
     nve_tests::rig::wait_until("h1 sees h2's claim on the VM", || {
         let fdb = d1
             .nve(&["fdb", "--mac", &mac_str(VM1_MAC), "--json"])
@@ -255,5 +282,50 @@ fn a_newer_claim_elsewhere_turns_the_source_into_a_pointer() {
     assert!(
         vnics.contains(VM_UUID),
         "h1's vNIC is still associated: {vnics}"
+    );
+}
+
+/// The common case of one VM of a tenant per host: the VM was h1's last vNIC in the VN.
+/// Disassociated there with `--migrating-out`, h1 keeps its VN membership on the NVA while
+/// its pointer lives, so h2 still accepts the VXLAN h1 sends on to it (before: h2 dropped
+/// all of it as VTEP_NOT_IN_VN, the VM unreachable from h3's stale FDB).
+#[test]
+fn the_destination_accepts_a_pointer_from_a_source_left_without_vnics() {
+    let r = on_nva("mp");
+    let (vmx, d1, d2, rig) = (&r.vmx, &r.d1, &r.d2, &r.rig);
+    let mac = mac_str(VM1_MAC);
+    let vm = ["--vm", VM_UUID, "--vn", VN, "--port", "vmxp", "--mac", &mac];
+    let mut pre = vec![
+        "vm",
+        "pre-associate",
+        "--ip",
+        VM1_IP,
+        "--migrating-in",
+        H1_VTEP,
+    ];
+    pre.extend(vm);
+    d2.nve(&pre).unwrap();
+    rig.vm1.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    d1.nve(&[
+        "vm",
+        "disassociate",
+        "--vm",
+        VM_UUID,
+        "--migrating-out",
+        H2_VTEP,
+    ])
+    .unwrap();
+    vmx.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    let mut associate = vec!["vm", "associate", "--ip", VM1_IP];
+    associate.extend(vm);
+    d2.nve(&associate).unwrap();
+    rig.vm3
+        .ping_until_reachable(VM1_IP, 5)
+        .expect("vm3 -> the VM on h2, through h1's pointer");
+    assert!(d1.counter("underlay_rx", "FORWARDED_TO_VTEP").unwrap() > 0);
+    assert_eq!(d2.counter("underlay_rx", "VTEP_NOT_IN_VN").unwrap(), 0);
+    assert!(
+        d1.nve(&["vm", "list", "--json"]).unwrap().trim() == "[]",
+        "h1 has no vNIC left"
     );
 }

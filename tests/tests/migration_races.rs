@@ -6,7 +6,7 @@ use std::{thread, time::Duration};
 
 use nve_tests::{
     etcd::EtcdServer,
-    overlay::{self, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC},
+    overlay::{self, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC, VN},
     packet,
     rig::{Daemon, mac_str, require_root, send_frames, wait_until},
     three_hosts::{H3_VTEP, MigrationRig},
@@ -50,6 +50,57 @@ fn nva_location(d: &Daemon) -> Option<String> {
         .iter()
         .find(|e| e["mac"] == mac_str(VM1_MAC) && e["from_nva"] == true)
         .and_then(|e| e["vtep"]["vtep"].as_str().map(str::to_string))
+}
+
+/// A VM migrated back and forth (h1 -> h2 -> h1 ...) more often than duplicate detection
+/// allows unexplained moves: each move was signaled (pre-associate with a migrating-in
+/// hint, then the VM's announcement), so h3 follows every one and nothing is frozen
+/// (before: frozen on the fifth move, pointing at the old place).
+#[test]
+fn signaled_migrations_back_and_forth_are_never_a_duplicate() {
+    let r = setup("rd");
+    let mac = mac_str(VM1_MAC);
+    let ends = [
+        (&r.d1, "vm1p", &r.rig.vm1.ns, H1_VTEP),
+        (&r.d2, "vmxp", &r.new.ns, H2_VTEP),
+    ];
+    for i in 0..=nve_user::nva::DUP_MOVES {
+        let ((src, _, src_vm, src_vtep), (dst, port, dst_vm, dst_vtep)) =
+            (ends[i % 2], ends[(i + 1) % 2]);
+        let vm = ["--vm", VMX, "--vn", VN, "--port", port, "--mac", &mac];
+        let mut pre = vec![
+            "vm",
+            "pre-associate",
+            "--ip",
+            VM1_IP,
+            "--migrating-in",
+            src_vtep,
+        ];
+        pre.extend(vm);
+        dst.nve(&pre).unwrap();
+        src_vm.ip(&["link", "set", "eth0", "down"]).unwrap();
+        src.nve(&[
+            "vm",
+            "disassociate",
+            "--vm",
+            VMX,
+            "--migrating-out",
+            dst_vtep,
+        ])
+        .unwrap();
+        dst_vm.ip(&["link", "set", "eth0", "up"]).unwrap();
+        send_frames(dst_vm, "eth0", &[packet::rarp(VM1_MAC)]).unwrap();
+        wait_until(
+            &format!("move {}: h3 has the VM at {dst_vtep}", i + 1),
+            || nva_location(&r.d3).as_deref() == Some(dst_vtep),
+        );
+    }
+    r.rig
+        .vm3
+        .ping_until_reachable(VM1_IP, 5)
+        .expect("vm3 -> the VM after its last move");
+    let status = r.d3.nve(&["status", "--json"]).unwrap();
+    assert!(!status.contains("duplicate_macs"), "{status}");
 }
 
 #[test]

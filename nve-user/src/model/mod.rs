@@ -1086,11 +1086,8 @@ mod tests {
                             vni: 100,
                             mac: macs[i as usize],
                             entry: e.map(|(v, a)| crate::nva::Entry {
-                                vtep: vtep(v),
                                 ips: a.into_iter().map(addr).collect(),
-                                seq: 0,
-                                vn: None,
-                                supersedes_local: false,
+                                ..crate::nva::Entry::at(vtep(v))
                             }),
                         }],
                         ..Default::default()

@@ -74,6 +74,10 @@ pub struct Vnic {
     pub hold: Option<u64>,
     /// When it expires unless refreshed.
     pub expires_at: Option<u64>,
+    /// A message for it carried a migrating-in hint: it arrived by a migration the
+    /// hypervisor signaled (published with its MACs, see `nva::Entry::migrated`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub migrated_in: bool,
 }
 
 /// How long the source forwards a migrated vNIC's frames to its new VTEP, ms, unless the
@@ -194,6 +198,7 @@ impl Model {
                     if params.same_as(&cur.params, cur.vid) && same_hold {
                         let v = self.vnics.get_mut(id).expect("present");
                         v.state = to;
+                        v.migrated_in |= req.migration.is_migrating_in();
                         v.migration = req.migration;
                         v.request_id = v.request_id.max(req.request_id);
                         v.hold = hold_for(req.op, req);
@@ -207,9 +212,13 @@ impl Model {
                         )));
                     }
                     // An update: all or nothing, so a rejected one leaves the vNIC as it was.
+                    let migrated_in = cur.migrated_in;
                     let mut next = self.clone();
                     next.remove_vnic(id, now);
                     next.install_vnic(id, params, to, req, now)?;
+                    if let Some(v) = next.vnics.get_mut(id) {
+                        v.migrated_in |= migrated_in;
+                    }
                     *self = next;
                     return Ok(Some(self.vnic_view(id)));
                 }
@@ -310,6 +319,7 @@ impl Model {
                 request_id: req.request_id,
                 hold: hold_for(req.op, req),
                 expires_at: hold_for(req.op, req).map(|h| now + h),
+                migrated_in: req.migration.is_migrating_in(),
             },
         );
         Ok(())

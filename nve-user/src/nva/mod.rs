@@ -70,9 +70,26 @@ pub struct Entry {
     /// vNIC's MAC then forwards to the claim's VTEP, as a forwarding pointer does.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub supersedes_local: bool,
+    /// The hypervisor signaled this MAC's arrival at `vtep` (its vNIC was (pre-)associated
+    /// there with a migrating-in hint): a move to it is a migration, never counted towards
+    /// duplicate detection, and it thaws a MAC frozen elsewhere.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub migrated: bool,
 }
 
 impl Entry {
+    /// An entry for `vtep` with nothing else set.
+    pub fn at(vtep: IpAddr) -> Self {
+        Self {
+            vtep,
+            ips: Vec::new(),
+            seq: 0,
+            vn: None,
+            supersedes_local: false,
+            migrated: false,
+        }
+    }
+
     /// Whether this claim wins over `other` (RFC 7432 section 15: the higher sequence
     /// number; equal ones, the lower VTEP address).
     pub fn beats(&self, other: &Entry) -> bool {
@@ -98,24 +115,20 @@ fn local_entries(
             ..CreateVn::new(name.clone(), vn.vni)
         };
         let entry = Entry {
-            vtep,
-            ips: Vec::new(),
-            seq: 0,
             vn: Some(Box::new(def)),
-            supersedes_local: false,
+            ..Entry::at(vtep)
         };
         out.insert(vn_key(vn.vni, vtep), entry);
     }
-    // Membership: every VN with a vNIC here, whatever its state.
-    for (_, v) in model.vnics() {
-        let member = Entry {
-            vtep,
-            ips: Vec::new(),
-            seq: 0,
-            vn: None,
-            supersedes_local: false,
-        };
-        out.insert(member_key(v.vni, vtep), member);
+    // Membership: every VN with a vNIC here, whatever its state, or a forwarding pointer
+    // (the VM's last vNIC here left, and VXLAN for it that still arrives is sent on: the
+    // destination must keep accepting this VTEP's VXLAN of the VN until the pointer goes).
+    let pointing = model
+        .vns()
+        .filter(|(_, vn)| !vn.moved.is_empty())
+        .map(|(_, vn)| vn.vni);
+    for vni in model.vnics().map(|(_, v)| v.vni).chain(pointing) {
+        out.insert(member_key(vni, vtep), Entry::at(vtep));
     }
     for (_, v) in model.vnics().filter(|(_, v)| v.state.forwards()) {
         let v4 = v.params.ipv4.iter().map(|&a| IpAddr::from(a));
@@ -126,17 +139,13 @@ fn local_entries(
                 Some(mine) => mine.seq,
                 None => claims.winner((v.vni, mac), vtep).map_or(0, |e| e.seq + 1),
             };
-            let ips = ips.clone();
-            out.insert(
-                key,
-                Entry {
-                    vtep,
-                    ips,
-                    seq,
-                    vn: None,
-                    supersedes_local: false,
-                },
-            );
+            let entry = Entry {
+                ips: ips.clone(),
+                seq,
+                migrated: v.migrated_in,
+                ..Entry::at(vtep)
+            };
+            out.insert(key, entry);
         }
     }
     out
@@ -263,13 +272,20 @@ impl Mobility {
     fn follow(&mut self, vni: u32, mac: MacAddr, winner: &Entry) -> Entry {
         let id = (vni, mac);
         if let Some(frozen) = self.frozen.get(&id) {
-            return frozen.clone();
+            // A VM the hypervisor says it moved is where it says, frozen or not.
+            if !(winner.migrated && winner.vtep != frozen.vtep) {
+                return frozen.clone();
+            }
+            tracing::info!(vni, %mac, vtep = %winner.vtep, "duplicate MAC thawed: a signaled migration");
+            self.frozen.remove(&id);
+            self.moves.remove(&id);
         }
         let moved = self
             .at
             .insert(id, winner.vtep)
             .is_some_and(|was| was != winner.vtep);
-        if moved {
+        // Only unexplained moves count: learned, or claimed without a signaled migration.
+        if moved && !winner.migrated {
             let now = Instant::now();
             let moves = self.moves.entry(id).or_default();
             moves.push_back(now);
@@ -369,5 +385,53 @@ fn report_duplicates(nve: &mut crate::server::Nve, mobility: &Mobility) {
         .collect();
     if let Some(status) = nve.status.nva.as_mut() {
         status.duplicate_macs = frozen;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(vtep: &str, migrated: bool) -> Entry {
+        Entry {
+            migrated,
+            ..Entry::at(vtep.parse().unwrap())
+        }
+    }
+
+    #[test]
+    fn only_unexplained_moves_count_towards_duplicates() {
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let mut m = Mobility::default();
+        let back_and_forth = |i: usize| {
+            if i.is_multiple_of(2) {
+                "10.0.0.1"
+            } else {
+                "10.0.0.2"
+            }
+        };
+        // Signaled migrations, twice as many as would freeze: each followed.
+        for i in 0..2 * DUP_MOVES {
+            let to = back_and_forth(i);
+            assert_eq!(m.follow(7, mac, &claim(to, true)).vtep.to_string(), to);
+        }
+        assert!(m.frozen.is_empty());
+        // Unexplained moves (claims without a signaled migration) freeze it.
+        for i in 0..=DUP_MOVES {
+            m.follow(7, mac, &claim(back_and_forth(i), false));
+        }
+        let frozen = m.frozen.get(&(7, mac)).expect("frozen").vtep;
+        let other = if frozen.to_string() == "10.0.0.1" {
+            "10.0.0.2"
+        } else {
+            "10.0.0.1"
+        };
+        assert_eq!(m.follow(7, mac, &claim(other, false)).vtep, frozen);
+        // A signaled migration thaws it: the VM is where the hypervisor put it.
+        assert_eq!(
+            m.follow(7, mac, &claim("10.0.0.3", true)).vtep.to_string(),
+            "10.0.0.3"
+        );
+        assert!(m.frozen.is_empty());
     }
 }

@@ -86,11 +86,8 @@ fn parse(text: &str, own: &[IpAddr]) -> anyhow::Result<Table> {
         }
         for m in &peer.macs {
             let entry = Entry {
-                vtep: peer.vtep,
                 ips: m.ips.clone(),
-                seq: 0,
-                vn: None,
-                supersedes_local: false,
+                ..Entry::at(peer.vtep)
             };
             table.set(m.vni, m.mac, Some(entry));
         }

@@ -203,11 +203,8 @@ mod tests {
 
     fn entry(vtep: &str, ips: &[&str]) -> Entry {
         Entry {
-            vtep: vtep.parse().unwrap(),
             ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
-            seq: 0,
-            vn: None,
-            supersedes_local: false,
+            ..Entry::at(vtep.parse().unwrap())
         }
     }
 
