@@ -1,23 +1,23 @@
-//! The nve daemon and its clients: the model of VNs and ports, the dataplane it derives,
-//! the local API over a Unix socket, and the CLI on top of it.
+//! The nve daemon and its clients. The core (pure: no tokio, aya, axum, hyper or
+//! rtnetlink): `model` (VNs, vNICs, learning, the maps' desired contents), `nva` (the
+//! control plane's table, claims and mobility), `vnic` (the state machine), `vid` (per-port
+//! VID maps), `mac`, `addr`, and the wire types `api`. Around it: `dataplane` (the eBPF
+//! programs and maps), `store` (snapshot + journal), `netlink`, `daemon` (the writer, its
+//! handle and the ports), `bpffs`, `paths`, and the clients `client`, `cli`, `libvirt`.
 
-pub mod access;
-pub mod announcements;
+pub mod addr;
 pub mod api;
 pub mod bpffs;
 pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod dataplane;
-pub mod http_conn;
 pub mod libvirt;
 pub mod mac;
 pub mod model;
 pub mod netlink;
 pub mod nva;
 pub mod paths;
-pub mod prometheus;
-pub mod server;
 pub mod store;
 pub mod vid;
 pub mod vnic;

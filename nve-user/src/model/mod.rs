@@ -240,28 +240,6 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks that `ip` (of `field`) can be a host's address: not unspecified, loopback,
-/// multicast, broadcast or reserved (240.0.0.0/4).
-pub(crate) fn check_host_ip(field: &str, ip: IpAddr) -> Result<()> {
-    let why = match ip {
-        IpAddr::V4(a) if a.is_unspecified() => Some("unspecified"),
-        IpAddr::V4(a) if a.is_loopback() => Some("loopback"),
-        IpAddr::V4(a) if a.is_multicast() => Some("multicast"),
-        IpAddr::V4(a) if a.is_broadcast() => Some("broadcast"),
-        IpAddr::V4(a) if a.octets()[0] >= 240 => Some("reserved (240.0.0.0/4)"),
-        IpAddr::V6(a) if a.is_unspecified() => Some("unspecified"),
-        IpAddr::V6(a) if a.is_loopback() => Some("loopback"),
-        IpAddr::V6(a) if a.is_multicast() => Some("multicast"),
-        _ => None,
-    };
-    match why {
-        Some(why) => Err(format_err(format!(
-            "{field}: {ip} is {why}, not a host's address"
-        ))),
-        None => Ok(()),
-    }
-}
-
 fn check_unicast(mac: MacAddr) -> Result<()> {
     if mac.is_multicast() || mac.0 == [0; 6] {
         return Err(format_err(format!(
@@ -441,7 +419,7 @@ impl Model {
         check_unicast(req.mac)?;
         check_vtep(req.vtep)?;
         for &ip in &req.ips {
-            check_host_ip("ips", ip)?;
+            crate::addr::check_host_ip("ips", ip)?;
         }
         let vn = self.vn(vn_name)?;
         if let Some(owner @ FdbTarget::Port { .. }) = vn.mac_owner(req.mac) {

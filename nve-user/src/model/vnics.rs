@@ -8,7 +8,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{Model, Moved, Result, check_host_ip, check_unicast, format_err, unknown_vn};
+use super::{Model, Moved, Result, check_unicast, format_err, unknown_vn};
+use crate::addr::check_host_ip;
 use crate::{
     api::{ErrorBody, ErrorCode, Migration, VidRequest, VidWord, VnicRequest, VnicView},
     mac::MacAddr,

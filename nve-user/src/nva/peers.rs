@@ -11,22 +11,15 @@
 //! ```
 //!
 //! A peer's VNIs put it in those VNs' flood lists and decapsulation allow-lists; its MACs
-//! become remote FDB entries and ARP/ND answers, exactly as the etcd backend's. The file is
-//! read again when it changes (checked every second); a file that does not parse or
-//! contradicts itself is refused with its reason in `nve status`, and the last good one
-//! stays in force.
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    path::{Path, PathBuf},
-    time::{Duration, SystemTime},
-};
+//! become remote FDB entries and ARP/ND answers, exactly as the etcd backend's. This is
+//! the file's meaning; `daemon/ports/peers_file.rs` follows it as it changes.
+use std::{collections::BTreeMap, net::IpAddr};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use serde::Deserialize;
 
 use super::{Entry, Table};
-use crate::{api::NvaStatus, mac::MacAddr, model::Event, server::Shared};
+use crate::mac::MacAddr;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,7 +47,7 @@ struct PeerMac {
 }
 
 /// The table `text` describes, seen from an NVE whose VTEPs are `own`.
-fn parse(text: &str, own: &[IpAddr]) -> anyhow::Result<Table> {
+pub fn parse(text: &str, own: &[IpAddr]) -> anyhow::Result<Table> {
     let file: PeersFile = serde_json::from_str(text)?;
     let mut table = Table::default();
     let mut owner: BTreeMap<(u32, MacAddr), IpAddr> = BTreeMap::new();
@@ -64,7 +57,7 @@ fn parse(text: &str, own: &[IpAddr]) -> anyhow::Result<Table> {
                 bail!("peer {}: MAC {} is not a unicast address", peer.vtep, m.mac);
             }
             for &ip in &m.ips {
-                crate::model::check_host_ip(&format!("peer {} MAC {}", peer.vtep, m.mac), ip)
+                crate::addr::check_host_ip(&format!("peer {} MAC {}", peer.vtep, m.mac), ip)
                     .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             }
             if let Some(other) = owner.insert((m.vni, m.mac), peer.vtep)
@@ -93,51 +86,6 @@ fn parse(text: &str, own: &[IpAddr]) -> anyhow::Result<Table> {
         }
     }
     Ok(table)
-}
-
-/// What identifies a version of the file.
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
-/// Installs `path` and follows its changes until the daemon stops.
-pub async fn run(state: Shared, path: PathBuf, own: Vec<IpAddr>) {
-    let endpoint = format!("file:{}", path.display());
-    let mut seen = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let now = stamp(&path);
-        if now.is_some() && now == seen {
-            continue;
-        }
-        seen = now;
-        let loaded = tokio::fs::read_to_string(&path)
-            .await
-            .with_context(|| format!("reading {}", path.display()))
-            .and_then(|text| parse(&text, &own).with_context(|| format!("{}", path.display())));
-        let mut nve = state.lock().await;
-        let result = match loaded {
-            Ok(table) if nve.model.nva() == &table => Ok(()),
-            Ok(table) => nve
-                .submit(Event::Nva(table))
-                .await
-                .map(drop)
-                .map_err(|e| anyhow::anyhow!("installing the peers: {}", e.message)),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = &result {
-            tracing::warn!("peers file refused, the last one stays in force: {e:#}");
-        }
-        nve.status.nva = Some(NvaStatus {
-            endpoint: endpoint.clone(),
-            connected: result.is_ok(),
-            entries: nve.model.nva().len(),
-            last_error: result.err().map(|e| format!("{e:#}")),
-            duplicate_macs: Vec::new(),
-        });
-    }
 }
 
 #[cfg(test)]

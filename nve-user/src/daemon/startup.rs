@@ -1,12 +1,10 @@
-//! `nve daemon`: one NVE instance. Takes the instance lock, loads and attaches the
-//! dataplane, applies the startup configuration, serves the API until SIGTERM or SIGINT,
-//! then detaches everything and removes its pins and socket.
+//! Starting (and tearing down) an NVE instance: the arguments, the instance lock, the
+//! state and the startup configuration, the dataplane, the API socket.
 use std::{
     fs::{self, File},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     os::{fd::AsRawFd, unix::fs::PermissionsExt},
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
 use anyhow::{Context as _, bail};
@@ -15,16 +13,18 @@ use nve_common::{
     wire::DEFAULT_TTL,
 };
 use serde::Deserialize;
-use tokio::{net::UnixListener, signal::unix::SignalKind, sync::Mutex};
+use tokio::net::UnixListener;
 
+use super::{
+    ports::http::{Allowed, group_id},
+    writer::{Writer, now},
+};
 use crate::{
-    access::{self, Allowed},
     api::{AttachPort, CreateVn, RemoteMac, StatusView},
     dataplane::{Dataplane, UnderlayMode},
     model::Model,
     netlink,
     paths::Paths,
-    server::{self, Nve},
     store::Store,
 };
 
@@ -128,8 +128,7 @@ impl ConfigFile {
             m.create_vn(&CreateVn::new(vn.name.clone(), vn.vni))
                 .with_context(ctx)?;
             for p in &vn.ports {
-                m.attach_port(&vn.name, p, server::now())
-                    .with_context(ctx)?;
+                m.attach_port(&vn.name, p, now()).with_context(ctx)?;
             }
             for r in &vn.remote {
                 m.add_remote(&vn.name, r).with_context(ctx)?;
@@ -143,7 +142,7 @@ impl ConfigFile {
 }
 
 /// Holds the instance lock for the daemon's lifetime.
-struct InstanceLock {
+pub struct InstanceLock {
     _file: File,
 }
 
@@ -166,20 +165,55 @@ impl InstanceLock {
     }
 }
 
-pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
-    // Refused before anything is set up.
+/// What startup leaves the daemon: the instance held, the writer with the stored state
+/// applied to the dataplane, the API socket bound.
+pub struct Started {
+    pub lock: InstanceLock,
+    pub writer: Writer,
+    pub listener: UnixListener,
+    pub allowed: Allowed,
+    /// The VTEP the NVA publishes.
+    pub nva_vtep: IpAddr,
+}
+
+/// Everything up to serving: refuses bad arguments before anything is set up, takes the
+/// instance, loads the state and the dataplane and brings one to the other.
+pub async fn start(paths: &Paths, socket: &Path, args: &DaemonArgs) -> anyhow::Result<Started> {
     let nva_vtep = args.published_vtep()?;
     let allowed = Allowed {
-        gid: args.group.as_deref().map(access::group_id).transpose()?,
+        gid: args.group.as_deref().map(group_id).transpose()?,
     };
     let run_dir = socket.parent().context("socket path has no directory")?;
     fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     if let Some(dir) = paths.lock.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let _lock = InstanceLock::take(&paths.lock, &paths.instance)?;
+    let lock = InstanceLock::take(&paths.lock, &paths.instance)?;
     let (store, stored) = Store::open(&paths.state_dir)?;
-    let initial = match &args.config {
+    let initial = initial_model(args, stored)?;
+    let (conn, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    tokio::spawn(conn);
+    let dataplane = load_dataplane(paths, args, &netlink).await?;
+    let mut writer = Writer::new(dataplane, netlink, store, status(paths, args));
+    if let Err(e) = writer.start(initial).await {
+        if args.teardown_on_exit {
+            writer.teardown().await;
+        }
+        bail!("bringing the dataplane to the stored state: {e}");
+    }
+    let listener = bind(socket, allowed)?;
+    Ok(Started {
+        lock,
+        writer,
+        listener,
+        allowed,
+        nva_vtep,
+    })
+}
+
+/// The stored state, or on a first start (an empty state dir) the config file's.
+fn initial_model(args: &DaemonArgs, stored: Model) -> anyhow::Result<Model> {
+    Ok(match &args.config {
         Some(path) if stored != Model::default() => {
             tracing::info!(config = %path.display(), "state dir holds state: config file not applied");
             stored
@@ -193,13 +227,18 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
                 .with_context(|| format!("config {}", path.display()))?
         }
         None => stored,
-    };
+    })
+}
+
+/// Creates the tunnel device and loads (or takes over) the pinned dataplane.
+async fn load_dataplane(
+    paths: &Paths,
+    args: &DaemonArgs,
+    handle: &rtnetlink::Handle,
+) -> anyhow::Result<Dataplane> {
     let underlay_ifindex = netlink::ifindex(&args.underlay)
         .with_context(|| format!("underlay {:?}: no such interface", args.underlay))?;
-
-    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-    tokio::spawn(conn);
-    netlink::create_tunnel_device(&handle).await?;
+    netlink::create_tunnel_device(handle).await?;
     let config = DataplaneConfig {
         vtep_ipv4: args.vtep.octets(),
         underlay_ifindex,
@@ -207,27 +246,31 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
         _pad: [0; 3],
         vtep_ipv6: args.vtep6.map_or([0; 16], |a| a.octets()),
         tunnel_ifindex: netlink::ifindex(TUNNEL_DEV).context("the tunnel device vanished")?,
-        underlay_mtu: netlink::mtu(&handle, &args.underlay).await.unwrap_or(1500),
-        underlay_mac: netlink::mac(&handle, &args.underlay)
+        underlay_mtu: netlink::mtu(handle, &args.underlay).await.unwrap_or(1500),
+        underlay_mac: netlink::mac(handle, &args.underlay)
             .await
             .with_context(|| format!("underlay {:?}: not an Ethernet interface", args.underlay))?,
         _pad2: [0; 2],
     };
-    let dataplane = match Dataplane::load(
+    let loaded = Dataplane::load(
         &paths.pin_dir,
         &args.underlay,
         args.underlay_mode,
         config,
         args.debug_log,
-    ) {
-        Ok(dp) => dp,
+    );
+    match loaded {
+        Ok(dp) => Ok(dp),
         Err(e) => {
-            let _ = netlink::delete_link(&handle, TUNNEL_DEV).await;
-            return Err(anyhow::Error::from(e).context("loading the dataplane"));
+            let _ = netlink::delete_link(handle, TUNNEL_DEV).await;
+            Err(anyhow::Error::from(e).context("loading the dataplane"))
         }
-    };
+    }
+}
 
-    let status = StatusView {
+/// What `nve status` shows that does not change while the daemon runs.
+fn status(paths: &Paths, args: &DaemonArgs) -> StatusView {
+    StatusView {
         instance: paths.instance.clone(),
         vtep: args.vtep,
         vtep6: args.vtep6,
@@ -240,152 +283,19 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
         vm_mtu: 0,
         nva: None,
         next_hops: Vec::new(),
-    };
-    let mut nve = Nve {
-        model: Model::default(),
-        dataplane,
-        netlink: handle,
-        status,
-        underlay_ifindex,
-        managed_neighbours: Default::default(),
-        next_hops: Default::default(),
-        store,
-        changes: Default::default(),
-        above_nva: Default::default(),
-        next_hop_vteps: Default::default(),
-    };
-    if let Err(e) = nve.start(initial).await {
-        if args.teardown_on_exit {
-            nve.teardown().await;
-        }
-        bail!("bringing the dataplane to the stored state: {e}");
     }
+}
 
-    let _ = fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)
+/// Binds the API socket: root's, the allowed group's, mode 0660.
+fn bind(socket: &Path, allowed: Allowed) -> anyhow::Result<UnixListener> {
+    let _ = fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)
         .with_context(|| format!("binding API socket {}", socket.display()))?;
-    std::os::unix::fs::chown(&socket, Some(0), allowed.gid)
+    std::os::unix::fs::chown(socket, Some(0), allowed.gid)
         .with_context(|| format!("chown {}", socket.display()))?;
-    fs::set_permissions(&socket, fs::Permissions::from_mode(0o660))
+    fs::set_permissions(socket, fs::Permissions::from_mode(0o660))
         .with_context(|| format!("chmod {}", socket.display()))?;
-    tracing::info!(
-        instance = %paths.instance,
-        socket = %socket.display(),
-        vtep = %args.vtep,
-        underlay = %args.underlay,
-        mode = %args.underlay_mode,
-        "nve daemon ready"
-    );
-
-    let shared = Arc::new(Mutex::new(nve));
-    let (watch_conn, events) = netlink::watch_underlay().context("watching the underlay")?;
-    tokio::spawn(watch_conn);
-    let watcher = tokio::spawn(follow_underlay(shared.clone(), events));
-    let expirer = tokio::spawn(expire_soft_state(shared.clone()));
-    let announcements = shared.lock().await.dataplane.take_announcements();
-    let learner =
-        announcements.map(|ring| tokio::spawn(crate::announcements::learn(shared.clone(), ring)));
-    let own_vteps: Vec<std::net::IpAddr> = std::iter::once(args.vtep.into())
-        .chain(args.vtep6.map(Into::into))
-        .collect();
-    let nva = match (&args.nva, &args.peers) {
-        (None, Some(path)) => Some(tokio::spawn(crate::nva::peers::run(
-            shared.clone(),
-            path.clone(),
-            own_vteps,
-        ))),
-        (Some(url), _) => {
-            let etcd = crate::nva::Etcd::new(url)?;
-            let changes = shared.lock().await.changes.clone();
-            let vtep = nva_vtep;
-            Some(tokio::spawn(crate::nva::run(
-                shared.clone(),
-                etcd,
-                url.clone(),
-                vtep,
-                changes,
-            )))
-        }
-        (None, None) => None,
-    };
-    let metrics = match args.metrics_listen {
-        Some(addr) => Some(crate::prometheus::serve(addr, shared.clone()).await?),
-        None => None,
-    };
-    let (api, writer) = server::Api::new(shared.clone());
-    crate::http_conn::serve(listener, server::router(api, allowed), shutdown_signal()).await;
-    let _ = fs::remove_file(&socket);
-    watcher.abort();
-    expirer.abort();
-    for task in [learner, nva].into_iter().flatten() {
-        task.abort();
-        let _ = task.await;
-    }
-    writer.abort();
-    if let Some(metrics) = metrics {
-        metrics.abort();
-        let _ = metrics.await;
-    }
-    let _ = writer.await;
-    let _ = watcher.await;
-    let _ = expirer.await;
-    let nve = Arc::try_unwrap(shared)
-        .map_err(|_| anyhow::anyhow!("API still holds the state after shutdown"))?
-        .into_inner();
-    if args.teardown_on_exit {
-        nve.teardown().await;
-        tracing::info!(instance = %paths.instance, "nve daemon stopped; dataplane removed");
-    } else {
-        tracing::info!(instance = %paths.instance, "nve daemon stopped; the dataplane keeps forwarding (`nve teardown` removes it)");
-    }
-    Ok(())
-}
-
-/// Brings the dataplane back to the model whenever the kernel reports a link, neighbour or
-/// route change (a VM's tap appearing or going, a next hop changing), coalescing bursts.
-async fn follow_underlay(state: server::Shared, mut events: impl futures_util::Stream + Unpin) {
-    use futures_util::StreamExt;
-    while events.next().await.is_some() {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        while let Some(Some(_)) = futures_util::FutureExt::now_or_never(events.next()) {}
-        let mut nve = state.lock().await;
-        let model = nve.model.clone();
-        // Ports and next hops changed, not the NVA's entries: those stay as they are.
-        let nva_unchanged = crate::model::Keys::default();
-        if let Err(e) = nve.sync_with(&model, false, Some(&nva_unchanged)).await {
-            tracing::warn!("following a link, neighbour or route change: {e}");
-        }
-        if let Err(e) = nve.refresh_next_hops(&model).await {
-            tracing::warn!("following a link, neighbour or route change: {e:#}");
-        }
-        if let Some(mac) = netlink::mac(&nve.netlink, &nve.status.underlay).await
-            && let Err(e) = nve.dataplane.set_underlay_mac(mac)
-        {
-            tracing::warn!("following the underlay's MAC: {e:#}");
-        }
-    }
-}
-
-/// Every 200 ms, disassociates soft associations whose hold time ran out.
-async fn expire_soft_state(state: server::Shared) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
-    loop {
-        tick.tick().await;
-        let mut nve = state.lock().await;
-        if nve.model.next_expiry().is_some_and(|t| t <= server::now())
-            && let Err(e) = nve.submit(crate::model::Event::Expire).await
-        {
-            tracing::warn!("expiring soft state: {e}");
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    Ok(listener)
 }
 
 /// `nve teardown`: removes a dataplane a stopped daemon left forwarding (pinned programs

@@ -1,4 +1,4 @@
-//! The Prometheus text endpoint: off unless `nve daemon --metrics-listen ADDR` asks for it.
+//! The Prometheus port: off unless `nve daemon --metrics-listen ADDR` asks for it.
 //! `GET /metrics` renders the same counters as `nve stats` (exposition format 0.0.4).
 use std::{fmt::Write as _, net::SocketAddr};
 
@@ -8,11 +8,14 @@ use nve_common::metrics::{DropReason, Outcome};
 
 use crate::{
     api::{NvaStatus, StatsView},
-    server::Shared,
+    daemon::ports::http::Api,
 };
 
-/// Binds `addr` and serves `/metrics` until the task is aborted.
-pub async fn serve(addr: SocketAddr, state: Shared) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+/// Binds `addr`; the future that serves `/metrics` (until it is dropped).
+pub async fn serve(
+    addr: SocketAddr,
+    state: Api,
+) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics listener {addr}"))?;
@@ -20,25 +23,21 @@ pub async fn serve(addr: SocketAddr, state: Shared) -> anyhow::Result<tokio::tas
     let app = Router::new()
         .route("/metrics", get(metrics))
         .with_state(state);
-    Ok(tokio::spawn(async move {
+    Ok(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!("metrics listener: {e}");
         }
-    }))
+    })
 }
 
-async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
-    let nve = state.lock().await;
+async fn metrics(State(state): State<Api>) -> impl IntoResponse {
+    let snapshot = state.handle.snapshot();
     let (stats, vns, ports) = (
-        nve.dataplane.stats(),
-        nve.model.vns().count(),
-        nve.model.ports().count(),
+        state.counters.read(),
+        snapshot.status.vns,
+        snapshot.status.ports,
     );
-    let nva = nve.status.nva.clone().map(|mut s| {
-        s.entries = nve.model.nva().len();
-        s
-    });
-    drop(nve);
+    let nva = snapshot.status.nva.clone();
     match stats {
         Ok(stats) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -1,18 +1,18 @@
 //! The only code that touches the eBPF programs and maps: loads and pins them, attaches
 //! them to the underlay and VM ports, and reconciles map contents with the model's
 //! [`Desired`] state by difference, so entries traffic uses are never cleared and refilled.
+mod counters;
+mod mirrored;
+
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fs,
-    hash::Hash,
     path::{Path, PathBuf},
 };
 
 use aya::{
-    Ebpf, EbpfLoader, Pod,
-    maps::{
-        Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf,
-    },
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuHashMap, RingBuf},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -24,18 +24,16 @@ use nve_common::{
     maps::{
         ARP_MAP, ArpEntry, ArpKey, CONFIG_MAP, DataplaneConfig, EVENTS_MAP, FDB_MAP, FdbEntry,
         FdbKey, ND_MAP, NEXTHOPS_MAP, NdKey, NextHop, PORT_STATS_MAP, PORTS_MAP, PortKey,
-        PortValue, STATS_MAP, TUNNEL_DEV, VN_STATS_MAP, VN_VTEPS_MAP, VNS_MAP, VnInfo, VnVtepKey,
+        PortValue, TUNNEL_DEV, VN_STATS_MAP, VN_VTEPS_MAP, VNS_MAP, VnInfo, VnVtepKey,
     },
-    metrics::{
-        Counter, DropReason, Forward, Hook, Outcome, PortCounter, PortTraffic, VnCounter, VnTraffic,
-    },
+    metrics::{PortTraffic, VnTraffic},
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    api::{CounterView, CountersView, StatsView},
-    model::Desired,
-};
+pub use counters::Counters;
+use mirrored::Mirrored;
+
+use crate::model::Desired;
 
 /// The compiled nve-ebpf object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nve"));
@@ -127,7 +125,6 @@ pub struct Dataplane {
     arp: Mirrored<ArpKey, ArpEntry>,
     nd: Mirrored<NdKey, ArpEntry>,
     vn_vteps: Mirrored<VnVtepKey, u32>,
-    stats: PerCpuArray<MapData, Counter>,
     vn_stats: PerCpuHashMap<MapData, u32, VnTraffic>,
     port_stats: PerCpuHashMap<MapData, u32, PortTraffic>,
     /// Every attachment, pinned in `pin_dir` as `link_<program>@<iface>`.
@@ -198,7 +195,6 @@ impl Dataplane {
             arp: Mirrored::new(take_map(&mut ebpf, ARP_MAP)?, ARP_MAP)?,
             nd: Mirrored::new(take_map(&mut ebpf, ND_MAP)?, ND_MAP)?,
             vn_vteps: Mirrored::new(take_map(&mut ebpf, VN_VTEPS_MAP)?, VN_VTEPS_MAP)?,
-            stats: take_map(&mut ebpf, STATS_MAP)?,
             vn_stats: take_map(&mut ebpf, VN_STATS_MAP)?,
             port_stats: take_map(&mut ebpf, PORT_STATS_MAP)?,
             ebpf,
@@ -426,59 +422,10 @@ impl Dataplane {
         self.next_hops.upsert_changed(next_hops)
     }
 
-    /// Counters summed over CPUs: by hook and outcome name (zero counters left out), by VN
-    /// and by VM port.
-    pub fn stats(&self) -> Result<StatsView> {
-        let mut vns = BTreeMap::new();
-        for entry in self.vn_stats.iter() {
-            let (vni, values) = entry.map_err(map_err(VN_STATS_MAP))?;
-            vns.insert(
-                vni,
-                traffic_view(&values, VnCounter::ALL.map(VnCounter::name)),
-            );
-        }
-        let mut ports = BTreeMap::new();
-        for entry in self.port_stats.iter() {
-            let (ifindex, values) = entry.map_err(map_err(PORT_STATS_MAP))?;
-            let name = crate::netlink::ifname(ifindex).unwrap_or_else(|| format!("if{ifindex}"));
-            ports.insert(
-                name,
-                traffic_view(&values, PortCounter::ALL.map(PortCounter::name)),
-            );
-        }
-        Ok(StatsView {
-            hooks: self.hook_stats()?,
-            vns,
-            ports,
-        })
-    }
-
-    fn hook_stats(&self) -> Result<BTreeMap<String, CountersView>> {
-        let outcomes = Forward::ALL
-            .iter()
-            .map(|&f| Outcome::Forward(f))
-            .chain(DropReason::ALL.iter().map(|&d| Outcome::Drop(d)));
-        let mut view = BTreeMap::new();
-        for hook in Hook::ALL {
-            let mut per_hook = BTreeMap::new();
-            for outcome in outcomes.clone() {
-                let values = self
-                    .stats
-                    .get(&outcome.slot(hook), 0)
-                    .map_err(map_err(STATS_MAP))?;
-                let sum = values
-                    .iter()
-                    .fold(CounterView::default(), |acc, c| CounterView {
-                        packets: acc.packets + c.packets,
-                        bytes: acc.bytes + c.bytes,
-                    });
-                if sum.packets != 0 {
-                    per_hook.insert(outcome.name().to_string(), sum);
-                }
-            }
-            view.insert(hook.name().to_string(), per_hook);
-        }
-        Ok(view)
+    /// A reader of the counters, on descriptors of its own (the pinned maps opened
+    /// again), for the ports to read without the writer.
+    pub fn counters(&self) -> Result<Counters> {
+        Counters::open(&self.pin_dir)
     }
 
     /// Detaches everything and removes the pins (maps and links): nothing of the instance
@@ -517,26 +464,6 @@ fn forward_logs(ebpf: &mut Ebpf) -> Result<tokio::task::JoinHandle<()>> {
     }))
 }
 
-/// Named slots of a per-CPU counter array, summed over CPUs.
-fn traffic_view<const N: usize>(
-    values: &PerCpuValues<[Counter; N]>,
-    names: [&'static str; N],
-) -> CountersView {
-    names
-        .iter()
-        .enumerate()
-        .map(|(slot, name)| {
-            let sum = values
-                .iter()
-                .fold(CounterView::default(), |acc, c| CounterView {
-                    packets: acc.packets + c[slot].packets,
-                    bytes: acc.bytes + c[slot].bytes,
-                });
-            (name.to_string(), sum)
-        })
-        .collect()
-}
-
 /// Takes map `name` out of the object, typed.
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
 where
@@ -546,65 +473,4 @@ where
         .take_map(name)
         .ok_or(DataplaneError::MissingMap(name))?;
     T::try_from(map).map_err(map_err(name))
-}
-
-/// A pinned hash map and what this daemon knows it holds: read once when the daemon
-/// starts (the map may hold what an earlier daemon wrote), then kept in step with every
-/// write, so a change costs syscalls only for the entries that differ.
-struct Mirrored<K, V> {
-    map: BpfHashMap<MapData, K, V>,
-    current: HashMap<K, V>,
-    name: &'static str,
-}
-
-impl<K: Pod + Eq + Hash, V: Pod + PartialEq> Mirrored<K, V> {
-    fn new(map: BpfHashMap<MapData, K, V>, name: &'static str) -> Result<Self> {
-        let current = map
-            .iter()
-            .collect::<std::result::Result<HashMap<_, _>, _>>()
-            .map_err(map_err(name))?;
-        Ok(Self { map, current, name })
-    }
-
-    /// Deletes the entries `desired` does not have (of those in `scope`, when given);
-    /// returns their keys.
-    fn remove_absent(
-        &mut self,
-        desired: &HashMap<K, V>,
-        scope: Option<&HashSet<K>>,
-    ) -> Result<Vec<K>> {
-        let candidates: Box<dyn Iterator<Item = &K>> = match scope {
-            Some(keys) => Box::new(keys.iter().filter(|k| self.current.contains_key(k))),
-            None => Box::new(self.current.keys()),
-        };
-        let stale: Vec<K> = candidates
-            .filter(|k| !desired.contains_key(k))
-            .copied()
-            .collect();
-        for k in &stale {
-            self.map.remove(k).map_err(map_err(self.name))?;
-            self.current.remove(k);
-        }
-        Ok(stale)
-    }
-
-    /// Writes the entries of `desired` that the map lacks or holds otherwise.
-    fn upsert_changed(&mut self, desired: &HashMap<K, V>) -> Result<()> {
-        for (k, v) in desired {
-            if self.current.get(k) == Some(v) {
-                continue;
-            }
-            let name = self.name;
-            self.map.insert(k, v, 0).map_err(|e| match e {
-                aya::maps::MapError::SyscallError(ref s)
-                    if s.io_error.raw_os_error() == Some(libc::E2BIG) =>
-                {
-                    DataplaneError::MapFull { name }
-                }
-                e => DataplaneError::Map { name, source: e },
-            })?;
-            self.current.insert(*k, *v);
-        }
-        Ok(())
-    }
 }

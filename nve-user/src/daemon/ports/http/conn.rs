@@ -32,10 +32,8 @@ use tokio::{
 };
 use tower_service::Service as _;
 
-use crate::{
-    access::Peer,
-    api::{ErrorBody, ErrorCode},
-};
+use super::access::Peer;
+use crate::api::{ErrorBody, ErrorCode};
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;

@@ -1,5 +1,5 @@
-//! The daemon's side of learning: reads the announcements VMs made (`NVE_EVENTS`, written
-//! by the dataplane) and submits them to the model as `Event::Learn`, like any change.
+//! The announcements port: reads the announcements VMs made (`NVE_EVENTS`, written by the
+//! dataplane) and submits them to the writer as `Event::Learn`, like any change.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::{MapData, RingBuf};
@@ -7,10 +7,10 @@ use nve_common::maps::{ANNOUNCE_GARP, ANNOUNCE_NA, ANNOUNCE_RARP, Announcement};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
+    daemon::handle::Handle,
     mac::MacAddr,
     model::{Announced, Event},
     netlink,
-    server::Shared,
 };
 
 /// What the model learns from one record; `None` for a record it cannot place (a port
@@ -35,7 +35,7 @@ fn announced(a: &Announcement) -> Option<Announced> {
 }
 
 /// Runs until the ring buffer cannot be polled any more.
-pub async fn learn(state: Shared, ring: RingBuf<MapData>) {
+pub async fn learn(handle: Handle, ring: RingBuf<MapData>) {
     // SAFETY: the ring buffer owns its map fd and keeps that same fd open for as long as it
     // lives, which is as long as the AsyncFd that owns it.
     let registered = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) };
@@ -68,8 +68,10 @@ pub async fn learn(state: Shared, ring: RingBuf<MapData>) {
         if events.is_empty() {
             continue;
         }
-        let mut nve = state.lock().await;
-        for (event, result) in events.iter().zip(nve.submit_batch(&events).await) {
+        // Queued together, so the writer applies them as one change.
+        let results =
+            futures_util::future::join_all(events.iter().map(|e| handle.submit(e.clone())));
+        for (event, result) in events.iter().zip(results.await) {
             if let Err(e) = result {
                 tracing::info!(?event, "announcement not learned: {}", e.message);
             }

@@ -1,0 +1,81 @@
+//! How a port reaches the writer: commands on a bounded channel, answers on a oneshot, and
+//! the snapshot the writer publishes after each batch. The one door every input uses.
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{
+    api::{ErrorBody, ErrorCode, NvaStatus},
+    model::Event,
+};
+
+use super::writer::{Command, Reply, Snapshot};
+
+/// Commands the writer's queue holds before senders wait (or the API answers E_BUSY).
+pub const QUEUE: usize = 4096;
+
+#[derive(Clone)]
+pub struct Handle {
+    commands: mpsc::Sender<Command>,
+    published: watch::Receiver<Arc<Snapshot>>,
+}
+
+fn gone() -> ErrorBody {
+    ErrorBody::new(ErrorCode::EHost, "the daemon is shutting down")
+}
+
+impl Handle {
+    pub fn new(commands: mpsc::Sender<Command>, published: watch::Receiver<Arc<Snapshot>>) -> Self {
+        Self {
+            commands,
+            published,
+        }
+    }
+
+    /// Queues `event`, waiting for room, and waits for its result (the internal ports: they
+    /// slow down rather than lose an event).
+    pub async fn submit(&self, event: Event) -> Reply {
+        let (reply, result) = oneshot::channel();
+        self.commands
+            .send(Command::Apply { event, reply })
+            .await
+            .map_err(|_| gone())?;
+        result.await.map_err(|_| gone())?
+    }
+
+    /// Queues `event` if there is room (E_BUSY otherwise) and waits for its result (the
+    /// API: a full queue is answered at once, it never grows without bound).
+    pub async fn try_submit(&self, event: Event) -> Reply {
+        let (reply, result) = oneshot::channel();
+        self.commands
+            .try_send(Command::Apply { event, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ErrorBody::new(
+                    ErrorCode::EBusy,
+                    format!("{QUEUE} changes are waiting already: try again"),
+                ),
+                mpsc::error::TrySendError::Closed(_) => gone(),
+            })?;
+        result.await.map_err(|_| gone())?
+    }
+
+    /// Tells the writer the underlay changed (a link, neighbour or route event).
+    pub async fn underlay_changed(&self) {
+        let _ = self.commands.send(Command::Underlay).await;
+    }
+
+    /// Tells the writer how the NVA's connection is.
+    pub async fn nva_status(&self, status: NvaStatus) {
+        let _ = self.commands.send(Command::NvaStatus(status)).await;
+    }
+
+    /// The state as of the writer's last batch.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.published.borrow().clone()
+    }
+
+    /// A receiver that wakes on each new snapshot (what the NVA republishes from).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.published.clone()
+    }
+}

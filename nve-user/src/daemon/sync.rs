@@ -1,0 +1,148 @@
+//! The writer's reconciliation with the kernel: VM ports attached, maps brought to what the
+//! model derives, underlay next hops resolved (see [`Writer::sync_with`]).
+use std::collections::{BTreeSet, HashMap};
+
+use crate::{
+    api::{ErrorBody, ErrorCode},
+    dataplane::DataplaneError,
+    model::{Keys, Model, Recompute},
+    netlink,
+};
+
+use super::writer::Writer;
+
+/// NVA entries from which a change recomputes only what it touched (`Recompute::Touched`):
+/// below, the bookkeeping costs more than it saves (10,000 local associations measured
+/// ~15% slower with it). Debug builds, which the integration tests run, always scope, so
+/// the rigs exercise that path.
+const SCOPED_FROM_NVA_ENTRIES: usize = if cfg!(debug_assertions) { 1 } else { 4096 };
+
+/// A dataplane error as the API reports it: E_RESOURCES for a full map, else E_HOST, with
+/// its causes (the errno, the verifier's log).
+pub fn dataplane_error(e: DataplaneError) -> ErrorBody {
+    let code = match e {
+        DataplaneError::MapFull { .. } => ErrorCode::EResources,
+        _ => ErrorCode::EHost,
+    };
+    ErrorBody::new(code, format!("{:#}", anyhow::Error::from(e)))
+}
+
+fn host(e: impl std::fmt::Display) -> ErrorBody {
+    ErrorBody::new(ErrorCode::EHost, e.to_string())
+}
+
+impl Writer {
+    /// Brings VM port attachments, maps and underlay neighbours to `model`. With `strict`, a
+    /// statically bound port that does not exist is an error (an API request named it);
+    /// otherwise (a link event) it is left out like a vNIC's port that has not appeared
+    /// yet, and bound when it does. `touched`: the NVA entries that changed since the last
+    /// sync, if only those did (see `Model::desired_in`); `None` rewrites what differs.
+    pub async fn sync_with(
+        &mut self,
+        model: &Model,
+        strict: bool,
+        touched: Option<&Keys>,
+    ) -> Result<(), ErrorBody> {
+        let infos = self.port_infos(model, strict).await?;
+        self.dataplane
+            .set_vm_ports(infos.keys().map(String::as_str))
+            .map_err(dataplane_error)?;
+        // Scoping costs the above-NVA keys' bookkeeping on every change: worth it only when
+        // the NVA's entries outnumber what a full comparison would cost.
+        let large = model.nva().len() >= SCOPED_FROM_NVA_ENTRIES;
+        let how = match (touched, self.above_nva.take()) {
+            (Some(t), Some(mut above)) if large => {
+                above.extend(t);
+                Recompute::Touched(above)
+            }
+            _ if large => Recompute::AllKeepingAbove,
+            _ => Recompute::All,
+        };
+        let (desired, above_nva) = model.desired_in(|p| infos.get(p).copied(), how);
+        self.dataplane.apply(&desired).map_err(dataplane_error)?;
+        // Known only once written: after a failed write the next change compares all.
+        self.above_nva = above_nva;
+        // A change resolves the next hops of VTEPs it adds or removes; the kernel's
+        // neighbour and route events (the underlay watch) refresh the others.
+        if touched.is_some() && model.ipv4_vteps().eq(self.next_hop_vteps.iter().copied()) {
+            return Ok(());
+        }
+        self.refresh_next_hops(model)
+            .await
+            .map_err(|e| host(format!("{e:#}")))
+    }
+
+    /// The ports `model` names that exist now; with `strict`, a static port that does not
+    /// is an error.
+    async fn port_infos(
+        &self,
+        model: &Model,
+        strict: bool,
+    ) -> Result<HashMap<String, crate::model::PortInfo>, ErrorBody> {
+        let static_ports: BTreeSet<&str> = model.ports().map(|(p, _)| p.as_str()).collect();
+        let vnic_ports = model.vnics().map(|(_, v)| v.params.port.as_str());
+        let ports: BTreeSet<&str> = static_ports.iter().copied().chain(vnic_ports).collect();
+        let mut infos = HashMap::new();
+        for &port in &ports {
+            match netlink::port_info(&self.netlink, port).await {
+                Ok(Some(info)) => {
+                    infos.insert(port.to_string(), info);
+                }
+                Ok(None) if strict && static_ports.contains(port) => {
+                    return Err(host(format!(
+                        "port {port}: no such interface in the daemon's network namespace"
+                    )));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(host(format!("looking up port {port}: {e}"))),
+            }
+        }
+        Ok(infos)
+    }
+
+    /// Resolves the underlay next hop of every remote VTEP of `model` from the kernel's
+    /// route and neighbour tables and mirrors them to the dataplane. A next hop seen for the
+    /// first time becomes a managed neighbour, which the kernel keeps resolved.
+    pub async fn refresh_next_hops(&mut self, model: &Model) -> anyhow::Result<()> {
+        let mut next_hops = HashMap::new();
+        self.next_hop_vteps = model.ipv4_vteps().collect();
+        for vtep in model.ipv4_vteps() {
+            let Some(route) = netlink::route_to(&self.netlink, vtep).await? else {
+                tracing::warn!(%vtep, "no underlay route to VTEP");
+                continue;
+            };
+            if self.managed_neighbours.insert(route) {
+                netlink::keep_neighbour_resolved(&self.netlink, route.oif, route.hop).await?;
+            }
+            if let Some(nh) = netlink::next_hop(&self.netlink, route).await? {
+                next_hops.insert(vtep.octets(), nh);
+            }
+        }
+        if next_hops != self.next_hops {
+            self.dataplane.set_next_hops(&next_hops)?;
+            tracing::info!(resolved = next_hops.len(), "underlay next hops updated");
+            self.next_hops = next_hops;
+        }
+        Ok(())
+    }
+
+    /// Follows a link, neighbour or route change: ports that came or went, next hops, the
+    /// underlay's MAC and MTU. The NVA's entries did not change: they stay as written.
+    pub async fn follow_underlay(&mut self) {
+        let model = self.model.clone();
+        if let Err(e) = self.sync_with(&model, false, Some(&Keys::default())).await {
+            tracing::warn!("following a link, neighbour or route change: {e}");
+        }
+        if let Err(e) = self.refresh_next_hops(&model).await {
+            tracing::warn!("following a link, neighbour or route change: {e:#}");
+        }
+        if let Some(mac) = netlink::mac(&self.netlink, &self.status.underlay).await
+            && let Err(e) = self.dataplane.set_underlay_mac(mac)
+        {
+            tracing::warn!("following the underlay's MAC: {e:#}");
+        }
+        self.underlay_mtu = netlink::mtu(&self.netlink, &self.status.underlay)
+            .await
+            .unwrap_or(0);
+    }
+}

@@ -1,0 +1,74 @@
+//! A pinned hash map mirrored in the daemon, so a change costs syscalls only for what
+//! differs.
+use std::{
+    collections::{HashMap, HashSet},
+    hash::Hash,
+};
+
+use aya::{
+    Pod,
+    maps::{HashMap as BpfHashMap, MapData},
+};
+
+use super::{DataplaneError, Result, map_err};
+
+/// A pinned hash map and what this daemon knows it holds: read once when the daemon
+/// starts (the map may hold what an earlier daemon wrote), then kept in step with every
+/// write, so a change costs syscalls only for the entries that differ.
+pub(super) struct Mirrored<K, V> {
+    map: BpfHashMap<MapData, K, V>,
+    current: HashMap<K, V>,
+    name: &'static str,
+}
+
+impl<K: Pod + Eq + Hash, V: Pod + PartialEq> Mirrored<K, V> {
+    pub(super) fn new(map: BpfHashMap<MapData, K, V>, name: &'static str) -> Result<Self> {
+        let current = map
+            .iter()
+            .collect::<std::result::Result<HashMap<_, _>, _>>()
+            .map_err(map_err(name))?;
+        Ok(Self { map, current, name })
+    }
+
+    /// Deletes the entries `desired` does not have (of those in `scope`, when given);
+    /// returns their keys.
+    pub(super) fn remove_absent(
+        &mut self,
+        desired: &HashMap<K, V>,
+        scope: Option<&HashSet<K>>,
+    ) -> Result<Vec<K>> {
+        let candidates: Box<dyn Iterator<Item = &K>> = match scope {
+            Some(keys) => Box::new(keys.iter().filter(|k| self.current.contains_key(k))),
+            None => Box::new(self.current.keys()),
+        };
+        let stale: Vec<K> = candidates
+            .filter(|k| !desired.contains_key(k))
+            .copied()
+            .collect();
+        for k in &stale {
+            self.map.remove(k).map_err(map_err(self.name))?;
+            self.current.remove(k);
+        }
+        Ok(stale)
+    }
+
+    /// Writes the entries of `desired` that the map lacks or holds otherwise.
+    pub(super) fn upsert_changed(&mut self, desired: &HashMap<K, V>) -> Result<()> {
+        for (k, v) in desired {
+            if self.current.get(k) == Some(v) {
+                continue;
+            }
+            let name = self.name;
+            self.map.insert(k, v, 0).map_err(|e| match e {
+                aya::maps::MapError::SyscallError(ref s)
+                    if s.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                {
+                    DataplaneError::MapFull { name }
+                }
+                e => DataplaneError::Map { name, source: e },
+            })?;
+            self.current.insert(*k, *v);
+        }
+        Ok(())
+    }
+}
