@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod guest;
+mod lint;
 mod setup;
 mod test;
 
@@ -23,6 +24,8 @@ enum Command {
     Build,
     /// Lint, unit tests, then the root-only BPF and namespace tests.
     Test(test::TestArgs),
+    /// Formatting, clippy, the core lint and unit tests: what needs no root.
+    Check,
     /// Two hosts, one VM each, one VN: watch them talk over VXLAN.
     Demo,
     /// Build (or find cached) the QEMU guest of the real-hypervisor tests; prints its directory
@@ -73,6 +76,7 @@ fn main() -> std::process::ExitCode {
             setup::all().and_then(|()| cmd::cargo(&["build", "--release", "-p", "nve-user"]))
         }
         Command::Test(args) => test::run(&args),
+        Command::Check => test::check(),
         Command::Guest => setup::all()
             .and_then(|()| guest::build())
             .map(|g| println!("{}", g.dir.display())),

@@ -41,10 +41,15 @@ const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/nve-bookworm-backports.
 const DEBIAN_SOURCES: &str = "/etc/apt/sources.list.d/debian.sources";
 
 pub fn all() -> Result<()> {
-    rust_src()?;
-    bpf_linker()?;
+    toolchain()?;
     packages()?;
     qemu()
+}
+
+/// What building needs (rustup's rust-src, bpf-linker in cargo's bin dir): no root.
+pub fn toolchain() -> Result<()> {
+    rust_src()?;
+    bpf_linker()
 }
 
 fn rust_src() -> Result<()> {

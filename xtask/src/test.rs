@@ -26,9 +26,22 @@ pub fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask test`: everything `check` does, then the root-only tests.
 pub fn run(args: &TestArgs) -> Result<()> {
     setup::all()?;
     require_root("the test suite")?;
+    check_steps()?;
+    integration(args)
+}
+
+/// `cargo xtask check`: formatting, clippy, the core lint and the unit tests; no root (a
+/// contributor's laptop).
+pub fn check() -> Result<()> {
+    setup::toolchain()?;
+    check_steps()
+}
+
+fn check_steps() -> Result<()> {
     step("cargo fmt --check");
     cargo(&["fmt", "--all", "--", "--check"])?;
     step("clippy (host crates)");
@@ -50,8 +63,14 @@ pub fn run(args: &TestArgs) -> Result<()> {
             .args(["-Z", "build-std=core", "--", "-D", "warnings"])
             .env("RUSTC_BOOTSTRAP", "1"),
     )?;
+    step("lint: the core of nve-user is pure");
+    crate::lint::core_is_pure(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))?;
     step("unit tests");
-    cargo(&["test", "-p", "nve-common", "-p", "nve-user", "-p", "xtask"])?;
+    cargo(&["test", "-p", "nve-common", "-p", "nve-user", "-p", "xtask"])
+}
+
+/// The integration tests, which need root: BPF_PROG_TEST_RUN tables and namespace rigs.
+fn integration(args: &TestArgs) -> Result<()> {
     step("building nve");
     cargo(&["build", "-p", "nve-user"])?;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
