@@ -26,89 +26,100 @@ pub struct Announced {
 }
 
 impl Model {
+    /// Learns from one announcement: activates a pre-associated vNIC that spoke up on its
+    /// port, else learns the MAC (where no one holds it elsewhere) and the address (where
+    /// no other vNIC holds it).
     pub fn learn(&mut self, a: &Announced) -> Result<()> {
-        let at = (a.port.clone(), a.vid);
-        let (name, vn) = self
+        let name = self
             .vns
             .iter()
             .find(|(_, vn)| vn.vni == a.vni)
+            .map(|(name, _)| name.clone())
             .ok_or_else(|| ErrorBody::new(ErrorCode::EUnknownVn, format!("VNI {}", a.vni)))?;
-        let name = name.clone();
-        let signaled = self
-            .vnics
-            .iter()
-            .find(|(_, v)| v.vni == a.vni && v.params.macs.contains(&a.mac));
-        // A pre-associated vNIC speaking up on its own port is a VM that arrived (QEMU
-        // announces a migrated guest with RARPs after resuming it): it is activated, whichever
-        // comes first of this and the hypervisor's associate.
-        if let Some((id, v)) = signaled
-            && v.state == VnicState::PreAssociated
-            && (v.params.port.as_str(), v.vid) == (a.port.as_str(), a.vid)
-        {
-            let id = id.clone();
-            tracing::info!(vnic = %id, mac = %a.mac, "activated by the VM's announcement");
-            let v = self.vnics.get_mut(&id).expect("found above");
-            v.state = VnicState::Associated;
-            // Associated for good: the pre-association's expiry no longer applies.
-            v.hold = None;
-            v.expires_at = None;
+        if self.activate(a) {
             return Ok(());
         }
-        let learn_mac = match signaled {
-            Some((id, v)) if (v.params.port.as_str(), v.vid) != (a.port.as_str(), a.vid) => {
-                return Err(ErrorBody::new(
-                    ErrorCode::EMacConflict,
-                    format!(
-                        "MAC {} in VN {name} announced on {} VID {} is vNIC {id}'s, on {}",
-                        a.mac, a.port, a.vid, v.params.port
-                    ),
-                ));
-            }
-            Some(_) => false,
-            None => match vn.mac_owner(a.mac) {
-                Some(FdbTarget::Port { port, vid })
-                    if (port.as_str(), vid) != (a.port.as_str(), a.vid) =>
-                {
-                    return Err(ErrorBody::new(
-                        ErrorCode::EMacConflict,
-                        format!(
-                            "MAC {} in VN {name} announced on {} VID {} is bound to {port} VID {vid}",
-                            a.mac, a.port, a.vid
-                        ),
-                    ));
-                }
-                Some(FdbTarget::Port { .. }) => false,
-                // Unknown, or known remote: the VM is here now.
-                _ => true,
-            },
-        };
+        let learn_mac = self.may_learn_mac(&name, a)?;
         if let Some(ip) = a.ip {
-            let holder = self.vnics.iter().find(|(_, v)| {
-                v.vni == a.vni
-                    && match ip {
-                        IpAddr::V4(x) => v.params.ipv4.contains(&x),
-                        IpAddr::V6(x) => v.params.ipv6.contains(&x),
-                    }
-            });
-            if let Some((id, v)) = holder
-                && !v.params.macs.contains(&a.mac)
-            {
-                return Err(ErrorBody::new(
-                    ErrorCode::EExists,
-                    format!(
-                        "address {ip} in VN {name} announced by {} is vNIC {id}'s",
-                        a.mac
-                    ),
-                ));
-            }
+            self.check_address(&name, a.vni, ip, a.mac)?;
         }
         let vn = self.vn_mut(&name)?;
         if learn_mac {
-            vn.learned_macs.insert(a.mac, at);
+            vn.learned_macs.insert(a.mac, (a.port.clone(), a.vid));
         }
         if let Some(ip) = a.ip {
             vn.learned_ips.insert(ip, a.mac);
         }
         Ok(())
+    }
+
+    /// A pre-associated vNIC speaking up on its own port is a VM that arrived (QEMU
+    /// announces a migrated guest with RARPs after resuming it): it is activated, whichever
+    /// comes first of this and the hypervisor's associate. Whether it was.
+    fn activate(&mut self, a: &Announced) -> bool {
+        let arrived = self.vnics.iter_mut().find(|(_, v)| {
+            v.vni == a.vni
+                && v.params.macs.contains(&a.mac)
+                && v.state == VnicState::PreAssociated
+                && (v.params.port.as_str(), v.vid) == (a.port.as_str(), a.vid)
+        });
+        let Some((id, v)) = arrived else {
+            return false;
+        };
+        tracing::info!(vnic = %id, mac = %a.mac, "activated by the VM's announcement");
+        v.state = VnicState::Associated;
+        // Associated for good: the pre-association's expiry no longer applies.
+        v.hold = None;
+        v.expires_at = None;
+        true
+    }
+
+    /// Whether the announced MAC is learned at its port: not if a vNIC or a static binding
+    /// holds it there already, refused if one holds it elsewhere.
+    fn may_learn_mac(&self, name: &str, a: &Announced) -> Result<bool> {
+        let here = |port: &str, vid: u16| (port, vid) == (a.port.as_str(), a.vid);
+        let signaled = self
+            .vnics
+            .iter()
+            .find(|(_, v)| v.vni == a.vni && v.params.macs.contains(&a.mac));
+        let conflict = |holder: String| {
+            let message = format!(
+                "MAC {} in VN {name} announced on {} VID {} is {holder}",
+                a.mac, a.port, a.vid
+            );
+            Err(ErrorBody::new(ErrorCode::EMacConflict, message))
+        };
+        match signaled {
+            Some((id, v)) if !here(&v.params.port, v.vid) => {
+                conflict(format!("vNIC {id}'s, on {}", v.params.port))
+            }
+            Some(_) => Ok(false),
+            None => match self.vn(name)?.mac_owner(a.mac) {
+                Some(FdbTarget::Port { port, vid }) if !here(&port, vid) => {
+                    conflict(format!("bound to {port} VID {vid}"))
+                }
+                Some(FdbTarget::Port { .. }) => Ok(false),
+                // Unknown, or known remote: the VM is here now.
+                _ => Ok(true),
+            },
+        }
+    }
+
+    /// Refuses an address another vNIC than `mac`'s holds in `vni`.
+    fn check_address(&self, name: &str, vni: u32, ip: IpAddr, mac: MacAddr) -> Result<()> {
+        let holder = self.vnics.iter().find(|(_, v)| {
+            v.vni == vni
+                && match ip {
+                    IpAddr::V4(x) => v.params.ipv4.contains(&x),
+                    IpAddr::V6(x) => v.params.ipv6.contains(&x),
+                }
+        });
+        match holder {
+            Some((id, v)) if !v.params.macs.contains(&mac) => Err(ErrorBody::new(
+                ErrorCode::EExists,
+                format!("address {ip} in VN {name} announced by {mac} is vNIC {id}'s"),
+            )),
+            _ => Ok(()),
+        }
     }
 }

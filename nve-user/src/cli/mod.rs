@@ -1,0 +1,200 @@
+//! The `nve` command: `nve daemon` runs an instance; every other subcommand is a client of
+//! its socket (`vm.rs`: signaling and the libvirt hook; `config.rs`: VNs, ports, the FDB,
+//! flood lists). Read commands print a table (`tables.rs`), or JSON with `--json`, from the
+//! same value.
+mod config;
+mod tables;
+mod vm;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+pub use config::{FdbCommand, FloodCommand, PortCommand, VnCommand};
+pub use vm::{AssocArgs, DisassocArgs, VmCommand, VnicArgs};
+
+use crate::{
+    api::{StatsView, StatusView},
+    client::Client,
+    daemon::{self, DaemonArgs},
+    mac::MacAddr,
+    paths::Paths,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nve",
+    version,
+    about = "A co-resident VXLAN Network Virtualization Edge"
+)]
+pub struct Cli {
+    /// Instance name: selects socket, state dir and pin dir.
+    #[arg(long, global = true, env = "NVE_INSTANCE", default_value = "default")]
+    pub instance: String,
+    /// API socket path (default: /run/nve/<instance>.sock).
+    #[arg(long, global = true, env = "NVE_SOCKET")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the NVE for this instance.
+    Daemon(DaemonArgs),
+    /// Instance, VTEP, underlay and counts.
+    Status(JsonFlag),
+    /// Virtual networks.
+    Vn {
+        #[command(subcommand)]
+        command: VnCommand,
+    },
+    /// VM ports of a VN.
+    Port {
+        #[command(subcommand)]
+        command: PortCommand,
+    },
+    /// The forwarding database: list, or add/remove static remote MACs.
+    #[command(args_conflicts_with_subcommands = true)]
+    Fdb {
+        #[command(subcommand)]
+        command: Option<FdbCommand>,
+        /// Only this MAC's entries.
+        #[arg(long)]
+        mac: Option<MacAddr>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// A VN's flood list of remote VTEPs (broadcast, e.g. ARP).
+    Flood {
+        #[command(subcommand)]
+        command: FloodCommand,
+    },
+    /// Dataplane counters: forwards and drops by reason.
+    Stats(JsonFlag),
+    /// Remove the dataplane a stopped daemon of this instance left forwarding.
+    Teardown,
+    /// libvirt's qemu hook: `nve hook qemu DOMAIN OPERATION SUB-OPERATION [EXTRA]`, domain
+    /// XML on stdin (see contrib/libvirt/qemu).
+    Hook {
+        /// The hook's name (only `qemu` is handled).
+        driver: String,
+        domain: String,
+        operation: String,
+        sub_operation: String,
+        #[arg(trailing_var_arg = true)]
+        extra: Vec<String>,
+    },
+    /// Signal VM lifecycle events for a vNIC (what a hypervisor hook calls).
+    Vm {
+        #[command(subcommand)]
+        command: VmCommand,
+    },
+}
+
+/// Which vNIC: the VM's UUID and the vNIC's index.
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    // Before the runtime's threads: settling may change the process's mount namespace.
+    let pins = match cli.command {
+        Command::Daemon(_) | Command::Teardown => match crate::bpffs::settle() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("nve: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("nve: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, pins)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nve: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, pins: Option<crate::bpffs::Settled>) -> anyhow::Result<()> {
+    let paths = Paths::new(&cli.instance)?;
+    let socket = cli.socket.clone().unwrap_or_else(|| paths.socket.clone());
+    if let Command::Daemon(args) = cli.command {
+        init_logging(args.debug_log);
+        if let Some(pins) = pins {
+            tracing::info!("{pins}");
+        }
+        return daemon::run(paths, socket, args).await;
+    }
+    if let Command::Teardown = cli.command {
+        return daemon::teardown(&paths).await;
+    }
+    let c = Client::new(&socket);
+    match cli.command {
+        Command::Daemon(_) | Command::Teardown => unreachable!("handled above"),
+        Command::Hook {
+            driver,
+            domain,
+            operation,
+            sub_operation,
+            ..
+        } => vm::hook(&c, &driver, &domain, &operation, &sub_operation).await,
+        Command::Status(j) => {
+            let s: StatusView = c.get("/v1/status").await?;
+            print(&s, j.json, tables::status)
+        }
+        Command::Vn { command } => config::vn(&c, command).await,
+        Command::Port { command } => config::port(&c, command).await,
+        Command::Fdb { command, mac, json } => config::fdb(&c, command, mac, json).await,
+        Command::Flood { command } => config::flood(&c, command).await,
+        Command::Vm { command } => vm::vm(&c, command).await,
+        Command::Stats(j) => {
+            let s: StatsView = c.get("/v1/stats").await?;
+            print(&s, j.json, tables::stats)
+        }
+    }
+}
+
+/// The daemon's log on stderr; `--debug-log` adds the programs' aya-log records (their
+/// target is the eBPF crate's, `nve::...`).
+fn init_logging(debug_log: bool) {
+    let default_filter = if debug_log { "info,nve=debug" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub(crate) fn print<T: Serialize>(
+    value: &T,
+    json: bool,
+    table: fn(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).context("encoding JSON")?
+        );
+    } else {
+        print!("{}", table(value));
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! The tables read commands print (`--json` prints the same values as JSON).
+use crate::api::{FdbTarget, FdbView, StatsView, StatusView, VnView, VnicView};
+
+pub fn vnic(vnics: &Vec<VnicView>) -> String {
+    let mut out = format!(
+        "{:<38} {:<16} {:<14} {:<15} {:>4}  {}\n",
+        "VNIC", "STATE", "VN", "PORT", "VID", "MACS"
+    );
+    for v in vnics {
+        let macs: Vec<String> = v.macs.iter().map(ToString::to_string).collect();
+        let state = serde_json::to_value(v.state)
+            .ok()
+            .and_then(|s| s.as_str().map(str::to_string))
+            .unwrap_or_default();
+        out += &format!(
+            "{:<38} {:<16} {:<14} {:<15} {:>4}  {}\n",
+            format!("{}/{}", v.vm, v.index),
+            state,
+            v.vn,
+            v.port,
+            v.vid,
+            macs.join(",")
+        );
+    }
+    out
+}
+
+pub fn status(s: &StatusView) -> String {
+    format!(
+        "instance      {}\nvtep          {}\nunderlay      {} ({})\npins          {}\nvns           {}\nports         {}\n",
+        s.instance, s.vtep, s.underlay, s.underlay_mode, s.pin_dir, s.vns, s.ports
+    ) + &s
+        .next_hops
+        .iter()
+        .map(|n| {
+            format!(
+                "next hop      {} via {} (ifindex {})\n",
+                n.vtep, n.mac, n.ifindex
+            )
+        })
+        .collect::<String>()
+}
+
+pub fn vn(vns: &Vec<VnView>) -> String {
+    let mut out = format!(
+        "{:<16} {:>9} {:>5}  {:<28} {}\n",
+        "VN", "VNI", "MTU", "PORTS", "FLOOD"
+    );
+    for vn in vns {
+        let ports: Vec<String> = vn
+            .ports
+            .iter()
+            .map(|p| {
+                if p.vid == 0 {
+                    p.port.clone()
+                } else {
+                    format!("{}.{}", p.port, p.vid)
+                }
+            })
+            .collect();
+        let flood: Vec<String> = vn.flood.iter().map(ToString::to_string).collect();
+        out += &format!(
+            "{:<16} {:>9} {:>5}  {:<28} {}\n",
+            vn.name,
+            vn.vni,
+            vn.mtu,
+            ports.join(","),
+            flood.join(",")
+        );
+    }
+    out
+}
+
+pub fn fdb(fdb: &Vec<FdbView>) -> String {
+    let mut out = format!("{:<16} {:>9}  {:<17}  {}\n", "VN", "VNI", "MAC", "TARGET");
+    for e in fdb {
+        let target = match &e.target {
+            FdbTarget::Port { port, vid: 0 } => format!("port {port}"),
+            FdbTarget::Port { port, vid } => format!("port {port} vid {vid}"),
+            FdbTarget::Vtep { vtep } => format!("vtep {vtep}"),
+        };
+        let learned = match (e.learned, e.moved_until) {
+            (true, _) => " (learned)",
+            (_, Some(_)) => " (moved: forwarding)",
+            _ if e.from_nva => " (NVA)",
+            _ => "",
+        };
+        out += &format!(
+            "{:<16} {:>9}  {:<17}  {target}{learned}\n",
+            e.vn, e.vni, e.mac
+        );
+    }
+    out
+}
+
+pub fn stats(s: &StatsView) -> String {
+    let mut out = format!(
+        "{:<12} {:<24} {:>12} {:>14}\n",
+        "HOOK", "OUTCOME", "PACKETS", "BYTES"
+    );
+    for (hook, outcomes) in &s.hooks {
+        for (name, c) in outcomes {
+            out += &format!(
+                "{:<12} {:<24} {:>12} {:>14}\n",
+                hook, name, c.packets, c.bytes
+            );
+        }
+    }
+    let scopes = s
+        .vns
+        .iter()
+        .map(|(vni, c)| (format!("vni {vni}"), c))
+        .chain(s.ports.iter().map(|(port, c)| (format!("port {port}"), c)));
+    for (scope, counters) in scopes {
+        out += "\n";
+        for (name, c) in counters {
+            out += &format!(
+                "{:<16} {:<20} {:>12} {:>14}\n",
+                scope, name, c.packets, c.bytes
+            );
+        }
+    }
+    out
+}
