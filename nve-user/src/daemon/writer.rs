@@ -263,7 +263,7 @@ impl Writer {
         &mut self,
         next: Model,
         touched: Option<&Keys>,
-        persist: impl FnOnce(&mut Store, &Model) -> anyhow::Result<()>,
+        persist: impl FnOnce(&mut Store, &Model) -> Result<(), crate::store::StoreError>,
     ) -> Result<(), ErrorBody> {
         if next == *self.model {
             return Ok(());
