@@ -2,15 +2,16 @@
 //! by rewriting the request into the reply in place, and never flooded.
 use aya_ebpf::programs::TcContext;
 use network_types::{arp::ArpHdr, eth::EthHdr};
-use nve_common::{maps::LocalPort, metrics::DropReason};
+use nve_common::{
+    maps::LocalPort,
+    metrics::DropReason,
+    wire::{ARP_REPLY, ARP_REQUEST, ETH_LEN, ETH_P_ARP, ETH_P_IPV4},
+};
 
 use crate::{
     deliver, maps,
-    parse::{ETH_LEN, ETH_P_ARP, ETH_P_IPV4, be16, header},
+    parse::{be16, header},
 };
-
-const ARP_REQUEST: u16 = 1;
-const ARP_REPLY: u16 = 2;
 
 /// Answers the (untagged) frame if it is an ARP request for an address of `vni` the
 /// dataplane knows, sending the reply back to `ingress`. `Ok(None)`: not one to answer.

@@ -6,8 +6,8 @@
 //! for frames the device decapsulated that must go on to another VTEP (a forwarding
 //! pointer), over either family.
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_F_TUNINFO_IPV6, TC_ACT_REDIRECT, bpf_tunnel_key},
-    helpers::{bpf_redirect, bpf_skb_set_tunnel_key},
+    bindings::{__sk_buff, BPF_F_TUNINFO_IPV6, bpf_tunnel_key},
+    helpers::bpf_skb_set_tunnel_key,
     programs::TcContext,
 };
 use nve_common::{
@@ -15,7 +15,7 @@ use nve_common::{
     metrics::DropReason,
 };
 
-use crate::maps;
+use crate::{deliver, maps};
 
 /// Sends the (inner) frame of `vni` to `remote` over IPv6. With `copy` a clone goes and
 /// the frame stays with the caller (returns 0); otherwise it is redirected (returns the TC
@@ -99,19 +99,7 @@ fn send(ctx: &TcContext, vni: u32, remote: &Vtep, copy: bool, ttl: u8) -> Result
     if rc != 0 {
         return Err(DropReason::HeaderAdjustFailed);
     }
-    let sent = if copy {
-        ctx.clone_redirect(cfg.tunnel_ifindex, 0)
-            .map(|()| 0)
-            .map_err(|_| DropReason::RedirectFailed)?
-    } else {
-        // SAFETY: helper call.
-        let action = unsafe { bpf_redirect(cfg.tunnel_ifindex, 0) } as i32;
-        if action != TC_ACT_REDIRECT {
-            return Err(DropReason::RedirectFailed);
-        }
-        action
-    };
-    Ok(sent)
+    deliver::send_to(ctx, cfg.tunnel_ifindex, copy)
 }
 
 /// An IPv6 address as the tunnel key holds it: four words in network order.

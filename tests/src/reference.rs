@@ -40,7 +40,11 @@ use std::{
 
 use nve_common::{
     metrics::{DropReason, Forward, Outcome},
-    wire::{VXLAN_FLAG_I, VXLAN_IPV4_OVERHEAD, VXLAN_IPV6_OVERHEAD, VXLAN_PORT},
+    wire::{
+        ARP_REPLY, ARP_REQUEST, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4,
+        ETH_P_IPV6, ICMPV6_NEIGHBOUR_ADVERT, ICMPV6_NEIGHBOUR_SOLICIT, IP_DF, IPPROTO_ICMPV6,
+        IPPROTO_UDP, VXLAN_FLAG_I, VXLAN_IPV4_OVERHEAD, VXLAN_IPV6_OVERHEAD, VXLAN_PORT,
+    },
 };
 
 use crate::{
@@ -48,12 +52,6 @@ use crate::{
     progtest::{self as pt, Program, Verdict},
 };
 
-const ETH_LEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
 /// The shortest frame the TC path can decapsulate: the skb helper will not shrink an IPv4
 /// skb below Ethernet + an IPv4 header (case table, "truncated to 64 bytes").
 const TC_MIN_DECAPSULATED: usize = ETH_LEN + 20;
@@ -309,7 +307,7 @@ impl Config {
     /// is not modelled).
     pub fn encapsulation(&self, vni: u32, vtep: Ipv4Addr, inner: &[u8]) -> Option<Vec<u8>> {
         let nh = self.next_hops.get(&vtep)?;
-        let mut ip = packet::Ipv4::new(self.vtep, vtep, 17);
+        let mut ip = packet::Ipv4::new(self.vtep, vtep, IPPROTO_UDP);
         ip.ttl = self.ttl;
         Some(packet::vxlan_frame(nh.dmac, nh.smac, &ip, 0, vni, inner))
     }
@@ -442,7 +440,7 @@ pub fn underlay<'a>(cfg: &Config, frame: &'a [u8]) -> Underlay<'a> {
     const UDP6: usize = ETH_LEN + 40;
     if frame.len() >= UDP6 + 8
         && be16(frame, 12) == ETH_P_IPV6
-        && frame[ETH_LEN + 6] == 17
+        && frame[ETH_LEN + 6] == IPPROTO_UDP
         && ipv6_at(frame, ETH_LEN + 24) == cfg.vtep6
         && be16(frame, UDP6 + 2) == VXLAN_PORT
     {
@@ -453,7 +451,7 @@ pub fn underlay<'a>(cfg: &Config, frame: &'a [u8]) -> Underlay<'a> {
     }
     let ip = &frame[ETH_LEN..];
     let (version, ihl) = (ip[0] >> 4, usize::from(ip[0] & 0x0f) * 4);
-    if version != 4 || ihl < 20 || ipv4_at(ip, 16) != cfg.vtep || ip[9] != 17 {
+    if version != 4 || ihl < 20 || ipv4_at(ip, 16) != cfg.vtep || ip[9] != IPPROTO_UDP {
         return Underlay::Host;
     }
     let more_fragments_or_offset = be16(ip, 6) & 0x3fff != 0;
@@ -822,16 +820,14 @@ impl SourceCheck<'_> {
                 ok(self.ipv4(ipv4_at(frame, ETH_LEN + 14)))
             }
             ETH_P_IPV6 if self.check_ipv6 => {
-                const ICMPV6: u8 = 58;
-                const NEIGHBOUR_ADVERT: u8 = 136;
                 let icmp = ETH_LEN + 40;
                 need(icmp)?;
                 ok(self.ipv6(ipv6_at(frame, ETH_LEN + 8)))?;
-                if frame[ETH_LEN + 6] != ICMPV6 {
+                if frame[ETH_LEN + 6] != IPPROTO_ICMPV6 {
                     return Ok(());
                 }
                 need(icmp + 1)?;
-                if frame[icmp] != NEIGHBOUR_ADVERT {
+                if frame[icmp] != ICMPV6_NEIGHBOUR_ADVERT {
                     return Ok(());
                 }
                 need(icmp + 8 + 16)?;
@@ -885,7 +881,7 @@ fn too_big(cfg: &Config, vni: u32, budget: u32, ingress: Port, frame: &[u8]) -> 
         )
     };
     Some(match be16(frame, 12) {
-        ETH_P_IPV4 if be16(frame, ETH_LEN + 6) & 0x4000 != 0 => {
+        ETH_P_IPV4 if be16(frame, ETH_LEN + 6) & IP_DF != 0 => {
             answer(crate::packet::frag_needed(frame, mtu as u16))
         }
         ETH_P_IPV6 => answer(crate::packet::packet_too_big(frame, mtu)),
@@ -947,7 +943,7 @@ fn arp_reply(cfg: &Config, vni: u32, frame: &[u8]) -> Option<Vec<u8>> {
         ipv4_at(arp, 14),
         ipv4_at(arp, 24),
     );
-    if !ipv4_over_ethernet || oper != 1 || spa == tpa {
+    if !ipv4_over_ethernet || oper != ARP_REQUEST || spa == tpa {
         return None;
     }
     let owner = *cfg.arp.get(&(vni, tpa))?;
@@ -955,7 +951,7 @@ fn arp_reply(cfg: &Config, vni: u32, frame: &[u8]) -> Option<Vec<u8>> {
     reply[0..6].copy_from_slice(&sha);
     reply[6..12].copy_from_slice(&owner);
     let body = &mut reply[ETH_LEN..ETH_LEN + ARP_LEN];
-    body[6..8].copy_from_slice(&2u16.to_be_bytes());
+    body[6..8].copy_from_slice(&ARP_REPLY.to_be_bytes());
     body[8..14].copy_from_slice(&owner);
     body[14..18].copy_from_slice(&tpa.octets());
     body[18..24].copy_from_slice(&sha);
@@ -967,15 +963,14 @@ fn arp_reply(cfg: &Config, vni: u32, frame: &[u8]) -> Option<Vec<u8>> {
 /// address `vni` knows, from the address's owner to the asker (solicited, override, with
 /// the owner's link-layer address), in place of the solicitation.
 fn nd_reply(cfg: &Config, vni: u32, frame: &[u8]) -> Option<Vec<u8>> {
-    const ICMPV6: u8 = 58;
-    const NEIGHBOUR_SOLICIT: u8 = 135;
     let icmp = ETH_LEN + 40;
     if frame.len() < icmp + 8 + 16 || be16(frame, 12) != ETH_P_IPV6 {
         return None;
     }
     let (next, hop_limit) = (frame[ETH_LEN + 6], frame[ETH_LEN + 7]);
     let (kind, code) = (frame[icmp], frame[icmp + 1]);
-    let solicitation = next == ICMPV6 && hop_limit == 255 && kind == NEIGHBOUR_SOLICIT && code == 0;
+    let solicitation =
+        next == IPPROTO_ICMPV6 && hop_limit == 255 && kind == ICMPV6_NEIGHBOUR_SOLICIT && code == 0;
     let (asker_mac, asker, target) = (
         mac_at(frame, 6),
         ipv6_at(frame, ETH_LEN + 8),
