@@ -46,7 +46,7 @@ pub fn reply(ctx: &TcContext, vni: u32, ingress: LocalPort) -> Result<Option<i32
     body[8..12].copy_from_slice(&target_ip);
     body[12..18].copy_from_slice(&asker_mac);
     body[18..22].copy_from_slice(&asker_ip);
-    let bad = |_| DropReason::HeaderAdjustFailed;
+    let bad = |_| DropReason::StoreFailed;
     ctx.store(0, &macs, 0).map_err(bad)?;
     ctx.store(ETH_LEN + 6, &body, 0).map_err(bad)?;
     deliver::to_port(ctx, ingress).map(Some)

@@ -6,7 +6,7 @@ use network_types::{
     vxlan::VxlanHdr,
 };
 use nve_common::{
-    maps::{DataplaneConfig, FDB_LOCAL, FDB_MOVED, LocalPort, VnInfo, Vtep, vtep_v4},
+    maps::{DataplaneConfig, FDB_LOCAL, FDB_MOVED, FDB_REMOTE, LocalPort, VnInfo, Vtep, vtep_v4},
     metrics::{DropReason, Forward},
     wire::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, VXLAN_FLAG_I, VXLAN_PORT},
 };
@@ -165,6 +165,7 @@ pub fn target(vni: u32, dst: [u8; 6], src: Vtep, scope: &mut Scope) -> Result<Ta
             Ok(Target::Port(deliver::forwarding(entry.port)?))
         }
         Some(entry) if entry.kind == FDB_MOVED => Ok(Target::Moved(entry.remote)),
+        Some(entry) if entry.kind == FDB_REMOTE => Err(DropReason::UnderlayHairpin),
         Some(_) => Err(DropReason::FdbMiss),
         None if vn.floods_unknown() => Ok(Target::Flood(vn)),
         None => Err(DropReason::FdbMiss),

@@ -1,13 +1,13 @@
 //! Delivery of a (decapsulated or locally switched) frame to VM ports, on the TC path.
 use aya_ebpf::{
-    bindings::{__sk_buff, TC_ACT_REDIRECT},
+    bindings::{__sk_buff, TC_ACT_REDIRECT, TC_ACT_SHOT},
     cty::c_void,
     helpers::{bpf_loop, bpf_redirect, bpf_skb_change_tail, bpf_skb_vlan_pop, bpf_skb_vlan_push},
     programs::TcContext,
 };
 use nve_common::{
     maps::{FLOOD_MAX_PORTS, LocalPort, VnInfo},
-    metrics::DropReason,
+    metrics::{DropReason, Forward},
     wire::ETH_P_8021Q,
 };
 
@@ -65,8 +65,22 @@ pub fn reply<const N: usize>(
         return Err(DropReason::HeaderAdjustFailed);
     }
     ctx.store(0, answer, 0)
-        .map_err(|_| DropReason::HeaderAdjustFailed)?;
+        .map_err(|_| DropReason::StoreFailed)?;
     to_port(ctx, ingress)
+}
+
+/// Floods a decapsulated frame of `vni` to every local port of `vn`; the copies go, the
+/// frame itself is dropped (TC_ACT_SHOT).
+#[inline(always)]
+pub fn flood_decapsulated(
+    ctx: &TcContext,
+    vni: u32,
+    vn: &VnInfo,
+) -> Result<(i32, Forward), DropReason> {
+    if flood_ports(ctx, vni, vn, LocalPort::default())? == 0 {
+        return Err(DropReason::FloodListEmpty);
+    }
+    Ok((TC_ACT_SHOT, Forward::Flooded))
 }
 
 /// Sends a copy of the frame to every port of `vn` except `except`, leaving the frame as it

@@ -48,7 +48,7 @@ pub fn encapsulate(
     let src_port = UDP_SRC_PORT_MIN | ((hash ^ (hash >> 16)) as u16 & 0x3fff);
     // Built in the per-CPU scratch buffer: on the stack it would not fit next to the
     // callers' own locals in head-end replication.
-    let outer = maps::scratch().ok_or(DropReason::HeaderAdjustFailed)?;
+    let outer = maps::scratch().ok_or(DropReason::ScratchUnavailable)?;
     outer_ipv4(outer, cfg, vni, remote, src_port, inner_len);
     let proto = ctx.ether_type();
     if proto == ETH_P_IPV4 || proto == ETH_P_IPV6 {
@@ -61,7 +61,7 @@ pub fn encapsulate(
         ctx.adjust_room(VXLAN_IPV4_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags)
             .map_err(|_| DropReason::HeaderAdjustFailed)?;
         ctx.store(VXLAN_IPV4_OVERHEAD as usize, &inner_eth, 0)
-            .map_err(|_| DropReason::HeaderAdjustFailed)?;
+            .map_err(|_| DropReason::StoreFailed)?;
     } else {
         // SAFETY: helper call on our own skb.
         if unsafe { bpf_skb_change_head(ctx.skb.skb, VXLAN_IPV4_OVERHEAD, 0) } != 0 {
@@ -69,7 +69,7 @@ pub fn encapsulate(
         }
     }
     ctx.store(0, maps::window::<OUTER>(outer, 0), 0)
-        .map_err(|_| DropReason::HeaderAdjustFailed)
+        .map_err(|_| DropReason::StoreFailed)
 }
 
 /// The inner flow's hash, for the outer UDP source port (RFC 7348 entropy): the skb's
@@ -108,7 +108,7 @@ fn flow_hash(ctx: &TcContext) -> u32 {
 pub fn forward(ctx: &TcContext, cfg: &DataplaneConfig, remote: [u8; 4]) -> Result<i32, DropReason> {
     rewrite_outer_ipv4(ctx, cfg, remote, |ip| {
         if ip[0] != 0x45 {
-            return Err(DropReason::HeaderAdjustFailed);
+            return Err(DropReason::ForwardIpOptions);
         }
         if ip[8] <= 1 {
             return Err(DropReason::TtlExceeded);
@@ -117,7 +117,7 @@ pub fn forward(ctx: &TcContext, cfg: &DataplaneConfig, remote: [u8; 4]) -> Resul
         Ok(())
     })?;
     ctx.store(IPV4_OFFSET + Ipv4Hdr::LEN + 6, &[0u8; 2], 0)
-        .map_err(|_| DropReason::HeaderAdjustFailed)?;
+        .map_err(|_| DropReason::StoreFailed)?;
     send(ctx, cfg, remote, false)
 }
 
@@ -140,9 +140,7 @@ fn rewrite_outer_ipv4(
     remote: [u8; 4],
     edit: impl FnOnce(&mut [u8; Ipv4Hdr::LEN]) -> Result<(), DropReason>,
 ) -> Result<(), DropReason> {
-    let mut ip: [u8; Ipv4Hdr::LEN] = ctx
-        .load(IPV4_OFFSET)
-        .map_err(|_| DropReason::HeaderAdjustFailed)?;
+    let mut ip: [u8; Ipv4Hdr::LEN] = ctx.load(IPV4_OFFSET).map_err(|_| DropReason::PktTooSmall)?;
     edit(&mut ip)?;
     ip[12..16].copy_from_slice(&cfg.vtep_ipv4);
     ip[16..20].copy_from_slice(&remote);
@@ -150,7 +148,7 @@ fn rewrite_outer_ipv4(
     let check = csum::finish(csum::add(0, &ip));
     ip[10..12].copy_from_slice(&check.to_be_bytes());
     ctx.store(IPV4_OFFSET, &ip, 0)
-        .map_err(|_| DropReason::HeaderAdjustFailed)
+        .map_err(|_| DropReason::StoreFailed)
 }
 
 /// Sends an encapsulated frame to `remote` over the underlay, by the next hop the daemon
@@ -195,7 +193,7 @@ pub fn send_via(
     macs[..6].copy_from_slice(&nh.dmac);
     macs[6..].copy_from_slice(&nh.smac);
     ctx.store(0, &macs, 0)
-        .map_err(|_| DropReason::HeaderAdjustFailed)?;
+        .map_err(|_| DropReason::StoreFailed)?;
     deliver::send_to(ctx, nh.ifindex, copy)
 }
 

@@ -103,7 +103,7 @@ fn frag_needed(ctx: &TcContext, mtu: u32, ingress: LocalPort) -> Result<i32, Dro
     const ICMP: usize = IP + 20;
     const QUOTE: usize = ICMP + 8;
     const LEN: usize = QUOTE + QUOTE_V4;
-    let buf = maps::scratch().ok_or(DropReason::HeaderAdjustFailed)?;
+    let buf = maps::scratch().ok_or(DropReason::ScratchUnavailable)?;
     copy_out(ctx, 0, &mut buf[..QUOTE])?;
     if be16([buf[IP + 6], buf[IP + 7]]) & IP_DF == 0 {
         return Err(DropReason::UnderlayMtuExceeded);
@@ -146,7 +146,7 @@ fn packet_too_big(ctx: &TcContext, mtu: u32, ingress: LocalPort) -> Result<i32, 
     const ICMP: usize = IP + 40;
     const QUOTE: usize = ICMP + 8;
     const LEN: usize = QUOTE + QUOTE_V6;
-    let buf = maps::scratch().ok_or(DropReason::HeaderAdjustFailed)?;
+    let buf = maps::scratch().ok_or(DropReason::ScratchUnavailable)?;
     copy_out(ctx, 0, &mut buf[..QUOTE])?;
     buf.copy_within(IP..QUOTE, QUOTE);
     swap_macs(buf);

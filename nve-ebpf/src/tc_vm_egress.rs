@@ -35,7 +35,7 @@ pub fn tc_vm_egress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward), DropReason> {
-    let cfg = maps::config().ok_or(DropReason::PortNotInVn)?;
+    let cfg = maps::config().ok_or(DropReason::NoConfig)?;
     let eth = require::<EthHdr>(ctx, 0, DropReason::PktTooSmall)?;
     let dst = eth.dst_addr;
     let Tag { vid, tagged } = ingress_tag(ctx, eth)?;
@@ -66,12 +66,12 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
         if let Some(action) = nd::reply(ctx, vni, ingress)? {
             return Ok((action, Forward::NdReplied));
         }
-        let vn = maps::vn(vni).ok_or(DropReason::FloodListEmpty)?;
+        let vn = maps::vn(vni).ok_or(DropReason::VniNotFound)?;
         return flood(ctx, cfg, vni, vn, ingress);
     }
     let Some(entry) = maps::fdb(vni, dst) else {
         // Unknown unicast floods like broadcast, unless the VN says every MAC is known.
-        let vn = maps::vn(vni).ok_or(DropReason::FdbMiss)?;
+        let vn = maps::vn(vni).ok_or(DropReason::VniNotFound)?;
         if !vn.floods_unknown() {
             return Err(DropReason::FdbMiss);
         }
@@ -188,7 +188,7 @@ fn flood(
                 }
                 Err(reason) => state.error = reason as u32,
             },
-            None => state.error = DropReason::UnderlayNoRoute as u32,
+            None => state.error = DropReason::VtepNotIpv4 as u32,
         }
     }
     if local + state.sent > 0 {

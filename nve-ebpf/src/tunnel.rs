@@ -65,13 +65,13 @@ fn send_out_of_line(skb: *mut __sk_buff, vni: u32, remote: &Vtep, copy: bool, tt
 /// `ttl` 0: the configured one.
 #[inline(always)]
 fn send(ctx: &TcContext, vni: u32, remote: &Vtep, copy: bool, ttl: u8) -> Result<i32, DropReason> {
-    let cfg = maps::config().ok_or(DropReason::UnderlayNoRoute)?;
+    let cfg = maps::config().ok_or(DropReason::NoConfig)?;
     if cfg.tunnel_ifindex == 0 {
-        return Err(DropReason::UnderlayNoRoute);
+        return Err(DropReason::NoConfig);
     }
     // In the per-CPU scratch buffer: on the stack it would not fit next to the callers'
     // own locals in head-end replication.
-    let buf = maps::scratch().ok_or(DropReason::HeaderAdjustFailed)?;
+    let buf = maps::scratch().ok_or(DropReason::ScratchUnavailable)?;
     const _: () = assert!(size_of::<bpf_tunnel_key>() <= maps::SCRATCH_LEN);
     buf[..size_of::<bpf_tunnel_key>()].fill(0);
     // SAFETY: the buffer is large enough and 8-byte aligned (a map value); zero bytes are a
@@ -97,7 +97,7 @@ fn send(ctx: &TcContext, vni: u32, remote: &Vtep, copy: bool, ttl: u8) -> Result
         bpf_skb_set_tunnel_key(ctx.skb.skb, key, size_of::<bpf_tunnel_key>() as u32, flags)
     };
     if rc != 0 {
-        return Err(DropReason::HeaderAdjustFailed);
+        return Err(DropReason::TunnelKeyFailed);
     }
     deliver::send_to(ctx, cfg.tunnel_ifindex, copy)
 }

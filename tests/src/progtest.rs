@@ -647,6 +647,13 @@ pub fn cases() -> Vec<Case> {
         x,
         t,
     );
+    let (x, t) = both(Drop, Output::Any, drop(DropReason::UnderlayHairpin));
+    decap(
+        "VXLAN for a MAC behind another VTEP: not sent back onto the underlay",
+        from_remote(&ip, 4789, 0x08, VNI, &packet::inner_ping(VM2, VM1, 32)),
+        x,
+        t,
+    );
     let mut with_options = ip.clone();
     with_options.options = vec![1, 1, 1, 0];
     let (x, t) = both(
@@ -659,6 +666,12 @@ pub fn cases() -> Vec<Case> {
         from_remote(&with_options, 4789, 0x08, VNI, &to_vm1),
         x,
         t,
+    );
+    decap(
+        "VXLAN with outer IPv4 options for a moved MAC: not re-addressed",
+        from_remote(&with_options, 4789, 0x08, VNI, &to_vm9),
+        (Pass, Output::Same, fwd(Forward::DeferredToTc)),
+        (Drop, Output::Any, drop(DropReason::ForwardIpOptions)),
     );
     let mut first_fragment = ip.clone();
     first_fragment.frag = 0x2000;
@@ -1147,7 +1160,7 @@ pub fn cases() -> Vec<Case> {
         frame: to_vm1.clone(),
         verdict: Drop,
         output: Output::Any,
-        outcome: drop(DropReason::VxlanInvalidHdr),
+        outcome: drop(DropReason::TunnelKeyMissing),
     });
     cases.push(egress(
         "unknown unicast",

@@ -7,15 +7,17 @@
 //! The rules, in the order they apply:
 //! - Underlay (XDP and TC): only UDP to port 4789 of our VTEP is nve's; anything else, or a
 //!   frame too short to tell, passes to the host, and an outer fragment passes for the host
-//!   to reassemble. A VXLAN header must be whole with the I flag set (other flag bits are
-//!   ignored), the VNI served and the inner Ethernet header whole. The IPv4 checksum, total
-//!   length and UDP length are not checked (the case table decapsulates truncated frames).
-//!   Unless the VN accepts any VTEP, the outer source must be a VTEP the VN knows (its flood
-//!   list and the VTEPs of its remote MACs). The inner destination decides: multicast
-//!   floods to the VN's local ports; a MAC of a local port is delivered there while the port
-//!   forwards; a MAC behind another VTEP is never relayed (FDB_MISS); an unknown MAC floods
-//!   or is dropped as the VN says. XDP delivers only to untagged, non-tap ports itself and
-//!   defers the rest to TC; TC leaves a tap port's unicast to the kernel's vxlan device.
+//!   to reassemble. What the kernel's stack would drop is dropped: a frame unicast to
+//!   another MAC, a wrong IPv4 checksum, total length or UDP length. A VXLAN header must be
+//!   whole with the I flag set (other flag bits are ignored), the VNI served and the inner
+//!   Ethernet header whole. Unless the VN accepts any VTEP, the outer source must be a VTEP
+//!   the VN knows (its flood list and the VTEPs of its remote MACs). The inner destination
+//!   decides: multicast floods to the VN's local ports; a MAC of a local port is delivered
+//!   there while the port forwards; a MAC behind another VTEP is never relayed
+//!   (UNDERLAY_HAIRPIN); a MAC that moved away is sent on to its new VTEP by TC (not with
+//!   outer IPv4 options); an unknown MAC floods or is dropped as the VN says. XDP delivers
+//!   only to untagged, non-tap ports itself and defers the rest to TC; TC leaves a tap
+//!   port's unicast to the kernel's vxlan device.
 //! - VM egress: the frame's 802.1Q tag (if any) and the port select the VN; the port (VID)
 //!   must be bound and forwarding, and, if it checks source MACs, the source must be one the
 //!   FDB places on that very port. The selecting tag is removed: whatever follows is the
@@ -32,7 +34,7 @@
 //!   VN says.
 //! - Tunnel rx: a frame the kernel's vxlan device decapsulated carries its VNI and outer
 //!   source as tunnel metadata and is delivered like a decapsulated frame; without metadata
-//!   it is invalid.
+//!   it is dropped (TUNNEL_KEY_MISSING).
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, Ipv6Addr},
@@ -343,6 +345,16 @@ impl Prediction {
         Self::new(forward, Verdict::Pass, Output::Unchanged)
     }
 
+    /// `inner`, the payload of VXLAN of `vni`, delivered to `port`.
+    fn decapsulated(vni: u32, port: Port, inner: &[u8]) -> Self {
+        let frame = inner.to_vec();
+        Self::new(
+            Forward::Decapsulated,
+            Verdict::Redirect,
+            Output::Delivered { vni, port, frame },
+        )
+    }
+
     /// The program's return value.
     pub fn code(&self, program: Program) -> u32 {
         program.code(self.verdict)
@@ -522,7 +534,7 @@ fn decap_target(cfg: &Config, vni: u32, src: Ipv4Addr, dst: [u8; 6]) -> Result<T
         Some(Location::Local { .. }) => Err(DropReason::VnicInactive),
         // Behind another VTEP: the underlay is not relayed back onto the underlay, unless
         // the MAC moved away from here (the forwarding pointer).
-        Some(Location::Remote(_) | Location::RemoteV6(_)) => Err(DropReason::FdbMiss),
+        Some(Location::Remote(_) | Location::RemoteV6(_)) => Err(DropReason::UnderlayHairpin),
         Some(Location::Moved(vtep)) => Ok(Target::Moved(*vtep)),
         None if vn.floods_unknown => Ok(flood()),
         None => Err(DropReason::FdbMiss),
@@ -555,15 +567,9 @@ fn xdp_underlay_rx(cfg: &Config, frame: &[u8]) -> Prediction {
     };
     match target {
         // XDP cannot push a tag, clone, or keep GSO for a tap: TC does those.
-        Target::Port { port, tap: false } if port.vid == 0 => Prediction::new(
-            Forward::Decapsulated,
-            Verdict::Redirect,
-            Output::Delivered {
-                vni,
-                port,
-                frame: inner.to_vec(),
-            },
-        ),
+        Target::Port { port, tap: false } if port.vid == 0 => {
+            Prediction::decapsulated(vni, port, inner)
+        }
         _ => Prediction::pass(Forward::DeferredToTc),
     }
 }
@@ -586,11 +592,11 @@ fn tc_underlay_rx(cfg: &Config, frame: &[u8]) -> Prediction {
 
 /// VXLAN for a MAC that moved to `vtep`: the outer IPv4 header re-addressed (from this
 /// VTEP), TTL one less, the UDP checksum cleared, the next hop's MACs; sent on. A TTL at 1
-/// or below ends it (two NVEs pointing at each other).
+/// or below ends it (two NVEs pointing at each other); so do outer IPv4 options.
 fn forward_moved(cfg: &Config, frame: &[u8], vtep: Ipv4Addr) -> Prediction {
     let ip = ETH_LEN;
     if frame[ip] != 0x45 {
-        return Prediction::drop(DropReason::HeaderAdjustFailed);
+        return Prediction::drop(DropReason::ForwardIpOptions);
     }
     if frame[ip + 8] <= 1 {
         return Prediction::drop(DropReason::TtlExceeded);
@@ -619,15 +625,7 @@ fn forward_moved(cfg: &Config, frame: &[u8], vtep: Ipv4Addr) -> Prediction {
 /// Delivery of a decapsulated frame (TC and tunnel rx).
 fn deliver(vni: u32, inner: &[u8], target: Target) -> Prediction {
     match target {
-        Target::Port { port, .. } => Prediction::new(
-            Forward::Decapsulated,
-            Verdict::Redirect,
-            Output::Delivered {
-                vni,
-                port,
-                frame: inner.to_vec(),
-            },
-        ),
+        Target::Port { port, .. } => Prediction::decapsulated(vni, port, inner),
         // A moved MAC over the kernel's device is not forwarded (the TC path forwards it
         // before delivery).
         Target::Moved(_) => Prediction::drop(DropReason::FdbMiss),
@@ -649,7 +647,7 @@ fn deliver(vni: u32, inner: &[u8], target: Target) -> Prediction {
 /// metadata (a test run can attach none).
 pub fn tunnel_rx(cfg: &Config, tunnel: Option<(u32, Ipv4Addr)>, frame: &[u8]) -> Prediction {
     let Some((vni, src)) = tunnel else {
-        return Prediction::drop(DropReason::VxlanInvalidHdr);
+        return Prediction::drop(DropReason::TunnelKeyMissing);
     };
     if frame.len() < ETH_LEN {
         return Prediction::drop(DropReason::InnerTruncated);
@@ -735,7 +733,7 @@ fn vm_egress(cfg: &Config, port: Port, frame: &[u8]) -> Prediction {
                 },
             );
         }
-        return flood(cfg, vni, ingress, frame, DropReason::FloodListEmpty);
+        return flood(cfg, vni, ingress, frame);
     }
     match cfg.fdb.get(&(vni, dst)) {
         // As a bridge: never back to the port (and VID) it came from.
@@ -775,10 +773,9 @@ fn vm_egress(cfg: &Config, port: Port, frame: &[u8]) -> Prediction {
             .and_then(|nh| too_big(cfg, vni, nh.mtu - VXLAN_IPV4_OVERHEAD, ingress, &frame))
             .unwrap_or_else(|| encapsulate(cfg, vni, *vtep, frame)),
         None => match cfg.vns.get(&vni) {
-            Some(vn) if vn.floods_unknown => {
-                flood(cfg, vni, ingress, frame, DropReason::FloodListEmpty)
-            }
-            _ => Prediction::drop(DropReason::FdbMiss),
+            Some(vn) if vn.floods_unknown => flood(cfg, vni, ingress, frame),
+            Some(_) => Prediction::drop(DropReason::FdbMiss),
+            None => Prediction::drop(DropReason::VniNotFound),
         },
     }
 }
@@ -905,15 +902,14 @@ fn encapsulate(cfg: &Config, vni: u32, vtep: Ipv4Addr, inner: Vec<u8>) -> Predic
     )
 }
 
-/// Copies to the VN's ports except `ingress` and to its flood list; `nowhere` if there are
-/// none.
-fn flood(cfg: &Config, vni: u32, ingress: Port, frame: Vec<u8>, nowhere: DropReason) -> Prediction {
+/// Copies to the VN's ports except `ingress` and to its flood list.
+fn flood(cfg: &Config, vni: u32, ingress: Port, frame: Vec<u8>) -> Prediction {
     let Some(vn) = cfg.vns.get(&vni) else {
-        return Prediction::drop(nowhere);
+        return Prediction::drop(DropReason::VniNotFound);
     };
     let ports: Vec<Port> = vn.ports.iter().copied().filter(|p| *p != ingress).collect();
     if ports.is_empty() && vn.flood_list.is_empty() {
-        return Prediction::drop(nowhere);
+        return Prediction::drop(DropReason::FloodListEmpty);
     }
     Prediction::new(
         Forward::Flooded,
