@@ -113,21 +113,24 @@ impl Forward {
     }
 }
 
-/// Why a packet was dropped. Names follow the kernel's skb drop reasons.
+/// Why a packet was dropped: one cause per reason. Names follow the kernel's skb drop
+/// reasons. New reasons take the next number; a retired one stays reserved.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
-    /// Shorter than an Ethernet (or 802.1Q) header.
+    /// The frame ends inside a header the program must read: Ethernet, an 802.1Q tag, or
+    /// an ARP, IP or ICMP header it checks, quotes or rewrites.
     PktTooSmall = 1,
-    /// VXLAN to this VTEP with the I flag clear or a truncated VXLAN header.
+    /// VXLAN to this VTEP whose VXLAN header is not valid: cut short, or the I flag clear.
     VxlanInvalidHdr = 2,
-    /// VXLAN for a VNI this NVE does not serve.
+    /// A VNI the dataplane has no VN for: VXLAN for a VNI this NVE does not serve, or a
+    /// frame from a port bound to a VN that is being removed.
     VniNotFound = 3,
     /// Decapsulated payload shorter than an Ethernet header.
     InnerTruncated = 4,
     /// A VM port (or VID on it) that belongs to no VN.
     PortNotInVn = 5,
-    /// Unicast to a MAC the VN's FDB does not know.
+    /// Unicast to a MAC the VN's FDB has no entry for (of a kind this dataplane knows).
     FdbMiss = 6,
     /// Broadcast in a VN with nowhere to flood to.
     FloodListEmpty = 7,
@@ -138,7 +141,8 @@ pub enum DropReason {
     UnderlayNoNeigh = 9,
     /// The encapsulated frame does not fit the underlay MTU.
     UnderlayMtuExceeded = 10,
-    /// A helper refused to add or remove headers.
+    /// A helper refused to grow or shrink the frame: add or remove headers (adjust room,
+    /// change head), push or pop a VLAN tag, or resize it for an answer (change tail).
     HeaderAdjustFailed = 11,
     /// A helper refused to redirect or clone.
     RedirectFailed = 12,
@@ -170,6 +174,29 @@ pub enum DropReason {
     IpTotLen = 22,
     /// VXLAN to this VTEP whose UDP length is not what the outer IPv4 header leaves.
     UdpLen = 23,
+    /// The daemon's configuration (`CONFIG_MAP`) is missing what the frame needs: not
+    /// written yet, or without the tunnel device.
+    NoConfig = 24,
+    /// The per-CPU scratch buffer (`NVE_SCRATCH`), where headers and answers are built,
+    /// could not be looked up.
+    ScratchUnavailable = 25,
+    /// A helper refused to write bytes into the frame (bpf_skb_store_bytes).
+    StoreFailed = 26,
+    /// VXLAN for a moved MAC whose outer IPv4 header has options: the forwarding pointer
+    /// re-addresses a 20-byte header only.
+    ForwardIpOptions = 27,
+    /// The kernel refused the tunnel key for a frame to its vxlan device
+    /// (bpf_skb_set_tunnel_key).
+    TunnelKeyFailed = 28,
+    /// A frame on the kernel's vxlan device without tunnel metadata: not one the device
+    /// decapsulated.
+    TunnelKeyMissing = 29,
+    /// VXLAN for a MAC the FDB places behind a remote VTEP: what comes from the underlay is
+    /// never sent back onto it (a moved MAC's forwarding pointer aside).
+    UnderlayHairpin = 30,
+    /// An IPv6 VTEP where the program itself encapsulates over IPv4: a moved MAC's new VTEP
+    /// for VXLAN decapsulated by `tc_underlay_rx`, or the first IPv4 VTEP of a flood list.
+    VtepNotIpv4 = 31,
 }
 
 impl DropReason {
@@ -179,7 +206,7 @@ impl DropReason {
         DropReason::ALL.into_iter().find(|&d| d as u32 == n)
     }
 
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 31] = [
         DropReason::PktTooSmall,
         DropReason::VxlanInvalidHdr,
         DropReason::VniNotFound,
@@ -203,6 +230,14 @@ impl DropReason {
         DropReason::IpCsum,
         DropReason::IpTotLen,
         DropReason::UdpLen,
+        DropReason::NoConfig,
+        DropReason::ScratchUnavailable,
+        DropReason::StoreFailed,
+        DropReason::ForwardIpOptions,
+        DropReason::TunnelKeyFailed,
+        DropReason::TunnelKeyMissing,
+        DropReason::UnderlayHairpin,
+        DropReason::VtepNotIpv4,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -230,11 +265,20 @@ impl DropReason {
             DropReason::IpCsum => "IP_CSUM",
             DropReason::IpTotLen => "IP_TOT_LEN",
             DropReason::UdpLen => "UDP_LEN",
+            DropReason::NoConfig => "NO_CONFIG",
+            DropReason::ScratchUnavailable => "SCRATCH_UNAVAILABLE",
+            DropReason::StoreFailed => "STORE_FAILED",
+            DropReason::ForwardIpOptions => "FORWARD_IP_OPTIONS",
+            DropReason::TunnelKeyFailed => "TUNNEL_KEY_FAILED",
+            DropReason::TunnelKeyMissing => "TUNNEL_KEY_MISSING",
+            DropReason::UnderlayHairpin => "UNDERLAY_HAIRPIN",
+            DropReason::VtepNotIpv4 => "VTEP_NOT_IPV4",
         }
     }
 }
 
-/// Slots per hook in `STATS_MAP`: forwards in [0, 32), drops in [32, 64).
+/// Slots per hook in `STATS_MAP`: forwards in [0, 32), drops in [32, 64). Drop reasons
+/// 1 to 31 fit; a 32nd needs more slots per hook (and the daemon to read them).
 pub const SLOTS_PER_HOOK: u32 = 64;
 const DROP_BASE: u32 = 32;
 const _: () = assert!(DropReason::ALL.len() < (SLOTS_PER_HOOK - DROP_BASE) as usize);

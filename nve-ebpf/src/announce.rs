@@ -3,15 +3,16 @@
 //! and address from them. The frame itself goes on as any other broadcast.
 use aya_ebpf::programs::TcContext;
 use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv6Hdr};
-use nve_common::maps::{ANNOUNCE_GARP, ANNOUNCE_NA, ANNOUNCE_RARP, Announcement, LocalPort};
+use nve_common::{
+    maps::{ANNOUNCE_GARP, ANNOUNCE_NA, ANNOUNCE_RARP, Announcement, LocalPort},
+    wire::{ETH_LEN, ETH_P_ARP, ETH_P_IPV6, ETH_P_RARP, ICMPV6_NEIGHBOUR_ADVERT, IPPROTO_ICMPV6},
+};
 
 use crate::{
     maps::NVE_EVENTS,
-    parse::{ETH_LEN, ETH_P_ARP, ETH_P_IPV6, IPPROTO_ICMPV6, header},
+    parse::{header, ipv6_next_hdr},
 };
 
-const ETH_P_RARP: u16 = 0x8035;
-const NEIGHBOUR_ADVERT: u8 = 136;
 /// The solicited flag of a neighbour advertisement's flags byte.
 const NA_SOLICITED: u8 = 0x40;
 
@@ -46,16 +47,14 @@ pub fn observe(ctx: &TcContext, vni: u32, port: LocalPort) {
             let Some(ip) = header::<Ipv6Hdr>(ctx, ETH_LEN) else {
                 return;
             };
-            // SAFETY: one byte of the header bounds-checked above, read as a byte.
-            let next = unsafe { *(core::ptr::addr_of!(ip.next_hdr) as *const u8) };
-            if next != IPPROTO_ICMPV6 {
+            if ipv6_next_hdr(ip) != IPPROTO_ICMPV6 {
                 return;
             }
             let icmp = ETH_LEN + Ipv6Hdr::LEN;
             let Some(na) = header::<[u8; 24]>(ctx, icmp) else {
                 return;
             };
-            if na[0] != NEIGHBOUR_ADVERT || na[4] & NA_SOLICITED != 0 {
+            if na[0] != ICMPV6_NEIGHBOUR_ADVERT || na[4] & NA_SOLICITED != 0 {
                 return;
             }
             event.kind = ANNOUNCE_NA;

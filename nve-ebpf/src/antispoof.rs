@@ -7,14 +7,14 @@ use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 use nve_common::{
     maps::{FDB_LOCAL, LocalPort},
     metrics::DropReason,
+    wire::{ETH_LEN, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, ICMPV6_NEIGHBOUR_ADVERT, IPPROTO_ICMPV6},
 };
 
 use crate::{
     maps,
-    parse::{ETH_LEN, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMPV6, require},
+    parse::{ipv6_next_hdr, require},
 };
 
-const ICMPV6_NEIGHBOUR_ADVERT: u8 = 136;
 /// ICMPv6 type, code, checksum and flags precede a neighbour advertisement's target.
 const NA_TARGET_OFFSET: usize = 8;
 
@@ -45,10 +45,7 @@ pub fn ips(ctx: &TcContext, vni: u32, port: LocalPort, flags: u16) -> Result<(),
         ETH_P_IPV6 if probe.checks_ipv6() => {
             let ip = require::<Ipv6Hdr>(ctx, ETH_LEN, DropReason::PktTooSmall)?;
             ipv6_of(vni, &ip.src_addr, port)?;
-            // SAFETY: one byte of the header bounds-checked above, read as a byte so no
-            // unknown protocol number is held as an `IpProto`.
-            let next = unsafe { *(core::ptr::addr_of!(ip.next_hdr) as *const u8) };
-            if next != IPPROTO_ICMPV6 {
+            if ipv6_next_hdr(ip) != IPPROTO_ICMPV6 {
                 return Ok(());
             }
             let icmp = ETH_LEN + Ipv6Hdr::LEN;

@@ -2,15 +2,16 @@
 //! by rewriting the request into the reply in place, and never flooded.
 use aya_ebpf::programs::TcContext;
 use network_types::{arp::ArpHdr, eth::EthHdr};
-use nve_common::{maps::LocalPort, metrics::DropReason};
+use nve_common::{
+    maps::LocalPort,
+    metrics::DropReason,
+    wire::{ARP_REPLY, ARP_REQUEST, ETH_LEN, ETH_P_ARP, ETH_P_IPV4},
+};
 
 use crate::{
     deliver, maps,
-    parse::{ETH_LEN, ETH_P_ARP, ETH_P_IPV4, be16, header},
+    parse::{be16, header},
 };
-
-const ARP_REQUEST: u16 = 1;
-const ARP_REPLY: u16 = 2;
 
 /// Answers the (untagged) frame if it is an ARP request for an address of `vni` the
 /// dataplane knows, sending the reply back to `ingress`. `Ok(None)`: not one to answer.
@@ -45,7 +46,7 @@ pub fn reply(ctx: &TcContext, vni: u32, ingress: LocalPort) -> Result<Option<i32
     body[8..12].copy_from_slice(&target_ip);
     body[12..18].copy_from_slice(&asker_mac);
     body[18..22].copy_from_slice(&asker_ip);
-    let bad = |_| DropReason::HeaderAdjustFailed;
+    let bad = |_| DropReason::StoreFailed;
     ctx.store(0, &macs, 0).map_err(bad)?;
     ctx.store(ETH_LEN + 6, &body, 0).map_err(bad)?;
     deliver::to_port(ctx, ingress).map(Some)

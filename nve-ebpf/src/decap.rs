@@ -6,17 +6,15 @@ use network_types::{
     vxlan::VxlanHdr,
 };
 use nve_common::{
-    maps::{DataplaneConfig, FDB_LOCAL, FDB_MOVED, LocalPort, VnInfo, Vtep, vtep_v4},
+    maps::{DataplaneConfig, FDB_LOCAL, FDB_MOVED, FDB_REMOTE, LocalPort, VnInfo, Vtep, vtep_v4},
     metrics::{DropReason, Forward},
-    wire::{VXLAN_FLAG_I, VXLAN_PORT},
+    wire::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, VXLAN_FLAG_I, VXLAN_PORT},
 };
 
 use crate::{
     csum, deliver, maps,
     metrics::Scope,
-    parse::{
-        ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, Frame, IPPROTO_UDP, be16, header, is_multicast, require,
-    },
+    parse::{Frame, be16, header, ipv4_proto, ipv6_next_hdr, is_multicast, require},
 };
 
 /// Where a decapsulated frame goes.
@@ -71,10 +69,7 @@ pub fn classify(
     if ip.version() != 4 || ihl < Ipv4Hdr::LEN || ip.dst_addr != cfg.vtep_ipv4 {
         return host;
     }
-    // SAFETY: `proto` is one byte of the header bounds-checked above; read it as a byte so
-    // no unknown protocol number is ever held as an `IpProto`.
-    let proto = unsafe { *(core::ptr::addr_of!(ip.proto) as *const u8) };
-    if proto != IPPROTO_UDP {
+    if ipv4_proto(ip) != IPPROTO_UDP {
         return host;
     }
     if be16(ip.frags) & 0x3fff != 0 {
@@ -170,6 +165,7 @@ pub fn target(vni: u32, dst: [u8; 6], src: Vtep, scope: &mut Scope) -> Result<Ta
             Ok(Target::Port(deliver::forwarding(entry.port)?))
         }
         Some(entry) if entry.kind == FDB_MOVED => Ok(Target::Moved(entry.remote)),
+        Some(entry) if entry.kind == FDB_REMOTE => Err(DropReason::UnderlayHairpin),
         Some(_) => Err(DropReason::FdbMiss),
         None if vn.floods_unknown() => Ok(Target::Flood(vn)),
         None => Err(DropReason::FdbMiss),
@@ -184,9 +180,8 @@ fn vxlan_over_ipv6(f: &impl Frame, cfg: &DataplaneConfig) -> bool {
     let Some(ip) = header::<Ipv6Hdr>(f, ETH_LEN) else {
         return false;
     };
-    // SAFETY: one byte of the header bounds-checked above, read as a byte.
-    let next = unsafe { *(core::ptr::addr_of!(ip.next_hdr) as *const u8) };
-    if cfg.vtep_ipv6 == [0; 16] || ip.dst_addr != cfg.vtep_ipv6 || next != IPPROTO_UDP {
+    if cfg.vtep_ipv6 == [0; 16] || ip.dst_addr != cfg.vtep_ipv6 || ipv6_next_hdr(ip) != IPPROTO_UDP
+    {
         return false;
     }
     header::<UdpHdr>(f, ETH_LEN + Ipv6Hdr::LEN).is_some_and(|udp| be16(udp.dst) == VXLAN_PORT)

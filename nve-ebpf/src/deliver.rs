@@ -1,16 +1,17 @@
 //! Delivery of a (decapsulated or locally switched) frame to VM ports, on the TC path.
 use aya_ebpf::{
-    bindings::{__sk_buff, TC_ACT_REDIRECT},
+    bindings::{__sk_buff, TC_ACT_REDIRECT, TC_ACT_SHOT},
     cty::c_void,
-    helpers::{bpf_loop, bpf_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push},
+    helpers::{bpf_loop, bpf_redirect, bpf_skb_change_tail, bpf_skb_vlan_pop, bpf_skb_vlan_push},
     programs::TcContext,
 };
 use nve_common::{
     maps::{FLOOD_MAX_PORTS, LocalPort, VnInfo},
-    metrics::DropReason,
+    metrics::{DropReason, Forward},
+    wire::ETH_P_8021Q,
 };
 
-use crate::{maps, metrics, parse::ETH_P_8021Q};
+use crate::{maps, metrics};
 
 /// `port`, if it forwards: a pre-associated or paused vNIC receives nothing, from the
 /// underlay or locally.
@@ -29,13 +30,57 @@ pub fn to_port(ctx: &TcContext, port: LocalPort) -> Result<i32, DropReason> {
     if port.vid != 0 {
         vlan_push(ctx, port.vid)?;
     }
+    let action = send_to(ctx, port.ifindex, false)?;
+    metrics::delivered(port.ifindex, ctx.len());
+    Ok(action)
+}
+
+/// Sends the frame out of `ifindex`. With `copy` a clone goes and the frame stays with the
+/// caller (returns 0); otherwise it is redirected (returns the TC action).
+#[inline(always)]
+pub fn send_to(ctx: &TcContext, ifindex: u32, copy: bool) -> Result<i32, DropReason> {
+    if copy {
+        ctx.clone_redirect(ifindex, 0)
+            .map_err(|_| DropReason::RedirectFailed)?;
+        return Ok(0);
+    }
     // SAFETY: helper call.
-    let action = unsafe { bpf_redirect(port.ifindex, 0) } as i32;
+    let action = unsafe { bpf_redirect(ifindex, 0) } as i32;
     if action != TC_ACT_REDIRECT {
         return Err(DropReason::RedirectFailed);
     }
-    metrics::delivered(port.ifindex, ctx.len());
     Ok(action)
+}
+
+/// Replaces the frame with `answer` (a reply the program built: ICMP, a neighbour
+/// advertisement) and sends it back to `ingress`, where the frame came from.
+#[inline(always)]
+pub fn reply<const N: usize>(
+    ctx: &TcContext,
+    ingress: LocalPort,
+    answer: &[u8; N],
+) -> Result<i32, DropReason> {
+    // SAFETY: helper call on our own skb (which it also takes out of GSO).
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, N as u32, 0) } != 0 {
+        return Err(DropReason::HeaderAdjustFailed);
+    }
+    ctx.store(0, answer, 0)
+        .map_err(|_| DropReason::StoreFailed)?;
+    to_port(ctx, ingress)
+}
+
+/// Floods a decapsulated frame of `vni` to every local port of `vn`; the copies go, the
+/// frame itself is dropped (TC_ACT_SHOT).
+#[inline(always)]
+pub fn flood_decapsulated(
+    ctx: &TcContext,
+    vni: u32,
+    vn: &VnInfo,
+) -> Result<(i32, Forward), DropReason> {
+    if flood_ports(ctx, vni, vn, LocalPort::default())? == 0 {
+        return Err(DropReason::FloodListEmpty);
+    }
+    Ok((TC_ACT_SHOT, Forward::Flooded))
 }
 
 /// Sends a copy of the frame to every port of `vn` except `except`, leaving the frame as it
@@ -56,20 +101,34 @@ pub fn flood_ports(
         copies: 0,
         error: None,
     };
-    let n = vn.port_count.min(FLOOD_MAX_PORTS as u32);
-    // SAFETY: the callback and its state live for the call; the state is ours.
-    unsafe {
-        bpf_loop(
-            n,
-            port_copy as *mut c_void,
-            &mut state as *mut _ as *mut c_void,
-            0,
-        )
-    };
+    repeat(
+        vn.port_count.min(FLOOD_MAX_PORTS as u32),
+        port_copy,
+        &mut state,
+    );
     match state.error {
         Some(reason) => Err(reason),
         None => Ok(state.copies),
     }
+}
+
+/// Calls `callback(i, state)` for each `i` in [0, n) until it returns 1, through
+/// `bpf_loop`: the verifier checks the body once, however large `n`. `state` is the
+/// callback's own type, behind the `*mut c_void` it is given.
+#[inline(always)]
+pub fn repeat<S>(n: u32, callback: extern "C" fn(u64, *mut c_void) -> i64, state: &mut S) {
+    if n == 0 {
+        return;
+    }
+    // SAFETY: the callback and its state live for the call; the state is ours.
+    unsafe {
+        bpf_loop(
+            n,
+            callback as *mut c_void,
+            state as *mut S as *mut c_void,
+            0,
+        )
+    };
 }
 
 struct PortsLoop<'a> {
@@ -111,11 +170,11 @@ fn copy_to_port(ctx: &TcContext, port: LocalPort) -> Result<(), DropReason> {
     if port.vid != 0 {
         vlan_push(ctx, port.vid)?;
     }
-    let cloned = ctx.clone_redirect(port.ifindex, 0);
+    let cloned = send_to(ctx, port.ifindex, true);
     if port.vid != 0 {
         vlan_pop(ctx)?;
     }
-    cloned.map_err(|_| DropReason::RedirectFailed)
+    cloned.map(|_| ())
 }
 
 #[inline(always)]

@@ -6,24 +6,26 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
         BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_REDIRECT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
-    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_skb_change_head},
+    helpers::{bpf_redirect_neigh, bpf_skb_change_head},
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
 use nve_common::{
     maps::{DataplaneConfig, NextHop},
     metrics::DropReason,
-    wire::{UDP_SRC_PORT_MIN, VXLAN_FLAG_I, VXLAN_IPV4_OVERHEAD, VXLAN_PORT},
+    wire::{
+        ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, IP_DF, IPPROTO_UDP, UDP_SRC_PORT_MIN, VXLAN_FLAG_I,
+        VXLAN_IPV4_OVERHEAD, VXLAN_PORT,
+    },
 };
 
 use crate::{
-    csum,
+    csum, deliver,
     maps::{self, SCRATCH_LEN},
-    parse::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, header},
+    parse::{SkbMeta, header},
 };
 
-const IP_DF: u16 = 0x4000;
-const IPV4_OFFSET: u32 = ETH_LEN as u32;
+const IPV4_OFFSET: usize = ETH_LEN;
 
 const _: () = assert!(size_of::<EthHdr>() + Ipv4Hdr::LEN + UdpHdr::LEN + VxlanHdr::LEN == 50);
 const OUTER: usize = VXLAN_IPV4_OVERHEAD as usize;
@@ -46,9 +48,9 @@ pub fn encapsulate(
     let src_port = UDP_SRC_PORT_MIN | ((hash ^ (hash >> 16)) as u16 & 0x3fff);
     // Built in the per-CPU scratch buffer: on the stack it would not fit next to the
     // callers' own locals in head-end replication.
-    let outer = maps::scratch().ok_or(DropReason::HeaderAdjustFailed)?;
+    let outer = maps::scratch().ok_or(DropReason::ScratchUnavailable)?;
     outer_ipv4(outer, cfg, vni, remote, src_port, inner_len);
-    let proto = u16::from_be(ctx.skb.protocol() as u16);
+    let proto = ctx.ether_type();
     if proto == ETH_P_IPV4 || proto == ETH_P_IPV6 {
         let inner_eth: [u8; ETH_LEN] = ctx.load(0).map_err(|_| DropReason::PktTooSmall)?;
         let flags = BPF_F_ADJ_ROOM_FIXED_GSO
@@ -59,7 +61,7 @@ pub fn encapsulate(
         ctx.adjust_room(VXLAN_IPV4_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags)
             .map_err(|_| DropReason::HeaderAdjustFailed)?;
         ctx.store(VXLAN_IPV4_OVERHEAD as usize, &inner_eth, 0)
-            .map_err(|_| DropReason::HeaderAdjustFailed)?;
+            .map_err(|_| DropReason::StoreFailed)?;
     } else {
         // SAFETY: helper call on our own skb.
         if unsafe { bpf_skb_change_head(ctx.skb.skb, VXLAN_IPV4_OVERHEAD, 0) } != 0 {
@@ -67,7 +69,7 @@ pub fn encapsulate(
         }
     }
     ctx.store(0, maps::window::<OUTER>(outer, 0), 0)
-        .map_err(|_| DropReason::HeaderAdjustFailed)
+        .map_err(|_| DropReason::StoreFailed)
 }
 
 /// The inner flow's hash, for the outer UDP source port (RFC 7348 entropy): the skb's
@@ -76,8 +78,7 @@ pub fn encapsulate(
 /// dissector here: 190 ns of the 770 ns encapsulation costs in BPF_PROG_TEST_RUN.
 #[inline(always)]
 fn flow_hash(ctx: &TcContext) -> u32 {
-    // SAFETY: reading a field of our own __sk_buff.
-    let hash = unsafe { (*ctx.skb.skb).hash };
+    let hash = ctx.skb_hash();
     if hash != 0 {
         return hash;
     }
@@ -105,26 +106,18 @@ fn flow_hash(ctx: &TcContext) -> u32 {
 /// changed), and the frame leaves by the VTEP's next hop. Outer IPv4 options: dropped.
 #[inline(always)]
 pub fn forward(ctx: &TcContext, cfg: &DataplaneConfig, remote: [u8; 4]) -> Result<i32, DropReason> {
-    let mut ip: [u8; 20] = ctx
-        .load(IPV4_OFFSET as usize)
-        .map_err(|_| DropReason::HeaderAdjustFailed)?;
-    if ip[0] != 0x45 {
-        return Err(DropReason::HeaderAdjustFailed);
-    }
-    if ip[8] <= 1 {
-        return Err(DropReason::TtlExceeded);
-    }
-    ip[8] -= 1;
-    ip[12..16].copy_from_slice(&cfg.vtep_ipv4);
-    ip[16..20].copy_from_slice(&remote);
-    ip[10] = 0;
-    ip[11] = 0;
-    let check = csum::finish(csum::add(0, &ip));
-    ip[10..12].copy_from_slice(&check.to_be_bytes());
-    let bad = |_| DropReason::HeaderAdjustFailed;
-    ctx.store(IPV4_OFFSET as usize, &ip, 0).map_err(bad)?;
-    ctx.store(IPV4_OFFSET as usize + Ipv4Hdr::LEN + 6, &[0u8; 2], 0)
-        .map_err(bad)?;
+    rewrite_outer_ipv4(ctx, cfg, remote, |ip| {
+        if ip[0] != 0x45 {
+            return Err(DropReason::ForwardIpOptions);
+        }
+        if ip[8] <= 1 {
+            return Err(DropReason::TtlExceeded);
+        }
+        ip[8] -= 1;
+        Ok(())
+    })?;
+    ctx.store(IPV4_OFFSET + Ipv4Hdr::LEN + 6, &[0u8; 2], 0)
+        .map_err(|_| DropReason::StoreFailed)?;
     send(ctx, cfg, remote, false)
 }
 
@@ -135,17 +128,27 @@ pub fn readdress(
     cfg: &DataplaneConfig,
     remote: [u8; 4],
 ) -> Result<(), DropReason> {
-    let mut ip: [u8; 20] = ctx
-        .load(IPV4_OFFSET as usize)
-        .map_err(|_| DropReason::HeaderAdjustFailed)?;
-    ip[16..20].copy_from_slice(&remote);
+    rewrite_outer_ipv4(ctx, cfg, remote, |_| Ok(()))
+}
+
+/// Rewrites the frame's outer IPv4 header (the fixed 20 bytes) from this VTEP to `remote`,
+/// after `edit` has checked or changed it, with its checksum recomputed.
+#[inline(always)]
+fn rewrite_outer_ipv4(
+    ctx: &TcContext,
+    cfg: &DataplaneConfig,
+    remote: [u8; 4],
+    edit: impl FnOnce(&mut [u8; Ipv4Hdr::LEN]) -> Result<(), DropReason>,
+) -> Result<(), DropReason> {
+    let mut ip: [u8; Ipv4Hdr::LEN] = ctx.load(IPV4_OFFSET).map_err(|_| DropReason::PktTooSmall)?;
+    edit(&mut ip)?;
     ip[12..16].copy_from_slice(&cfg.vtep_ipv4);
-    ip[10] = 0;
-    ip[11] = 0;
+    ip[16..20].copy_from_slice(&remote);
+    ip[10..12].fill(0);
     let check = csum::finish(csum::add(0, &ip));
     ip[10..12].copy_from_slice(&check.to_be_bytes());
-    ctx.store(IPV4_OFFSET as usize, &ip, 0)
-        .map_err(|_| DropReason::HeaderAdjustFailed)
+    ctx.store(IPV4_OFFSET, &ip, 0)
+        .map_err(|_| DropReason::StoreFailed)
 }
 
 /// Sends an encapsulated frame to `remote` over the underlay, by the next hop the daemon
@@ -172,7 +175,7 @@ pub fn send_via(
     copy: bool,
 ) -> Result<i32, DropReason> {
     let Some(nh) = next_hop else {
-        if copy || u16::from_be(ctx.skb.protocol() as u16) != ETH_P_IPV4 {
+        if copy || ctx.ether_type() != ETH_P_IPV4 {
             return Err(DropReason::UnderlayNoNeigh);
         }
         // SAFETY: helper call; NULL params: the kernel looks the route up itself.
@@ -183,27 +186,15 @@ pub fn send_via(
         }
         return Ok(action);
     };
-    // SAFETY: reading a field of our own __sk_buff.
-    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
-    if gso_size == 0 && ctx.len() > nh.mtu + ETH_LEN as u32 {
+    if ctx.gso_size() == 0 && ctx.len() > nh.mtu + ETH_LEN as u32 {
         return Err(DropReason::UnderlayMtuExceeded);
     }
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&nh.dmac);
     macs[6..].copy_from_slice(&nh.smac);
     ctx.store(0, &macs, 0)
-        .map_err(|_| DropReason::HeaderAdjustFailed)?;
-    if copy {
-        ctx.clone_redirect(nh.ifindex, 0)
-            .map_err(|_| DropReason::RedirectFailed)?;
-        return Ok(0);
-    }
-    // SAFETY: helper call.
-    let action = unsafe { bpf_redirect(nh.ifindex, 0) } as i32;
-    if action != TC_ACT_REDIRECT {
-        return Err(DropReason::RedirectFailed);
-    }
-    Ok(action)
+        .map_err(|_| DropReason::StoreFailed)?;
+    deliver::send_to(ctx, nh.ifindex, copy)
 }
 
 /// `BPF_F_ADJ_ROOM_ENCAP_L2(len)`: a u64 flag the bindings do not provide.

@@ -1,19 +1,25 @@
 //! IPv6 neighbour discovery suppression: a multicast neighbour solicitation for an address
 //! the VN knows is answered with a neighbour advertisement on the asking port, built in
 //! place of the solicitation, and never flooded (as the kernel bridge's neigh_suppress).
-use aya_ebpf::{helpers::bpf_skb_change_tail, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
-use nve_common::{maps::LocalPort, metrics::DropReason};
+use nve_common::{
+    maps::LocalPort,
+    metrics::DropReason,
+    wire::{
+        ETH_LEN, ETH_P_IPV6, ICMPV6_NEIGHBOUR_ADVERT, ICMPV6_NEIGHBOUR_SOLICIT, IPPROTO_ICMPV6,
+    },
+};
 
 use crate::{
     csum, deliver, maps,
-    parse::{ETH_LEN, ETH_P_IPV6, IPPROTO_ICMPV6, copy_out, header},
+    parse::{copy_out, header},
 };
 
-const NEIGHBOUR_SOLICIT: u8 = 135;
-const NEIGHBOUR_ADVERT: u8 = 136;
 /// Solicited and override.
 const NA_FLAGS: u8 = 0x60;
+/// The advertisement's type, code, checksum (filled in later), flags and reserved bytes.
+const NA_HEADER: [u8; 8] = [ICMPV6_NEIGHBOUR_ADVERT, 0, 0, 0, NA_FLAGS, 0, 0, 0];
 const OPT_TARGET_LL_ADDR: u8 = 2;
 /// Type, code, checksum, reserved: the target follows.
 const TARGET_OFFSET: usize = 8;
@@ -53,7 +59,7 @@ fn solicited(ctx: &TcContext, vni: u32, ingress: LocalPort) -> Result<Option<i32
     if next != IPPROTO_ICMPV6 || hops != 255 || unspecified {
         return Ok(None);
     }
-    if buf[ICMP_OFFSET] != NEIGHBOUR_SOLICIT || buf[ICMP_OFFSET + 1] != 0 {
+    if buf[ICMP_OFFSET] != ICMPV6_NEIGHBOUR_SOLICIT || buf[ICMP_OFFSET + 1] != 0 {
         return Ok(None);
     }
     let mut target = [0u8; 16];
@@ -73,7 +79,7 @@ fn solicited(ctx: &TcContext, vni: u32, ingress: LocalPort) -> Result<Option<i32
     buf.copy_within(IP + 8..IP + 24, IP + 24);
     buf[IP + 8..IP + 24].copy_from_slice(&target);
     buf[IP..IP + 8].copy_from_slice(&[0x60, 0, 0, 0, 0, NA_LEN as u8, IPPROTO_ICMPV6, 255]);
-    buf[ICMP_OFFSET..TARGET].copy_from_slice(&[NEIGHBOUR_ADVERT, 0, 0, 0, NA_FLAGS, 0, 0, 0]);
+    buf[ICMP_OFFSET..TARGET].copy_from_slice(&NA_HEADER);
     buf[TARGET + 16] = OPT_TARGET_LL_ADDR;
     buf[TARGET + 17] = 1;
     buf[TARGET + 18..LEN].copy_from_slice(&owner_mac);
@@ -84,11 +90,5 @@ fn solicited(ctx: &TcContext, vni: u32, ingress: LocalPort) -> Result<Option<i32
     let check = csum::finish(csum::add(sum, message)).to_be_bytes();
     buf[ICMP_OFFSET + 2..ICMP_OFFSET + 4].copy_from_slice(&check);
 
-    // SAFETY: helper call on our own skb.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, LEN as u32, 0) } != 0 {
-        return Err(DropReason::HeaderAdjustFailed);
-    }
-    ctx.store(0, maps::window::<LEN>(buf, 0), 0)
-        .map_err(|_| DropReason::HeaderAdjustFailed)?;
-    deliver::to_port(ctx, ingress).map(Some)
+    deliver::reply(ctx, ingress, maps::window::<LEN>(buf, 0)).map(Some)
 }

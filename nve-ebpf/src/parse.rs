@@ -1,15 +1,14 @@
-//! Bounds-checked header access shared by the XDP and TC programs.
-use aya_ebpf::programs::{TcContext, XdpContext};
-use nve_common::metrics::DropReason;
-
-pub const ETH_LEN: usize = 14;
-pub const ETH_P_IPV4: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-pub const ETH_P_8021Q: u16 = 0x8100;
-pub const ETH_P_8021AD: u16 = 0x88a8;
-pub const ETH_P_ARP: u16 = 0x0806;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
+//! Bounds-checked header access shared by the XDP and TC programs, and the skb fields the
+//! TC programs read: every raw read of a packet byte or an `__sk_buff` field is here.
+use aya_ebpf::{
+    bindings::__sk_buff,
+    programs::{TcContext, XdpContext},
+};
+use network_types::ip::{IpProto, Ipv4Hdr, Ipv6Hdr};
+use nve_common::{
+    metrics::DropReason,
+    wire::{ETH_P_8021AD, ETH_P_8021Q},
+};
 
 /// `pkt_type` of an skb addressed to another host's MAC (linux/if_packet.h).
 const PACKET_OTHERHOST: u32 = 3;
@@ -80,9 +79,53 @@ impl Frame for TcContext {
     #[inline(always)]
     fn for_other_host(&self, _dst: &[u8; 6], _own: &[u8; 6]) -> bool {
         // eth_type_trans compared the destination with the device's address already.
-        // SAFETY: reading a field of the program's own context.
-        unsafe { (*self.skb.skb).pkt_type == PACKET_OTHERHOST }
+        sk_buff(self).pkt_type == PACKET_OTHERHOST
     }
+}
+
+/// What the skb carries besides the frame's bytes: the `__sk_buff` fields the programs read.
+pub trait SkbMeta {
+    /// The interface the frame arrived on (TC ingress).
+    fn ifindex(&self) -> u32;
+    /// The TCI of the VLAN tag the stack took out of the frame into the skb (offloaded).
+    fn offloaded_vlan_tci(&self) -> Option<u16>;
+    /// Segment size of a GSO frame; 0: not GSO.
+    fn gso_size(&self) -> u32;
+    /// The flow hash the stack computed (0: none yet).
+    fn skb_hash(&self) -> u32;
+    /// The frame's ethertype as the skb has it (`skb->protocol`), host order.
+    fn ether_type(&self) -> u16;
+}
+
+impl SkbMeta for TcContext {
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        sk_buff(self).ifindex
+    }
+    #[inline(always)]
+    fn offloaded_vlan_tci(&self) -> Option<u16> {
+        let skb = sk_buff(self);
+        (skb.vlan_present != 0).then_some(skb.vlan_tci as u16)
+    }
+    #[inline(always)]
+    fn gso_size(&self) -> u32 {
+        sk_buff(self).gso_size
+    }
+    #[inline(always)]
+    fn skb_hash(&self) -> u32 {
+        sk_buff(self).hash
+    }
+    #[inline(always)]
+    fn ether_type(&self) -> u16 {
+        u16::from_be(self.skb.protocol() as u16)
+    }
+}
+
+/// The program's own context, to read its fields.
+#[inline(always)]
+fn sk_buff(ctx: &TcContext) -> &__sk_buff {
+    // SAFETY: the context pointer the program was called with, valid for its whole run.
+    unsafe { &*ctx.skb.skb }
 }
 
 /// `T` at `offset`, if the whole of it lies inside the frame.
@@ -100,6 +143,25 @@ pub fn header<T>(f: &impl Frame, offset: usize) -> Option<&T> {
 #[inline(always)]
 pub fn require<T>(f: &impl Frame, offset: usize, reason: DropReason) -> Result<&T, DropReason> {
     header(f, offset).ok_or(reason)
+}
+
+/// The IPv4 header's protocol number, read as a byte: a number `IpProto` has no variant
+/// for is never held as one.
+#[inline(always)]
+pub fn ipv4_proto(ip: &Ipv4Hdr) -> u8 {
+    proto_byte(core::ptr::addr_of!(ip.proto))
+}
+
+/// The IPv6 header's next header, read as a byte (as [`ipv4_proto`]).
+#[inline(always)]
+pub fn ipv6_next_hdr(ip: &Ipv6Hdr) -> u8 {
+    proto_byte(core::ptr::addr_of!(ip.next_hdr))
+}
+
+#[inline(always)]
+fn proto_byte(field: *const IpProto) -> u8 {
+    // SAFETY: `field` is one byte of a header the caller holds a reference to.
+    unsafe { *(field as *const u8) }
 }
 
 #[inline(always)]

@@ -4,20 +4,21 @@
 //! big", back on the VM's port and as if from the destination (as OVS answers for its
 //! tunnels), so the VM's stack lowers its path MTU; anything else is dropped and counted.
 //! A GSO frame is measured by its segments.
-use aya_ebpf::{helpers::bpf_skb_change_tail, programs::TcContext};
-use nve_common::{maps::LocalPort, metrics::DropReason, wire::MIN_VN_MTU};
+use aya_ebpf::programs::TcContext;
+use nve_common::{
+    maps::LocalPort,
+    metrics::DropReason,
+    wire::{
+        ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, IP_DF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP, MIN_VN_MTU,
+    },
+};
 
 use crate::{
     csum, deliver,
     maps::{self, SCRATCH_LEN},
-    parse::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, be16, copy_out, header},
+    parse::{SkbMeta, be16, copy_out, header},
 };
-
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_ICMPV6: u8 = 58;
-const IP_DF: u16 = 0x4000;
 /// Of the frame that did not fit, ICMP quotes the IPv4 header and 8 bytes (RFC 792);
 /// ICMPv6 the IPv6 header and 8 bytes (enough for the sender to find its flow).
 const QUOTE_V4: usize = 28;
@@ -64,8 +65,7 @@ pub fn check(
 /// The length of the frame's network packet, or of one of its segments if it is GSO.
 #[inline(always)]
 fn network_len(ctx: &TcContext, ether_type: u16) -> u32 {
-    // SAFETY: reading a field of our own __sk_buff.
-    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    let gso_size = ctx.gso_size();
     let whole = ctx.len().saturating_sub(ETH_LEN as u32);
     if gso_size == 0 {
         return whole;
@@ -103,7 +103,7 @@ fn frag_needed(ctx: &TcContext, mtu: u32, ingress: LocalPort) -> Result<i32, Dro
     const ICMP: usize = IP + 20;
     const QUOTE: usize = ICMP + 8;
     const LEN: usize = QUOTE + QUOTE_V4;
-    let buf = maps::scratch().ok_or(DropReason::HeaderAdjustFailed)?;
+    let buf = maps::scratch().ok_or(DropReason::ScratchUnavailable)?;
     copy_out(ctx, 0, &mut buf[..QUOTE])?;
     if be16([buf[IP + 6], buf[IP + 7]]) & IP_DF == 0 {
         return Err(DropReason::UnderlayMtuExceeded);
@@ -134,7 +134,7 @@ fn frag_needed(ctx: &TcContext, mtu: u32, ingress: LocalPort) -> Result<i32, Dro
     buf[ICMP..QUOTE].copy_from_slice(&[3, 4, 0, 0, 0, 0, mtu[0], mtu[1]]);
     let check = csum::finish(csum::add(0, maps::window::<{ LEN - ICMP }>(buf, ICMP))).to_be_bytes();
     buf[ICMP + 2..ICMP + 4].copy_from_slice(&check);
-    send(ctx, ingress, maps::window::<LEN>(buf, 0))
+    deliver::reply(ctx, ingress, maps::window::<LEN>(buf, 0))
 }
 
 /// Turns the IPv6 frame into ICMPv6 "packet too big" from its destination to its source
@@ -146,7 +146,7 @@ fn packet_too_big(ctx: &TcContext, mtu: u32, ingress: LocalPort) -> Result<i32, 
     const ICMP: usize = IP + 40;
     const QUOTE: usize = ICMP + 8;
     const LEN: usize = QUOTE + QUOTE_V6;
-    let buf = maps::scratch().ok_or(DropReason::HeaderAdjustFailed)?;
+    let buf = maps::scratch().ok_or(DropReason::ScratchUnavailable)?;
     copy_out(ctx, 0, &mut buf[..QUOTE])?;
     buf.copy_within(IP..QUOTE, QUOTE);
     swap_macs(buf);
@@ -164,7 +164,7 @@ fn packet_too_big(ctx: &TcContext, mtu: u32, ingress: LocalPort) -> Result<i32, 
         maps::window::<{ LEN - ICMP }>(buf, ICMP),
     );
     buf[ICMP + 2..ICMP + 4].copy_from_slice(&csum::finish(sum).to_be_bytes());
-    send(ctx, ingress, maps::window::<LEN>(buf, 0))
+    deliver::reply(ctx, ingress, maps::window::<LEN>(buf, 0))
 }
 
 /// The answer's MACs: from the frame's destination, to its source.
@@ -174,20 +174,4 @@ fn swap_macs(buf: &mut [u8; SCRATCH_LEN]) {
     dst.copy_from_slice(&buf[..6]);
     buf.copy_within(6..12, 0);
     buf[6..12].copy_from_slice(&dst);
-}
-
-/// Replaces the frame with `answer` and sends it back to `ingress`.
-#[inline(always)]
-fn send<const N: usize>(
-    ctx: &TcContext,
-    ingress: LocalPort,
-    answer: &[u8; N],
-) -> Result<i32, DropReason> {
-    // SAFETY: helper call on our own skb (which it also takes out of GSO).
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, N as u32, 0) } != 0 {
-        return Err(DropReason::HeaderAdjustFailed);
-    }
-    ctx.store(0, answer, 0)
-        .map_err(|_| DropReason::HeaderAdjustFailed)?;
-    deliver::to_port(ctx, ingress)
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use network_types::eth::EthHdr;
 use nve_common::{
-    maps::{LocalPort, Vtep, vtep_v4},
+    maps::{Vtep, vtep_v4},
     metrics::{DropReason, Forward, Hook},
 };
 
@@ -32,7 +32,7 @@ pub fn tc_tunnel_rx(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_tc_tunnel_rx(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward), DropReason> {
     let Some((vni, src, ttl)) = tunnel_source(ctx) else {
-        return Err(DropReason::VxlanInvalidHdr);
+        return Err(DropReason::TunnelKeyMissing);
     };
     let eth = require::<EthHdr>(ctx, 0, DropReason::InnerTruncated)?;
     match decap::target(vni, eth.dst_addr, src, scope)? {
@@ -42,12 +42,7 @@ fn try_tc_tunnel_rx(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
             tunnel::forward(ctx, vni, &vtep, ttl)?,
             Forward::ForwardedToVtep,
         )),
-        Target::Flood(vn) => {
-            if deliver::flood_ports(ctx, vni, vn, LocalPort::default())? == 0 {
-                return Err(DropReason::FloodListEmpty);
-            }
-            Ok((TC_ACT_SHOT, Forward::Flooded))
-        }
+        Target::Flood(vn) => deliver::flood_decapsulated(ctx, vni, vn),
     }
 }
 

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use network_types::eth::EthHdr;
 use nve_common::{
-    maps::{LocalPort, vtep_ipv4},
+    maps::vtep_ipv4,
     metrics::{DropReason, Forward, Hook},
 };
 
@@ -40,34 +40,35 @@ fn try_tc_underlay_rx(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forwar
         Underlay::Vxlan(d) => d,
     };
     match d.target {
-        Target::Port(port) if port.is_tap() => return Ok((TC_ACT_OK, Forward::ToKernelVxlan)),
+        Target::Port(port) if port.is_tap() => Ok((TC_ACT_OK, Forward::ToKernelVxlan)),
         Target::Moved(vtep) => {
-            let v4 = vtep_ipv4(&vtep).ok_or(DropReason::FdbMiss)?;
-            return Ok((encap::forward(ctx, cfg, v4)?, Forward::ForwardedToVtep));
+            let v4 = vtep_ipv4(&vtep).ok_or(DropReason::VtepNotIpv4)?;
+            Ok((encap::forward(ctx, cfg, v4)?, Forward::ForwardedToVtep))
         }
-        _ => {}
+        Target::Port(port) => {
+            strip_outer(ctx, d.inner_offset)?;
+            Ok((deliver::to_port(ctx, port)?, Forward::Decapsulated))
+        }
+        Target::Flood(vn) => {
+            strip_outer(ctx, d.inner_offset)?;
+            deliver::flood_decapsulated(ctx, d.vni, vn)
+        }
     }
+}
+
+/// Removes the outer headers, the first `inner_offset` bytes, keeping the skb's GSO state.
+#[inline(always)]
+fn strip_outer(ctx: &TcContext, inner_offset: usize) -> Result<(), DropReason> {
     let inner: EthHdr = ctx
-        .load(d.inner_offset)
+        .load(inner_offset)
         .map_err(|_| DropReason::InnerTruncated)?;
     // Removes outer IPv4 + UDP + VXLAN + inner Ethernet right after the outer Ethernet
     // header, then the inner Ethernet header takes the outer one's place.
     ctx.adjust_room(
-        -(d.inner_offset as i32),
+        -(inner_offset as i32),
         BPF_ADJ_ROOM_MAC,
         BPF_F_ADJ_ROOM_FIXED_GSO as u64,
     )
     .map_err(|_| DropReason::HeaderAdjustFailed)?;
-    ctx.store(0, &inner, 0)
-        .map_err(|_| DropReason::HeaderAdjustFailed)?;
-    match d.target {
-        Target::Port(port) => Ok((deliver::to_port(ctx, port)?, Forward::Decapsulated)),
-        Target::Moved(_) => Err(DropReason::FdbMiss),
-        Target::Flood(vn) => {
-            if deliver::flood_ports(ctx, d.vni, vn, LocalPort::default())? == 0 {
-                return Err(DropReason::FloodListEmpty);
-            }
-            Ok((TC_ACT_SHOT, Forward::Flooded))
-        }
-    }
+    ctx.store(0, &inner, 0).map_err(|_| DropReason::StoreFailed)
 }

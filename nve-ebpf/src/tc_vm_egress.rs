@@ -4,7 +4,6 @@
 use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_SHOT},
     cty::c_void,
-    helpers::bpf_loop,
     macros::classifier,
     programs::TcContext,
 };
@@ -15,14 +14,14 @@ use nve_common::{
         vtep_ipv4,
     },
     metrics::{DropReason, Forward, Hook},
-    wire::{VXLAN_IPV4_OVERHEAD, VXLAN_IPV6_OVERHEAD},
+    wire::{ETH_LEN, VXLAN_IPV4_OVERHEAD, VXLAN_IPV6_OVERHEAD},
 };
 
 use crate::{
     announce, antispoof, arp, deliver, encap, maps,
     metrics::{self, Scope},
     nd,
-    parse::{ETH_LEN, Frame, be16, is_multicast, is_vlan, require},
+    parse::{Frame, SkbMeta, be16, is_multicast, is_vlan, require},
     pmtu, tunnel,
 };
 
@@ -36,12 +35,11 @@ pub fn tc_vm_egress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward), DropReason> {
-    let cfg = maps::config().ok_or(DropReason::PortNotInVn)?;
+    let cfg = maps::config().ok_or(DropReason::NoConfig)?;
     let eth = require::<EthHdr>(ctx, 0, DropReason::PktTooSmall)?;
     let dst = eth.dst_addr;
     let Tag { vid, tagged } = ingress_tag(ctx, eth)?;
-    // SAFETY: reading a field of our own __sk_buff.
-    let ingress = LocalPort::new(unsafe { (*ctx.skb.skb).ifindex }, vid);
+    let ingress = LocalPort::new(ctx.ifindex(), vid);
     let port = maps::port(ingress.ifindex, vid).ok_or(DropReason::PortNotInVn)?;
     scope.set_port(ingress.ifindex);
     scope.set_vni(port.vni);
@@ -68,12 +66,12 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
         if let Some(action) = nd::reply(ctx, vni, ingress)? {
             return Ok((action, Forward::NdReplied));
         }
-        let vn = maps::vn(vni).ok_or(DropReason::FloodListEmpty)?;
+        let vn = maps::vn(vni).ok_or(DropReason::VniNotFound)?;
         return flood(ctx, cfg, vni, vn, ingress);
     }
     let Some(entry) = maps::fdb(vni, dst) else {
         // Unknown unicast floods like broadcast, unless the VN says every MAC is known.
-        let vn = maps::vn(vni).ok_or(DropReason::FdbMiss)?;
+        let vn = maps::vn(vni).ok_or(DropReason::VniNotFound)?;
         if !vn.floods_unknown() {
             return Err(DropReason::FdbMiss);
         }
@@ -132,11 +130,9 @@ struct Tag {
 /// underlay. A priority tag (VID 0) is removed like any other.
 #[inline(always)]
 fn ingress_tag(ctx: &TcContext, eth: &EthHdr) -> Result<Tag, DropReason> {
-    // SAFETY: reading fields of our own __sk_buff.
-    let (present, tci) = unsafe { ((*ctx.skb.skb).vlan_present, (*ctx.skb.skb).vlan_tci) };
     let ether_type = u16::from_be(eth.ether_type);
-    let (tci, inner_type) = if present != 0 {
-        (tci as u16, ether_type)
+    let (tci, inner_type) = if let Some(tci) = ctx.offloaded_vlan_tci() {
+        (tci, ether_type)
     } else if is_vlan(ether_type) {
         let tag = require::<[u8; 4]>(ctx, ETH_LEN, DropReason::PktTooSmall)?;
         (be16([tag[0], tag[1]]), be16([tag[2], tag[3]]))
@@ -182,17 +178,17 @@ fn flood(
         sent: 0,
         error: 0,
     };
-    run_loop(remotes - v4, remote_copy_v6, &mut state);
+    deliver::repeat(remotes - v4, remote_copy_v6, &mut state);
     if v4 > 0 {
         match vtep_ipv4(&vn.remotes[0]) {
             Some(first) => match encap::encapsulate(ctx, cfg, vni, first) {
                 Ok(()) => {
                     state.first = 0;
-                    run_loop(v4, remote_copy_v4, &mut state);
+                    deliver::repeat(v4, remote_copy_v4, &mut state);
                 }
                 Err(reason) => state.error = reason as u32,
             },
-            None => state.error = DropReason::UnderlayNoRoute as u32,
+            None => state.error = DropReason::VtepNotIpv4 as u32,
         }
     }
     if local + state.sent > 0 {
@@ -229,22 +225,6 @@ impl RemotesLoop<'_> {
             Err(_) => {}
         }
     }
-}
-
-#[inline(always)]
-fn run_loop(n: u32, callback: extern "C" fn(u64, *mut c_void) -> i64, state: &mut RemotesLoop) {
-    if n == 0 {
-        return;
-    }
-    // SAFETY: the callback and its state live for the call; the state is ours.
-    unsafe {
-        bpf_loop(
-            n,
-            callback as *mut c_void,
-            state as *mut _ as *mut c_void,
-            0,
-        )
-    };
 }
 
 /// The `index`th VTEP of the loop, and the loop's state.

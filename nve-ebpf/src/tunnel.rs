@@ -6,8 +6,8 @@
 //! for frames the device decapsulated that must go on to another VTEP (a forwarding
 //! pointer), over either family.
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_F_TUNINFO_IPV6, TC_ACT_REDIRECT, bpf_tunnel_key},
-    helpers::{bpf_redirect, bpf_skb_set_tunnel_key},
+    bindings::{__sk_buff, BPF_F_TUNINFO_IPV6, bpf_tunnel_key},
+    helpers::bpf_skb_set_tunnel_key,
     programs::TcContext,
 };
 use nve_common::{
@@ -15,7 +15,7 @@ use nve_common::{
     metrics::DropReason,
 };
 
-use crate::maps;
+use crate::{deliver, maps};
 
 /// Sends the (inner) frame of `vni` to `remote` over IPv6. With `copy` a clone goes and
 /// the frame stays with the caller (returns 0); otherwise it is redirected (returns the TC
@@ -65,13 +65,13 @@ fn send_out_of_line(skb: *mut __sk_buff, vni: u32, remote: &Vtep, copy: bool, tt
 /// `ttl` 0: the configured one.
 #[inline(always)]
 fn send(ctx: &TcContext, vni: u32, remote: &Vtep, copy: bool, ttl: u8) -> Result<i32, DropReason> {
-    let cfg = maps::config().ok_or(DropReason::UnderlayNoRoute)?;
+    let cfg = maps::config().ok_or(DropReason::NoConfig)?;
     if cfg.tunnel_ifindex == 0 {
-        return Err(DropReason::UnderlayNoRoute);
+        return Err(DropReason::NoConfig);
     }
     // In the per-CPU scratch buffer: on the stack it would not fit next to the callers'
     // own locals in head-end replication.
-    let buf = maps::scratch().ok_or(DropReason::HeaderAdjustFailed)?;
+    let buf = maps::scratch().ok_or(DropReason::ScratchUnavailable)?;
     const _: () = assert!(size_of::<bpf_tunnel_key>() <= maps::SCRATCH_LEN);
     buf[..size_of::<bpf_tunnel_key>()].fill(0);
     // SAFETY: the buffer is large enough and 8-byte aligned (a map value); zero bytes are a
@@ -97,21 +97,9 @@ fn send(ctx: &TcContext, vni: u32, remote: &Vtep, copy: bool, ttl: u8) -> Result
         bpf_skb_set_tunnel_key(ctx.skb.skb, key, size_of::<bpf_tunnel_key>() as u32, flags)
     };
     if rc != 0 {
-        return Err(DropReason::HeaderAdjustFailed);
+        return Err(DropReason::TunnelKeyFailed);
     }
-    let sent = if copy {
-        ctx.clone_redirect(cfg.tunnel_ifindex, 0)
-            .map(|()| 0)
-            .map_err(|_| DropReason::RedirectFailed)?
-    } else {
-        // SAFETY: helper call.
-        let action = unsafe { bpf_redirect(cfg.tunnel_ifindex, 0) } as i32;
-        if action != TC_ACT_REDIRECT {
-            return Err(DropReason::RedirectFailed);
-        }
-        action
-    };
-    Ok(sent)
+    deliver::send_to(ctx, cfg.tunnel_ifindex, copy)
 }
 
 /// An IPv6 address as the tunnel key holds it: four words in network order.

@@ -7,15 +7,17 @@
 //! The rules, in the order they apply:
 //! - Underlay (XDP and TC): only UDP to port 4789 of our VTEP is nve's; anything else, or a
 //!   frame too short to tell, passes to the host, and an outer fragment passes for the host
-//!   to reassemble. A VXLAN header must be whole with the I flag set (other flag bits are
-//!   ignored), the VNI served and the inner Ethernet header whole. The IPv4 checksum, total
-//!   length and UDP length are not checked (the case table decapsulates truncated frames).
-//!   Unless the VN accepts any VTEP, the outer source must be a VTEP the VN knows (its flood
-//!   list and the VTEPs of its remote MACs). The inner destination decides: multicast
-//!   floods to the VN's local ports; a MAC of a local port is delivered there while the port
-//!   forwards; a MAC behind another VTEP is never relayed (FDB_MISS); an unknown MAC floods
-//!   or is dropped as the VN says. XDP delivers only to untagged, non-tap ports itself and
-//!   defers the rest to TC; TC leaves a tap port's unicast to the kernel's vxlan device.
+//!   to reassemble. What the kernel's stack would drop is dropped: a frame unicast to
+//!   another MAC, a wrong IPv4 checksum, total length or UDP length. A VXLAN header must be
+//!   whole with the I flag set (other flag bits are ignored), the VNI served and the inner
+//!   Ethernet header whole. Unless the VN accepts any VTEP, the outer source must be a VTEP
+//!   the VN knows (its flood list and the VTEPs of its remote MACs). The inner destination
+//!   decides: multicast floods to the VN's local ports; a MAC of a local port is delivered
+//!   there while the port forwards; a MAC behind another VTEP is never relayed
+//!   (UNDERLAY_HAIRPIN); a MAC that moved away is sent on to its new VTEP by TC (not with
+//!   outer IPv4 options); an unknown MAC floods or is dropped as the VN says. XDP delivers
+//!   only to untagged, non-tap ports itself and defers the rest to TC; TC leaves a tap
+//!   port's unicast to the kernel's vxlan device.
 //! - VM egress: the frame's 802.1Q tag (if any) and the port select the VN; the port (VID)
 //!   must be bound and forwarding, and, if it checks source MACs, the source must be one the
 //!   FDB places on that very port. The selecting tag is removed: whatever follows is the
@@ -32,7 +34,7 @@
 //!   VN says.
 //! - Tunnel rx: a frame the kernel's vxlan device decapsulated carries its VNI and outer
 //!   source as tunnel metadata and is delivered like a decapsulated frame; without metadata
-//!   it is invalid.
+//!   it is dropped (TUNNEL_KEY_MISSING).
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, Ipv6Addr},
@@ -40,7 +42,11 @@ use std::{
 
 use nve_common::{
     metrics::{DropReason, Forward, Outcome},
-    wire::{VXLAN_FLAG_I, VXLAN_IPV4_OVERHEAD, VXLAN_IPV6_OVERHEAD, VXLAN_PORT},
+    wire::{
+        ARP_REPLY, ARP_REQUEST, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4,
+        ETH_P_IPV6, ICMPV6_NEIGHBOUR_ADVERT, ICMPV6_NEIGHBOUR_SOLICIT, IP_DF, IPPROTO_ICMPV6,
+        IPPROTO_UDP, VXLAN_FLAG_I, VXLAN_IPV4_OVERHEAD, VXLAN_IPV6_OVERHEAD, VXLAN_PORT,
+    },
 };
 
 use crate::{
@@ -48,12 +54,6 @@ use crate::{
     progtest::{self as pt, Program, Verdict},
 };
 
-const ETH_LEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
 /// The shortest frame the TC path can decapsulate: the skb helper will not shrink an IPv4
 /// skb below Ethernet + an IPv4 header (case table, "truncated to 64 bytes").
 const TC_MIN_DECAPSULATED: usize = ETH_LEN + 20;
@@ -309,7 +309,7 @@ impl Config {
     /// is not modelled).
     pub fn encapsulation(&self, vni: u32, vtep: Ipv4Addr, inner: &[u8]) -> Option<Vec<u8>> {
         let nh = self.next_hops.get(&vtep)?;
-        let mut ip = packet::Ipv4::new(self.vtep, vtep, 17);
+        let mut ip = packet::Ipv4::new(self.vtep, vtep, IPPROTO_UDP);
         ip.ttl = self.ttl;
         Some(packet::vxlan_frame(nh.dmac, nh.smac, &ip, 0, vni, inner))
     }
@@ -343,6 +343,16 @@ impl Prediction {
 
     fn pass(forward: Forward) -> Self {
         Self::new(forward, Verdict::Pass, Output::Unchanged)
+    }
+
+    /// `inner`, the payload of VXLAN of `vni`, delivered to `port`.
+    fn decapsulated(vni: u32, port: Port, inner: &[u8]) -> Self {
+        let frame = inner.to_vec();
+        Self::new(
+            Forward::Decapsulated,
+            Verdict::Redirect,
+            Output::Delivered { vni, port, frame },
+        )
     }
 
     /// The program's return value.
@@ -442,7 +452,7 @@ pub fn underlay<'a>(cfg: &Config, frame: &'a [u8]) -> Underlay<'a> {
     const UDP6: usize = ETH_LEN + 40;
     if frame.len() >= UDP6 + 8
         && be16(frame, 12) == ETH_P_IPV6
-        && frame[ETH_LEN + 6] == 17
+        && frame[ETH_LEN + 6] == IPPROTO_UDP
         && ipv6_at(frame, ETH_LEN + 24) == cfg.vtep6
         && be16(frame, UDP6 + 2) == VXLAN_PORT
     {
@@ -453,7 +463,7 @@ pub fn underlay<'a>(cfg: &Config, frame: &'a [u8]) -> Underlay<'a> {
     }
     let ip = &frame[ETH_LEN..];
     let (version, ihl) = (ip[0] >> 4, usize::from(ip[0] & 0x0f) * 4);
-    if version != 4 || ihl < 20 || ipv4_at(ip, 16) != cfg.vtep || ip[9] != 17 {
+    if version != 4 || ihl < 20 || ipv4_at(ip, 16) != cfg.vtep || ip[9] != IPPROTO_UDP {
         return Underlay::Host;
     }
     let more_fragments_or_offset = be16(ip, 6) & 0x3fff != 0;
@@ -524,7 +534,7 @@ fn decap_target(cfg: &Config, vni: u32, src: Ipv4Addr, dst: [u8; 6]) -> Result<T
         Some(Location::Local { .. }) => Err(DropReason::VnicInactive),
         // Behind another VTEP: the underlay is not relayed back onto the underlay, unless
         // the MAC moved away from here (the forwarding pointer).
-        Some(Location::Remote(_) | Location::RemoteV6(_)) => Err(DropReason::FdbMiss),
+        Some(Location::Remote(_) | Location::RemoteV6(_)) => Err(DropReason::UnderlayHairpin),
         Some(Location::Moved(vtep)) => Ok(Target::Moved(*vtep)),
         None if vn.floods_unknown => Ok(flood()),
         None => Err(DropReason::FdbMiss),
@@ -557,15 +567,9 @@ fn xdp_underlay_rx(cfg: &Config, frame: &[u8]) -> Prediction {
     };
     match target {
         // XDP cannot push a tag, clone, or keep GSO for a tap: TC does those.
-        Target::Port { port, tap: false } if port.vid == 0 => Prediction::new(
-            Forward::Decapsulated,
-            Verdict::Redirect,
-            Output::Delivered {
-                vni,
-                port,
-                frame: inner.to_vec(),
-            },
-        ),
+        Target::Port { port, tap: false } if port.vid == 0 => {
+            Prediction::decapsulated(vni, port, inner)
+        }
         _ => Prediction::pass(Forward::DeferredToTc),
     }
 }
@@ -588,11 +592,11 @@ fn tc_underlay_rx(cfg: &Config, frame: &[u8]) -> Prediction {
 
 /// VXLAN for a MAC that moved to `vtep`: the outer IPv4 header re-addressed (from this
 /// VTEP), TTL one less, the UDP checksum cleared, the next hop's MACs; sent on. A TTL at 1
-/// or below ends it (two NVEs pointing at each other).
+/// or below ends it (two NVEs pointing at each other); so do outer IPv4 options.
 fn forward_moved(cfg: &Config, frame: &[u8], vtep: Ipv4Addr) -> Prediction {
     let ip = ETH_LEN;
     if frame[ip] != 0x45 {
-        return Prediction::drop(DropReason::HeaderAdjustFailed);
+        return Prediction::drop(DropReason::ForwardIpOptions);
     }
     if frame[ip + 8] <= 1 {
         return Prediction::drop(DropReason::TtlExceeded);
@@ -621,15 +625,7 @@ fn forward_moved(cfg: &Config, frame: &[u8], vtep: Ipv4Addr) -> Prediction {
 /// Delivery of a decapsulated frame (TC and tunnel rx).
 fn deliver(vni: u32, inner: &[u8], target: Target) -> Prediction {
     match target {
-        Target::Port { port, .. } => Prediction::new(
-            Forward::Decapsulated,
-            Verdict::Redirect,
-            Output::Delivered {
-                vni,
-                port,
-                frame: inner.to_vec(),
-            },
-        ),
+        Target::Port { port, .. } => Prediction::decapsulated(vni, port, inner),
         // A moved MAC over the kernel's device is not forwarded (the TC path forwards it
         // before delivery).
         Target::Moved(_) => Prediction::drop(DropReason::FdbMiss),
@@ -651,7 +647,7 @@ fn deliver(vni: u32, inner: &[u8], target: Target) -> Prediction {
 /// metadata (a test run can attach none).
 pub fn tunnel_rx(cfg: &Config, tunnel: Option<(u32, Ipv4Addr)>, frame: &[u8]) -> Prediction {
     let Some((vni, src)) = tunnel else {
-        return Prediction::drop(DropReason::VxlanInvalidHdr);
+        return Prediction::drop(DropReason::TunnelKeyMissing);
     };
     if frame.len() < ETH_LEN {
         return Prediction::drop(DropReason::InnerTruncated);
@@ -737,7 +733,7 @@ fn vm_egress(cfg: &Config, port: Port, frame: &[u8]) -> Prediction {
                 },
             );
         }
-        return flood(cfg, vni, ingress, frame, DropReason::FloodListEmpty);
+        return flood(cfg, vni, ingress, frame);
     }
     match cfg.fdb.get(&(vni, dst)) {
         // As a bridge: never back to the port (and VID) it came from.
@@ -777,10 +773,9 @@ fn vm_egress(cfg: &Config, port: Port, frame: &[u8]) -> Prediction {
             .and_then(|nh| too_big(cfg, vni, nh.mtu - VXLAN_IPV4_OVERHEAD, ingress, &frame))
             .unwrap_or_else(|| encapsulate(cfg, vni, *vtep, frame)),
         None => match cfg.vns.get(&vni) {
-            Some(vn) if vn.floods_unknown => {
-                flood(cfg, vni, ingress, frame, DropReason::FloodListEmpty)
-            }
-            _ => Prediction::drop(DropReason::FdbMiss),
+            Some(vn) if vn.floods_unknown => flood(cfg, vni, ingress, frame),
+            Some(_) => Prediction::drop(DropReason::FdbMiss),
+            None => Prediction::drop(DropReason::VniNotFound),
         },
     }
 }
@@ -822,16 +817,14 @@ impl SourceCheck<'_> {
                 ok(self.ipv4(ipv4_at(frame, ETH_LEN + 14)))
             }
             ETH_P_IPV6 if self.check_ipv6 => {
-                const ICMPV6: u8 = 58;
-                const NEIGHBOUR_ADVERT: u8 = 136;
                 let icmp = ETH_LEN + 40;
                 need(icmp)?;
                 ok(self.ipv6(ipv6_at(frame, ETH_LEN + 8)))?;
-                if frame[ETH_LEN + 6] != ICMPV6 {
+                if frame[ETH_LEN + 6] != IPPROTO_ICMPV6 {
                     return Ok(());
                 }
                 need(icmp + 1)?;
-                if frame[icmp] != NEIGHBOUR_ADVERT {
+                if frame[icmp] != ICMPV6_NEIGHBOUR_ADVERT {
                     return Ok(());
                 }
                 need(icmp + 8 + 16)?;
@@ -885,7 +878,7 @@ fn too_big(cfg: &Config, vni: u32, budget: u32, ingress: Port, frame: &[u8]) -> 
         )
     };
     Some(match be16(frame, 12) {
-        ETH_P_IPV4 if be16(frame, ETH_LEN + 6) & 0x4000 != 0 => {
+        ETH_P_IPV4 if be16(frame, ETH_LEN + 6) & IP_DF != 0 => {
             answer(crate::packet::frag_needed(frame, mtu as u16))
         }
         ETH_P_IPV6 => answer(crate::packet::packet_too_big(frame, mtu)),
@@ -909,15 +902,14 @@ fn encapsulate(cfg: &Config, vni: u32, vtep: Ipv4Addr, inner: Vec<u8>) -> Predic
     )
 }
 
-/// Copies to the VN's ports except `ingress` and to its flood list; `nowhere` if there are
-/// none.
-fn flood(cfg: &Config, vni: u32, ingress: Port, frame: Vec<u8>, nowhere: DropReason) -> Prediction {
+/// Copies to the VN's ports except `ingress` and to its flood list.
+fn flood(cfg: &Config, vni: u32, ingress: Port, frame: Vec<u8>) -> Prediction {
     let Some(vn) = cfg.vns.get(&vni) else {
-        return Prediction::drop(nowhere);
+        return Prediction::drop(DropReason::VniNotFound);
     };
     let ports: Vec<Port> = vn.ports.iter().copied().filter(|p| *p != ingress).collect();
     if ports.is_empty() && vn.flood_list.is_empty() {
-        return Prediction::drop(nowhere);
+        return Prediction::drop(DropReason::FloodListEmpty);
     }
     Prediction::new(
         Forward::Flooded,
@@ -947,7 +939,7 @@ fn arp_reply(cfg: &Config, vni: u32, frame: &[u8]) -> Option<Vec<u8>> {
         ipv4_at(arp, 14),
         ipv4_at(arp, 24),
     );
-    if !ipv4_over_ethernet || oper != 1 || spa == tpa {
+    if !ipv4_over_ethernet || oper != ARP_REQUEST || spa == tpa {
         return None;
     }
     let owner = *cfg.arp.get(&(vni, tpa))?;
@@ -955,7 +947,7 @@ fn arp_reply(cfg: &Config, vni: u32, frame: &[u8]) -> Option<Vec<u8>> {
     reply[0..6].copy_from_slice(&sha);
     reply[6..12].copy_from_slice(&owner);
     let body = &mut reply[ETH_LEN..ETH_LEN + ARP_LEN];
-    body[6..8].copy_from_slice(&2u16.to_be_bytes());
+    body[6..8].copy_from_slice(&ARP_REPLY.to_be_bytes());
     body[8..14].copy_from_slice(&owner);
     body[14..18].copy_from_slice(&tpa.octets());
     body[18..24].copy_from_slice(&sha);
@@ -967,15 +959,14 @@ fn arp_reply(cfg: &Config, vni: u32, frame: &[u8]) -> Option<Vec<u8>> {
 /// address `vni` knows, from the address's owner to the asker (solicited, override, with
 /// the owner's link-layer address), in place of the solicitation.
 fn nd_reply(cfg: &Config, vni: u32, frame: &[u8]) -> Option<Vec<u8>> {
-    const ICMPV6: u8 = 58;
-    const NEIGHBOUR_SOLICIT: u8 = 135;
     let icmp = ETH_LEN + 40;
     if frame.len() < icmp + 8 + 16 || be16(frame, 12) != ETH_P_IPV6 {
         return None;
     }
     let (next, hop_limit) = (frame[ETH_LEN + 6], frame[ETH_LEN + 7]);
     let (kind, code) = (frame[icmp], frame[icmp + 1]);
-    let solicitation = next == ICMPV6 && hop_limit == 255 && kind == NEIGHBOUR_SOLICIT && code == 0;
+    let solicitation =
+        next == IPPROTO_ICMPV6 && hop_limit == 255 && kind == ICMPV6_NEIGHBOUR_SOLICIT && code == 0;
     let (asker_mac, asker, target) = (
         mac_at(frame, 6),
         ipv6_at(frame, ETH_LEN + 8),

@@ -100,6 +100,7 @@ fn must_reach(program: Program) -> Vec<Outcome> {
         d(D::VniNotFound),
         d(D::VtepNotInVn),
         d(D::FdbMiss),
+        d(D::UnderlayHairpin),
         d(D::VnicInactive),
         f(F::Decapsulated),
     ];
@@ -113,6 +114,7 @@ fn must_reach(program: Program) -> Vec<Outcome> {
                 f(F::ForwardedToVtep),
                 d(D::FloodListEmpty),
                 d(D::HeaderAdjustFailed),
+                d(D::ForwardIpOptions),
             ],
         ]
         .concat(),
@@ -132,7 +134,7 @@ fn must_reach(program: Program) -> Vec<Outcome> {
             f(F::IcmpTooBig),
             d(D::FdbMiss),
         ],
-        Program::TcTunnelRx => vec![d(D::VxlanInvalidHdr)],
+        Program::TcTunnelRx => vec![d(D::TunnelKeyMissing)],
         Program::XdpPass => vec![],
     }
 }
