@@ -277,11 +277,12 @@ impl DropReason {
     }
 }
 
-/// Slots per hook in `STATS_MAP`: forwards in [0, 32), drops in [32, 64). Drop reasons
-/// 1 to 31 fit; a 32nd needs more slots per hook (and the daemon to read them).
-pub const SLOTS_PER_HOOK: u32 = 64;
+/// Slots per hook in `STATS_MAP`: forwards in [0, 32), drops in [32, 96): forward outcomes
+/// 1 to 31 and drop reasons 1 to 63 fit (the daemon reads every slot `Outcome::slot` names).
+pub const SLOTS_PER_HOOK: u32 = 96;
 const DROP_BASE: u32 = 32;
 const _: () = assert!(DropReason::ALL.len() < (SLOTS_PER_HOOK - DROP_BASE) as usize);
+const _: () = assert!(Forward::ALL.len() < DROP_BASE as usize);
 /// Entries of `STATS_MAP`.
 pub const STATS_MAX_ENTRIES: u32 = SLOTS_PER_HOOK * Hook::ALL.len() as u32;
 
