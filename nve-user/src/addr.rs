@@ -1,11 +1,11 @@
 //! What an address must be to be a host's (a vNIC's, a remote MAC's).
 use std::net::IpAddr;
 
-use crate::api::{ErrorBody, ErrorCode};
+use crate::error::{Error, ErrorCode};
 
 /// Checks that `ip` (of `field`) can be a host's address: not unspecified, loopback,
 /// multicast, broadcast or reserved (240.0.0.0/4).
-pub fn check_host_ip(field: &str, ip: IpAddr) -> Result<(), ErrorBody> {
+pub fn check_host_ip(field: &str, ip: IpAddr) -> Result<(), Error> {
     let why = match ip {
         IpAddr::V4(a) if a.is_unspecified() => Some("unspecified"),
         IpAddr::V4(a) if a.is_loopback() => Some("loopback"),
@@ -18,7 +18,7 @@ pub fn check_host_ip(field: &str, ip: IpAddr) -> Result<(), ErrorBody> {
         _ => None,
     };
     match why {
-        Some(why) => Err(ErrorBody::new(
+        Some(why) => Err(Error::new(
             ErrorCode::EFormat,
             format!("{field}: {ip} is {why}, not a host's address"),
         )),

@@ -7,66 +7,27 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::mac::MacAddr;
+pub use crate::error::ErrorCode;
+use crate::{error::Error, mac::MacAddr};
 
 /// Path prefix of this API version.
 pub const PREFIX: &str = "/v1";
 
-/// Stable error codes (spec.md 2.3), as the `code` of an [`ErrorBody`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ErrorCode {
-    /// Malformed request: bad JSON, unknown or missing field, bad MAC, VNI, VID or address.
-    EFormat,
-    /// The VN named is not known here.
-    EUnknownVn,
-    /// A VN of that name or VNI exists already.
-    EExists,
-    /// The port, MAC or VTEP named is not in the VN.
-    ENotFound,
-    /// The MAC is already bound elsewhere in the VN.
-    EMacConflict,
-    /// The port (and VID) is bound to another VN.
-    EVidConflict,
-    /// A table of the dataplane is full.
-    EResources,
-    /// The host refused: no such interface, or a kernel error.
-    EHost,
-    /// Not allowed in the vNIC's (or VN's) current state; the message names the state.
-    EState,
-    /// The caller is neither root nor in the daemon's `--group`.
-    EPermission,
-    /// The path exists, not with this method.
-    EMethod,
-    /// The request (its head, or all of it) did not arrive in time.
-    ETimeout,
-    /// Too many requests at once (connections, or changes queued for the writer): try
-    /// again.
-    EBusy,
-}
-
-impl ErrorCode {
-    /// The code of an answer with HTTP status `status` that no handler gave a code (one
-    /// the HTTP layers refused).
-    pub fn for_status(status: http::StatusCode) -> Self {
-        use http::StatusCode as S;
-        match status {
-            S::NOT_FOUND => ErrorCode::ENotFound,
-            S::METHOD_NOT_ALLOWED => ErrorCode::EMethod,
-            S::REQUEST_TIMEOUT => ErrorCode::ETimeout,
-            S::FORBIDDEN => ErrorCode::EPermission,
-            S::SERVICE_UNAVAILABLE | S::TOO_MANY_REQUESTS => ErrorCode::EBusy,
-            s if s.is_client_error() => ErrorCode::EFormat,
-            _ => ErrorCode::EHost,
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// An error as the API sends it: its code and what went wrong.
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
+}
+
+impl From<Error> for ErrorBody {
+    fn from(e: Error) -> Self {
+        Self {
+            code: e.code,
+            message: e.message,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

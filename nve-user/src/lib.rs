@@ -1,7 +1,7 @@
 //! The nve daemon and its clients. The core (pure: no tokio, aya, axum, hyper or
 //! rtnetlink): `model` (VNs, vNICs, learning, the maps' desired contents), `nva` (the
 //! control plane's table, claims and mobility), `vnic` (the state machine), `vid` (per-port
-//! VID maps), `mac`, `addr`, and the wire types `api`. Around it: `dataplane` (the eBPF
+//! VID maps), `mac`, `addr`, `error`, and the wire types `api`. Around it: `dataplane` (the eBPF
 //! programs and maps), `store` (snapshot + journal), `netlink`, `daemon` (the writer, its
 //! handle and the ports), `bpffs`, `paths`, and the clients `client`, `cli`, `libvirt`.
 
@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod dataplane;
+pub mod error;
 pub mod libvirt;
 pub mod mac;
 pub mod model;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    api::{ErrorBody, ErrorCode, NvaStatus},
+    api::NvaStatus,
+    error::{Error, ErrorCode},
     model::Event,
 };
 
@@ -20,8 +21,8 @@ pub struct Handle {
     published: watch::Receiver<Arc<Snapshot>>,
 }
 
-fn gone() -> ErrorBody {
-    ErrorBody::new(ErrorCode::EHost, "the daemon is shutting down")
+fn gone() -> Error {
+    Error::new(ErrorCode::EHost, "the daemon is shutting down")
 }
 
 impl Handle {
@@ -50,7 +51,7 @@ impl Handle {
         self.commands
             .try_send(Command::Apply { event, reply })
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => ErrorBody::new(
+                mpsc::error::TrySendError::Full(_) => Error::new(
                     ErrorCode::EBusy,
                     format!("{QUEUE} changes are waiting already: try again"),
                 ),

@@ -3,8 +3,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::{
-    api::{ErrorBody, ErrorCode},
     dataplane::DataplaneError,
+    error::{Error, ErrorCode},
     model::{Keys, Model, Recompute},
     netlink,
 };
@@ -19,16 +19,16 @@ const SCOPED_FROM_NVA_ENTRIES: usize = if cfg!(debug_assertions) { 1 } else { 40
 
 /// A dataplane error as the API reports it: E_RESOURCES for a full map, else E_HOST, with
 /// its causes (the errno, the verifier's log).
-pub fn dataplane_error(e: DataplaneError) -> ErrorBody {
+pub fn dataplane_error(e: DataplaneError) -> Error {
     let code = match e {
         DataplaneError::MapFull { .. } => ErrorCode::EResources,
         _ => ErrorCode::EHost,
     };
-    ErrorBody::new(code, format!("{:#}", anyhow::Error::from(e)))
+    Error::new(code, format!("{:#}", anyhow::Error::from(e)))
 }
 
-fn host(e: impl std::fmt::Display) -> ErrorBody {
-    ErrorBody::new(ErrorCode::EHost, e.to_string())
+fn host(e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorCode::EHost, e.to_string())
 }
 
 impl Writer {
@@ -42,7 +42,7 @@ impl Writer {
         model: &Model,
         strict: bool,
         touched: Option<&Keys>,
-    ) -> Result<(), ErrorBody> {
+    ) -> Result<(), Error> {
         let infos = self.port_infos(model, strict).await?;
         self.dataplane
             .set_vm_ports(infos.keys().map(String::as_str))
@@ -78,7 +78,7 @@ impl Writer {
         &self,
         model: &Model,
         strict: bool,
-    ) -> Result<HashMap<String, crate::model::PortInfo>, ErrorBody> {
+    ) -> Result<HashMap<String, crate::model::PortInfo>, Error> {
         let static_ports: BTreeSet<&str> = model.ports().map(|(p, _)| p.as_str()).collect();
         let vnic_ports = model.vnics().map(|(_, v)| v.params.port.as_str());
         let ports: BTreeSet<&str> = static_ports.iter().copied().chain(vnic_ports).collect();

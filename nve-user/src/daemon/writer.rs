@@ -14,8 +14,9 @@ use nve_common::maps::{NextHop, TUNNEL_DEV};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    api::{ErrorBody, ErrorCode, NextHopView, NvaStatus, StatusView, VnicView},
+    api::{NextHopView, NvaStatus, StatusView, VnicView},
     dataplane::Dataplane,
+    error::{Error, ErrorCode},
     mac::MacAddr,
     model::{Event, Keys, Model},
     netlink,
@@ -28,7 +29,7 @@ use super::sync::dataplane_error;
 const MAX_BATCH: usize = 256;
 
 /// What a change's sender gets back.
-pub type Reply = Result<Option<VnicView>, ErrorBody>;
+pub type Reply = Result<Option<VnicView>, Error>;
 
 /// An input for the writer.
 pub enum Command {
@@ -135,14 +136,14 @@ impl Writer {
     /// Takes over the dataplane at start: brings it to `model` (the stored state) by
     /// difference, so entries traffic uses are left alone. Ports that are missing now are
     /// bound when they appear.
-    pub async fn start(&mut self, model: Model) -> Result<(), ErrorBody> {
+    pub async fn start(&mut self, model: Model) -> Result<(), Error> {
         self.sync_with(&model, false, None).await?;
         self.dataplane
             .drop_unclaimed_links()
             .map_err(dataplane_error)?;
-        self.store.snapshot(&model).map_err(|e| {
-            ErrorBody::new(ErrorCode::EHost, format!("writing the snapshot: {e:#}"))
-        })?;
+        self.store
+            .snapshot(&model)
+            .map_err(|e| Error::new(ErrorCode::EHost, format!("writing the snapshot: {e:#}")))?;
         self.model = Arc::new(model);
         self.underlay_mtu = netlink::mtu(&self.netlink, &self.status.underlay)
             .await
@@ -264,14 +265,13 @@ impl Writer {
         next: Model,
         touched: Option<&Keys>,
         persist: impl FnOnce(&mut Store, &Model) -> Result<(), crate::store::StoreError>,
-    ) -> Result<(), ErrorBody> {
+    ) -> Result<(), Error> {
         if next == *self.model {
             return Ok(());
         }
         let result = match self.sync_with(&next, true, touched).await {
-            Ok(()) => persist(&mut self.store, &next).map_err(|e| {
-                ErrorBody::new(ErrorCode::EHost, format!("persisting the change: {e:#}"))
-            }),
+            Ok(()) => persist(&mut self.store, &next)
+                .map_err(|e| Error::new(ErrorCode::EHost, format!("persisting the change: {e:#}"))),
             Err(e) => Err(e),
         };
         if let Err(e) = result {

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Model, Result};
 use crate::{
-    api::{ErrorBody, ErrorCode, FdbTarget},
+    api::FdbTarget,
+    error::{Error, ErrorCode},
     mac::MacAddr,
     vnic::VnicState,
 };
@@ -35,7 +36,7 @@ impl Model {
             .iter()
             .find(|(_, vn)| vn.vni == a.vni)
             .map(|(name, _)| name.clone())
-            .ok_or_else(|| ErrorBody::new(ErrorCode::EUnknownVn, format!("VNI {}", a.vni)))?;
+            .ok_or_else(|| Error::new(ErrorCode::EUnknownVn, format!("VNI {}", a.vni)))?;
         if self.activate(a) {
             return Ok(());
         }
@@ -87,7 +88,7 @@ impl Model {
                 "MAC {} in VN {name} announced on {} VID {} is {holder}",
                 a.mac, a.port, a.vid
             );
-            Err(ErrorBody::new(ErrorCode::EMacConflict, message))
+            Err(Error::new(ErrorCode::EMacConflict, message))
         };
         match signaled {
             Some((id, v)) if !here(&v.params.port, v.vid) => {
@@ -115,7 +116,7 @@ impl Model {
                 }
         });
         match holder {
-            Some((id, v)) if !v.params.macs.contains(&mac) => Err(ErrorBody::new(
+            Some((id, v)) if !v.params.macs.contains(&mac) => Err(Error::new(
                 ErrorCode::EExists,
                 format!("address {ip} in VN {name} announced by {mac} is vNIC {id}'s"),
             )),

@@ -10,7 +10,7 @@ use nve_common::maps::FdbKey;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    api::{ErrorBody, ErrorCode},
+    error::{Error, ErrorCode},
     mac::MacAddr,
     vid::PortVids,
 };
@@ -26,7 +26,7 @@ pub use events::Event;
 pub use learning::Announced;
 pub use vnics::{Vnic, VnicId};
 
-pub type Result<T> = std::result::Result<T, ErrorBody>;
+pub type Result<T> = std::result::Result<T, Error>;
 
 fn yes() -> bool {
     true
@@ -122,8 +122,8 @@ pub struct PortInfo {
     pub tap: bool,
 }
 
-fn format_err(message: String) -> ErrorBody {
-    ErrorBody::new(ErrorCode::EFormat, message)
+fn format_err(message: String) -> Error {
+    Error::new(ErrorCode::EFormat, message)
 }
 
 /// A VN name: 1 to 64 characters of [A-Za-z0-9._-], the first a letter or digit (so no
@@ -236,12 +236,12 @@ impl Model {
     }
 }
 
-fn unknown_vn(name: &str) -> ErrorBody {
-    ErrorBody::new(ErrorCode::EUnknownVn, format!("no VN named {name:?}"))
+fn unknown_vn(name: &str) -> Error {
+    Error::new(ErrorCode::EUnknownVn, format!("no VN named {name:?}"))
 }
 
-fn not_found(message: String) -> ErrorBody {
-    ErrorBody::new(ErrorCode::ENotFound, message)
+fn not_found(message: String) -> Error {
+    Error::new(ErrorCode::ENotFound, message)
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::{Model, Moved, Result, check_unicast, format_err, unknown_vn};
 use crate::addr::check_host_ip;
 use crate::{
-    api::{ErrorBody, ErrorCode, Migration, VidRequest, VidWord, VnicRequest, VnicView},
+    api::{Migration, VidRequest, VidWord, VnicRequest, VnicView},
+    error::{Error, ErrorCode},
     mac::MacAddr,
     model::IFNAME_MAX,
     vid::{VID_MAX, VidError},
@@ -173,8 +174,8 @@ impl VnicParams {
     }
 }
 
-fn state_err(message: String) -> ErrorBody {
-    ErrorBody::new(ErrorCode::EState, message)
+fn state_err(message: String) -> Error {
+    Error::new(ErrorCode::EState, message)
 }
 
 impl Model {
@@ -279,7 +280,7 @@ impl Model {
         let vni = vn.vni;
         for &mac in &params.macs {
             if let Some(holder) = self.vnic_holding(vni, mac, Some(id)) {
-                return Err(ErrorBody::new(
+                return Err(Error::new(
                     ErrorCode::EMacConflict,
                     format!("MAC {mac} in VN {} is held by vNIC {holder}", params.vn),
                 ));
@@ -290,7 +291,7 @@ impl Model {
                 .find(|(_, macs)| macs.contains(&mac))
                 .map(|(k, _)| k)
             {
-                return Err(ErrorBody::new(
+                return Err(Error::new(
                     ErrorCode::EMacConflict,
                     format!(
                         "MAC {mac} in VN {} is bound statically to port {port} VID {vid}",
@@ -344,10 +345,8 @@ impl Model {
         let mut vids = self.port_vids.get(port).cloned().unwrap_or_default();
         vids.expire(now);
         let vid = vids.acquire(vni, requested, now).map_err(|e| match e {
-            VidError::Exhausted => {
-                ErrorBody::new(ErrorCode::EResources, format!("port {port}: {e}"))
-            }
-            e => ErrorBody::new(ErrorCode::EVidConflict, format!("port {port}: {e}")),
+            VidError::Exhausted => Error::new(ErrorCode::EResources, format!("port {port}: {e}")),
+            e => Error::new(ErrorCode::EVidConflict, format!("port {port}: {e}")),
         })?;
         self.port_vids.insert(port.to_string(), vids);
         Ok(vid)

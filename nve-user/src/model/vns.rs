@@ -11,7 +11,8 @@ use super::{
     IFNAME_MAX, Model, Result, Vn, check_name, check_unicast, check_vtep, format_err, not_found,
 };
 use crate::{
-    api::{AttachPort, CreateVn, ErrorBody, ErrorCode, FdbTarget, RemoteMac},
+    api::{AttachPort, CreateVn, FdbTarget, RemoteMac},
+    error::{Error, ErrorCode},
     mac::MacAddr,
     vid::VID_MAX,
 };
@@ -40,7 +41,7 @@ impl Model {
             {
                 return Ok(());
             }
-            return Err(ErrorBody::new(
+            return Err(Error::new(
                 ErrorCode::EExists,
                 format!(
                     "VN {} exists with VNI {}, flood_unknown {} and any_vtep {}",
@@ -49,7 +50,7 @@ impl Model {
             ));
         }
         if let Some((other, _)) = self.vns.iter().find(|(_, vn)| vn.vni == req.vni) {
-            return Err(ErrorBody::new(
+            return Err(Error::new(
                 ErrorCode::EExists,
                 format!("VNI {} is already VN {other}", req.vni),
             ));
@@ -77,7 +78,7 @@ impl Model {
             .find(|(_, v)| v.vni == vni)
             .map(|(id, _)| id)
         {
-            return Err(ErrorBody::new(
+            return Err(Error::new(
                 ErrorCode::EState,
                 format!("VN {name} still has vNICs (e.g. {id}): disassociate them first"),
             ));
@@ -110,14 +111,14 @@ impl Model {
         let key = (req.port.clone(), req.vid);
         let vn = self.vn(vn_name)?;
         if !vn.ports.contains_key(&key) && vn.ports.len() >= FLOOD_MAX_PORTS {
-            return Err(ErrorBody::new(
+            return Err(Error::new(
                 ErrorCode::EResources,
                 format!("VN {vn_name} has the maximum of {FLOOD_MAX_PORTS} ports"),
             ));
         }
         for &mac in &req.macs {
             if let Some(owner) = vn.mac_owner(mac).filter(|o| *o != FdbTarget::port(&key)) {
-                return Err(ErrorBody::new(
+                return Err(Error::new(
                     ErrorCode::EMacConflict,
                     format!(
                         "MAC {mac} in VN {vn_name} is already at {}",
@@ -128,7 +129,7 @@ impl Model {
         }
         for &mac in &req.macs {
             if let Some(holder) = self.vnic_holding(self.vn(vn_name)?.vni, mac, None) {
-                return Err(ErrorBody::new(
+                return Err(Error::new(
                     ErrorCode::EMacConflict,
                     format!("MAC {mac} in VN {vn_name} is held by vNIC {holder}"),
                 ));
@@ -163,7 +164,7 @@ impl Model {
         }
         let vn = self.vn(vn_name)?;
         if let Some(owner @ FdbTarget::Port { .. }) = vn.mac_owner(req.mac) {
-            return Err(ErrorBody::new(
+            return Err(Error::new(
                 ErrorCode::EMacConflict,
                 format!(
                     "MAC {} in VN {vn_name} is local, at {}",
@@ -181,7 +182,7 @@ impl Model {
                         IpAddr::V6(a) => v.params.ipv6.contains(a),
                     }
             }) {
-                return Err(ErrorBody::new(
+                return Err(Error::new(
                     ErrorCode::EExists,
                     format!("address {ip} in VN {vn_name} is held by local vNIC {holder}"),
                 ));
@@ -213,7 +214,7 @@ impl Model {
         check_vtep(vtep)?;
         let vn = self.vn_mut(vn_name)?;
         if !vn.flood.contains(&vtep) && vn.flood.len() >= FLOOD_MAX_REMOTES {
-            return Err(ErrorBody::new(
+            return Err(Error::new(
                 ErrorCode::EResources,
                 format!("VN {vn_name} floods to the maximum of {FLOOD_MAX_REMOTES} VTEPs"),
             ));

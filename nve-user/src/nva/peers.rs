@@ -15,7 +15,6 @@
 //! the file's meaning; `daemon/ports/peers_file.rs` follows it as it changes.
 use std::{collections::BTreeMap, net::IpAddr};
 
-use anyhow::bail;
 use serde::Deserialize;
 
 use super::{Entry, Table};
@@ -46,24 +45,40 @@ struct PeerMac {
     ips: Vec<IpAddr>,
 }
 
+/// Why a peers file is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PeersError {
+    #[error(transparent)]
+    Syntax(#[from] serde_json::Error),
+    #[error("{0}")]
+    Contradiction(String),
+    #[error(transparent)]
+    Address(#[from] crate::error::Error),
+}
+
+macro_rules! refuse {
+    ($($arg:tt)*) => {
+        return Err(PeersError::Contradiction(format!($($arg)*)))
+    };
+}
+
 /// The table `text` describes, seen from an NVE whose VTEPs are `own`.
-pub fn parse(text: &str, own: &[IpAddr]) -> anyhow::Result<Table> {
+pub fn parse(text: &str, own: &[IpAddr]) -> Result<Table, PeersError> {
     let file: PeersFile = serde_json::from_str(text)?;
     let mut table = Table::default();
     let mut owner: BTreeMap<(u32, MacAddr), IpAddr> = BTreeMap::new();
     for peer in &file.peers {
         for m in &peer.macs {
             if m.mac.is_multicast() || m.mac.0 == [0; 6] {
-                bail!("peer {}: MAC {} is not a unicast address", peer.vtep, m.mac);
+                refuse!("peer {}: MAC {} is not a unicast address", peer.vtep, m.mac);
             }
             for &ip in &m.ips {
-                crate::addr::check_host_ip(&format!("peer {} MAC {}", peer.vtep, m.mac), ip)
-                    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+                crate::addr::check_host_ip(&format!("peer {} MAC {}", peer.vtep, m.mac), ip)?;
             }
             if let Some(other) = owner.insert((m.vni, m.mac), peer.vtep)
                 && other != peer.vtep
             {
-                bail!(
+                refuse!(
                     "MAC {} of VNI {} is behind both {other} and {}",
                     m.mac,
                     m.vni,

@@ -109,11 +109,8 @@ async fn json_errors(asked: String, response: Response) -> Response {
         (status, "") => format!("{asked}: {status}"),
         (_, text) => format!("{asked}: {text}"),
     };
-    let body = serde_json::to_vec(&ErrorBody::new(
-        ErrorCode::for_status(parts.status),
-        message,
-    ))
-    .unwrap_or_default();
+    let body =
+        serde_json::to_vec(&ErrorBody::new(code_for(parts.status), message)).unwrap_or_default();
     parts
         .headers
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -257,7 +254,7 @@ fn check_framing(headers: &[httparse::Header]) -> Result<(), Refusal> {
 fn refusal(status: StatusCode, message: impl Into<String>) -> Refusal {
     Refusal {
         status,
-        body: ErrorBody::new(ErrorCode::for_status(status), message),
+        body: ErrorBody::new(code_for(status), message),
     }
 }
 
@@ -317,5 +314,20 @@ impl AsyncWrite for Prefixed {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The code of an answer with HTTP status `status` that no handler gave a code (one
+/// the HTTP layers refused).
+pub fn code_for(status: StatusCode) -> ErrorCode {
+    use StatusCode as S;
+    match status {
+        S::NOT_FOUND => ErrorCode::ENotFound,
+        S::METHOD_NOT_ALLOWED => ErrorCode::EMethod,
+        S::REQUEST_TIMEOUT => ErrorCode::ETimeout,
+        S::FORBIDDEN => ErrorCode::EPermission,
+        S::SERVICE_UNAVAILABLE | S::TOO_MANY_REQUESTS => ErrorCode::EBusy,
+        s if s.is_client_error() => ErrorCode::EFormat,
+        _ => ErrorCode::EHost,
     }
 }

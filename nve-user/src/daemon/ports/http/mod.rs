@@ -77,6 +77,12 @@ impl From<ErrorBody> for ApiError {
     }
 }
 
+impl From<crate::error::Error> for ApiError {
+    fn from(e: crate::error::Error) -> Self {
+        ApiError(e.into())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match self.0.code {
