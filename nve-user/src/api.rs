@@ -50,7 +50,8 @@ pub struct CreateVn {
     pub mtu: Option<u32>,
 }
 
-fn yes() -> bool {
+/// serde's default for settings that are on unless turned off.
+pub(crate) fn yes() -> bool {
     true
 }
 

@@ -28,10 +28,6 @@ pub use vnics::{Vnic, VnicId};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-fn yes() -> bool {
-    true
-}
-
 /// Maps with keys JSON cannot name (tuples, structs), stored as lists of pairs.
 mod pairs {
     use std::collections::BTreeMap;
@@ -77,7 +73,7 @@ pub struct Model {
 pub struct Vn {
     pub vni: u32,
     /// Unknown unicast floods (see `CreateVn::flood_unknown`).
-    #[serde(default = "yes")]
+    #[serde(default = "crate::api::yes")]
     pub flood_unknown: bool,
     /// VXLAN accepted from any VTEP (see `CreateVn::any_vtep`).
     #[serde(default)]
