@@ -5,7 +5,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    api::NvaStatus,
+    api::{NvaStatus, StatsView},
+    dataplane::{Counters, DataplaneError},
     error::{Error, ErrorCode},
     model::Event,
 };
@@ -15,10 +16,12 @@ use super::writer::{Command, Reply, Snapshot};
 /// Commands the writer's queue holds before senders wait (or the API answers E_BUSY).
 pub const QUEUE: usize = 4096;
 
+/// A port's way to the writer: changes in, snapshots and counters out.
 #[derive(Clone)]
 pub struct Handle {
     commands: mpsc::Sender<Command>,
     published: watch::Receiver<Arc<Snapshot>>,
+    counters: Arc<Counters>,
 }
 
 fn gone() -> Error {
@@ -26,11 +29,22 @@ fn gone() -> Error {
 }
 
 impl Handle {
-    pub fn new(commands: mpsc::Sender<Command>, published: watch::Receiver<Arc<Snapshot>>) -> Self {
+    pub fn new(
+        commands: mpsc::Sender<Command>,
+        published: watch::Receiver<Arc<Snapshot>>,
+        counters: Counters,
+    ) -> Self {
         Self {
             commands,
             published,
+            counters: Arc::new(counters),
         }
+    }
+
+    /// The dataplane's counters now (read on the counters' own descriptors, never through
+    /// the writer).
+    pub fn counters(&self) -> Result<StatsView, Error> {
+        self.counters.read().map_err(DataplaneError::to_error)
     }
 
     /// Queues `event`, waiting for room, and waits for its result (the internal ports: they

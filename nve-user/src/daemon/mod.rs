@@ -5,10 +5,9 @@
 pub mod handle;
 pub mod ports;
 pub mod startup;
-pub mod sync;
 pub mod writer;
 
-use std::{path::PathBuf, sync::Arc};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use tokio::{
@@ -24,17 +23,24 @@ use crate::paths::Paths;
 /// keeps the dataplane forwarding (or removes it, with `--teardown-on-exit`).
 pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     let mut started = startup::start(&paths, &socket, &args).await?;
-    let counters = Arc::new(started.writer.dataplane.counters()?);
-    let announcements = started.writer.dataplane.take_announcements();
+    let counters = started.writer.dataplane.counters()?;
+    let inputs = ports::Inputs {
+        own_vteps: std::iter::once(args.vtep.into())
+            .chain(args.vtep6.map(Into::into))
+            .collect(),
+        nva: args.nva.clone().map(|url| (url, started.nva_vtep)),
+        peers: args.peers.clone(),
+        metrics: args.metrics_listen,
+        announcements: started.writer.dataplane.take_announcements(),
+    };
     let (commands, queue) = mpsc::channel(handle::QUEUE);
     let (published, snapshots) = watch::channel(started.writer.snapshot());
-    let handle = handle::Handle::new(commands, snapshots);
+    let handle = handle::Handle::new(commands, snapshots, counters);
     let writer = tokio::spawn(started.writer.run(queue, published));
-    let api = ports::http::Api { handle, counters };
-    let mut running = ports::spawn(&api, &args, started.nva_vtep, announcements).await?;
+    let mut running = ports::spawn(&handle, inputs).await?;
     tracing::info!(instance = %paths.instance, socket = %socket.display(), vtep = %args.vtep, underlay = %args.underlay, mode = %args.underlay_mode, "nve daemon ready");
 
-    let router = ports::http::router(api, started.allowed);
+    let router = ports::http::router(handle, started.allowed);
     ports::http::serve(started.listener, router, shutdown_signal()).await;
     let _ = std::fs::remove_file(&socket);
     running.shutdown().await;

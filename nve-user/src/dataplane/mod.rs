@@ -107,6 +107,19 @@ pub enum DataplaneError {
 
 type Result<T> = std::result::Result<T, DataplaneError>;
 
+impl DataplaneError {
+    /// The error as a reply reports it: E_RESOURCES for a full map, else E_HOST, with its
+    /// causes (the errno, the verifier's log).
+    pub fn to_error(self) -> crate::error::Error {
+        use crate::error::{Error, ErrorCode};
+        let code = match self {
+            DataplaneError::MapFull { .. } => ErrorCode::EResources,
+            _ => ErrorCode::EHost,
+        };
+        Error::new(code, format!("{:#}", anyhow::Error::from(self)))
+    }
+}
+
 const TC_UNDERLAY_RX: &str = "tc_underlay_rx";
 const XDP_UNDERLAY_RX: &str = "xdp_underlay_rx";
 const TC_VM_EGRESS: &str = "tc_vm_egress";

@@ -11,46 +11,52 @@ pub mod peers_file;
 pub mod prometheus;
 pub mod underlay_watch;
 
-use std::net::IpAddr;
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::task::JoinSet;
 
-use super::startup::DaemonArgs;
+use super::handle::Handle;
 use crate::netlink;
 
-/// Starts every port but the API (which `run` serves until the daemon stops).
-pub async fn spawn(
-    api: &http::Api,
-    args: &DaemonArgs,
-    nva_vtep: IpAddr,
-    announcements: Option<RingBuf<MapData>>,
-) -> anyhow::Result<JoinSet<()>> {
-    let handle = &api.handle;
+/// Which optional ports run, and what they need (from the daemon's arguments).
+pub struct Inputs {
+    /// This NVE's VTEPs (a peers file lists them too; they are left out).
+    pub own_vteps: Vec<IpAddr>,
+    /// etcd's client URL, and the VTEP published there.
+    pub nva: Option<(String, IpAddr)>,
+    pub peers: Option<PathBuf>,
+    pub metrics: Option<SocketAddr>,
+    /// The dataplane's ring buffer of VM announcements.
+    pub announcements: Option<RingBuf<MapData>>,
+}
+
+/// Starts every port but the API (which the daemon serves until it stops).
+pub async fn spawn(handle: &Handle, inputs: Inputs) -> anyhow::Result<JoinSet<()>> {
     let mut ports = JoinSet::new();
     let (watch_conn, events) = netlink::watch_underlay().context("watching the underlay")?;
     ports.spawn(watch_conn);
     ports.spawn(underlay_watch::follow(handle.clone(), events));
     ports.spawn(expiry::run(handle.clone()));
-    if let Some(ring) = announcements {
+    if let Some(ring) = inputs.announcements {
         ports.spawn(announcements::learn(handle.clone(), ring));
     }
-    let own_vteps: Vec<IpAddr> = std::iter::once(args.vtep.into())
-        .chain(args.vtep6.map(Into::into))
-        .collect();
-    match (&args.nva, &args.peers) {
+    match (inputs.nva, inputs.peers) {
         (None, Some(path)) => {
-            ports.spawn(peers_file::run(handle.clone(), path.clone(), own_vteps));
+            ports.spawn(peers_file::run(handle.clone(), path, inputs.own_vteps));
         }
-        (Some(url), _) => {
-            let client = etcd::Etcd::new(url)?;
-            ports.spawn(nva_sync::run(handle.clone(), client, url.clone(), nva_vtep));
+        (Some((url, vtep)), _) => {
+            let client = etcd::Etcd::new(&url)?;
+            ports.spawn(nva_sync::run(handle.clone(), client, url, vtep));
         }
         (None, None) => {}
     }
-    if let Some(addr) = args.metrics_listen {
-        ports.spawn(prometheus::serve(addr, api.clone()).await?);
+    if let Some(addr) = inputs.metrics {
+        ports.spawn(prometheus::serve(addr, handle.clone()).await?);
     }
     Ok(ports)
 }

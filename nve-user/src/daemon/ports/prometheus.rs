@@ -8,13 +8,13 @@ use nve_common::metrics::{DropReason, Outcome};
 
 use crate::{
     api::{NvaStatus, StatsView},
-    daemon::ports::http::Api,
+    daemon::handle::Handle,
 };
 
 /// Binds `addr`; the future that serves `/metrics` (until it is dropped).
 pub async fn serve(
     addr: SocketAddr,
-    state: Api,
+    state: Handle,
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -30,13 +30,9 @@ pub async fn serve(
     })
 }
 
-async fn metrics(State(state): State<Api>) -> impl IntoResponse {
-    let snapshot = state.handle.snapshot();
-    let (stats, vns, ports) = (
-        state.counters.read(),
-        snapshot.status.vns,
-        snapshot.status.ports,
-    );
+async fn metrics(State(state): State<Handle>) -> impl IntoResponse {
+    let snapshot = state.snapshot();
+    let (stats, vns, ports) = (state.counters(), snapshot.status.vns, snapshot.status.ports);
     let nva = snapshot.status.nva.clone();
     match stats {
         Ok(stats) => (

@@ -4,8 +4,6 @@
 mod access;
 mod conn;
 
-use std::sync::Arc;
-
 use axum::{
     Json, Router,
     body::Bytes,
@@ -24,8 +22,7 @@ use crate::{
         AttachPort, CreateVn, ErrorBody, ErrorCode, FdbView, FloodVtep, RemoteMac, SignalReply,
         StatsView, StatusView, VnView, VnicRequest, VnicView,
     },
-    daemon::{handle::Handle, sync::dataplane_error},
-    dataplane::Counters,
+    daemon::handle::Handle,
     mac::MacAddr,
     model::{Event, VnicId},
     netlink,
@@ -34,15 +31,8 @@ use crate::{
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// What the handlers share: the writer's handle, and the counters to read.
-#[derive(Clone)]
-pub struct Api {
-    pub handle: Handle,
-    pub counters: Arc<Counters>,
-}
-
 /// The API's routes, for `serve`.
-pub fn router(state: Api, allowed: Allowed) -> Router {
+pub fn router(state: Handle, allowed: Allowed) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/stats", get(stats))
@@ -129,12 +119,12 @@ fn ok() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-async fn status(State(s): State<Api>) -> Json<StatusView> {
-    Json(s.handle.snapshot().status.clone())
+async fn status(State(s): State<Handle>) -> Json<StatusView> {
+    Json(s.snapshot().status.clone())
 }
 
-async fn stats(State(s): State<Api>) -> ApiResult<Json<StatsView>> {
-    Ok(Json(s.counters.read().map_err(dataplane_error)?))
+async fn stats(State(s): State<Handle>) -> ApiResult<Json<StatsView>> {
+    Ok(Json(s.counters()?))
 }
 
 #[derive(Deserialize)]
@@ -144,16 +134,16 @@ struct FdbQuery {
 }
 
 async fn fdb(
-    State(s): State<Api>,
+    State(s): State<Handle>,
     q: Result<Query<FdbQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Vec<FdbView>>> {
     let Query(q) = q.map_err(|e| ErrorBody::new(ErrorCode::EFormat, e.body_text()))?;
     let only: Option<MacAddr> = q.mac.map(|m| parse("MAC", &m)).transpose()?;
-    Ok(Json(s.handle.snapshot().model.fdb_views(only)))
+    Ok(Json(s.snapshot().model.fdb_views(only)))
 }
 
-async fn list_vns(State(s): State<Api>) -> Json<Vec<VnView>> {
-    let snapshot = s.handle.snapshot();
+async fn list_vns(State(s): State<Handle>) -> Json<Vec<VnView>> {
+    let snapshot = s.snapshot();
     let vm_mtu = snapshot.status.vm_mtu;
     let mut views = snapshot.model.vn_views();
     for v in &mut views {
@@ -165,26 +155,26 @@ async fn list_vns(State(s): State<Api>) -> Json<Vec<VnView>> {
 }
 
 async fn create_vn(
-    State(s): State<Api>,
+    State(s): State<Handle>,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let req: CreateVn = body(b)?;
-    s.handle.try_submit(Event::CreateVn(req)).await?;
+    s.try_submit(Event::CreateVn(req)).await?;
     Ok(StatusCode::CREATED)
 }
 
-async fn delete_vn(State(s): State<Api>, Path(vn): Path<String>) -> ApiResult<StatusCode> {
-    s.handle.try_submit(Event::DeleteVn { vn }).await?;
+async fn delete_vn(State(s): State<Handle>, Path(vn): Path<String>) -> ApiResult<StatusCode> {
+    s.try_submit(Event::DeleteVn { vn }).await?;
     Ok(ok())
 }
 
 async fn attach_port(
-    State(s): State<Api>,
+    State(s): State<Handle>,
     Path(vn): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let req: AttachPort = body(b)?;
-    s.handle.try_submit(Event::AttachPort { vn, req }).await?;
+    s.try_submit(Event::AttachPort { vn, req }).await?;
     Ok(ok())
 }
 
@@ -196,63 +186,60 @@ struct VidQuery {
 }
 
 async fn detach_port(
-    State(s): State<Api>,
+    State(s): State<Handle>,
     Path((vn, port)): Path<(String, String)>,
     q: Result<Query<VidQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<StatusCode> {
     let Query(q) = q.map_err(|e| ErrorBody::new(ErrorCode::EFormat, e.body_text()))?;
-    s.handle
-        .try_submit(Event::DetachPort {
-            vn,
-            port,
-            vid: q.vid,
-        })
-        .await?;
+    s.try_submit(Event::DetachPort {
+        vn,
+        port,
+        vid: q.vid,
+    })
+    .await?;
     Ok(ok())
 }
 
 async fn add_remote(
-    State(s): State<Api>,
+    State(s): State<Handle>,
     Path(vn): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let req: RemoteMac = body(b)?;
-    s.handle.try_submit(Event::AddRemote { vn, req }).await?;
+    s.try_submit(Event::AddRemote { vn, req }).await?;
     Ok(ok())
 }
 
 async fn del_remote(
-    State(s): State<Api>,
+    State(s): State<Handle>,
     Path((vn, mac)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let mac: MacAddr = parse("MAC", &mac)?;
-    s.handle.try_submit(Event::DelRemote { vn, mac }).await?;
+    s.try_submit(Event::DelRemote { vn, mac }).await?;
     Ok(ok())
 }
 
 async fn add_flood(
-    State(s): State<Api>,
+    State(s): State<Handle>,
     Path(vn): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let req: FloodVtep = body(b)?;
-    s.handle
-        .try_submit(Event::AddFlood { vn, vtep: req.vtep })
-        .await?;
+    s.try_submit(Event::AddFlood { vn, vtep: req.vtep }).await?;
     Ok(ok())
 }
 
 async fn del_flood(
-    State(s): State<Api>,
+    State(s): State<Handle>,
     Path((vn, vtep)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let vtep: std::net::IpAddr = parse("VTEP", &vtep)?;
-    s.handle.try_submit(Event::DelFlood { vn, vtep }).await?;
+    s.try_submit(Event::DelFlood { vn, vtep }).await?;
     Ok(ok())
 }
 
-async fn list_vnics(State(s): State<Api>) -> Json<Vec<VnicView>> {
-    let mut views = s.handle.snapshot().model.vnic_views();
+async fn list_vnics(State(s): State<Handle>) -> Json<Vec<VnicView>> {
+    let mut views = s.snapshot().model.vnic_views();
     for v in &mut views {
         v.port_present = netlink::ifindex(&v.port).is_some();
     }
@@ -262,14 +249,14 @@ async fn list_vnics(State(s): State<Api>) -> Json<Vec<VnicView>> {
 /// One signaling message (pre-associate, associate, disassociate, pause, resume) for a vNIC.
 /// The writer applies messages in arrival order, so those for one vNIC are serialized.
 async fn signal(
-    State(s): State<Api>,
+    State(s): State<Handle>,
     Path((vm, index)): Path<(String, String)>,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<SignalReply>> {
     let index: u32 = parse("vNIC index", &index)?;
     let id = VnicId::new(&vm, index)?;
     let req: VnicRequest = body(b)?;
-    let view = s.handle.try_submit(Event::Signal { id, req }).await?;
+    let view = s.try_submit(Event::Signal { id, req }).await?;
     Ok(Json(SignalReply {
         code: "OK".into(),
         vnic: view,

@@ -9,23 +9,13 @@ use crate::{
     netlink,
 };
 
-use super::writer::Writer;
+use super::Writer;
 
 /// NVA entries from which a change recomputes only what it touched (`Recompute::Touched`):
 /// below, the bookkeeping costs more than it saves (10,000 local associations measured
 /// ~15% slower with it). Debug builds, which the integration tests run, always scope, so
 /// the rigs exercise that path.
 const SCOPED_FROM_NVA_ENTRIES: usize = if cfg!(debug_assertions) { 1 } else { 4096 };
-
-/// A dataplane error as the API reports it: E_RESOURCES for a full map, else E_HOST, with
-/// its causes (the errno, the verifier's log).
-pub fn dataplane_error(e: DataplaneError) -> Error {
-    let code = match e {
-        DataplaneError::MapFull { .. } => ErrorCode::EResources,
-        _ => ErrorCode::EHost,
-    };
-    Error::new(code, format!("{:#}", anyhow::Error::from(e)))
-}
 
 fn host(e: impl std::fmt::Display) -> Error {
     Error::new(ErrorCode::EHost, e.to_string())
@@ -46,7 +36,7 @@ impl Writer {
         let infos = self.port_infos(model, strict).await?;
         self.dataplane
             .set_vm_ports(infos.keys().map(String::as_str))
-            .map_err(dataplane_error)?;
+            .map_err(DataplaneError::to_error)?;
         // Scoping costs the above-NVA keys' bookkeeping on every change: worth it only when
         // the NVA's entries outnumber what a full comparison would cost.
         let large = model.nva().len() >= SCOPED_FROM_NVA_ENTRIES;
@@ -59,7 +49,9 @@ impl Writer {
             _ => Recompute::All,
         };
         let (desired, above_nva) = model.desired_in(|p| infos.get(p).copied(), how);
-        self.dataplane.apply(&desired).map_err(dataplane_error)?;
+        self.dataplane
+            .apply(&desired)
+            .map_err(DataplaneError::to_error)?;
         // Known only once written: after a failed write the next change compares all.
         self.above_nva = above_nva;
         // A change resolves the next hops of VTEPs it adds or removes; the kernel's

@@ -4,6 +4,8 @@
 //! batch it publishes a [`Snapshot`], which is all the ports read, so a read never waits
 //! on a write, on netlink or on etcd. Changes that queue up while one is applied are
 //! applied together: one dataplane update and one journal write for all of them.
+mod sync;
+
 use std::{
     collections::{BTreeSet, HashMap},
     net::Ipv4Addr,
@@ -22,8 +24,6 @@ use crate::{
     netlink,
     store::Store,
 };
-
-use super::sync::dataplane_error;
 
 /// Largest number of queued commands taken as one batch.
 const MAX_BATCH: usize = 256;
@@ -140,7 +140,7 @@ impl Writer {
         self.sync_with(&model, false, None).await?;
         self.dataplane
             .drop_unclaimed_links()
-            .map_err(dataplane_error)?;
+            .map_err(crate::dataplane::DataplaneError::to_error)?;
         self.store
             .snapshot(&model)
             .map_err(|e| Error::new(ErrorCode::EHost, format!("writing the snapshot: {e:#}")))?;
