@@ -8,7 +8,7 @@
 //! Deterministic: the same seed gives the same frames. Each program runs in a network
 //! namespace of its own thread, where the VM ports of the configuration exist (veth), so
 //! broadcast copies (`bpf_clone_redirect`) can be made; the namespace goes with the thread.
-//! `tests/tests/verdict_fuzz.rs` runs it.
+//! `tests/tests/all/verdict_fuzz.rs` runs it.
 mod check;
 mod counters;
 mod generate;
