@@ -30,6 +30,7 @@ use std::{
 
 use anyhow::Result;
 use nve_common::metrics::DropReason;
+use nve_user::vnic::VnicState;
 
 use crate::{
     etcd::EtcdServer,
@@ -108,26 +109,17 @@ impl Drop for StopOnDrop {
 }
 
 /// `nve vm list --json`: the state of the guest's vNIC on `d`, if it has one.
-fn vnic_state(d: &Daemon) -> Option<String> {
-    let v: serde_json::Value =
-        serde_json::from_str(&d.nve(&["vm", "list", "--json"]).ok()?).ok()?;
-    v.as_array()?
+fn vnic_state(d: &Daemon) -> Option<VnicState> {
+    d.vnics()
+        .ok()?
         .iter()
-        .find(|n| n["vm"] == GUEST)
-        .and_then(|n| n["state"].as_str().map(str::to_string))
+        .find(|n| n.vm == GUEST)
+        .map(|n| n.state)
 }
 
 /// Whether `d` has the guest's MAC behind h2's VTEP, from the NVA.
 fn on_h2(d: &Daemon) -> bool {
-    let Ok(fdb) = d.nve(&["fdb", "--json"]) else {
-        return false;
-    };
-    let fdb: serde_json::Value = serde_json::from_str(&fdb).unwrap_or_default();
-    fdb.as_array().is_some_and(|a| {
-        a.iter().any(|e| {
-            e["mac"] == mac_str(GUEST_MAC) && e["vtep"]["vtep"] == H2_VTEP && e["from_nva"] == true
-        })
-    })
+    d.has_from_nva(GUEST_MAC, H2_VTEP).unwrap_or(false)
 }
 
 /// What a packet socket on a guest's tap saw, with kernel timestamps.
@@ -313,17 +305,15 @@ fn tap_tx(ns: &Netns) -> (u64, u64) {
 
 /// The drops `d` counted, as `hook/REASON: packets`.
 fn drops(d: &Daemon) -> String {
-    let Ok(stats) = d.stats() else {
+    let Ok(stats) = d.stats_view() else {
         return "?".into();
     };
     let mut out = Vec::new();
-    if let Some(hooks) = stats["hooks"].as_object() {
-        for (hook, outcomes) in hooks {
-            for reason in DropReason::ALL {
-                let n = outcomes[reason.name()]["packets"].as_u64().unwrap_or(0);
-                if n > 0 {
-                    out.push(format!("{hook}/{}: {n}", reason.name()));
-                }
+    for (hook, outcomes) in &stats.hooks {
+        for reason in DropReason::ALL {
+            let n = outcomes.get(reason.name()).map_or(0, |c| c.packets);
+            if n > 0 {
+                out.push(format!("{hook}/{}: {n}", reason.name()));
             }
         }
     }
@@ -371,7 +361,7 @@ pub struct QemuFigures {
     /// The destination QEMU's status before the migration (`inmigrate`).
     pub dst_status_before: String,
     /// h2's vNIC state right after `pre-associate` (`pre-associated`).
-    pub h2_state_pre_associated: Option<String>,
+    pub h2_state_pre_associated: Option<VnicState>,
     /// `query-migrate`: total time, setup time, QEMU's downtime (ms), RAM transferred (KiB).
     pub migration_ms: u64,
     pub setup_ms: u64,
@@ -558,8 +548,7 @@ pub fn migrate_guest_under_stream(tag: &str, rate: u32, seconds: u32) -> Result<
     ])?;
     let disassociated_at = SystemTime::now();
     // QEMU's RARPs activate the destination's vNIC by themselves.
-    let h2_activated_without_associate =
-        poll(|| vnic_state(&r.d2).as_deref() == Some("associated"));
+    let h2_activated_without_associate = poll(|| vnic_state(&r.d2) == Some(VnicState::Associated));
     thread::sleep(Duration::from_secs(1));
     stop_stream.store(true, Ordering::Relaxed);
     sender

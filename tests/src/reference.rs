@@ -1,8 +1,8 @@
 //! A reference model of the dataplane in plain Rust: what each program must make of a frame
 //! under the configuration `progtest::Loaded` installs. It is a spec written from the
 //! README, the map and counter docs and the case table, not a transcription of the eBPF
-//! code; `tests/tests/verdict_fuzz.rs` runs generated frames through both and reports every
-//! frame on which they disagree.
+//! code; `crate::fuzz` (run by `tests/tests/all/verdict_fuzz.rs`) puts generated frames
+//! through both and reports every frame on which they disagree.
 //!
 //! The rules, in the order they apply:
 //! - Underlay (XDP and TC): only UDP to port 4789 of our VTEP is nve's; anything else, or a

@@ -14,6 +14,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use nve_user::{
+    api::{FdbTarget, FdbView, StatsView, StatusView, VnicView},
+    mac::MacAddr,
+};
 
 /// Every namespace a test creates starts with this.
 pub const NS_PREFIX: &str = "nvet";
@@ -188,6 +192,14 @@ impl Vm {
             "{dst} unreachable from {} after {tries} pings",
             self.ns.name
         )
+    }
+}
+
+/// The VTEP an FDB entry points at, as `nve` writes it (`None`: a local port).
+pub fn fdb_vtep(e: &FdbView) -> Option<String> {
+    match &e.target {
+        FdbTarget::Vtep { vtep } => Some(vtep.to_string()),
+        FdbTarget::Port { .. } => None,
     }
 }
 
@@ -381,22 +393,59 @@ impl Daemon {
         Ok(serde_json::from_str(&self.nve(&["stats", "--json"])?)?)
     }
 
+    /// `nve stats --json`, as nve-user's own type.
+    pub fn stats_view(&self) -> Result<StatsView> {
+        self.json(&["stats", "--json"])
+    }
+
     /// Packets counted for `outcome` at `hook`.
     pub fn counter(&self, hook: &str, outcome: &str) -> Result<u64> {
-        Ok(self.stats()?["hooks"][hook][outcome]["packets"]
-            .as_u64()
-            .unwrap_or(0))
+        let stats = self.stats_view()?;
+        let counted = stats.hooks.get(hook).and_then(|h| h.get(outcome));
+        Ok(counted.map_or(0, |c| c.packets))
+    }
+
+    /// `nve status --json`.
+    pub fn status(&self) -> Result<StatusView> {
+        self.json(&["status", "--json"])
+    }
+
+    /// `nve fdb --json`: every entry.
+    pub fn fdb(&self) -> Result<Vec<FdbView>> {
+        self.json(&["fdb", "--json"])
+    }
+
+    /// `nve fdb --mac MAC --json`: the entries for `mac`.
+    pub fn fdb_of(&self, mac: [u8; 6]) -> Result<Vec<FdbView>> {
+        self.json(&["fdb", "--mac", &mac_str(mac), "--json"])
+    }
+
+    /// Whether the FDB has `mac` behind `vtep` (an address as `nve` writes it), installed
+    /// from the NVA.
+    pub fn has_from_nva(&self, mac: [u8; 6], vtep: &str) -> Result<bool> {
+        Ok(self
+            .fdb()?
+            .iter()
+            .any(|e| e.mac == MacAddr(mac) && fdb_vtep(e).as_deref() == Some(vtep) && e.from_nva))
+    }
+
+    /// `nve vm list --json`: every vNIC.
+    pub fn vnics(&self) -> Result<Vec<VnicView>> {
+        self.json(&["vm", "list", "--json"])
+    }
+
+    /// Runs the CLI (`args` ask for `--json`) and reads what it prints as a `T`.
+    fn json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> Result<T> {
+        let out = self.nve(args)?;
+        serde_json::from_str(&out).with_context(|| format!("nve {args:?} printed {out}"))
     }
 
     /// Waits until the daemon has resolved the underlay next hop of `vtep`.
     pub fn wait_next_hop(&self, vtep: &str) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            let s: serde_json::Value = serde_json::from_str(&self.nve(&["status", "--json"])?)?;
-            if s["next_hops"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|n| n["vtep"] == vtep))
-            {
+            let s = self.status()?;
+            if s.next_hops.iter().any(|n| n.vtep.to_string() == vtep) {
                 return Ok(());
             }
             thread::sleep(Duration::from_millis(50));

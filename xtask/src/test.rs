@@ -12,7 +12,8 @@ use crate::{
 
 #[derive(clap::Args)]
 pub struct TestArgs {
-    /// Only run integration tests whose name contains this.
+    /// Only run integration tests whose name (`module::test`, the module named after its
+    /// file in tests/tests/all) contains this.
     filter: Option<String>,
 }
 
@@ -75,7 +76,7 @@ fn integration(args: &TestArgs) -> Result<()> {
     cargo(&["build", "-p", "nve-user"])?;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let nve = root.join("target/debug/nve");
-    // The real-hypervisor tests boot it under QEMU (tests/tests/qemu_migration.rs).
+    // The real-hypervisor tests boot it under QEMU (tests/tests/all/qemu_migration.rs).
     let guest = guest::build()?;
     step("integration tests (root: BPF_PROG_TEST_RUN, namespace rigs)");
     let mut c = Command::new(env!("CARGO"));

@@ -9,20 +9,11 @@ use std::{thread, time::Duration};
 use nve_tests::{
     etcd::EtcdServer,
     overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_IP, VM1_MAC, VM2_IP, VM2_MAC, VN, VNI},
-    rig::{Daemon, mac_str, require_root, wait_until},
+    rig::{Daemon, Netns, mac_str, require_root, wait_until},
 };
 
 const VM1_UUID: &str = "00000000-0000-4000-8000-0000000000a1";
 const VM2_UUID: &str = "00000000-0000-4000-8000-0000000000a2";
-
-/// Whether `d` has `mac` behind `vtep` from the NVA.
-fn fdb_has(d: &Daemon, mac: [u8; 6], vtep: &str) -> bool {
-    let fdb: serde_json::Value = serde_json::from_str(&d.nve(&["fdb", "--json"]).unwrap()).unwrap();
-    fdb.as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["mac"] == mac_str(mac) && e["vtep"]["vtep"] == vtep && e["from_nva"] == true)
-}
 
 #[test]
 fn nves_learn_each_other_from_etcd() {
@@ -61,10 +52,10 @@ fn nves_learn_each_other_from_etcd() {
         .unwrap_err();
     assert!(format!("{err:#}").contains("E_UNKNOWN_VN"), "{err:#}");
     wait_until("h1 learns h2's vNIC from etcd", || {
-        fdb_has(&d1, VM2_MAC, H2_VTEP)
+        d1.has_from_nva(VM2_MAC, H2_VTEP).unwrap()
     });
     wait_until("h2 learns h1's vNIC from etcd", || {
-        fdb_has(&d2, VM1_MAC, H1_VTEP)
+        d2.has_from_nva(VM1_MAC, H1_VTEP).unwrap()
     });
 
     // Nothing configured about the other side, unknown unicast off: this works only with
@@ -76,9 +67,8 @@ fn nves_learn_each_other_from_etcd() {
     // etcd goes away: forwarding goes on with the last state, and status says so.
     etcd.kill();
     wait_until("h1 notices the NVA is gone", || {
-        let s: serde_json::Value =
-            serde_json::from_str(&d1.nve(&["status", "--json"]).unwrap()).unwrap();
-        s["nva"]["connected"] == false
+        let s = d1.status().unwrap();
+        s.nva.is_some_and(|n| !n.connected)
     });
     rig.vm1
         .ping(VM2_IP, 3)
@@ -89,11 +79,12 @@ fn nves_learn_each_other_from_etcd() {
     // (A new, empty etcd: the NVEs republish what they have.)
     let _etcd = EtcdServer::start(&rig.h2, H2_VTEP).unwrap();
     wait_until("h1 resyncs and drops h2's withdrawn vNIC", || {
-        let s: serde_json::Value =
-            serde_json::from_str(&d1.nve(&["status", "--json"]).unwrap()).unwrap();
-        s["nva"]["connected"] == true && !fdb_has(&d1, VM2_MAC, H2_VTEP)
+        let s = d1.status().unwrap();
+        s.nva.is_some_and(|n| n.connected) && !d1.has_from_nva(VM2_MAC, H2_VTEP).unwrap()
     });
-    wait_until("h2 has h1's vNIC again", || fdb_has(&d2, VM1_MAC, H1_VTEP));
+    wait_until("h2 has h1's vNIC again", || {
+        d2.has_from_nva(VM1_MAC, H1_VTEP).unwrap()
+    });
 }
 
 /// MAC mobility over the NVA (three NVEs): a MAC claimed on a second NVE while the first
@@ -123,11 +114,13 @@ fn the_highest_sequence_number_wins_and_flapping_macs_freeze() {
     };
 
     on(&d1, "vm1p");
-    wait_until("h3 sees the MAC on h1", || fdb_has(&d3, VM1_MAC, H1_VTEP));
+    wait_until("h3 sees the MAC on h1", || {
+        d3.has_from_nva(VM1_MAC, H1_VTEP).unwrap()
+    });
     // h2 claims it while h1 still does: sequence 1 beats 0 (and the lower VTEP address).
     on(&d2, "vmxp");
     wait_until("h3 follows the higher sequence to h2", || {
-        fdb_has(&d3, VM1_MAC, H2_VTEP)
+        d3.has_from_nva(VM1_MAC, H2_VTEP).unwrap()
     });
 
     // Flapping: each NVE takes the MAC back in turn; h3 counts the moves.
@@ -141,20 +134,39 @@ fn the_highest_sequence_number_wins_and_flapping_macs_freeze() {
         off(d);
         on(d, port);
         moves += 1;
-        wait_until("h3 follows the move", || fdb_has(&d3, VM1_MAC, there));
+        wait_until("h3 follows the move", || {
+            d3.has_from_nva(VM1_MAC, there).unwrap()
+        });
     }
-    let status = |d: &Daemon| -> serde_json::Value {
-        serde_json::from_str(&d.nve(&["status", "--json"]).unwrap()).unwrap()
-    };
     let frozen_at = if moves % 2 == 1 { H2_VTEP } else { H1_VTEP };
-    let s = status(&d3);
-    assert_eq!(
-        s["nva"]["duplicate_macs"][0],
-        format!("{VNI}/{}", mac_str(VM1_MAC)),
-        "{s}"
+    assert_reported_duplicate(&rig.h3, &d3);
+    // One more move: h3 keeps the frozen entry.
+    let (d, port) = if moves % 2 == 1 {
+        (&d1, "vm1p")
+    } else {
+        (&d2, "vmxp")
+    };
+    off(d);
+    on(d, port);
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        d3.has_from_nva(VM1_MAC, frozen_at).unwrap(),
+        "{}",
+        d3.nve(&["fdb"]).unwrap()
     );
-    let scraped = rig
-        .h3
+}
+
+/// The duplicate VM1_MAC is in `d3`'s status and on its Prometheus endpoint (in `h3`), with
+/// the NVA connected and one entry from it.
+fn assert_reported_duplicate(h3: &Netns, d3: &Daemon) {
+    let s = d3.status().unwrap();
+    let duplicates = s.nva.as_ref().map_or(&[][..], |n| &n.duplicate_macs);
+    assert_eq!(
+        duplicates.first(),
+        Some(&format!("{VNI}/{}", mac_str(VM1_MAC))),
+        "{s:?}"
+    );
+    let scraped = h3
         .exec(&[
             "curl",
             "-sS",
@@ -173,20 +185,6 @@ fn the_highest_sequence_number_wins_and_flapping_macs_freeze() {
             "no {line:?} in:\n{scraped}"
         );
     }
-    // One more move: h3 keeps the frozen entry.
-    let (d, port) = if moves % 2 == 1 {
-        (&d1, "vm1p")
-    } else {
-        (&d2, "vmxp")
-    };
-    off(d);
-    on(d, port);
-    thread::sleep(Duration::from_millis(500));
-    assert!(
-        fdb_has(&d3, VM1_MAC, frozen_at),
-        "{}",
-        d3.nve(&["fdb"]).unwrap()
-    );
 }
 
 /// NVEs that reach each other over IPv6 publish their IPv6 VTEPs (`--nva-vtep`): the
@@ -227,10 +225,10 @@ fn nves_publish_their_ipv6_vteps() {
     overlay::associate(&d1, VM1_UUID, "vm1p", VM1_MAC, Some(VM1_IP)).unwrap();
     overlay::associate(&d2, VM2_UUID, "vm2p", VM2_MAC, Some(VM2_IP)).unwrap();
     wait_until("h1 has vm2 behind h2's IPv6 VTEP", || {
-        fdb_has(&d1, VM2_MAC, &v6(2))
+        d1.has_from_nva(VM2_MAC, &v6(2)).unwrap()
     });
     wait_until("h2 has vm1 behind h1's IPv6 VTEP", || {
-        fdb_has(&d2, VM1_MAC, &v6(1))
+        d2.has_from_nva(VM1_MAC, &v6(1)).unwrap()
     });
     rig.vm1.ping_until_reachable(VM2_IP, 5).unwrap();
     let over_v6 = d1.counter("tunnel_rx", "DECAPSULATED").unwrap();

@@ -21,9 +21,8 @@ fn oversized_frames_get_icmp_and_tcp_finds_the_path_mtu() {
     }
     rig.vm1.add_ipv6("2001:db8:10::1/64").unwrap();
     rig.vm2.add_ipv6(&format!("{VM2_IPV6}/64")).unwrap();
-    let status: serde_json::Value =
-        serde_json::from_str(&d.nve(&["status", "--json"]).unwrap()).unwrap();
-    assert_eq!(status["vm_mtu"], 1450, "{status}");
+    let status = d.status().unwrap();
+    assert_eq!(status.vm_mtu, 1450, "{status:?}");
     let vns: serde_json::Value =
         serde_json::from_str(&d.nve(&["vn", "list", "--json"]).unwrap()).unwrap();
     assert_eq!(vns[0]["name"], VN);

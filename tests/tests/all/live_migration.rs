@@ -6,7 +6,7 @@
 use nve_tests::{
     live_stream,
     overlay::{H2_VTEP, VM1_MAC},
-    rig::{Daemon, mac_str, require_root},
+    rig::{Daemon, require_root},
     three_hosts::MigrationRig,
 };
 
@@ -38,13 +38,7 @@ fn a_vm_migrates_under_a_stream_without_network_loss() {
     );
     assert!(f.forwarded > 0, "no frame took the stale path through h1");
     // Everyone converged: h3 and h1 have the VM on h2 from the NVA.
-    let on_h2 = |d: &Daemon| {
-        let fdb: serde_json::Value =
-            serde_json::from_str(&d.nve(&["fdb", "--json"]).unwrap()).unwrap();
-        fdb.as_array().unwrap().iter().any(|e| {
-            e["mac"] == mac_str(VM1_MAC) && e["vtep"]["vtep"] == H2_VTEP && e["from_nva"] == true
-        })
-    };
+    let on_h2 = |d: &Daemon| d.has_from_nva(VM1_MAC, H2_VTEP).unwrap();
     assert!(on_h2(&r.d3), "{}", r.d3.nve(&["fdb"]).unwrap());
     assert!(on_h2(&r.d1), "{}", r.d1.nve(&["fdb"]).unwrap());
 }

@@ -10,17 +10,19 @@ use nve_tests::{
     packet,
     rig::{Daemon, Vm, mac_str, require_root, send_frames},
 };
+use nve_user::{api::FdbTarget, mac::MacAddr, vnic::VnicState};
 
 const VM1_IPV6: &str = "2001:db8:10::1";
 const VM3_MAC: [u8; 6] = [2, 0, 0, 0, 3, 1];
 const VM3_IP: &str = "192.168.10.3";
 
+/// Whether `d` learned `mac` on `port`.
 fn fdb_has(d: &Daemon, mac: [u8; 6], port: &str) -> bool {
-    let fdb: serde_json::Value = serde_json::from_str(&d.nve(&["fdb", "--json"]).unwrap()).unwrap();
-    fdb.as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["mac"] == mac_str(mac) && e["port"]["port"] == port && e["learned"] == true)
+    d.fdb().unwrap().iter().any(|e| {
+        e.mac == MacAddr(mac)
+            && matches!(&e.target, FdbTarget::Port { port: p, .. } if p == port)
+            && e.learned
+    })
 }
 
 #[test]
@@ -127,12 +129,8 @@ fn an_announcement_activates_a_pre_associated_vnic() {
         &mac_str(VM1_MAC),
     ])
     .unwrap();
-    let state = |d: &Daemon| {
-        let list: serde_json::Value =
-            serde_json::from_str(&d.nve(&["vm", "list", "--json"]).unwrap()).unwrap();
-        list[0]["state"].as_str().unwrap_or_default().to_string()
-    };
-    assert_eq!(state(&d), "pre-associated");
+    let state = |d: &Daemon| d.vnics().unwrap().first().map(|v| v.state);
+    assert_eq!(state(&d), Some(VnicState::PreAssociated));
     assert!(
         rig.vm1.ping(VM2_IP, 1).is_err(),
         "a pre-associated vNIC forwarded"
@@ -141,15 +139,15 @@ fn an_announcement_activates_a_pre_associated_vnic() {
     send_frames(&rig.vm1.ns, "eth0", &[packet::rarp(VM1_MAC)]).unwrap();
     let mut active = false;
     for _ in 0..50 {
-        if state(&d) == "associated" {
+        if state(&d) == Some(VnicState::Associated) {
             active = true;
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert!(active, "still {} after the RARP", state(&d));
+    assert!(active, "still {:?} after the RARP", state(&d));
     rig.vm1.ping_until_reachable(VM2_IP, 5).unwrap();
     // The hypervisor's associate, arriving later, changes nothing.
     overlay::associate(&d, vm, "vm1p", VM1_MAC, None).unwrap();
-    assert_eq!(state(&d), "associated");
+    assert_eq!(state(&d), Some(VnicState::Associated));
 }

@@ -13,6 +13,7 @@
 //! before it, the VM's own downtime; after it, the time h3 took to follow the move (the RARP's
 //! activation through etcd) or h1 to disassociate, whichever came first.
 use nve_tests::{qemu_stream, rig::require_root};
+use nve_user::vnic::VnicState;
 
 /// Datagrams a second; the stream runs until a second after the move, at most `MAX_SECONDS`.
 const RATE: u32 = 10_000;
@@ -24,7 +25,7 @@ fn a_qemu_guest_migrates_under_a_stream_without_network_loss() {
     let f = qemu_stream::migrate_guest_under_stream("qm", RATE, MAX_SECONDS)
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(f.dst_status_before, "inmigrate");
-    assert_eq!(f.h2_state_pre_associated.as_deref(), Some("pre-associated"));
+    assert_eq!(f.h2_state_pre_associated, Some(VnicState::PreAssociated));
     assert!(
         f.h2_activated_without_associate,
         "h2's vNIC active after QEMU's announcements: not within 10 s"

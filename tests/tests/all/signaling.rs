@@ -5,6 +5,7 @@ use nve_tests::{
     overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_MAC, VM2_IP, VM2_MAC, VN},
     rig::{Daemon, Vm, mac_str, require_root},
 };
+use nve_user::{api::VnicView, vnic::VnicState};
 use serde_json::{Value, json};
 
 const VM_UUID: &str = "6f1c7a2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b";
@@ -26,12 +27,8 @@ fn signal(d: &Daemon, vm: &str, body: Value) -> (u16, Value) {
     )
 }
 
-fn vnics(d: &Daemon) -> Vec<Value> {
-    serde_json::from_str::<Value>(&d.nve(&["vm", "list", "--json"]).unwrap())
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+fn vnics(d: &Daemon) -> Vec<VnicView> {
+    d.vnics().unwrap()
 }
 
 fn reaches(vm: &Vm, ip: &str) -> bool {
@@ -68,7 +65,7 @@ fn vm_lifecycle_drives_the_dataplane() {
 
     // Pre-associated: installed, not forwarding.
     run(assoc("pre-associate")).unwrap();
-    assert_eq!(vnics(&d)[0]["state"], "pre-associated");
+    assert_eq!(vnics(&d)[0].state, VnicState::PreAssociated);
     assert!(
         !reaches(&rig.vm1, VM2_IP),
         "a pre-associated vNIC forwarded"
@@ -85,7 +82,7 @@ fn vm_lifecycle_drives_the_dataplane() {
     // Idempotent: the same associate again changes nothing.
     run(assoc("associate")).unwrap();
     assert_eq!(vnics(&d).len(), 1);
-    assert_eq!(vnics(&d)[0]["state"], "associated");
+    assert_eq!(vnics(&d)[0].state, VnicState::Associated);
 
     // Other parameters need a higher request id.
     let other_mac =
@@ -222,13 +219,13 @@ fn vm_lifecycle_drives_the_dataplane() {
     let vm3 = Vm::new("sig-vm3", &rig.h1, "vm3p", VM3_MAC, "192.168.10.3").unwrap();
     vm3.ping_until_reachable(VM2_IP, 10)
         .expect("a late port was not bound");
-    assert_eq!(vnics(&d)[0]["port_present"], true);
+    assert!(vnics(&d)[0].port_present);
     drop(vm3);
     // It disappears (the kernel removes a deleted namespace's veth peer a little later):
     // the vNIC stays, not forwarding until the port is back.
     let gone = (0..100).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(50));
-        vnics(&d)[0]["port_present"] == false
+        !vnics(&d)[0].port_present
     });
     assert!(
         gone,

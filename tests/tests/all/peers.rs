@@ -9,6 +9,7 @@ use nve_tests::{
     overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_IP, VM1_MAC, VM2_IP, VM2_MAC, VNI},
     rig::{Daemon, mac_str, require_root, wait_until},
 };
+use nve_user::api::NvaStatus;
 
 /// The peers file: both hosts, each with its VM unless left out.
 fn peers(with_vm2: bool) -> String {
@@ -25,19 +26,13 @@ fn peers(with_vm2: bool) -> String {
     .to_string()
 }
 
+/// Whether `d` has `mac` from the NVA (here: the file).
 fn fdb_has(d: &Daemon, mac: [u8; 6]) -> bool {
-    let fdb = d.nve(&["fdb", "--mac", &mac_str(mac), "--json"]).unwrap();
-    let fdb: serde_json::Value = serde_json::from_str(&fdb).unwrap();
-    fdb.as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["from_nva"] == true)
+    d.fdb_of(mac).unwrap().iter().any(|e| e.from_nva)
 }
 
-fn nva_status(d: &Daemon) -> serde_json::Value {
-    let status: serde_json::Value =
-        serde_json::from_str(&d.nve(&["status", "--json"]).unwrap()).unwrap();
-    status["nva"].clone()
+fn nva_status(d: &Daemon) -> Option<NvaStatus> {
+    d.status().unwrap().nva
 }
 
 /// Removed on drop, also when the test fails.
@@ -88,10 +83,10 @@ fn a_static_peers_file_connects_nves_without_etcd() {
         "h1 installed its own VM from the file"
     );
     rig.vm1.ping_until_reachable(VM2_IP, 5).unwrap();
-    let status = nva_status(&d1);
-    assert_eq!(status["endpoint"], format!("file:{path}"), "{status}");
-    assert_eq!(status["connected"], true, "{status}");
-    assert_eq!(status["entries"], 1, "{status}");
+    let status = nva_status(&d1).expect("an NVA status");
+    assert_eq!(status.endpoint, format!("file:{path}"), "{status:?}");
+    assert!(status.connected, "{status:?}");
+    assert_eq!(status.entries, 1, "{status:?}");
 
     // A broken file: refused, the reason shown, forwarding goes on with the last good one.
     fs::write(
@@ -100,9 +95,11 @@ fn a_static_peers_file_connects_nves_without_etcd() {
     )
     .unwrap();
     wait_until("the broken file is refused", || {
-        nva_status(&d1)["connected"] == false
+        nva_status(&d1).is_some_and(|s| !s.connected)
     });
-    let error = nva_status(&d1)["last_error"].to_string();
+    let error = nva_status(&d1)
+        .and_then(|s| s.last_error)
+        .unwrap_or_default();
     assert!(error.contains("unknown field `vni`"), "{error}");
     assert!(fdb_has(&d1, VM2_MAC));
     rig.vm1
@@ -112,7 +109,7 @@ fn a_static_peers_file_connects_nves_without_etcd() {
     // vm2 leaves the file: both NVEs withdraw it (h2 still floods to h1 as a member).
     fs::write(&file.0, peers(false)).unwrap();
     wait_until("h1 withdrew vm2", || !fdb_has(&d1, VM2_MAC));
-    assert_eq!(nva_status(&d1)["connected"], true);
+    assert!(nva_status(&d1).is_some_and(|s| s.connected));
     assert!(
         rig.vm1
             .ns

@@ -8,9 +8,10 @@ use nve_tests::{
     etcd::EtcdServer,
     overlay::{self, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC, VN},
     packet,
-    rig::{Daemon, mac_str, require_root, send_frames, wait_until},
+    rig::{Daemon, fdb_vtep, mac_str, require_root, send_frames, wait_until},
     three_hosts::{H3_VTEP, MigrationRig},
 };
+use nve_user::mac::MacAddr;
 
 const VMX: &str = "00000000-0000-4000-8000-0000000000c1";
 const VM3: &str = "00000000-0000-4000-8000-0000000000c3";
@@ -45,11 +46,11 @@ fn resume_on_h2(r: &Rig) {
 
 /// Where `d` has the VM from the NVA, if anywhere.
 fn nva_location(d: &Daemon) -> Option<String> {
-    let fdb: serde_json::Value = serde_json::from_str(&d.nve(&["fdb", "--json"]).unwrap()).unwrap();
-    fdb.as_array()?
+    d.fdb()
+        .unwrap()
         .iter()
-        .find(|e| e["mac"] == mac_str(VM1_MAC) && e["from_nva"] == true)
-        .and_then(|e| e["vtep"]["vtep"].as_str().map(str::to_string))
+        .find(|e| e.mac == MacAddr(VM1_MAC) && e.from_nva)
+        .and_then(fdb_vtep)
 }
 
 /// A VM migrated back and forth (h1 -> h2 -> h1 ...) more often than duplicate detection
@@ -158,9 +159,8 @@ fn with_the_nva_down_the_pointer_carries_the_move_and_the_nves_converge_after() 
     r.d3.wait_next_hop(H2_VTEP).unwrap();
     r.etcd.kill();
     wait_until("h3 notices the NVA is gone", || {
-        let s: serde_json::Value =
-            serde_json::from_str(&r.d3.nve(&["status", "--json"]).unwrap()).unwrap();
-        s["nva"]["connected"] == false
+        let s = r.d3.status().unwrap();
+        s.nva.is_some_and(|n| !n.connected)
     });
     leave_h1(&r);
     resume_on_h2(&r);

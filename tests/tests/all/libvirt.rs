@@ -11,7 +11,7 @@ use nve_tests::{
     overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM2_IP, VM2_MAC},
     rig::{Daemon, Vm, nve_bin, require_root},
 };
-use serde_json::Value;
+use nve_user::vnic::VnicState;
 
 const GUEST_MAC: [u8; 6] = [2, 0, 0, 0, 5, 1];
 
@@ -45,17 +45,11 @@ fn hook(d: &Daemon, xml: &str, op: &str, sub: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn states(d: &Daemon) -> Vec<(String, String)> {
-    let v: Value = serde_json::from_str(&d.nve(&["vm", "list", "--json"]).unwrap()).unwrap();
-    v.as_array()
+fn states(d: &Daemon) -> Vec<(String, VnicState)> {
+    d.vnics()
         .unwrap()
         .iter()
-        .map(|n| {
-            (
-                format!("{}/{}", n["vm"].as_str().unwrap(), n["index"]),
-                n["state"].as_str().unwrap().to_string(),
-            )
-        })
+        .map(|n| (format!("{}/{}", n.vm, n.index), n.state))
         .collect()
 }
 
@@ -76,7 +70,7 @@ fn libvirt_hook_drives_the_vnic() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(states(&d), [(vnic.clone(), "pre-associated".to_string())]);
+    assert_eq!(states(&d), [(vnic.clone(), VnicState::PreAssociated)]);
     // Operations nve does not act on change nothing.
     assert!(hook(&d, &xml, "start", "begin").status.success());
     // libvirt creates the tap (here: the host end of the guest's veth), then "started".
@@ -87,7 +81,7 @@ fn libvirt_hook_drives_the_vnic() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(states(&d), [(vnic.clone(), "associated".to_string())]);
+    assert_eq!(states(&d), [(vnic.clone(), VnicState::Associated)]);
     guest
         .ping_until_reachable(VM2_IP, 5)
         .expect("guest behind the hook's vNIC cannot reach the remote VM");
