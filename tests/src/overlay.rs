@@ -147,19 +147,41 @@ pub fn associate(
     mac: [u8; 6],
     ip: Option<&str>,
 ) -> Result<String> {
+    signal(d, &["associate"], vm, port, mac, ip)
+}
+
+/// The destination's first step of a migration from `from` (a VTEP): vNIC `vm` (vNIC 0)
+/// pre-associated in VN `blue` on `port` with `mac` and `ip`, with the migrating-in hint.
+pub fn pre_associate_arriving(
+    d: &Daemon,
+    vm: &str,
+    port: &str,
+    (mac, ip): ([u8; 6], &str),
+    from: &str,
+) -> Result<String> {
+    let op = ["pre-associate", "--migrating-in", from];
+    signal(d, &op, vm, port, mac, Some(ip))
+}
+
+/// The source's side of a migration to `to` (a VTEP): vNIC `vm` disassociated, leaving a
+/// forwarding pointer.
+pub fn leave_for(d: &Daemon, vm: &str, to: &str) -> Result<String> {
+    d.nve(&["vm", "disassociate", "--vm", vm, "--migrating-out", to])
+}
+
+/// `nve vm OP...` for vNIC `vm` in VN `blue` on `port` with `mac` (and `ip`).
+fn signal(
+    d: &Daemon,
+    op: &[&str],
+    vm: &str,
+    port: &str,
+    mac: [u8; 6],
+    ip: Option<&str>,
+) -> Result<String> {
     let mac = mac_str(mac);
-    let mut args = vec![
-        "vm",
-        "associate",
-        "--vm",
-        vm,
-        "--vn",
-        VN,
-        "--port",
-        port,
-        "--mac",
-        &mac,
-    ];
+    let mut args = vec!["vm"];
+    args.extend(op);
+    args.extend(["--vm", vm, "--vn", VN, "--port", port, "--mac", &mac]);
     if let Some(ip) = ip {
         args.extend(["--ip", ip]);
     }

@@ -7,7 +7,7 @@ use anyhow::Result;
 use crate::{
     etcd::EtcdServer,
     overlay::{self, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC, VN, VNI},
-    rig::{Daemon, Netns, Vm, mac_str, veth},
+    rig::{Daemon, Netns, Vm, veth},
 };
 
 pub const H3_VTEP: &str = "10.0.0.3";
@@ -106,22 +106,6 @@ impl MigrationRig {
     /// The destination's first step: the VM's new incarnation pre-associated on h2
     /// (installed, not forwarding, nothing of it published).
     pub fn pre_associate_on_h2(&self) -> Result<String> {
-        let mac = mac_str(VM1_MAC);
-        self.d2.nve(&[
-            "vm",
-            "pre-associate",
-            "--vm",
-            &self.vmx,
-            "--vn",
-            VN,
-            "--port",
-            "vmxp",
-            "--mac",
-            &mac,
-            "--ip",
-            VM1_IP,
-            "--migrating-in",
-            H1_VTEP,
-        ])
+        overlay::pre_associate_arriving(&self.d2, &self.vmx, "vmxp", (VM1_MAC, VM1_IP), H1_VTEP)
     }
 }

@@ -293,32 +293,11 @@ fn a_newer_claim_elsewhere_turns_the_source_into_a_pointer() {
 fn the_destination_accepts_a_pointer_from_a_source_left_without_vnics() {
     let r = on_nva("mp");
     let (vmx, d1, d2, rig) = (&r.vmx, &r.d1, &r.d2, &r.rig);
-    let mac = mac_str(VM1_MAC);
-    let vm = ["--vm", VM_UUID, "--vn", VN, "--port", "vmxp", "--mac", &mac];
-    let mut pre = vec![
-        "vm",
-        "pre-associate",
-        "--ip",
-        VM1_IP,
-        "--migrating-in",
-        H1_VTEP,
-    ];
-    pre.extend(vm);
-    d2.nve(&pre).unwrap();
+    overlay::pre_associate_arriving(d2, VM_UUID, "vmxp", (VM1_MAC, VM1_IP), H1_VTEP).unwrap();
     rig.vm1.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
-    d1.nve(&[
-        "vm",
-        "disassociate",
-        "--vm",
-        VM_UUID,
-        "--migrating-out",
-        H2_VTEP,
-    ])
-    .unwrap();
+    overlay::leave_for(d1, VM_UUID, H2_VTEP).unwrap();
     vmx.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
-    let mut associate = vec!["vm", "associate", "--ip", VM1_IP];
-    associate.extend(vm);
-    d2.nve(&associate).unwrap();
+    overlay::associate(d2, VM_UUID, "vmxp", VM1_MAC, Some(VM1_IP)).unwrap();
     rig.vm3
         .ping_until_reachable(VM1_IP, 5)
         .expect("vm3 -> the VM on h2, through h1's pointer");

@@ -6,9 +6,9 @@ use std::{thread, time::Duration};
 
 use nve_tests::{
     etcd::EtcdServer,
-    overlay::{self, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC, VN},
+    overlay::{self, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC},
     packet,
-    rig::{Daemon, fdb_vtep, mac_str, require_root, send_frames, wait_until},
+    rig::{Daemon, fdb_vtep, require_root, send_frames, wait_until},
     three_hosts::{H3_VTEP, MigrationRig},
 };
 use nve_user::mac::MacAddr;
@@ -27,15 +27,7 @@ fn setup(tag: &str) -> Rig {
 /// forwarding pointer to h2.
 fn leave_h1(r: &Rig) {
     r.rig.vm1.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
-    r.d1.nve(&[
-        "vm",
-        "disassociate",
-        "--vm",
-        VMX,
-        "--migrating-out",
-        H2_VTEP,
-    ])
-    .unwrap();
+    overlay::leave_for(&r.d1, VMX, H2_VTEP).unwrap();
 }
 
 /// The VM resumes on h2 and announces itself (as QEMU does, with a RARP).
@@ -60,7 +52,6 @@ fn nva_location(d: &Daemon) -> Option<String> {
 #[test]
 fn signaled_migrations_back_and_forth_are_never_a_duplicate() {
     let r = setup("rd");
-    let mac = mac_str(VM1_MAC);
     let ends = [
         (&r.d1, "vm1p", &r.rig.vm1.ns, H1_VTEP),
         (&r.d2, "vmxp", &r.new.ns, H2_VTEP),
@@ -68,27 +59,9 @@ fn signaled_migrations_back_and_forth_are_never_a_duplicate() {
     for i in 0..=nve_user::nva::DUP_MOVES {
         let ((src, _, src_vm, src_vtep), (dst, port, dst_vm, dst_vtep)) =
             (ends[i % 2], ends[(i + 1) % 2]);
-        let vm = ["--vm", VMX, "--vn", VN, "--port", port, "--mac", &mac];
-        let mut pre = vec![
-            "vm",
-            "pre-associate",
-            "--ip",
-            VM1_IP,
-            "--migrating-in",
-            src_vtep,
-        ];
-        pre.extend(vm);
-        dst.nve(&pre).unwrap();
+        overlay::pre_associate_arriving(dst, VMX, port, (VM1_MAC, VM1_IP), src_vtep).unwrap();
         src_vm.ip(&["link", "set", "eth0", "down"]).unwrap();
-        src.nve(&[
-            "vm",
-            "disassociate",
-            "--vm",
-            VMX,
-            "--migrating-out",
-            dst_vtep,
-        ])
-        .unwrap();
+        overlay::leave_for(src, VMX, dst_vtep).unwrap();
         dst_vm.ip(&["link", "set", "eth0", "up"]).unwrap();
         send_frames(dst_vm, "eth0", &[packet::rarp(VM1_MAC)]).unwrap();
         wait_until(
