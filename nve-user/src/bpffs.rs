@@ -73,33 +73,36 @@ pub fn settle() -> anyhow::Result<Settled> {
 }
 
 /// The process whose mount namespace is the host's: pid 1, or where that cannot be read
-/// (some sandboxes hide it), the eldest ancestor of this process that can be (not the
-/// parent: under `ip netns exec NAME sh -c ...` the shell shares the private namespace).
+/// (some sandboxes hide it), one in the mount namespace most processes share. Not the
+/// parent: under `ip netns exec NS sh -c ...` the shell shares the private namespace, and a
+/// daemon started in the background may have been handed to pid 1 already. Only processes
+/// started by `ip netns exec` (each in a namespace of its own) are outside the host's.
 fn host_process() -> Option<u32> {
     if mount_ns("/proc/1").is_some() {
         return Some(1);
     }
-    let mut eldest = None;
-    let mut pid = std::os::unix::process::parent_id();
-    // Bounded: a process tree is not deeper than this, and pids loop back to 0 or 1.
-    for _ in 0..256 {
-        if pid <= 1 {
-            break;
+    let me = std::process::id();
+    let mut by_ns: std::collections::BTreeMap<PathBuf, (usize, u32)> = Default::default();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
         }
-        if mount_ns(&format!("/proc/{pid}")).is_some() {
-            eldest = Some(pid);
+        if let Some(ns) = mount_ns(&format!("/proc/{pid}")) {
+            let seen = by_ns.entry(ns).or_insert((0, pid));
+            seen.0 += 1;
         }
-        pid = parent_of(pid)?;
     }
-    eldest
-}
-
-/// The parent of process `pid` (the fourth field of /proc/PID/stat, after the command name
-/// in parentheses, which may itself hold spaces and parentheses).
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, after) = stat.rsplit_once(')')?;
-    after.split_whitespace().nth(1)?.parse().ok()
+    by_ns
+        .into_values()
+        .max_by_key(|&(n, _)| n)
+        .map(|(_, pid)| pid)
 }
 
 /// The mount namespace of the process at `proc_dir` (`mnt:[inode]`).

@@ -158,3 +158,72 @@ fn restart_loses_nothing(launch: Launch, tag: &str) {
         .ping_until_reachable(VM2_IP, 5)
         .expect("dataplane not rebuilt from the stored state");
 }
+
+/// A daemon started in the background under `ip netns exec` (its starter gone, the daemon
+/// handed to init, so no parent to tell the host's mount namespace by) still pins into the
+/// host's bpffs: killed, a new one takes the pins over.
+#[test]
+fn a_backgrounded_daemon_under_ip_netns_exec_pins_into_the_host() {
+    require_root();
+    let rig = TwoHosts::new("rsb").unwrap();
+    let instance = format!("{}{}rsb", nve_tests::rig::NS_PREFIX, std::process::id());
+    let log = format!("/tmp/{instance}.log");
+    let daemon = format!(
+        "ip netns exec {} {} --instance {instance} daemon --vtep {H1_VTEP} --underlay ul >>{log} 2>&1 &",
+        rig.h1.name,
+        nve_tests::rig::nve_bin().display()
+    );
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/nve/{instance}"));
+    let socket = format!("/run/nve/{instance}.sock");
+    let stop = |signal: &str| {
+        let _ = nve_tests::rig::run(&[
+            "pkill",
+            signal,
+            "-f",
+            &format!("instance {instance} daemon"),
+        ]);
+        nve_tests::rig::wait_until("the daemon gone", || {
+            nve_tests::rig::run(&["pgrep", "-f", &format!("instance {instance} daemon")]).is_err()
+        });
+    };
+    let up = || {
+        nve_tests::rig::wait_until("the daemon ready", || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        })
+    };
+    let cleanup = || {
+        stop("-TERM");
+        let ns = format!("--net=/run/netns/{}", rig.h1.name);
+        let nve = nve_tests::rig::nve_bin();
+        let _ = nve_tests::rig::run(&[
+            "nsenter",
+            &ns,
+            nve.to_str().unwrap(),
+            "--instance",
+            &instance,
+            "teardown",
+        ]);
+        let _ = std::fs::remove_dir_all(format!("/var/lib/nve/{instance}"));
+        let _ = std::fs::remove_file(&log);
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        nve_tests::rig::run(&["sh", "-c", &daemon]).unwrap();
+        up();
+        assert!(
+            pins.exists(),
+            "no pins in the host's bpffs at {}",
+            pins.display()
+        );
+        stop("-KILL");
+        assert!(pins.exists(), "the pins died with the daemon");
+        nve_tests::rig::run(&["sh", "-c", &daemon]).unwrap();
+        up();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(text.contains("joined the mount namespace"), "{text}");
+        assert!(text.contains("took over a pinned link"), "{text}");
+    }));
+    cleanup();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
