@@ -65,10 +65,13 @@ pub enum Forward {
     /// VXLAN for a MAC that moved to another VTEP (the forwarding pointer a migration
     /// leaves): re-addressed to it rather than decapsulated.
     ForwardedToVtep = 12,
+    /// An LLDP or ECP frame (a VDP station's) from a VM port: to the host, where nve's VDP
+    /// session reads it; never into a VN.
+    LinkControl = 13,
 }
 
 impl Forward {
-    pub const ALL: [Forward; 12] = [
+    pub const ALL: [Forward; 13] = [
         Forward::Encapsulated,
         Forward::Decapsulated,
         Forward::LocalSwitched,
@@ -81,6 +84,7 @@ impl Forward {
         Forward::NdReplied,
         Forward::IcmpTooBig,
         Forward::ForwardedToVtep,
+        Forward::LinkControl,
     ];
 
     /// The frame goes on to another program of the NVE (or the kernel's vxlan device)
@@ -109,6 +113,7 @@ impl Forward {
             Forward::NdReplied => "ND_REPLIED",
             Forward::IcmpTooBig => "ICMP_TOO_BIG",
             Forward::ForwardedToVtep => "FORWARDED_TO_VTEP",
+            Forward::LinkControl => "LINK_CONTROL",
         }
     }
 }

@@ -11,6 +11,10 @@ pub const ETH_P_RARP: u16 = 0x8035;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021AD: u16 = 0x88a8;
+/// LLDP (802.1AB), which carries VDP's EVB TLV.
+pub const ETH_P_LLDP: u16 = 0x88cc;
+/// ECP (802.1Qbg), which carries VDP.
+pub const ETH_P_ECP: u16 = 0x8940;
 
 /// ARP operations (linux/if_arp.h ARPOP_*).
 pub const ARP_REQUEST: u16 = 1;

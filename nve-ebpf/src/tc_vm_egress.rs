@@ -2,7 +2,7 @@
 //! (VN, destination MAC) -> a local port (switched as is) or a remote VTEP (encapsulated);
 //! broadcast and multicast to the VN's other local ports and its flood list of VTEPs.
 use aya_ebpf::{
-    bindings::{__sk_buff, TC_ACT_SHOT},
+    bindings::{__sk_buff, TC_ACT_OK, TC_ACT_SHOT},
     cty::c_void,
     macros::classifier,
     programs::TcContext,
@@ -14,7 +14,7 @@ use nve_common::{
         vtep_ipv4,
     },
     metrics::{DropReason, Forward, Hook},
-    wire::{ETH_LEN, VXLAN_IPV4_OVERHEAD, VXLAN_IPV6_OVERHEAD},
+    wire::{ETH_LEN, ETH_P_ECP, ETH_P_LLDP, VXLAN_IPV4_OVERHEAD, VXLAN_IPV6_OVERHEAD},
 };
 
 use crate::{
@@ -37,6 +37,9 @@ pub fn tc_vm_egress(ctx: TcContext) -> i32 {
 fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward), DropReason> {
     let cfg = maps::config().ok_or(DropReason::NoConfig)?;
     let eth = require::<EthHdr>(ctx, 0, DropReason::PktTooSmall)?;
+    if is_link_control(u16::from_be(eth.ether_type)) {
+        return Ok((TC_ACT_OK, Forward::LinkControl));
+    }
     let dst = eth.dst_addr;
     let Tag { vid, tagged } = ingress_tag(ctx, eth)?;
     let ingress = LocalPort::new(ctx.ifindex(), vid);
@@ -113,6 +116,13 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
         }
         _ => Err(DropReason::FdbMiss),
     }
+}
+
+/// LLDP and ECP (VDP's transport): the link's own protocols, for the host, as a bridge
+/// never forwards them.
+#[inline(always)]
+fn is_link_control(ether_type: u16) -> bool {
+    matches!(ether_type, ETH_P_LLDP | ETH_P_ECP)
 }
 
 /// The port's VLAN as a frame names it.

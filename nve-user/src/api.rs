@@ -342,3 +342,98 @@ pub struct SignalReply {
     pub code: String,
     pub vnic: Option<VnicView>,
 }
+
+/// `PUT /v1/vdp/ports/{port}`: VDP on for a trunk port, with this bridge's timers (each
+/// absent one at 802.1Qbg's default).
+pub type VdpEnable = crate::vdp::lldp::Timers;
+
+/// `GET /v1/vdp`: the trunk ports VDP is on for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VdpPortView {
+    pub port: String,
+    /// This bridge's timers, as configured.
+    pub timers: crate::vdp::lldp::Timers,
+    /// The port's session, while the daemon runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<VdpSessionView>,
+    pub vsis: Vec<VsiView>,
+}
+
+/// A trunk port's VDP session.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VdpSessionView {
+    /// The interface is there and nve listens on it.
+    pub up: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The timers both sides use (each the larger of the two sides').
+    pub negotiated: crate::vdp::lldp::Timers,
+    /// How long a VSI lives without a keep-alive, ms.
+    pub keep_alive_timeout_ms: u64,
+    /// The station, once its LLDP was heard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<VdpPeerView>,
+    pub counters: VdpCounters,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VdpPeerView {
+    pub mac: MacAddr,
+    /// Its LLDP chassis and port IDs (subtype byte first), hex.
+    pub chassis_id: String,
+    pub port_id: String,
+    pub ttl: u16,
+    /// Its EVB TLV: status and timers (absent: it sent none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evb: Option<crate::vdp::lldp::StationEvb>,
+    /// Both sides support GroupIDs (the station may use filter formats 3 and 4).
+    pub group_ids: bool,
+    pub last_heard_ms_ago: u64,
+}
+
+/// What a VDP session counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VdpCounters {
+    /// ECP: requests received (each new sequence number once), their repeats, ACKs sent.
+    pub ecp_received: u64,
+    pub ecp_duplicates: u64,
+    pub ecp_acks_sent: u64,
+    /// ECP: this bridge's requests sent, resent, acknowledged, given up after R retries.
+    pub ecp_sent: u64,
+    pub ecp_retransmitted: u64,
+    pub ecp_acked: u64,
+    pub ecp_given_up: u64,
+    /// Frames that were not ECP or VDP as 802.1Qbg writes them (dropped).
+    pub malformed: u64,
+    /// Frames the kernel dropped before nve read them (receive buffer full).
+    pub kernel_drops: u64,
+    /// VSI requests answered, and of them refused (an error status).
+    pub vsi_requests: u64,
+    pub vsi_refused: u64,
+    /// Unsolicited DeAssocs sent (VSIs this bridge ended).
+    pub deassocs_sent: u64,
+    pub lldp_sent: u64,
+    pub lldp_received: u64,
+    pub lldp_malformed: u64,
+}
+
+/// A VSI associated through VDP (or owed an unsolicited DeAssoc).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsiView {
+    pub vsiid: String,
+    pub manager: crate::vdp::Id16,
+    pub type_id: u32,
+    pub type_version: u8,
+    /// The vNIC's state; absent: ended here, the station is being told (DeAssoc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::vnic::VnicState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    /// The VID nve gave it on the port.
+    pub vid: u16,
+    pub macs: Vec<MacAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}

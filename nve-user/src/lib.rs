@@ -1,7 +1,8 @@
 //! The nve daemon and its clients. The core (pure: no tokio, aya, axum, hyper or
 //! rtnetlink): `model` (VNs, vNICs, learning, the maps' desired contents), `nva` (the
 //! control plane's table, claims and mobility), `vnic` (the state machine), `vid` (per-port
-//! VID maps), `mac`, `addr`, `error`, and the wire types `api`. Around it: `dataplane` (the eBPF
+//! VID maps), `vdp` (VDP22's codecs), `mac`, `addr`, `error`, and the wire types `api`.
+//! Around it: `dataplane` (the eBPF
 //! programs and maps), `store` (snapshot + journal), `netlink`, `daemon` (the writer, its
 //! handle and the ports), `bpffs`, `paths`, and the clients `client`, `cli`, `libvirt`.
 
@@ -20,5 +21,6 @@ pub mod netlink;
 pub mod nva;
 pub mod paths;
 pub mod store;
+pub mod vdp;
 pub mod vid;
 pub mod vnic;

@@ -26,6 +26,8 @@ const PACKAGES: &[&str] = &[
     "netsniff-ng",
     "curl",
     "etcd-server",
+    // The VDP station of the vdp tests (lldpad, vdptool, lldptool).
+    "lldpad",
     // The QEMU guests' userland (a static busybox in the initramfs).
     "busybox-static",
 ];

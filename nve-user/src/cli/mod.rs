@@ -4,6 +4,7 @@
 //! same value.
 mod config;
 mod tables;
+mod vdp;
 mod vm;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -92,6 +93,11 @@ pub enum Command {
         #[command(subcommand)]
         command: VmCommand,
     },
+    /// VDP (IEEE 802.1Qbg) on trunk ports: stations such as lldpad associate VSIs.
+    Vdp {
+        #[command(subcommand)]
+        command: vdp::VdpCommand,
+    },
 }
 
 /// Which vNIC: the VM's UUID and the vNIC's index.
@@ -163,6 +169,7 @@ async fn run(cli: Cli, pins: Option<crate::bpffs::Settled>) -> anyhow::Result<()
         Command::Fdb { command, mac, json } => config::fdb(&c, command, mac, json).await,
         Command::Flood { command } => config::flood(&c, command).await,
         Command::Vm { command } => vm::vm(&c, command).await,
+        Command::Vdp { command } => vdp::vdp(&c, command).await,
         Command::Stats(j) => {
             let s: StatsView = c.get("/v1/stats").await?;
             print(&s, j.json, tables::stats)

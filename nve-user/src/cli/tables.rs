@@ -1,5 +1,8 @@
 //! The tables read commands print (`--json` prints the same values as JSON).
-use crate::api::{FdbTarget, FdbView, StatsView, StatusView, VnView, VnicView};
+use crate::{
+    api::{FdbTarget, FdbView, StatsView, StatusView, VdpPortView, VnView, VnicView},
+    vdp::lldp::Timers,
+};
 
 pub fn vnic(vnics: &Vec<VnicView>) -> String {
     let mut out = format!(
@@ -117,6 +120,76 @@ pub fn stats(s: &StatsView) -> String {
             out += &format!(
                 "{:<16} {:<20} {:>12} {:>14}\n",
                 scope, name, c.packets, c.bytes
+            );
+        }
+    }
+    out
+}
+
+pub fn vdp(ports: &Vec<VdpPortView>) -> String {
+    let mut out = String::new();
+    for p in ports {
+        let t = |t: &Timers| format!("R {} RTE {} RWD {} RKA {}", t.retries, t.rte, t.rwd, t.rka);
+        out += &format!("port {}  timers {}\n", p.port, t(&p.timers));
+        match &p.session {
+            None => out += "  no session\n",
+            Some(s) => {
+                if let Some(e) = &s.error {
+                    out += &format!("  down: {e}\n");
+                }
+                out += &format!(
+                    "  negotiated {}  keep-alive timeout {} ms\n",
+                    t(&s.negotiated),
+                    s.keep_alive_timeout_ms
+                );
+                out += &match &s.peer {
+                    Some(peer) => format!(
+                        "  station {}  group ids {}  heard {} ms ago\n",
+                        peer.mac,
+                        if peer.group_ids { "yes" } else { "no" },
+                        peer.last_heard_ms_ago
+                    ),
+                    None => "  station not heard yet\n".to_string(),
+                };
+                let c = &s.counters;
+                out += &format!(
+                    "  ecp in {} dup {} acked-by-us {}  out {} resent {} acked {} given-up {}  malformed {}\n  vsi requests {} refused {} deassocs {}  lldp out {} in {} malformed {}\n",
+                    c.ecp_received,
+                    c.ecp_duplicates,
+                    c.ecp_acks_sent,
+                    c.ecp_sent,
+                    c.ecp_retransmitted,
+                    c.ecp_acked,
+                    c.ecp_given_up,
+                    c.malformed,
+                    c.vsi_requests,
+                    c.vsi_refused,
+                    c.deassocs_sent,
+                    c.lldp_sent,
+                    c.lldp_received,
+                    c.lldp_malformed
+                );
+            }
+        }
+        out += &format!(
+            "  {:<38} {:<16} {:<14} {:>9} {:>4}  {}\n",
+            "VSI", "STATE", "VN", "VNI", "VID", "MACS"
+        );
+        for v in &p.vsis {
+            let macs: Vec<String> = v.macs.iter().map(ToString::to_string).collect();
+            let state = v
+                .state
+                .and_then(|s| serde_json::to_value(s).ok())
+                .and_then(|s| s.as_str().map(str::to_string))
+                .unwrap_or_else(|| "deassociating".into());
+            out += &format!(
+                "  {:<38} {:<16} {:<14} {:>9} {:>4}  {}\n",
+                v.vsiid,
+                state,
+                v.vn.as_deref().unwrap_or("-"),
+                v.vni.map_or("-".into(), |n| n.to_string()),
+                v.vid,
+                macs.join(",")
             );
         }
     }

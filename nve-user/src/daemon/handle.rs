@@ -1,11 +1,14 @@
 //! How a port reaches the writer: commands on a bounded channel, answers on a oneshot, and
 //! the snapshot the writer publishes after each batch. The one door every input uses.
-use std::sync::Arc;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    api::{NvaStatus, StatsView},
+    api::{NvaStatus, StatsView, VdpSessionView},
     dataplane::{Counters, DataplaneError},
     error::{Error, ErrorCode},
     model::Event,
@@ -22,6 +25,8 @@ pub struct Handle {
     commands: mpsc::Sender<Command>,
     published: watch::Receiver<Arc<Snapshot>>,
     counters: Arc<Counters>,
+    /// The VDP sessions' live state by port (written by the VDP port, read by the API).
+    vdp: Arc<Mutex<BTreeMap<String, VdpSessionView>>>,
 }
 
 fn gone() -> Error {
@@ -38,6 +43,7 @@ impl Handle {
             commands,
             published,
             counters: Arc::new(counters),
+            vdp: Arc::default(),
         }
     }
 
@@ -82,6 +88,20 @@ impl Handle {
     /// Tells the writer how the NVA's connection is.
     pub async fn nva_status(&self, status: NvaStatus) {
         let _ = self.commands.send(Command::NvaStatus(status)).await;
+    }
+
+    /// A VDP session's state now (`None`: it ended).
+    pub fn vdp_session(&self, port: &str, view: Option<VdpSessionView>) {
+        let mut sessions = self.vdp.lock().unwrap_or_else(|e| e.into_inner());
+        match view {
+            Some(v) => sessions.insert(port.to_string(), v),
+            None => sessions.remove(port),
+        };
+    }
+
+    /// The VDP sessions' states now.
+    pub fn vdp_sessions(&self) -> BTreeMap<String, VdpSessionView> {
+        self.vdp.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The state as of the writer's last batch.

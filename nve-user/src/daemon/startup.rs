@@ -104,6 +104,17 @@ impl DaemonArgs {
 pub struct ConfigFile {
     #[serde(default)]
     pub vns: Vec<ConfigVn>,
+    /// Trunk ports to speak VDP on (`nve vdp enable`).
+    #[serde(default)]
+    pub vdp: Vec<ConfigVdp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigVdp {
+    pub port: String,
+    #[serde(default)]
+    pub timers: crate::vdp::lldp::Timers,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +147,10 @@ impl ConfigFile {
             for &v in &vn.flood {
                 m.add_flood(&vn.name, v).with_context(ctx)?;
             }
+        }
+        for v in &self.vdp {
+            m.vdp_enable(&v.port, v.timers)
+                .with_context(|| format!("VDP port {:?}", v.port))?;
         }
         Ok(m)
     }

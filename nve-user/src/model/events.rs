@@ -55,6 +55,25 @@ pub enum Event {
     Nva(crate::nva::Table),
     /// What changed in the NVA since.
     NvaDelta(crate::nva::Delta),
+    /// VDP on for a trunk port, with this bridge's timers.
+    VdpEnable {
+        port: String,
+        timers: crate::vdp::lldp::Timers,
+    },
+    VdpDisable {
+        port: String,
+    },
+    /// A station's VSI request heard on `port`; `hold_ms`: the keep-alive timeout.
+    VdpRequest {
+        port: String,
+        manager: crate::vdp::Id16,
+        vsi: crate::vdp::tlv::Vsi,
+        hold_ms: u64,
+    },
+    /// The station acknowledged the unsolicited DeAssoc of this VSI.
+    VdpForget {
+        id: VnicId,
+    },
 }
 
 impl Model {
@@ -71,6 +90,18 @@ impl Model {
             Event::AddFlood { vn, vtep } => self.add_flood(vn, *vtep),
             Event::DelFlood { vn, vtep } => self.del_flood(vn, *vtep),
             Event::Signal { id, req } => return self.signal(id, req, now),
+            Event::VdpRequest {
+                port,
+                manager,
+                vsi,
+                hold_ms,
+            } => return self.vdp_request(port, *manager, vsi, *hold_ms, now),
+            Event::VdpEnable { port, timers } => self.vdp_enable(port, *timers),
+            Event::VdpDisable { port } => self.vdp_disable(port, now),
+            Event::VdpForget { id } => {
+                self.vdp_forget(id);
+                Ok(())
+            }
             Event::Learn(a) => self.learn(a),
             Event::Nva(table) => {
                 self.nva = table.clone();

@@ -18,12 +18,14 @@ use crate::{
 mod desired;
 mod events;
 mod learning;
+mod vdp;
 mod views;
 mod vnics;
 mod vns;
 pub use desired::{Desired, Keys, Recompute};
 pub use events::Event;
 pub use learning::Announced;
+pub use vdp::{Vdp, VsiRecord, vnic_of};
 pub use vnics::{Vnic, VnicId};
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -67,6 +69,9 @@ pub struct Model {
     /// outages: forwarding goes on with the last state.
     #[serde(default, skip_serializing_if = "crate::nva::Table::is_empty")]
     pub(crate) nva: crate::nva::Table,
+    /// VDP's trunk ports and VSIs (`vdp.rs`).
+    #[serde(default, skip_serializing_if = "Vdp::is_empty")]
+    vdp: Vdp,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

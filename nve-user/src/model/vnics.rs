@@ -327,7 +327,7 @@ impl Model {
         Ok(())
     }
 
-    fn remove_vnic(&mut self, id: &VnicId, now: u64) {
+    pub(super) fn remove_vnic(&mut self, id: &VnicId, now: u64) {
         if let Some(v) = self.vnics.remove(id) {
             self.release_vid(&v.params.port, v.vni, now);
         }

@@ -10,6 +10,7 @@ pub mod nva_sync;
 pub mod peers_file;
 pub mod prometheus;
 pub mod underlay_watch;
+pub mod vdp;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -42,6 +43,7 @@ pub async fn spawn(handle: &Handle, inputs: Inputs) -> anyhow::Result<JoinSet<()
     ports.spawn(watch_conn);
     ports.spawn(underlay_watch::follow(handle.clone(), events));
     ports.spawn(expiry::run(handle.clone()));
+    ports.spawn(vdp::run(handle.clone()));
     if let Some(ring) = inputs.announcements {
         ports.spawn(announcements::learn(handle.clone(), ring));
     }

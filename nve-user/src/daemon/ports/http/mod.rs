@@ -3,6 +3,7 @@
 //! writer's snapshot and the counters' pins; every change is an event for the writer.
 mod access;
 mod conn;
+mod vdp;
 
 use axum::{
     Json, Router,
@@ -47,6 +48,11 @@ pub fn router(state: Handle, allowed: Allowed) -> Router {
         .route("/v1/vns/{vn}/fdb/{mac}", delete(del_remote))
         .route("/v1/vns/{vn}/flood", put(add_flood))
         .route("/v1/vns/{vn}/flood/{vtep}", delete(del_flood))
+        .route("/v1/vdp", get(vdp::status))
+        .route(
+            "/v1/vdp/ports/{port}",
+            put(vdp::enable).delete(vdp::disable),
+        )
         .fallback(|| async {
             ApiError(ErrorBody::new(
                 ErrorCode::ENotFound,

@@ -1,0 +1,294 @@
+//! VDP's part of the model: the trunk ports nve speaks VDP on, and what it answered each
+//! VSI. A VSI request (`vdp::tlv::Vsi`) becomes the same signaling the REST API sends for
+//! the vNIC (VM = the VSIID, index 0): GroupID -> VN by VNI, null VID -> the port's
+//! allocator assigns one, a VID -> honoured or refused, keep-alive -> hold time. What the
+//! bridge answered is kept until the VSI goes: a VSI whose vNIC is gone for any other
+//! reason than the station's own de-associate is owed an unsolicited DeAssoc.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{IFNAME_MAX, Model, Result, VnicId, format_err};
+use crate::{
+    api::{Migration, VdpPortView, VidRequest, VidWord, VnicRequest, VnicView, VsiView},
+    error::{Error, ErrorCode},
+    mac::MacAddr,
+    vdp::{
+        Id16,
+        lldp::Timers,
+        tlv::{HINT_MIGRATE_TO, Mode, Vsi},
+    },
+    vnic::Op,
+};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vdp {
+    /// Trunk ports with VDP on -> this bridge's timers there.
+    pub ports: BTreeMap<String, Timers>,
+    /// VSIs associated through VDP, and those owed an unsolicited DeAssoc.
+    #[serde(with = "super::pairs")]
+    pub vsis: BTreeMap<VnicId, VsiRecord>,
+}
+
+impl Vdp {
+    pub fn is_empty(&self) -> bool {
+        self.ports.is_empty() && self.vsis.is_empty()
+    }
+}
+
+/// The bridge's last answer to a VSI: what an unsolicited DeAssoc repeats.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsiRecord {
+    pub port: String,
+    pub manager: Id16,
+    pub vsi: Vsi,
+}
+
+/// The vNIC a VSI is: its VSIID as the VM, index 0 (one vNIC per VSI).
+pub fn vnic_of(vsi: &Vsi) -> VnicId {
+    VnicId {
+        vm: vsi.vsiid.to_string(),
+        index: 0,
+    }
+}
+
+fn vdp_err(code: ErrorCode, message: String) -> Error {
+    Error::new(code, message)
+}
+
+impl Model {
+    pub fn vdp(&self) -> &Vdp {
+        &self.vdp
+    }
+
+    /// Turns VDP on for `port` with `timers` (again: new timers).
+    pub fn vdp_enable(&mut self, port: &str, timers: Timers) -> Result<()> {
+        if port.is_empty() || port.len() > IFNAME_MAX || port.contains(['/', ' ']) {
+            return Err(format_err(format!(
+                "port {port:?}: an interface name of 1 to {IFNAME_MAX} bytes"
+            )));
+        }
+        timers.check().map_err(format_err)?;
+        self.vdp.ports.insert(port.to_string(), timers);
+        Ok(())
+    }
+
+    /// Turns VDP off for `port`: its VSIs are de-associated and forgotten (the port's
+    /// session tells the station before it ends).
+    pub fn vdp_disable(&mut self, port: &str, now: u64) -> Result<()> {
+        if self.vdp.ports.remove(port).is_none() {
+            return Err(vdp_err(
+                ErrorCode::ENotFound,
+                format!("VDP is not on for port {port}"),
+            ));
+        }
+        let ids: Vec<VnicId> = self
+            .vdp
+            .vsis
+            .iter()
+            .filter(|(_, r)| r.port == port)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            self.remove_vnic(&id, now);
+            self.vdp.vsis.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// Applies a station's VSI request heard on `port`; `hold_ms` is the keep-alive
+    /// timeout the two sides' timers give. Returns the vNIC (absent after DeAssoc).
+    pub fn vdp_request(
+        &mut self,
+        port: &str,
+        manager: Id16,
+        vsi: &Vsi,
+        hold_ms: u64,
+        now: u64,
+    ) -> Result<Option<VnicView>> {
+        if !self.vdp.ports.contains_key(port) {
+            return Err(vdp_err(
+                ErrorCode::ENotFound,
+                format!("VDP is not on for port {port}"),
+            ));
+        }
+        let id = vnic_of(vsi);
+        let req = self.vdp_signal(port, vsi, hold_ms, &id)?;
+        let view = self.signal(&id, &req, now)?;
+        match &view {
+            Some(v) => {
+                let filters = vsi.filters.iter().map(|f| f.with_vid(v.vid)).collect();
+                let answered = Vsi {
+                    status: 0,
+                    filters,
+                    ..vsi.clone()
+                };
+                self.vdp.vsis.insert(
+                    id,
+                    VsiRecord {
+                        port: port.to_string(),
+                        manager,
+                        vsi: answered,
+                    },
+                );
+            }
+            None => {
+                self.vdp.vsis.remove(&id);
+            }
+        }
+        Ok(view)
+    }
+
+    /// The signaling message a VSI request is.
+    fn vdp_signal(&self, port: &str, vsi: &Vsi, hold_ms: u64, id: &VnicId) -> Result<VnicRequest> {
+        let (op, reserve) = match vsi.mode {
+            Mode::PreAssoc => (Op::PreAssociate, false),
+            Mode::PreAssocRr => (Op::PreAssociate, true),
+            Mode::Assoc => (Op::Associate, false),
+            Mode::DeAssoc => (Op::Disassociate, false),
+        };
+        let request_id = self.vnics.get(id).map_or(1, |v| v.request_id + 1);
+        let mut req = VnicRequest {
+            op,
+            request_id,
+            vn: None,
+            macs: Vec::new(),
+            ipv4: Vec::new(),
+            ipv6: Vec::new(),
+            port: Some(port.to_string()),
+            vid: VidRequest::Word(VidWord::Assign),
+            migration: Migration::None,
+            hold_time: None,
+            reserve,
+        };
+        if op == Op::Disassociate {
+            return Ok(req);
+        }
+        if !vsi.filter_format.has_mac() {
+            return Err(format_err(format!(
+                "filter format {}: nve needs the VSI's MACs (formats 2 and 4)",
+                vsi.filter_format as u8
+            )));
+        }
+        let first = vsi.filters[0];
+        if vsi
+            .filters
+            .iter()
+            .any(|f| f.group != first.group || f.vid() != first.vid())
+        {
+            return Err(format_err(
+                "the filter entries name more than one GroupID or VID: one VSI is one vNIC in one VN".into(),
+            ));
+        }
+        req.vn = Some(self.vdp_vn(port, first.group, first.vid())?);
+        req.macs = vsi
+            .filters
+            .iter()
+            .filter_map(|f| f.mac)
+            .collect::<Vec<MacAddr>>();
+        if first.vid() != 0 {
+            req.vid = VidRequest::Vid(first.vid());
+        }
+        if vsi.status & HINT_MIGRATE_TO != 0 {
+            req.migration = Migration::MigratingIn(std::net::Ipv4Addr::UNSPECIFIED);
+        }
+        req.hold_time = Some(hold_ms.div_ceil(1000).clamp(1, super::vnics::HOLD_TIME_MAX));
+        Ok(req)
+    }
+
+    /// The VN a filter names: by GroupID (the VNI, IEEE 802.1Qcy), or without one by the
+    /// VN the port's VID is bound to.
+    fn vdp_vn(&self, port: &str, group: Option<u32>, vid: u16) -> Result<String> {
+        let unknown = |m: String| vdp_err(ErrorCode::EUnknownVn, m);
+        match group {
+            Some(g) => {
+                if g >> 24 != 0 {
+                    return Err(unknown(format!(
+                        "GroupID {g:#x}: a VNI is 24 bits (IEEE 802.1Qcy)"
+                    )));
+                }
+                let local = self.vns.iter().find(|(_, vn)| vn.vni == g).map(|(n, _)| n);
+                let nva = || {
+                    self.nva
+                        .vns
+                        .iter()
+                        .find(|(_, d)| d.vni == g)
+                        .map(|(n, _)| n)
+                };
+                local
+                    .or_else(nva)
+                    .cloned()
+                    .ok_or_else(|| unknown(format!("GroupID {g}: no VN has VNI {g}")))
+            }
+            None => {
+                let vni = self
+                    .port_vids
+                    .get(port)
+                    .and_then(|v| v.bindings().find(|&(v, _)| v == vid && vid != 0))
+                    .map(|(_, vni)| vni)
+                    .ok_or_else(|| {
+                        unknown(format!(
+                            "VID {vid} on port {port} carries no VN: name the VN with a GroupID, or bind the VID first"
+                        ))
+                    })?;
+                let name = self
+                    .vns
+                    .iter()
+                    .find(|(_, vn)| vn.vni == vni)
+                    .map(|(n, _)| n);
+                name.cloned()
+                    .ok_or_else(|| unknown(format!("VNI {vni} has no VN here")))
+            }
+        }
+    }
+
+    /// Forgets a VSI the station was told of (its unsolicited DeAssoc was acknowledged),
+    /// unless it came back meanwhile.
+    pub fn vdp_forget(&mut self, id: &VnicId) {
+        if !self.vnics.contains_key(id) {
+            self.vdp.vsis.remove(id);
+        }
+    }
+
+    /// The VDP ports as `GET /v1/vdp` shows them, without their live sessions.
+    pub fn vdp_views(&self) -> Vec<VdpPortView> {
+        let vsis = |port: &str| -> Vec<VsiView> {
+            let records = self.vdp.vsis.iter().filter(|(_, r)| r.port == port);
+            records
+                .map(|(id, r)| {
+                    let vnic = self.vnics.get(id).filter(|v| v.params.port == port);
+                    VsiView {
+                        vsiid: r.vsi.vsiid.to_string(),
+                        manager: r.manager,
+                        type_id: r.vsi.type_id,
+                        type_version: r.vsi.type_version,
+                        state: vnic.map(|v| v.state),
+                        vn: vnic.map(|v| v.params.vn.clone()),
+                        vni: vnic.map(|v| v.vni),
+                        vid: r.vsi.filters.first().map_or(0, |f| f.vid()),
+                        macs: r.vsi.filters.iter().filter_map(|f| f.mac).collect(),
+                        expires_at: vnic.and_then(|v| v.expires_at),
+                    }
+                })
+                .collect()
+        };
+        self.vdp
+            .ports
+            .iter()
+            .map(|(port, &timers)| VdpPortView {
+                port: port.clone(),
+                timers,
+                session: None,
+                vsis: vsis(port),
+            })
+            .collect()
+    }
+
+    /// VSIs owed an unsolicited DeAssoc: their vNIC is gone, or now on another port.
+    pub fn vdp_revoked(&self) -> impl Iterator<Item = (&VnicId, &VsiRecord)> {
+        self.vdp
+            .vsis
+            .iter()
+            .filter(|(id, r)| self.vnics.get(*id).is_none_or(|v| v.params.port != r.port))
+    }
+}
