@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub const VID_MAX: u16 = 4094;
+/// The lowest VID the allocator assigns: VID 1 is 802.1Q's default VLAN, which bridges
+/// carry untagged and lldpad's VDP station refuses (qbg/vdp22.c, `check_vid`).
+pub const VID_FIRST_ASSIGNED: u16 = 2;
 /// Milliseconds a released VID stays out of reach of other VNs.
 pub const QUARANTINE_MS: u64 = 30_000;
 
@@ -134,7 +137,7 @@ impl PortVids {
 
     /// The lowest VID neither bound nor quarantined.
     fn free_vid(&self, now: u64) -> Option<u16> {
-        (1..=VID_MAX).find(|v| {
+        (VID_FIRST_ASSIGNED..=VID_MAX).find(|v| {
             !self.by_vid.contains_key(v) && self.quarantine.get(v).is_none_or(|q| q.until <= now)
         })
     }
@@ -209,14 +212,23 @@ mod tests {
     fn conflicts_propose_a_free_vid_and_quarantine_holds() {
         let mut p = PortVids::default();
         assert_eq!(p.acquire(100, Some(10), 0), Ok(10));
-        assert_eq!(p.acquire(200, None, 0), Ok(1));
+        assert_eq!(
+            p.acquire(200, None, 0),
+            Ok(VID_FIRST_ASSIGNED),
+            "never VID 1"
+        );
         assert_eq!(
             p.acquire(300, Some(10), 0),
             Err(VidError::Conflict {
                 vid: 10,
                 bound_to: 100,
-                free: Some(2)
+                free: Some(3)
             })
+        );
+        assert_eq!(
+            p.acquire(700, Some(1), 0),
+            Ok(1),
+            "asked for, VID 1 is given"
         );
         assert_eq!(
             p.acquire(100, Some(11), 0),

@@ -292,3 +292,182 @@ impl Model {
             .filter(|(id, r)| self.vnics.get(*id).is_none_or(|v| v.params.port != r.port))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        api::{AttachPort, CreateVn},
+        vdp::tlv::{Filter, FilterFormat, VSIID_UUID},
+        vnic::VnicState,
+    };
+
+    const PORT: &str = "trunk0";
+    const HOLD_MS: u64 = 1_009;
+
+    fn model() -> Model {
+        let mut m = Model::default();
+        m.create_vn(&CreateVn::new("blue", 100)).unwrap();
+        m.create_vn(&CreateVn::new("red", 200)).unwrap();
+        m.vdp_enable(PORT, Timers::default()).unwrap();
+        m
+    }
+
+    fn vsi(n: u8, mode: Mode, group: Option<u32>, vid: u16) -> Vsi {
+        let format = match group {
+            Some(_) => FilterFormat::GroupMacVid,
+            None => FilterFormat::MacVid,
+        };
+        Vsi {
+            mode,
+            status: 0,
+            type_id: 5,
+            type_version: 1,
+            vsiid_format: VSIID_UUID,
+            vsiid: Id16([n; 16]),
+            filter_format: format,
+            filters: vec![Filter {
+                group,
+                mac: Some(MacAddr([2, 0, 0, 0, 0, n])),
+                vid,
+            }],
+        }
+    }
+
+    fn request(m: &mut Model, v: &Vsi, now: u64) -> Result<Option<VnicView>> {
+        let before = m.clone();
+        let result = m.vdp_request(PORT, Id16::default(), v, HOLD_MS, now);
+        if result.is_err() {
+            assert_eq!(*m, before, "a refused request changes nothing");
+        }
+        result
+    }
+
+    #[test]
+    fn group_ids_name_vns_and_null_vids_are_assigned() {
+        let mut m = model();
+        let blue = request(&mut m, &vsi(1, Mode::Assoc, Some(100), 0), 0)
+            .unwrap()
+            .unwrap();
+        let red = request(&mut m, &vsi(2, Mode::Assoc, Some(200), 0), 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (blue.vn.as_str(), blue.state),
+            ("blue", VnicState::Associated)
+        );
+        assert_eq!(red.vn, "red");
+        assert!(
+            blue.vid >= 2 && red.vid >= 2 && blue.vid != red.vid,
+            "{blue:?} {red:?}"
+        );
+        // A keep-alive repeats the TLV with the VID given: the same vNIC, its hold renewed.
+        let again = vsi(1, Mode::Assoc, Some(100), blue.vid);
+        let kept = request(&mut m, &again, 1_000).unwrap().unwrap();
+        assert_eq!(kept.vid, blue.vid);
+        assert_eq!(
+            kept.expires_at,
+            Some(1_000 + 2_000),
+            "hold rounded up to 2 s"
+        );
+        let view = &m.vdp_views()[0];
+        assert_eq!(view.vsis.len(), 2);
+        assert_eq!(
+            view.vsis[0].vid, blue.vid,
+            "the record holds the VID answered"
+        );
+        // De-associate: gone, nothing owed.
+        request(&mut m, &vsi(1, Mode::DeAssoc, Some(100), blue.vid), 2_000).unwrap();
+        assert_eq!(m.vnics().count(), 1);
+        assert_eq!(m.vdp_revoked().count(), 0);
+    }
+
+    #[test]
+    fn refusals_name_their_cause() {
+        let mut m = model();
+        let code = |m: &mut Model, v: &Vsi| request(m, v, 0).unwrap_err().code;
+        assert_eq!(
+            code(&mut m, &vsi(1, Mode::Assoc, Some(300), 0)),
+            ErrorCode::EUnknownVn
+        );
+        assert_eq!(
+            code(&mut m, &vsi(1, Mode::Assoc, Some(1 << 24 | 100), 0)),
+            ErrorCode::EUnknownVn
+        );
+        let blue = request(&mut m, &vsi(1, Mode::Assoc, Some(100), 0), 0)
+            .unwrap()
+            .unwrap();
+        // Red may not have blue's VID on this port.
+        assert_eq!(
+            code(&mut m, &vsi(2, Mode::Assoc, Some(200), blue.vid)),
+            ErrorCode::EVidConflict
+        );
+        // Nor may another VSI hold blue's MAC.
+        let mut thief = vsi(3, Mode::Assoc, Some(100), 0);
+        thief.filters[0].mac = Some(MacAddr([2, 0, 0, 0, 0, 1]));
+        assert_eq!(code(&mut m, &thief), ErrorCode::EMacConflict);
+        // Without MACs there is no vNIC to make.
+        let mut no_mac = vsi(4, Mode::Assoc, Some(100), 0);
+        no_mac.filter_format = FilterFormat::GroupVid;
+        no_mac.filters[0].mac = None;
+        assert_eq!(code(&mut m, &no_mac), ErrorCode::EFormat);
+        // Two VNs in one VSI.
+        let mut two = vsi(5, Mode::Assoc, Some(100), 0);
+        two.filters.push(Filter {
+            group: Some(200),
+            mac: Some(MacAddr([2, 0, 0, 0, 1, 5])),
+            vid: 0,
+        });
+        assert_eq!(code(&mut m, &two), ErrorCode::EFormat);
+        // A port VDP is not on for.
+        let r = m.vdp_request(
+            "other",
+            Id16::default(),
+            &vsi(6, Mode::Assoc, Some(100), 0),
+            HOLD_MS,
+            0,
+        );
+        assert_eq!(r.unwrap_err().code, ErrorCode::ENotFound);
+    }
+
+    #[test]
+    fn without_a_group_id_the_vid_names_the_vn() {
+        let mut m = model();
+        let attach = AttachPort {
+            port: PORT.into(),
+            vid: 30,
+            macs: Vec::new(),
+        };
+        m.attach_port("red", &attach, 0).unwrap();
+        let v = request(&mut m, &vsi(1, Mode::Assoc, None, 30), 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!((v.vn.as_str(), v.vid), ("red", 30));
+        let err = request(&mut m, &vsi(2, Mode::Assoc, None, 0), 0).unwrap_err();
+        assert_eq!(err.code, ErrorCode::EUnknownVn);
+        let err = request(&mut m, &vsi(2, Mode::Assoc, None, 31), 0).unwrap_err();
+        assert_eq!(err.code, ErrorCode::EUnknownVn);
+    }
+
+    #[test]
+    fn vsis_the_bridge_ends_are_owed_a_deassoc() {
+        let mut m = model();
+        request(&mut m, &vsi(1, Mode::Assoc, Some(100), 0), 0).unwrap();
+        request(&mut m, &vsi(2, Mode::PreAssocRr, Some(200), 0), 0).unwrap();
+        m.expire(HOLD_MS);
+        assert_eq!(m.vdp_revoked().count(), 0, "within the hold time");
+        m.expire(2_000);
+        let owed: Vec<_> = m.vdp_revoked().map(|(id, _)| id.clone()).collect();
+        assert_eq!(owed.len(), 2, "both expired");
+        m.vdp_forget(&owed[0]);
+        assert_eq!(m.vdp_revoked().count(), 1);
+        // Turning VDP off ends the rest with it (its session tells the station).
+        request(&mut m, &vsi(3, Mode::Assoc, Some(100), 0), 3_000).unwrap();
+        m.vdp_disable(PORT, 3_000).unwrap();
+        assert_eq!((m.vnics().count(), m.vdp().vsis.len()), (0, 0));
+        assert_eq!(
+            m.vdp_disable(PORT, 3_000).unwrap_err().code,
+            ErrorCode::ENotFound
+        );
+    }
+}
