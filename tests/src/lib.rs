@@ -1,6 +1,7 @@
 pub mod etcd;
 pub mod fuzz;
 pub mod live_stream;
+pub mod lldpad;
 pub mod nva_bench;
 pub mod overlay;
 pub mod packet;
