@@ -407,6 +407,9 @@ pub struct VdpCounters {
     pub malformed: u64,
     /// Frames the kernel dropped before nve read them (receive buffer full).
     pub kernel_drops: u64,
+    /// Frames nve sent that the host dropped on the way out (a full queue, a filter).
+    #[serde(default)]
+    pub send_dropped: u64,
     /// VSI requests answered, and of them refused (an error status).
     pub vsi_requests: u64,
     pub vsi_refused: u64,

@@ -13,3 +13,4 @@ pub mod rig;
 pub mod signal_bench;
 pub mod tap;
 pub mod three_hosts;
+pub mod vdp_rig;

@@ -51,8 +51,22 @@ pub fn kernel_vxlan(
     vm_port: &str,
     remote_macs: &[[u8; 6]],
 ) -> Result<()> {
-    let vx = format!("vx{VNI}");
-    host.ip(&["link", "add", "br0", "type", "bridge"])?;
+    kernel_vxlan_vn(host, VNI, "br0", local, remote, vm_port, remote_macs)
+}
+
+/// The kernel's vxlan for `vni` (device `vx<VNI>`, no learning, unknown MACs to `remote`,
+/// `remote_macs` there) bridged by `bridge` with `vm_port`, in `host`.
+pub fn kernel_vxlan_vn(
+    host: &Netns,
+    vni: u32,
+    bridge: &str,
+    local: &str,
+    remote: &str,
+    vm_port: &str,
+    remote_macs: &[[u8; 6]],
+) -> Result<()> {
+    let vx = format!("vx{vni}");
+    host.ip(&["link", "add", bridge, "type", "bridge"])?;
     host.ip(&[
         "link",
         "add",
@@ -60,7 +74,7 @@ pub fn kernel_vxlan(
         "type",
         "vxlan",
         "id",
-        &VNI.to_string(),
+        &vni.to_string(),
         "local",
         local,
         "dstport",
@@ -69,9 +83,9 @@ pub fn kernel_vxlan(
         "dev",
         "ul",
     ])?;
-    host.ip(&["link", "set", &vx, "master", "br0", "up"])?;
-    host.ip(&["link", "set", vm_port, "master", "br0", "up"])?;
-    host.ip(&["link", "set", "br0", "up"])?;
+    host.ip(&["link", "set", &vx, "master", bridge, "up"])?;
+    host.ip(&["link", "set", vm_port, "master", bridge, "up"])?;
+    host.ip(&["link", "set", bridge, "up"])?;
     host.exec(&[
         "bridge",
         "fdb",

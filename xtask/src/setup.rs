@@ -26,7 +26,9 @@ const PACKAGES: &[&str] = &[
     "netsniff-ng",
     "curl",
     "etcd-server",
-    // The VDP station of the vdp tests (lldpad, vdptool, lldptool).
+    // The vdp tests: the station (lldpad, vdptool, lldptool) and deterministic ECP loss
+    // (nft, netdev egress: tc's gact is not in every kernel).
+    "nftables",
     "lldpad",
     // The QEMU guests' userland (a static busybox in the initramfs).
     "busybox-static",

@@ -26,5 +26,6 @@ mod restart;
 mod signaling;
 mod suppression;
 mod tap;
+mod vdp;
 mod verdict_fuzz;
 mod vtep_allowlist;

@@ -199,7 +199,7 @@ impl Session {
                     };
                     let mut pdu = header.to_bytes().to_vec();
                     pdu.extend_from_slice(&payload);
-                    s.ecp.send(&frame(s.mac, ETH_P_ECP, &pdu, false))?;
+                    self.send(&s.ecp, &frame(s.mac, ETH_P_ECP, &pdu, false))?;
                     if retransmission {
                         self.counters.ecp_retransmitted += 1;
                     } else {
@@ -247,7 +247,7 @@ impl Session {
         }
         // ACKed at once, repeats too (the station lost our ACK), before the work.
         let ack = ecp::Header::ack(header.seq).to_bytes();
-        s.ecp.send(&frame(s.mac, ETH_P_ECP, &ack, true))?;
+        self.send(&s.ecp, &frame(s.mac, ETH_P_ECP, &ack, true))?;
         self.counters.ecp_acks_sent += 1;
         if !self.rx.accept(header.seq) {
             self.counters.ecp_duplicates += 1;
@@ -356,9 +356,22 @@ impl Session {
         let ttl = (LLDP_INTERVAL.as_secs() * 4) as u16;
         let evb = self.station_evb();
         let pdu = lldp::bridge_pdu(s.mac, &self.port, ttl, self.timers, evb.as_ref());
-        s.lldp.send(&frame(s.mac, ETH_P_LLDP, &pdu, false))?;
+        self.send(&s.lldp, &frame(s.mac, ETH_P_LLDP, &pdu, false))?;
         self.counters.lldp_sent += 1;
         Ok(())
+    }
+
+    /// Sends a frame. One the host drops on the way out (a full queue, a qdisc's or
+    /// netfilter's drop: ENOBUFS) is lost like one on the wire, and ECP's retransmission
+    /// covers it; only an interface that is gone ends the session.
+    fn send(&mut self, socket: &PacketSocket, frame: &[u8]) -> Io {
+        match socket.send(frame) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN)) => {
+                self.counters.send_dropped += 1;
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Takes in a new snapshot: each VSI this bridge ended is owed a DeAssoc.
