@@ -415,6 +415,9 @@ pub struct VdpCounters {
     pub vsi_refused: u64,
     /// Unsolicited DeAssocs sent (VSIs this bridge ended).
     pub deassocs_sent: u64,
+    /// Answers dropped for want of room (a station flooding requests).
+    #[serde(default)]
+    pub outbox_dropped: u64,
     pub lldp_sent: u64,
     pub lldp_received: u64,
     pub lldp_malformed: u64,

@@ -7,6 +7,7 @@
 //! timers.
 pub mod ecp;
 pub mod lldp;
+pub mod outbox;
 pub mod tlv;
 
 use std::fmt;

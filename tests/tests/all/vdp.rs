@@ -7,9 +7,10 @@ use std::{net::Ipv4Addr, thread, time::Duration};
 
 use nve_tests::{
     lldpad::{self, VdpError},
-    overlay::VNI,
-    rig::{require_root, wait_until},
-    vdp_rig::{RED_VNI, VdpRig, vsi},
+    overlay::{Capture, VNI},
+    packet,
+    rig::{require_root, send_frames, wait_until},
+    vdp_rig::{RED_VNI, STATION_MAC, VdpRig, vsi},
 };
 use nve_user::vnic::VnicState;
 
@@ -201,4 +202,146 @@ fn vdp_lost_ecp_frames_are_resent_and_delivered_once() {
     assert!(c.ecp_duplicates > 0, "the station resent: {c:?}");
     assert!(c.ecp_retransmitted > 0, "nve resent: {c:?}");
     assert_eq!(c.vsi_refused, 0, "{c:?}");
+}
+
+#[test]
+fn vdp_associations_survive_kill_9_and_the_session_resumes() {
+    require_root();
+    // Keep-alives every 5.2 s (RKA 19): the restart falls between two of them.
+    let station = lldpad::Config {
+        timers: lldpad::Timers {
+            vdprka: 19,
+            ..lldpad::Timers::default()
+        },
+        ..lldpad::Config::default()
+    };
+    let mut rig = VdpRig::new("vdps", &["--rwd", "16", "--rka", "19"], station).expect("rig");
+    let v = vsi(8, VNI);
+    let vid = assigned(&rig, &v);
+    let ip = Ipv4Addr::new(192, 168, 10, 51);
+    assert!(!rig.ping(v.mac, ip, vid, &rig.vm2).unwrap().is_empty());
+    // Right after a keep-alive was answered, kill -9: the pinned dataplane forwards on.
+    let expires = |rig: &VdpRig| rig.nve.vnics().unwrap().first().and_then(|n| n.expires_at);
+    let first = expires(&rig);
+    wait_until("a keep-alive", || expires(&rig) != first);
+    rig.nve.kill();
+    let replies = rig.ping(v.mac, ip, vid, &rig.vm2).unwrap();
+    assert!(
+        !replies.is_empty() && replies.iter().all(|&r| r == vid),
+        "{replies:?}"
+    );
+    rig.nve.respawn().unwrap();
+    // The association came back from the state dir, and the next keep-alive is answered
+    // by the new daemon: the station keeps the VSI.
+    let vnic = rig.nve.vnics().unwrap().pop().expect("restored");
+    assert_eq!((vnic.vid, vnic.state), (vid, VnicState::Associated));
+    let answered = |rig: &VdpRig| {
+        let s = rig.status().unwrap().session;
+        s.is_some_and(|s| s.counters.vsi_requests > 0)
+    };
+    for _ in 0..80 {
+        if answered(&rig) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        answered(&rig),
+        "no keep-alive reached the new daemon within 8 s"
+    );
+    let listed = rig.station.list().unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|r| r.uuid == v.uuid && r.vid() == Some(vid)),
+        "{listed:?}"
+    );
+    assert!(!rig.ping(v.mac, ip, vid, &rig.vm2).unwrap().is_empty());
+}
+
+/// An ECP request from the station's MAC with sequence number `seq`.
+fn ecp(seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut pdu = vec![0x10, 0x01];
+    pdu.extend_from_slice(&seq.to_be_bytes());
+    pdu.extend_from_slice(payload);
+    packet::eth(NEAREST_BRIDGE, STATION_MAC, 0x8940, &pdu)
+}
+
+const NEAREST_BRIDGE: [u8; 6] = [0x01, 0x80, 0xc2, 0, 0, 0];
+
+/// A TLV header: 7-bit type, 9-bit length.
+fn tlv(kind: u8, value: &[u8]) -> Vec<u8> {
+    let mut t = ((u16::from(kind) << 9) | value.len() as u16)
+        .to_be_bytes()
+        .to_vec();
+    t.extend_from_slice(value);
+    t
+}
+
+/// Manager ID TLV, then an Assoc TLV for VSI `n` with filter format `fif`, `count` and
+/// `entries` as given (GroupID/MAC/VID entries are 12 bytes each).
+fn assoc(n: u8, fif: u8, count: u16, entries: &[u8]) -> Vec<u8> {
+    let mut v = vec![0, 0, 0, 1, 1, 5];
+    v.extend_from_slice(&[n; 16]);
+    v.push(fif);
+    v.extend_from_slice(&count.to_be_bytes());
+    v.extend_from_slice(entries);
+    [tlv(5, b"fuzzfuzzfuzzfuzz"), tlv(3, &v)].concat()
+}
+
+fn entry(vni: u32, n: u8) -> Vec<u8> {
+    [vni.to_be_bytes().to_vec(), vec![2, 0, 0, 0, 0x30, n, 0, 0]].concat()
+}
+
+#[test]
+fn vdp_malformed_and_flooding_stations_are_counted_and_change_nothing() {
+    let rig = rig("vdpm");
+    let v = vsi(9, VNI);
+    assigned(&rig, &v);
+    let before = rig.nve.vnics().unwrap();
+    let leak = Capture::start(
+        &rig.vm2.ns,
+        "eth0",
+        "ether proto 0x8940 or ether proto 0x88cc",
+    )
+    .unwrap();
+    let good = assoc(0x40, 4, 1, &entry(VNI, 1));
+    let mut frames = vec![
+        // Dropped, counted as malformed: ECP header cut short, ECP version 2, no Manager
+        // ID first, a TLV running past the frame, a second Manager ID, an unknown type.
+        packet::eth(NEAREST_BRIDGE, STATION_MAC, 0x8940, &[0x10, 0x01]),
+        packet::eth(NEAREST_BRIDGE, STATION_MAC, 0x8940, &[0x20, 0x01, 0xf0, 1]),
+        ecp(0xf002, &good[18..]),
+        ecp(0xf003, &good[..good.len() - 4]),
+        ecp(0xf004, &[&good[..18], &good[..]].concat()),
+        ecp(0xf005, &[&good[..18], &tlv(6, &[0; 4])[..]].concat()),
+        // Answered with status 1 (invalid format): filter format 9, a count that is not
+        // the entries'.
+        ecp(0xf006, &assoc(0x41, 9, 1, &entry(VNI, 2))),
+        ecp(0xf007, &assoc(0x42, 4, 2, &entry(VNI, 3))),
+        // LLDP cut short.
+        packet::eth(NEAREST_BRIDGE, STATION_MAC, 0x88cc, &[0x02, 0x07, 0x04]),
+    ];
+    // A flood: 2,000 requests at once for VSIs of a VNI nobody serves (status 5 each).
+    frames.extend(
+        (0..2_000u16).map(|i| ecp(0xf100 + i, &assoc(i as u8, 4, 1, &entry(4242, i as u8)))),
+    );
+    send_frames(&rig.st, "vst0", &frames).unwrap();
+    wait_until("the flood answered", || {
+        let c = rig.status().unwrap().session.unwrap().counters;
+        c.vsi_refused + c.kernel_drops >= 2_002
+    });
+    let c = rig.status().unwrap().session.unwrap().counters;
+    assert!(c.malformed >= 6, "{c:?}");
+    assert!(c.lldp_malformed >= 1, "{c:?}");
+    // What the socket's buffer held was answered (status 5), the rest counted as dropped.
+    assert!(c.vsi_refused >= 2 + 100 && c.kernel_drops > 0, "{c:?}");
+    assert_eq!(rig.nve.vnics().unwrap(), before, "state unchanged");
+    // Still serving: a real station's request goes through, and none of it leaked into
+    // the VN.
+    assigned(&rig, &vsi(10, VNI));
+    assert_eq!(
+        leak.finish_field("eth", "eth.type").unwrap(),
+        Vec::<String>::new()
+    );
 }

@@ -16,6 +16,7 @@ use crate::{
     vdp::{
         ETH_HLEN, ETH_P_ECP, ETH_P_LLDP, ecp, frame,
         lldp::{self, Neighbour, Timers},
+        outbox::Outbox,
         status_for,
         tlv::{self, Mode, Status},
     },
@@ -25,9 +26,9 @@ use crate::{
 const LLDP_INTERVAL: Duration = Duration::from_secs(5);
 /// How long to wait before trying an interface that is missing or failed again.
 const RETRY: Duration = Duration::from_secs(1);
-/// Replies waiting for the station's ACKs beyond which the oldest are dropped (a station
-/// flooding requests without acknowledging the answers).
-const MAX_PENDING: usize = 256;
+/// VSI TLVs waiting to go beyond which more are dropped (a station flooding requests
+/// faster than it acknowledges the answers).
+const OUTBOX: usize = 4096;
 
 /// Runs `port`'s session until its VDP is turned off or its timers change.
 pub async fn run(handle: Handle, port: String, timers: Timers) {
@@ -89,8 +90,10 @@ struct Session {
     port: String,
     timers: Timers,
     rx: ecp::Receiver,
-    /// Requests to the station; tagged with the VSI an unsolicited DeAssoc is for.
-    tx: ecp::Sender<Option<VnicId>>,
+    /// What the station is to be told, packed into ECP requests as they go.
+    outbox: Outbox<Option<VnicId>>,
+    /// ECP requests to the station, tagged with the VSIs of their unsolicited DeAssocs.
+    tx: ecp::Sender<Vec<Option<VnicId>>>,
     /// DeAssocs queued or in flight.
     owed: BTreeSet<VnicId>,
     /// DeAssocs the station never acknowledged: sent again once it is heard.
@@ -117,6 +120,7 @@ impl Session {
             port,
             timers,
             rx: ecp::Receiver::default(),
+            outbox: Outbox::new(OUTBOX),
             tx: ecp::Sender::new(nanos as u16),
             owed: BTreeSet::new(),
             unheard: BTreeSet::new(),
@@ -137,7 +141,7 @@ impl Session {
         loop {
             self.flush(s)?;
             self.publish(s);
-            if self.draining && self.tx.pending() == 0 {
+            if self.draining && self.tx.pending() == 0 && self.outbox.is_empty() {
                 return Ok(());
             }
             let deadline = self
@@ -185,6 +189,11 @@ impl Session {
             retries: t.retries,
             rte: t.rte,
         };
+        if self.tx.pending() == 0
+            && let Some((payload, tags)) = self.outbox.next_payload()
+        {
+            self.tx.push(payload, tags);
+        }
         while let Some(send) = self.tx.poll(self.now_us(), retry) {
             match send {
                 ecp::Send::Frame {
@@ -207,9 +216,9 @@ impl Session {
                     }
                     return Ok(());
                 }
-                ecp::Send::GaveUp(tag) => {
+                ecp::Send::GaveUp(tags) => {
                     self.counters.ecp_given_up += 1;
-                    if let Some(id) = tag {
+                    for id in tags.into_iter().flatten() {
                         self.owed.remove(&id);
                         self.unheard.insert(id);
                     }
@@ -234,9 +243,9 @@ impl Session {
         };
         self.heard(src, None);
         if header.op == ecp::Op::Ack {
-            if let Some(tag) = self.tx.ack(header.seq) {
+            if let Some(tags) = self.tx.ack(header.seq) {
                 self.counters.ecp_acked += 1;
-                if let Some(id) = tag {
+                for id in tags.into_iter().flatten() {
                     self.owed.remove(&id);
                     if let Err(e) = self.handle.submit(Event::VdpForget { id }).await {
                         tracing::warn!(port = %self.port, "forgetting a VSI: {e}");
@@ -303,11 +312,11 @@ impl Session {
             };
             replies.push(reply);
         }
-        if self.tx.pending() >= MAX_PENDING {
-            self.counters.ecp_given_up += 1;
-            return;
+        for reply in replies {
+            if !self.outbox.push(manager, reply, None) {
+                self.counters.outbox_dropped += 1;
+            }
         }
-        self.tx.push(tlv::write(manager, &replies), None);
     }
 
     fn on_lldp(&mut self, s: &Sockets, f: &[u8]) -> Io {
@@ -390,9 +399,7 @@ impl Session {
             .map(|(id, r)| (id.clone(), r.clone()))
             .collect();
         for (id, record) in revoked {
-            self.tx.push(deassoc(&record), Some(id.clone()));
-            self.owed.insert(id);
-            self.counters.deassocs_sent += 1;
+            self.owe(id.clone(), &record, Some(id));
         }
     }
 
@@ -405,7 +412,14 @@ impl Session {
             .filter(|(id, _)| !model.vdp().vsis.contains_key(id) && !self.owed.contains(id))
             .collect();
         for (id, record) in gone {
-            self.tx.push(deassoc(&record), None);
+            self.owe(id, &record, None);
+        }
+    }
+
+    /// Queues an unsolicited DeAssoc for VSI `id`, tagged `tag` (to forget it once ACKed).
+    /// A full outbox leaves it owed: it is queued at a later snapshot.
+    fn owe(&mut self, id: VnicId, record: &VsiRecord, tag: Option<VnicId>) {
+        if self.outbox.push(record.manager, deassoc(record), tag) {
             self.owed.insert(id);
             self.counters.deassocs_sent += 1;
         }
@@ -439,13 +453,12 @@ impl Session {
 }
 
 /// An unsolicited DeAssoc of a VSI: the bridge's last answer, as a DeAssoc without ACK.
-fn deassoc(record: &VsiRecord) -> Vec<u8> {
-    let vsi = tlv::Vsi {
+fn deassoc(record: &VsiRecord) -> tlv::Vsi {
+    tlv::Vsi {
         mode: Mode::DeAssoc,
         status: 0,
         ..record.vsi.clone()
-    };
-    tlv::write(record.manager, &[vsi])
+    }
 }
 
 /// A frame's source MAC and what follows its Ethernet header.
