@@ -43,9 +43,10 @@ use std::{
 use nve_common::{
     metrics::{DropReason, Forward, Outcome},
     wire::{
-        ARP_REPLY, ARP_REQUEST, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4,
-        ETH_P_IPV6, ICMPV6_NEIGHBOUR_ADVERT, ICMPV6_NEIGHBOUR_SOLICIT, IP_DF, IPPROTO_ICMPV6,
-        IPPROTO_UDP, VXLAN_FLAG_I, VXLAN_IPV4_OVERHEAD, VXLAN_IPV6_OVERHEAD, VXLAN_PORT,
+        ARP_REPLY, ARP_REQUEST, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_ECP,
+        ETH_P_IPV4, ETH_P_IPV6, ETH_P_LLDP, ICMPV6_NEIGHBOUR_ADVERT, ICMPV6_NEIGHBOUR_SOLICIT,
+        IP_DF, IPPROTO_ICMPV6, IPPROTO_UDP, VXLAN_FLAG_I, VXLAN_IPV4_OVERHEAD, VXLAN_IPV6_OVERHEAD,
+        VXLAN_PORT,
     },
 };
 
@@ -682,6 +683,10 @@ fn is_vlan(ether_type: u16) -> bool {
 }
 
 fn vm_egress(cfg: &Config, port: Port, frame: &[u8]) -> Prediction {
+    // The link's own protocols (a VDP station's) go to the host as they are.
+    if frame.len() >= ETH_LEN && matches!(be16(frame, 12), ETH_P_LLDP | ETH_P_ECP) {
+        return Prediction::pass(Forward::LinkControl);
+    }
     let (vid, frame) = match vm_frame(frame) {
         Ok(f) => f,
         Err(reason) => return Prediction::drop(reason),

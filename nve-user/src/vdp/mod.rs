@@ -6,6 +6,8 @@
 //! the REST API would send (`model/vdp.rs`); the daemon's `ports::vdp` owns the sockets and
 //! timers.
 pub mod ecp;
+#[cfg(test)]
+mod golden;
 pub mod lldp;
 pub mod outbox;
 pub mod tlv;

@@ -5,14 +5,14 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use nve_common::{
     metrics::{DropReason, Forward},
     wire::{
-        ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
-        IPPROTO_UDP,
+        ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_ECP, ETH_P_IPV4, ETH_P_IPV6, ETH_P_LLDP,
+        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP,
     },
 };
 
 use super::{
     Case, Expect, KNOWN_IP, KNOWN_IPV6, Output, Program, UNKNOWN, VID, VM1, VM2, VM3, VM6, VM7,
-    VM7_IP, VM7_IPV6, VM8, VNI, VNI_TAGGED, dropped, redirected,
+    VM7_IP, VM7_IPV6, VM8, VNI, VNI_TAGGED, dropped, passed, redirected,
 };
 use crate::packet::{self, BROADCAST, Ipv4};
 
@@ -31,6 +31,7 @@ pub(super) fn cases() -> Vec<Case> {
     rows.ipv6_sources();
     rows.suppression();
     rows.switching();
+    rows.link_control();
     rows.0
 }
 
@@ -147,6 +148,25 @@ impl Rows {
             "truncated 802.1Q tag",
             packet::eth(VM2, VM1, ETH_P_8021Q, &[0]),
             dropped(DropReason::PktTooSmall),
+        );
+    }
+
+    /// A VDP station's LLDP and ECP: to the host (nve's VDP session), never into a VN,
+    /// whatever they are addressed to.
+    fn link_control(&mut self) {
+        let group = [0x01, 0x80, 0xc2, 0, 0, 0];
+        for (name, ethertype) in [
+            ("LLDP (EVB TLV): to the host", ETH_P_LLDP),
+            ("ECP (VDP): to the host", ETH_P_ECP),
+        ] {
+            let frame = packet::eth(group, VM1, ethertype, &[0x10, 0x01, 0, 1]);
+            self.row(name, frame, passed(Forward::LinkControl));
+        }
+        let to_vm2 = packet::eth(VM2, VM1, ETH_P_ECP, &[0x14, 0x01, 0, 1]);
+        self.row(
+            "ECP to a remote VM's MAC: to the host",
+            to_vm2,
+            passed(Forward::LinkControl),
         );
     }
 
