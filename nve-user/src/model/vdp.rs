@@ -186,9 +186,13 @@ impl Model {
             .iter()
             .filter_map(|f| f.mac)
             .collect::<Vec<MacAddr>>();
-        if first.vid() != 0 {
-            req.vid = VidRequest::Vid(first.vid());
-        }
+        req.vid = match (first.group, first.vid()) {
+            (_, vid @ 1..) => VidRequest::Vid(vid),
+            (Some(_), 0) => VidRequest::Word(VidWord::Assign),
+            // Without a GroupID, VID 0 is the port's untagged VN (an edge relay without
+            // VLANs: what lldpad sends for libvirt's macvtap on a plain interface).
+            (None, 0) => VidRequest::Word(VidWord::Untagged),
+        };
         if vsi.status & HINT_MIGRATE_TO != 0 {
             req.migration = Migration::MigratingIn(std::net::Ipv4Addr::UNSPECIFIED);
         }
@@ -197,7 +201,7 @@ impl Model {
     }
 
     /// The VN a filter names: by GroupID (the VNI, IEEE 802.1Qcy), or without one by the
-    /// VN the port's VID is bound to.
+    /// VN the port's VID (0: untagged) is bound to.
     fn vdp_vn(&self, port: &str, group: Option<u32>, vid: u16) -> Result<String> {
         let unknown = |m: String| vdp_err(ErrorCode::EUnknownVn, m);
         match group {
@@ -224,11 +228,11 @@ impl Model {
                 let vni = self
                     .port_vids
                     .get(port)
-                    .and_then(|v| v.bindings().find(|&(v, _)| v == vid && vid != 0))
+                    .and_then(|v| v.bindings().find(|&(v, _)| v == vid))
                     .map(|(_, vni)| vni)
                     .ok_or_else(|| {
                         unknown(format!(
-                            "VID {vid} on port {port} carries no VN: name the VN with a GroupID, or bind the VID first"
+                            "VID {vid} on port {port} carries no VN: name the VN with a GroupID, or bind the VID first (nve port attach VN {port} --vid {vid})"
                         ))
                     })?;
                 let name = self
@@ -444,9 +448,24 @@ mod tests {
             .unwrap();
         assert_eq!((v.vn.as_str(), v.vid), ("red", 30));
         let err = request(&mut m, &vsi(2, Mode::Assoc, None, 0), 0).unwrap_err();
-        assert_eq!(err.code, ErrorCode::EUnknownVn);
+        assert_eq!(
+            err.code,
+            ErrorCode::EUnknownVn,
+            "nothing untagged on the port"
+        );
         let err = request(&mut m, &vsi(2, Mode::Assoc, None, 31), 0).unwrap_err();
         assert_eq!(err.code, ErrorCode::EUnknownVn);
+        // An untagged VN on the port: VID 0 stays 0 (lldpad's libvirt path, no VLANs).
+        let untagged = AttachPort {
+            port: PORT.into(),
+            vid: 0,
+            macs: Vec::new(),
+        };
+        m.attach_port("blue", &untagged, 0).unwrap();
+        let v = request(&mut m, &vsi(2, Mode::Assoc, None, 0), 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!((v.vn.as_str(), v.vid), ("blue", 0));
     }
 
     #[test]

@@ -59,7 +59,10 @@ fn lldpads_bridge_answers_and_acks_read() {
 
 #[test]
 fn lldpads_lldpdus_carry_its_evb_tlv() {
-    for (name, f) in frames(".hex").into_iter().filter(|(n, _)| n.starts_with("lldp-")) {
+    for (name, f) in frames(".hex")
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("lldp-"))
+    {
         let n = lldp::parse(&f[ETH_HLEN..]).unwrap_or_else(|e| panic!("{name}: {e}"));
         if n.ttl == 0 {
             // lldpad's goodbye on SIGTERM: chassis, port, TTL 0 and nothing else.
