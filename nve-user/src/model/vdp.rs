@@ -469,6 +469,46 @@ mod tests {
     }
 
     #[test]
+    fn modes_and_hints_are_the_state_machine_s() {
+        let mut m = model();
+        let mut pre = vsi(1, Mode::PreAssocRr, Some(100), 0);
+        pre.status = HINT_MIGRATE_TO;
+        let v = request(&mut m, &pre, 0).unwrap().unwrap();
+        assert_eq!(v.state, VnicState::PreAssociated);
+        assert!(v.migration.is_migrating_in(), "M: migrating to this bridge");
+        let assoc = Vsi {
+            mode: Mode::Assoc,
+            ..pre.clone()
+        };
+        let a = request(&mut m, &assoc, 1).unwrap().unwrap();
+        assert_eq!((a.state, a.vid), (VnicState::Associated, v.vid));
+        // Back to pre-associate is not a step the state machine takes.
+        let back = request(&mut m, &pre, 2).unwrap_err();
+        assert_eq!(back.code, ErrorCode::EState);
+        assert_eq!(crate::vdp::status_for(back.code) as u8, 4);
+    }
+
+    #[test]
+    fn a_port_out_of_vids_answers_insufficient_resources() {
+        let mut m = model();
+        // VIDs 2 to 4094 taken, one VN each.
+        for vid in crate::vid::VID_FIRST_ASSIGNED..=crate::vid::VID_MAX {
+            let name = format!("vn{vid}");
+            m.create_vn(&CreateVn::new(name.clone(), 1_000 + u32::from(vid)))
+                .unwrap();
+            let attach = AttachPort {
+                port: PORT.into(),
+                vid,
+                macs: Vec::new(),
+            };
+            m.attach_port(&name, &attach, 0).unwrap();
+        }
+        let err = request(&mut m, &vsi(1, Mode::Assoc, Some(100), 0), 0).unwrap_err();
+        assert_eq!(err.code, ErrorCode::EResources);
+        assert_eq!(crate::vdp::status_for(err.code) as u8, 2);
+    }
+
+    #[test]
     fn vsis_the_bridge_ends_are_owed_a_deassoc() {
         let mut m = model();
         request(&mut m, &vsi(1, Mode::Assoc, Some(100), 0), 0).unwrap();

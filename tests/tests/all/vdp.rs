@@ -81,13 +81,37 @@ fn vdp_associates_vsis_with_vns_and_their_traffic_flows_tagged() {
             .unwrap()
             .is_empty()
     );
+    // Pre-associate with resource reservation: installed with its VID, not forwarding;
+    // then associate, the same VID.
+    let next = vsi(11, VNI);
+    let pre = rig.station.preassociate_rr(&next).expect("preassociate-rr");
+    let vid = pre.vid().expect("a VID");
+    let state = |uuid: &str| {
+        let vnics = rig.nve.vnics().unwrap();
+        vnics
+            .iter()
+            .find(|n| n.vm == uuid)
+            .map(|n| (n.state, n.vid))
+    };
+    assert_eq!(state(&next.uuid), Some((VnicState::PreAssociated, vid)));
+    let assoc = rig
+        .station
+        .associate(&next.with_vid(vid))
+        .expect("associate");
+    assert_eq!(assoc.vid(), Some(vid));
+    assert_eq!(state(&next.uuid), Some((VnicState::Associated, vid)));
     let status = rig.status().unwrap();
     let counters = status.session.expect("a session").counters;
     assert!(
         counters.ecp_acked >= 3 && counters.vsi_refused == 0,
         "{counters:?}"
     );
-    assert_eq!(status.vsis.len(), 1, "red's VSI only: {:?}", status.vsis);
+    assert_eq!(
+        status.vsis.len(),
+        2,
+        "red's and the last: {:?}",
+        status.vsis
+    );
     // The link's own frames went to nve's session, never into a VN.
     assert!(rig.nve.counter("vm_egress", "LINK_CONTROL").unwrap() > 0);
 }
