@@ -13,4 +13,5 @@ pub mod rig;
 pub mod signal_bench;
 pub mod tap;
 pub mod three_hosts;
+pub mod vdp_bench;
 pub mod vdp_rig;

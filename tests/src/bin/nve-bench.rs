@@ -52,6 +52,10 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--only-signaling") {
         return signaling(associations, scale);
     }
+    let vsis = if quick { 10 } else { 50 };
+    if std::env::args().any(|a| a == "--only-vdp") {
+        return vdp(vsis);
+    }
     let migrations = if quick { 1 } else { 5 };
     if std::env::args().any(|a| a == "--only-migration") {
         return migration(migrations);
@@ -70,6 +74,7 @@ fn main() -> Result<()> {
     let traffic = traffic(&s)?;
     report(&programs, &traffic, quick)?;
     signaling(associations, scale)?;
+    vdp(vsis)?;
     nva(if quick { 20 } else { 200 }, nva_macs)?;
     migration(migrations)?;
     qemu_migration(qemu_migrations)
@@ -227,16 +232,50 @@ fn signaling(associations: u32, scale: u32) -> Result<()> {
         f.scale_secs * 1e6 / f64::from(f.scale_n),
         f.rss_kib
     );
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    fs::create_dir_all(&dir)?;
-    fs::write(
-        dir.join("signaling.json"),
-        serde_json::to_string_pretty(&json!({
-            "first_frame_us": {"p50": p50, "p99": p99, "max": lat[lat.len() - 1], "runs": lat.len()},
-            "scale": {"associations": f.scale_n, "seconds": f.scale_secs, "rss_kib": f.rss_kib},
-        }))?,
+    merge_json(
+        "signaling.json",
+        "first_frame_us",
+        json!({"p50": p50, "p99": p99, "max": lat[lat.len() - 1], "runs": lat.len()}),
     )?;
-    Ok(())
+    merge_json(
+        "signaling.json",
+        "scale",
+        json!({"associations": f.scale_n, "seconds": f.scale_secs, "rss_kib": f.rss_kib}),
+    )
+}
+
+/// VDP on a trunk port, lldpad the station, timed on the wire: its Assoc request -> nve's
+/// answer, and the answer -> the VSI's first tagged frame at the remote VM (p50/p99/max),
+/// with the port's first VSI apart. Merged into `target/bench/signaling.json` as "vdp".
+fn vdp(associations: u8) -> Result<()> {
+    eprintln!("==> VDP: {associations} associations by lldpad (vdptool), each de-associated after");
+    let mut f = nve_tests::vdp_bench::run(associations)?;
+    let (r50, r99, rmax) = percentiles(&mut f.request_reply_us);
+    let (f50, f99, fmax) = percentiles(&mut f.reply_first_frame_us);
+    let (first_rr, first_rf) = f.first_on_port_us;
+    let gap = nve_tests::vdp_bench::PROBE_GAP.as_micros();
+    println!(
+        "\nVDP (absolute: no baseline; kernel timestamps on the station's vst0 and at the VM)"
+    );
+    println!(
+        "  Assoc request -> nve's answer, {associations} runs: p50 {r50:.0} us, p99 {r99:.0} us, max {rmax:.0} us"
+    );
+    println!(
+        "  answer -> first tagged frame at the remote VM (one every {gap} us): p50 {f50:.0} us, p99 {f99:.0} us, max {fmax:.0} us"
+    );
+    println!(
+        "  the port's first VSI (its associate attaches tc_vm_egress to the trunk; kept through \
+         the runs): request -> answer {first_rr:.0} us, answer -> first frame {first_rf:.0} us"
+    );
+    merge_json(
+        "signaling.json",
+        "vdp",
+        json!({
+            "request_reply_us": {"p50": r50, "p99": r99, "max": rmax, "runs": associations},
+            "reply_first_frame_us": {"p50": f50, "p99": f99, "max": fmax, "runs": associations, "probe_gap_us": gap},
+            "first_on_port_us": {"request_reply": first_rr, "reply_first_frame": first_rf},
+        }),
+    )
 }
 
 /// VM frame sizes: the smallest, and the largest a 1450-byte VM MTU allows.
