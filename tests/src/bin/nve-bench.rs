@@ -264,7 +264,7 @@ fn vdp(associations: u8) -> Result<()> {
         "  answer -> first tagged frame at the remote VM (one every {gap} us): p50 {f50:.0} us, p99 {f99:.0} us, max {fmax:.0} us"
     );
     println!(
-        "  the port's first VSI (its associate attaches tc_vm_egress to the trunk; kept through \
+        "  the port's first VSI (kept through \
          the runs): request -> answer {first_rr:.0} us, answer -> first frame {first_rf:.0} us"
     );
     merge_json(

@@ -73,7 +73,15 @@ impl Writer {
     ) -> Result<HashMap<String, crate::model::PortInfo>, Error> {
         let static_ports: BTreeSet<&str> = model.ports().map(|(p, _)| p.as_str()).collect();
         let vnic_ports = model.vnics().map(|(_, v)| v.params.port.as_str());
-        let ports: BTreeSet<&str> = static_ports.iter().copied().chain(vnic_ports).collect();
+        // A VDP trunk has the VM-side program from `vdp enable` on, not from its first VSI:
+        // attaching it costs ~10 ms, which an association should not wait for.
+        let vdp_ports = model.vdp().ports.keys().map(String::as_str);
+        let ports: BTreeSet<&str> = static_ports
+            .iter()
+            .copied()
+            .chain(vnic_ports)
+            .chain(vdp_ports)
+            .collect();
         let mut infos = HashMap::new();
         for &port in &ports {
             match netlink::port_info(&self.netlink, port).await {
