@@ -207,6 +207,28 @@ pub struct NvaStatus {
     /// MACs found moving too often (duplicates), frozen where they were: "VNI/MAC".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub duplicate_macs: Vec<String>,
+    /// BGP EVPN: each neighbour's session.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub neighbors: Vec<NvaNeighbor>,
+}
+
+/// A BGP neighbour as `nve status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NvaNeighbor {
+    pub address: IpAddr,
+    pub remote_as: u32,
+    /// RFC 4271's FSM state: idle, connect, open-sent, open-confirm, established.
+    pub state: String,
+    /// Seconds since it was established (while it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_secs: Option<u64>,
+    pub prefixes_received: usize,
+    pub prefixes_sent: usize,
+    /// Routes kept from a session that went down, until its stale time runs out.
+    #[serde(default)]
+    pub stale: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,13 +23,14 @@ pub fn member_key(vni: u32, vtep: IpAddr) -> String {
 
 /// What a key under the prefix names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Key {
+pub enum Key {
     Mac(u32, MacAddr, IpAddr),
     Member(u32, IpAddr),
     Vn(u32, IpAddr),
 }
 
-fn parse(key: &str) -> Option<Key> {
+/// What `key` names, if it is one of the NVA's.
+pub fn parse(key: &str) -> Option<Key> {
     let (vni, rest) = key.strip_prefix(PREFIX)?.split_once('/')?;
     let vni: u32 = vni.parse().ok()?;
     let (kind, rest) = rest.split_once('/')?;
@@ -58,9 +59,14 @@ pub struct Claims {
 }
 
 impl Claims {
-    /// Records a put; the MAC it concerns, if it is a MAC's claim.
+    /// Records a put (an entry as JSON); the MAC it concerns, if it is a MAC's claim.
     pub fn put(&mut self, key: &str, value: &[u8]) -> Option<MacId> {
         let entry: Entry = serde_json::from_slice(value).ok()?;
+        self.put_entry(key, entry)
+    }
+
+    /// Records a put; the MAC it concerns, if it is a MAC's claim.
+    pub fn put_entry(&mut self, key: &str, entry: Entry) -> Option<MacId> {
         match parse(key)? {
             Key::Mac(vni, mac, vtep) => {
                 let claims = self.macs.entry((vni, mac)).or_default();

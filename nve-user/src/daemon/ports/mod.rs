@@ -6,6 +6,7 @@ pub mod announcements;
 pub mod etcd;
 pub mod expiry;
 pub mod http;
+pub mod nva_link;
 pub mod nva_sync;
 pub mod peers_file;
 pub mod prometheus;

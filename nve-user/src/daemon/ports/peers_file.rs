@@ -54,6 +54,7 @@ pub async fn run(handle: Handle, path: PathBuf, own: Vec<IpAddr>) {
             entries: 0,
             last_error: result.err().map(|e| format!("{e:#}")),
             duplicate_macs: Vec::new(),
+            neighbors: Vec::new(),
         };
         handle.nva_status(status).await;
     }
