@@ -256,6 +256,25 @@ impl Route {
         }
     }
 
+    /// The route as BGP keys it (RFC 7432 s.7.2): a type-2 route's ESI and label are
+    /// attributes, not prefix, and withdrawals need not carry them (FRR 8.4 withdraws with
+    /// label 0). Compare `key()`s, not routes, to match a withdrawal to what was announced.
+    pub fn key(&self) -> Route {
+        match self {
+            Route::MacIp {
+                rd, tag, mac, ip, ..
+            } => Route::MacIp {
+                rd: *rd,
+                esi: [0; 10],
+                tag: *tag,
+                mac: *mac,
+                ip: *ip,
+                label: 0,
+            },
+            imet => imet.clone(),
+        }
+    }
+
     /// Bytes the route takes in an MP_REACH/MP_UNREACH (type and length included): what a
     /// sender counts to keep an UPDATE within `wire::MAX_MESSAGE`.
     pub fn wire_len(&self) -> usize {
@@ -541,5 +560,26 @@ mod tests {
         mac_ip[22] = 47;
         assert!(matches!(Route::decode(2, &mac_ip), Nlri::Malformed));
         assert!(matches!(Route::decode(5, &mac_ip), Nlri::Skipped));
+
+        // FRR withdraws a MAC with label 0: the key still matches.
+        let announced = Route::MacIp {
+            rd,
+            esi: [1; 10],
+            tag: 0,
+            mac,
+            ip: None,
+            label: 100,
+        };
+        let withdrawn = Route::MacIp {
+            rd,
+            esi: [0; 10],
+            tag: 0,
+            mac,
+            ip: None,
+            label: 0,
+        };
+        assert_ne!(announced, withdrawn);
+        assert_eq!(announced.key(), withdrawn.key());
+        assert_eq!(imet.key(), imet);
     }
 }
