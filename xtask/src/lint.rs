@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 
 /// nve-user's pure modules: directories and files under nve-user/src.
-const CORE: [&str; 9] = [
-    "model", "nva", "vdp", "vnic.rs", "vid.rs", "mac.rs", "addr.rs", "error.rs", "api.rs",
+const CORE: [&str; 10] = [
+    "model", "nva", "vdp", "evpn", "vnic.rs", "vid.rs", "mac.rs", "addr.rs", "error.rs", "api.rs",
 ];
 /// Crates the core may not use.
 const IO_CRATES: [&str; 8] = [
