@@ -28,7 +28,10 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
         own_vteps: std::iter::once(args.vtep.into())
             .chain(args.vtep6.map(Into::into))
             .collect(),
-        nva: args.nva.clone().map(|url| (url, started.nva_vtep)),
+        nva: (started.bgp.is_none())
+            .then(|| args.nva.clone().map(|url| (url, started.nva_vtep)))
+            .flatten(),
+        bgp: started.bgp.take().map(|cfg| (cfg, args.vtep)),
         peers: args.peers.clone(),
         metrics: args.metrics_listen,
         announcements: started.writer.dataplane.take_announcements(),

@@ -67,10 +67,11 @@ pub struct DaemonArgs {
     /// removes it.
     #[arg(long)]
     pub debug_log: bool,
-    /// The network-wide control plane: etcd's client URL (http://HOST:2379). Each NVE
-    /// publishes its associated vNICs there and installs the others'. Without it, remote
-    /// MACs and flood lists are configured (`nve fdb`, `nve flood`).
-    #[arg(long, value_name = "URL")]
+    /// The network-wide control plane: etcd's client URL (http://HOST:2379), or `bgp` for
+    /// BGP EVPN with the neighbours and AS of the config file's "bgp" section (see README).
+    /// Each NVE publishes its associated vNICs there and installs the others'. Without it,
+    /// remote MACs and flood lists are configured (`nve fdb`, `nve flood`).
+    #[arg(long, value_name = "URL|bgp")]
     pub nva: Option<String>,
     /// The embedded NVA's static peers file (JSON: the other NVEs' VTEPs, VNIs and MACs;
     /// see README), followed as it changes. Instead of --nva, for hosts without etcd.
@@ -98,10 +99,14 @@ impl DaemonArgs {
     }
 }
 
-/// The startup configuration file.
+/// The startup configuration file: VNs and VDP ports applied on the first start (an empty
+/// state dir), the BGP settings read at every start.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
+    /// BGP EVPN (`--nva bgp`).
+    #[serde(default)]
+    pub bgp: Option<crate::evpn::config::BgpConfig>,
     #[serde(default)]
     pub vns: Vec<ConfigVn>,
     /// Trunk ports to speak VDP on (`nve vdp enable`).
@@ -189,12 +194,15 @@ pub struct Started {
     pub allowed: Allowed,
     /// The VTEP the NVA publishes.
     pub nva_vtep: IpAddr,
+    /// BGP EVPN's settings, with `--nva bgp`.
+    pub bgp: Option<crate::evpn::config::BgpConfig>,
 }
 
 /// Everything up to serving: refuses bad arguments before anything is set up, takes the
 /// instance, loads the state and the dataplane and brings one to the other.
 pub async fn start(paths: &Paths, socket: &Path, args: &DaemonArgs) -> anyhow::Result<Started> {
     let nva_vtep = args.published_vtep()?;
+    let bgp = bgp_config(args)?;
     let allowed = Allowed {
         gid: args.group.as_deref().map(group_id).transpose()?,
     };
@@ -223,7 +231,33 @@ pub async fn start(paths: &Paths, socket: &Path, args: &DaemonArgs) -> anyhow::R
         listener,
         allowed,
         nva_vtep,
+        bgp,
     })
+}
+
+/// With `--nva bgp`: the config file's "bgp" section, checked.
+fn bgp_config(args: &DaemonArgs) -> anyhow::Result<Option<crate::evpn::config::BgpConfig>> {
+    if args.nva.as_deref() != Some("bgp") {
+        return Ok(None);
+    }
+    let path = args.config.as_ref().context(
+        "--nva bgp reads its neighbours and AS from --config FILE (its \"bgp\" section)",
+    )?;
+    let cfg = read_config(path)?.bgp.with_context(|| {
+        format!(
+            "config {}: no \"bgp\" section for --nva bgp",
+            path.display()
+        )
+    })?;
+    cfg.check()
+        .map_err(|e| anyhow::anyhow!("config {}: bgp: {e}", path.display()))?;
+    Ok(Some(cfg))
+}
+
+fn read_config(path: &Path) -> anyhow::Result<ConfigFile> {
+    let text =
+        fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
 }
 
 /// The stored state, or on a first start (an empty state dir) the config file's.
@@ -233,14 +267,9 @@ fn initial_model(args: &DaemonArgs, stored: Model) -> anyhow::Result<Model> {
             tracing::info!(config = %path.display(), "state dir holds state: config file not applied");
             stored
         }
-        Some(path) => {
-            let text = fs::read_to_string(path)
-                .with_context(|| format!("reading config {}", path.display()))?;
-            let cfg: ConfigFile = serde_json::from_str(&text)
-                .with_context(|| format!("parsing config {}", path.display()))?;
-            cfg.model()
-                .with_context(|| format!("config {}", path.display()))?
-        }
+        Some(path) => read_config(path)?
+            .model()
+            .with_context(|| format!("config {}", path.display()))?,
         None => stored,
     })
 }

@@ -4,6 +4,7 @@
 //! file here and one line in [`spawn`].
 pub mod announcements;
 pub mod etcd;
+pub mod evpn;
 pub mod expiry;
 pub mod http;
 pub mod nva_link;
@@ -31,6 +32,8 @@ pub struct Inputs {
     pub own_vteps: Vec<IpAddr>,
     /// etcd's client URL, and the VTEP published there.
     pub nva: Option<(String, IpAddr)>,
+    /// BGP EVPN's settings, and the VTEP advertised.
+    pub bgp: Option<(crate::evpn::config::BgpConfig, std::net::Ipv4Addr)>,
     pub peers: Option<PathBuf>,
     pub metrics: Option<SocketAddr>,
     /// The dataplane's ring buffer of VM announcements.
@@ -47,6 +50,9 @@ pub async fn spawn(handle: &Handle, inputs: Inputs) -> anyhow::Result<JoinSet<()
     ports.spawn(vdp::run(handle.clone()));
     if let Some(ring) = inputs.announcements {
         ports.spawn(announcements::learn(handle.clone(), ring));
+    }
+    if let Some((cfg, vtep)) = inputs.bgp {
+        ports.spawn(evpn::run(handle.clone(), cfg, vtep));
     }
     match (inputs.nva, inputs.peers) {
         (None, Some(path)) => {

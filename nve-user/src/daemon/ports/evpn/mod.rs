@@ -1,0 +1,365 @@
+//! The NVA port on BGP EVPN (`nve daemon --nva bgp`, `"bgp"` in the config file): a
+//! session per neighbour (`session.rs`), and the core here, which owns the neighbours'
+//! routes (Adj-RIB-In, kept for a stale time when a session drops: graceful restart as
+//! receiver), turns them into the NVA's claims for the same table and mobility rules as
+//! etcd (`nva_link`), and advertises what this NVE publishes as type 2 and 3 routes.
+mod session;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{sync::mpsc, time::Instant};
+
+use super::nva_link::{Link, install, install_all, local_entries};
+use crate::{
+    api::NvaNeighbor,
+    daemon::handle::Handle,
+    evpn::{
+        config::{BgpConfig, Routing},
+        route::Route,
+        translate::{self, Advert, Speaker},
+        wire::{Message, Update},
+    },
+    model::Model,
+    nva::{Entry, Mobility, claims::Claims},
+};
+
+use session::{Local, Up};
+
+/// How often stale routes are looked at.
+const TICK: Duration = Duration::from_secs(1);
+
+/// A neighbour as the core knows it.
+struct Peer {
+    address: IpAddr,
+    remote_as: u32,
+    tx: mpsc::Sender<Vec<Message>>,
+    established: Option<Instant>,
+    /// Its routes (Adj-RIB-In).
+    rib: HashMap<Route, Advert>,
+    /// Routes of a session that went down (or before its End-of-RIB after coming back),
+    /// and until when they are kept.
+    stale: HashSet<Route>,
+    stale_until: Option<Instant>,
+    sent: usize,
+    last_error: Option<String>,
+}
+
+struct Core {
+    link: Link,
+    cfg: BgpConfig,
+    vtep: Ipv4Addr,
+    peers: Vec<Peer>,
+    /// What this NVE publishes (as the etcd backend would), and its routes.
+    published: BTreeMap<String, Entry>,
+    advertised: HashMap<Route, Advert>,
+    from: Option<Arc<Model>>,
+    /// Every claim: this NVE's and those the neighbours' routes make.
+    claims: Claims,
+    received: BTreeMap<String, Entry>,
+    mobility: Mobility,
+    /// The model got the whole table once (after the first End-of-RIB, or a stale time).
+    synced: bool,
+    started: Instant,
+}
+
+/// Runs until the daemon stops.
+pub async fn run(handle: Handle, cfg: BgpConfig, vtep: Ipv4Addr) {
+    let (up_tx, mut ups) = mpsc::channel(1024);
+    let local = Local {
+        asn: cfg.asn,
+        router_id: cfg.router_id(vtep),
+        hold_time: cfg.hold_time,
+    };
+    let mut peers = Vec::new();
+    for n in &cfg.neighbors {
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(session::run(n.clone(), local.clone(), up_tx.clone(), rx));
+        peers.push(Peer {
+            address: n.address,
+            remote_as: n.remote_as,
+            tx,
+            established: None,
+            rib: HashMap::new(),
+            stale: HashSet::new(),
+            stale_until: None,
+            sent: 0,
+            last_error: None,
+        });
+    }
+    let endpoint = format!("bgp AS {} ({} neighbors)", cfg.asn, cfg.neighbors.len());
+    let mut core = Core {
+        link: Link::new(handle.clone(), endpoint),
+        cfg,
+        vtep,
+        peers,
+        published: BTreeMap::new(),
+        advertised: HashMap::new(),
+        from: None,
+        claims: Claims::default(),
+        received: BTreeMap::new(),
+        mobility: Mobility::default(),
+        synced: false,
+        started: Instant::now(),
+    };
+    let mut snapshots = handle.subscribe();
+    let mut tick = tokio::time::interval(TICK);
+    core.report().await;
+    loop {
+        tokio::select! {
+            Some(up) = ups.recv() => core.on_up(up).await,
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let model = snapshots.borrow_and_update().model.clone();
+                core.publish(&model).await;
+            }
+            _ = tick.tick() => core.expire().await,
+        }
+    }
+}
+
+impl Core {
+    fn speaker(&self) -> Speaker {
+        Speaker {
+            asn: self.cfg.asn,
+            vtep: self.vtep,
+        }
+    }
+
+    /// Each VN's RD and route targets, by VNI.
+    fn routing(&self, model: &Model) -> BTreeMap<u32, Routing> {
+        model
+            .vns()
+            .map(|(name, vn)| (vn.vni, self.cfg.routing(name, vn.vni, self.vtep)))
+            .collect()
+    }
+
+    fn peer(&mut self, address: IpAddr) -> Option<&mut Peer> {
+        self.peers.iter_mut().find(|p| p.address == address)
+    }
+
+    async fn on_up(&mut self, up: Up) {
+        match up {
+            Up::Established { peer, open } => {
+                let restart = open
+                    .caps
+                    .graceful_restart
+                    .map(|g| u64::from(g.restart_time));
+                let stale_for = restart.unwrap_or(self.cfg.stale_time);
+                let table = self.full_table();
+                if let Some(p) = self.peer(peer) {
+                    p.established = Some(Instant::now());
+                    p.last_error = None;
+                    // What it had is stale until its End-of-RIB says what is still there.
+                    p.stale = p.rib.keys().cloned().collect();
+                    p.stale_until = Some(Instant::now() + Duration::from_secs(stale_for));
+                    p.sent = table.iter().map(announced).sum();
+                    let _ = p.tx.send(table).await;
+                }
+                tracing::info!(neighbor = %peer, "BGP session established");
+            }
+            Up::Update { peer, update } => self.on_update(peer, update).await,
+            Up::Down { peer, error } => {
+                let stale_for = self.cfg.stale_time;
+                if let Some(p) = self.peer(peer) {
+                    if p.established.take().is_some() {
+                        p.stale = p.rib.keys().cloned().collect();
+                        p.stale_until = Some(Instant::now() + Duration::from_secs(stale_for));
+                    }
+                    p.last_error = Some(error);
+                }
+            }
+        }
+        self.report().await;
+    }
+
+    async fn on_update(&mut self, peer: IpAddr, update: Update) {
+        let Some(p) = self.peer(peer) else { return };
+        for route in &update.withdrawn {
+            let key = route.key();
+            p.rib.remove(&key);
+            p.stale.remove(&key);
+        }
+        if let Some(attrs) = &update.attributes {
+            for route in &update.announced {
+                let key = route.key();
+                p.rib.insert(key.clone(), (route.clone(), attrs.clone()));
+                p.stale.remove(&key);
+            }
+        }
+        if update.end_of_rib {
+            let stale = std::mem::take(&mut p.stale);
+            for key in stale {
+                p.rib.remove(&key);
+            }
+            p.stale_until = None;
+        }
+        let eor = update.end_of_rib;
+        self.reclaim().await;
+        if eor && !self.synced {
+            self.sync_all().await;
+        }
+    }
+
+    /// Stale routes whose time ran out go.
+    async fn expire(&mut self) {
+        let now = Instant::now();
+        let mut changed = false;
+        for p in &mut self.peers {
+            if p.stale_until.is_some_and(|t| t <= now) {
+                for key in std::mem::take(&mut p.stale) {
+                    p.rib.remove(&key);
+                }
+                p.stale_until = None;
+                changed = true;
+            }
+        }
+        if changed {
+            self.reclaim().await;
+        }
+        let grace = Duration::from_secs(self.cfg.stale_time);
+        if !self.synced && self.started.elapsed() >= grace {
+            self.sync_all().await;
+        }
+        self.report().await;
+    }
+
+    /// Brings the claims to the neighbours' routes and hands the model what changed.
+    async fn reclaim(&mut self) {
+        let model = self.link.handle().snapshot().model.clone();
+        let routing = self.routing(&model);
+        let own: IpAddr = self.vtep.into();
+        let all = self.peers.iter().flat_map(|p| p.rib.values());
+        let now = translate::claims(all, &routing, own);
+        let mut touched = BTreeSet::new();
+        for (key, entry) in &now {
+            if self.received.get(key) != Some(entry) {
+                touched.extend(self.claims.put_entry(key, entry.clone()));
+            }
+        }
+        for key in self.received.keys().filter(|k| !now.contains_key(*k)) {
+            touched.extend(self.claims.delete(key));
+        }
+        self.received = now;
+        if !self.synced {
+            return;
+        }
+        let vtep = self.vtep.into();
+        let handle = self.link.handle().clone();
+        if let Err(e) = install(&handle, &self.claims, &touched, vtep, &mut self.mobility).await {
+            tracing::warn!("installing EVPN routes: {e:#}");
+        }
+        self.link.duplicates(&self.mobility).await;
+    }
+
+    /// The first full install: replaces what the model kept from before (the state dir's
+    /// NVA table) with what the neighbours say now.
+    async fn sync_all(&mut self) {
+        self.synced = true;
+        let handle = self.link.handle().clone();
+        let vtep = self.vtep.into();
+        if let Err(e) = install_all(&handle, &self.claims, vtep, &mut self.mobility).await {
+            tracing::warn!("installing EVPN routes: {e:#}");
+        }
+        self.link.duplicates(&self.mobility).await;
+    }
+
+    /// Advertises what `model` has this NVE publish, by difference.
+    async fn publish(&mut self, model: &Arc<Model>) {
+        if self.from.as_ref().is_some_and(|m| Arc::ptr_eq(m, model)) {
+            return;
+        }
+        self.from = Some(model.clone());
+        let vtep: IpAddr = self.vtep.into();
+        let wanted = local_entries(model, vtep, &self.claims, &self.published);
+        for (key, entry) in &wanted {
+            if self.published.get(key) != Some(entry) {
+                self.claims.put_entry(key, entry.clone());
+            }
+        }
+        for key in self.published.keys().filter(|k| !wanted.contains_key(*k)) {
+            self.claims.delete(key);
+        }
+        self.published = wanted;
+        let routing = self.routing(model);
+        let adverts: HashMap<Route, Advert> =
+            translate::advertised(&self.published, self.speaker(), &routing)
+                .into_iter()
+                .map(|a| (a.0.key(), a))
+                .collect();
+        let mut msgs = Vec::new();
+        let withdrawn: Vec<Route> = self
+            .advertised
+            .iter()
+            .filter(|(k, _)| !adverts.contains_key(*k))
+            .map(|(_, (r, _))| r.clone())
+            .collect();
+        msgs.extend(translate::withdrawals(&withdrawn));
+        let changed: Vec<&Advert> = adverts
+            .iter()
+            .filter(|(k, a)| self.advertised.get(*k) != Some(*a))
+            .map(|(_, a)| a)
+            .collect();
+        msgs.extend(translate::announcements(changed.into_iter()));
+        self.advertised = adverts;
+        if msgs.is_empty() {
+            return;
+        }
+        let count = self.advertised.len();
+        for p in self.peers.iter_mut().filter(|p| p.established.is_some()) {
+            p.sent = count;
+            let _ = p.tx.send(msgs.clone()).await;
+        }
+        self.report().await;
+    }
+
+    /// Everything advertised, then End-of-RIB: what a neighbour gets when it comes up.
+    fn full_table(&self) -> Vec<Message> {
+        let mut msgs = translate::announcements(self.advertised.values());
+        msgs.push(Message::Update(Update {
+            end_of_rib: true,
+            ..Update::default()
+        }));
+        msgs
+    }
+
+    async fn report(&mut self) {
+        let neighbors = self
+            .peers
+            .iter()
+            .map(|p| NvaNeighbor {
+                address: p.address,
+                remote_as: p.remote_as,
+                state: if p.established.is_some() {
+                    "established"
+                } else {
+                    "idle"
+                }
+                .into(),
+                uptime_secs: p.established.map(|t| t.elapsed().as_secs()),
+                prefixes_received: p.rib.len(),
+                prefixes_sent: if p.established.is_some() { p.sent } else { 0 },
+                stale: p.stale.len(),
+                last_error: p.last_error.clone(),
+            })
+            .collect();
+        let up = self.peers.iter().any(|p| p.established.is_some());
+        let error = self.peers.iter().find_map(|p| p.last_error.clone());
+        self.link.neighbors(neighbors).await;
+        self.link.report(up, if up { None } else { error }).await;
+    }
+}
+
+/// Routes an UPDATE announces.
+fn announced(m: &Message) -> usize {
+    match m {
+        Message::Update(u) => u.announced.len(),
+        _ => 0,
+    }
+}

@@ -1,0 +1,195 @@
+//! Between the NVA's claims and EVPN routes (RFC 7432, RFC 8365): what this NVE publishes
+//! becomes type 3 (IMET: the VN's flood list and VTEP allow-list) and type 2 (MAC/IP, one
+//! MAC-only and one per address, with MAC Mobility's sequence once above 0) routes; the
+//! routes received become the same claims the etcd backend reads, so the same table,
+//! mobility rules and dataplane serve both.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use super::{
+    config::Routing,
+    route::{Attributes, MacMobility, Pmsi, Route},
+    wire::{Message, Update},
+};
+use crate::nva::{
+    Entry,
+    claims::{self, Key},
+};
+
+/// Ingress replication (RFC 6514 PMSI tunnel type 6).
+const INGRESS_REPLICATION: u8 = 6;
+const ORIGIN_IGP: u8 = 0;
+
+/// A route with the attributes it goes with.
+pub type Advert = (Route, Attributes);
+
+/// Whether the session is iBGP (LOCAL_PREF, empty AS_PATH) or eBGP (our AS prepended).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Speaker {
+    pub asn: u32,
+    pub vtep: Ipv4Addr,
+}
+
+fn attributes(s: Speaker, routing: &Routing) -> Attributes {
+    Attributes {
+        origin: ORIGIN_IGP,
+        as_path: Vec::new(),
+        local_pref: Some(100),
+        next_hop: s.vtep.into(),
+        route_targets: routing.export.clone(),
+        vxlan: true,
+        mac_mobility: None,
+        pmsi: None,
+        originator_id: None,
+        cluster_list: Vec::new(),
+        other_communities: Vec::new(),
+    }
+}
+
+/// The routes for what this NVE publishes (`nva_link::local_entries`): `routing` gives each
+/// VNI's RD and RTs (VNIs it does not give are not advertised).
+pub fn advertised(
+    published: &BTreeMap<String, Entry>,
+    s: Speaker,
+    routing: &BTreeMap<u32, Routing>,
+) -> Vec<Advert> {
+    let mut out = Vec::new();
+    for (key, entry) in published {
+        match claims::parse(key) {
+            Some(Key::Member(vni, _)) => {
+                let Some(r) = routing.get(&vni) else { continue };
+                let attrs = Attributes {
+                    pmsi: Some(Pmsi {
+                        flags: 0,
+                        tunnel_type: INGRESS_REPLICATION,
+                        label: vni,
+                        endpoint: s.vtep.into(),
+                    }),
+                    ..attributes(s, r)
+                };
+                let route = Route::Imet {
+                    rd: r.rd,
+                    tag: 0,
+                    originator: s.vtep.into(),
+                };
+                out.push((route, attrs));
+            }
+            Some(Key::Mac(vni, mac, _)) => {
+                let Some(r) = routing.get(&vni) else { continue };
+                let attrs = Attributes {
+                    mac_mobility: (entry.seq > 0).then_some(MacMobility {
+                        sticky: false,
+                        seq: entry.seq as u32,
+                    }),
+                    ..attributes(s, r)
+                };
+                let ips = std::iter::once(None).chain(entry.ips.iter().copied().map(Some));
+                for ip in ips {
+                    let route = Route::MacIp {
+                        rd: r.rd,
+                        esi: [0; 10],
+                        tag: 0,
+                        mac,
+                        ip,
+                        label: vni,
+                    };
+                    out.push((route, attrs.clone()));
+                }
+            }
+            Some(Key::Vn(..)) | None => {}
+        }
+    }
+    out
+}
+
+/// The claims a neighbour's routes make (keyed as the NVA's keys): per (VNI, MAC, VTEP)
+/// its addresses and highest sequence, per (VNI, VTEP) its membership. A route counts for
+/// a VN when its label (type 2) or PMSI label (type 3) is the VNI of a VN here whose import
+/// route targets it carries; routes from `own` are this NVE's, reflected back.
+pub fn claims<'a>(
+    routes: impl Iterator<Item = &'a Advert>,
+    import: &BTreeMap<u32, Routing>,
+    own: IpAddr,
+) -> BTreeMap<String, Entry> {
+    let mut out: BTreeMap<String, Entry> = BTreeMap::new();
+    let imported = |vni: u32, a: &Attributes| {
+        import
+            .get(&vni)
+            .is_some_and(|r| a.route_targets.iter().any(|t| r.import.contains(t)))
+    };
+    for (route, a) in routes {
+        match route {
+            Route::MacIp { mac, ip, label, .. } => {
+                let vtep = a.next_hop;
+                if vtep == own || !imported(*label, a) {
+                    continue;
+                }
+                let e = out
+                    .entry(claims::key(*label, *mac, vtep))
+                    .or_insert_with(|| Entry::at(vtep));
+                if let Some(ip) = ip
+                    && !e.ips.contains(ip)
+                {
+                    e.ips.push(*ip);
+                    e.ips.sort();
+                }
+                let seq = a.mac_mobility.map_or(0, |m| u64::from(m.seq));
+                e.seq = e.seq.max(seq);
+            }
+            Route::Imet { originator, .. } => {
+                let Some(p) = &a.pmsi else { continue };
+                let vtep = if p.endpoint.is_unspecified() {
+                    *originator
+                } else {
+                    p.endpoint
+                };
+                if vtep == own || !imported(p.label, a) {
+                    continue;
+                }
+                out.insert(claims::member_key(p.label, vtep), Entry::at(vtep));
+            }
+        }
+    }
+    out
+}
+
+/// Routes an UPDATE carries at most (a type 2 NLRI is up to 51 bytes; a message 4,096).
+const ROUTES_PER_UPDATE: usize = 50;
+
+/// UPDATEs announcing `adverts`: one per set of equal attributes (and per
+/// `ROUTES_PER_UPDATE` routes).
+pub fn announcements<'a>(adverts: impl Iterator<Item = &'a Advert>) -> Vec<Message> {
+    let mut groups: Vec<(Attributes, Vec<Route>)> = Vec::new();
+    for (route, attrs) in adverts {
+        match groups.iter_mut().find(|(a, _)| a == attrs) {
+            Some((_, routes)) => routes.push(route.clone()),
+            None => groups.push((attrs.clone(), vec![route.clone()])),
+        }
+    }
+    let mut out = Vec::new();
+    for (attrs, routes) in groups {
+        for chunk in routes.chunks(ROUTES_PER_UPDATE) {
+            out.push(Message::Update(Update {
+                announced: chunk.to_vec(),
+                attributes: Some(attrs.clone()),
+                ..Update::default()
+            }));
+        }
+    }
+    out
+}
+
+/// UPDATEs withdrawing `routes`.
+pub fn withdrawals(routes: &[Route]) -> Vec<Message> {
+    routes
+        .chunks(ROUTES_PER_UPDATE)
+        .map(|chunk| {
+            Message::Update(Update {
+                withdrawn: chunk.to_vec(),
+                ..Update::default()
+            })
+        })
+        .collect()
+}
