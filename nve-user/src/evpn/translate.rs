@@ -193,3 +193,107 @@ pub fn withdrawals(routes: &[Route]) -> Vec<Message> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        evpn::{config::BgpConfig, route::RouteTarget},
+        mac::MacAddr,
+    };
+
+    const VTEP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const MAC: MacAddr = MacAddr([2, 0, 0, 0, 1, 1]);
+
+    fn routing() -> BTreeMap<u32, Routing> {
+        let cfg: BgpConfig = serde_json::from_str(
+            r#"{"asn": 65000, "neighbors": [{"address": "10.0.0.2", "remote_as": 65000}]}"#,
+        )
+        .unwrap();
+        BTreeMap::from([(100, cfg.routing("blue", 100, VTEP))])
+    }
+
+    #[test]
+    fn what_this_nve_publishes_is_advertised() {
+        let vtep = IpAddr::V4(VTEP);
+        let ip: IpAddr = "192.168.10.1".parse().unwrap();
+        let published = BTreeMap::from([
+            (claims::member_key(100, vtep), Entry::at(vtep)),
+            (
+                claims::key(100, MAC, vtep),
+                Entry {
+                    ips: vec![ip],
+                    seq: 2,
+                    ..Entry::at(vtep)
+                },
+            ),
+            // A VNI without routing (no VN here) is not advertised.
+            (claims::member_key(200, vtep), Entry::at(vtep)),
+        ]);
+        let s = Speaker {
+            asn: 65000,
+            vtep: VTEP,
+        };
+        let adverts = advertised(&published, s, &routing());
+        assert_eq!(adverts.len(), 3, "IMET, MAC-only, MAC+IP: {adverts:?}");
+        for (route, a) in &adverts {
+            assert_eq!(route.rd().to_string(), "10.0.0.1:100");
+            assert_eq!(a.route_targets, vec![RouteTarget::as2(65000, 100)]);
+            assert!(a.vxlan);
+            match route {
+                Route::Imet { .. } => {
+                    let p = a.pmsi.expect("PMSI");
+                    assert_eq!((p.tunnel_type, p.label, p.endpoint), (6, 100, vtep));
+                }
+                Route::MacIp { label, .. } => {
+                    assert_eq!(*label, 100);
+                    assert_eq!(a.mac_mobility.map(|m| m.seq), Some(2));
+                }
+            }
+        }
+        // Read back as another NVE would: the same claims, for that VTEP.
+        let back = claims(adverts.iter(), &routing(), "10.0.0.9".parse().unwrap());
+        assert_eq!(
+            back.get(&claims::key(100, MAC, vtep))
+                .map(|e| (e.seq, e.ips.clone())),
+            Some((2, vec![ip]))
+        );
+        assert!(back.contains_key(&claims::member_key(100, vtep)));
+        // Its own routes, reflected back, claim nothing; other route targets are not imported.
+        assert!(claims(adverts.iter(), &routing(), vtep).is_empty());
+        let foreign: Vec<Advert> = adverts
+            .iter()
+            .map(|(r, a)| {
+                let mut a = a.clone();
+                a.route_targets = vec![RouteTarget::as2(65001, 100)];
+                (r.clone(), a)
+            })
+            .collect();
+        assert!(claims(foreign.iter(), &routing(), "10.0.0.9".parse().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn updates_stay_under_the_message_size() {
+        let s = Speaker {
+            asn: 65000,
+            vtep: VTEP,
+        };
+        let vtep = IpAddr::V4(VTEP);
+        let published: BTreeMap<String, Entry> = (0..500u32)
+            .map(|i| {
+                let mac = MacAddr([2, 0, 0, 0, (i >> 8) as u8, i as u8]);
+                (claims::key(100, mac, vtep), Entry::at(vtep))
+            })
+            .collect();
+        let adverts = advertised(&published, s, &routing());
+        let msgs = announcements(adverts.iter());
+        assert_eq!(msgs.len(), 10);
+        for m in &msgs {
+            assert!(crate::evpn::wire::encode(m, true).len() <= crate::evpn::wire::MAX_MESSAGE);
+        }
+        let routes: Vec<Route> = adverts.into_iter().map(|(r, _)| r).collect();
+        for m in withdrawals(&routes) {
+            assert!(crate::evpn::wire::encode(&m, true).len() <= crate::evpn::wire::MAX_MESSAGE);
+        }
+    }
+}

@@ -45,6 +45,9 @@ struct Peer {
     /// and until when they are kept.
     stale: HashSet<Route>,
     stale_until: Option<Instant>,
+    /// How long its routes outlive its session: the restart time of its graceful-restart
+    /// capability, at most the configured stale time.
+    stale_for: Duration,
     sent: usize,
     last_error: Option<String>,
 }
@@ -87,6 +90,7 @@ pub async fn run(handle: Handle, cfg: BgpConfig, vtep: Ipv4Addr) {
             rib: HashMap::new(),
             stale: HashSet::new(),
             stale_until: None,
+            stale_for: Duration::from_secs(cfg.stale_time),
             sent: 0,
             last_error: None,
         });
@@ -151,14 +155,16 @@ impl Core {
                     .caps
                     .graceful_restart
                     .map(|g| u64::from(g.restart_time));
-                let stale_for = restart.unwrap_or(self.cfg.stale_time);
+                let stale = self.cfg.stale_time;
+                let stale_for = Duration::from_secs(restart.map_or(stale, |r| r.min(stale)));
                 let table = self.full_table();
                 if let Some(p) = self.peer(peer) {
                     p.established = Some(Instant::now());
                     p.last_error = None;
+                    p.stale_for = stale_for;
                     // What it had is stale until its End-of-RIB says what is still there.
                     p.stale = p.rib.keys().cloned().collect();
-                    p.stale_until = Some(Instant::now() + Duration::from_secs(stale_for));
+                    p.stale_until = Some(Instant::now() + stale_for);
                     p.sent = table.iter().map(announced).sum();
                     let _ = p.tx.send(table).await;
                 }
@@ -166,11 +172,10 @@ impl Core {
             }
             Up::Update { peer, update } => self.on_update(peer, update).await,
             Up::Down { peer, error } => {
-                let stale_for = self.cfg.stale_time;
                 if let Some(p) = self.peer(peer) {
                     if p.established.take().is_some() {
                         p.stale = p.rib.keys().cloned().collect();
-                        p.stale_until = Some(Instant::now() + Duration::from_secs(stale_for));
+                        p.stale_until = Some(Instant::now() + p.stale_for);
                     }
                     p.last_error = Some(error);
                 }
@@ -288,8 +293,16 @@ impl Core {
         }
         self.published = wanted;
         let routing = self.routing(model);
+        // A MAC another VTEP took over with a higher sequence is not this NVE's to
+        // advertise until it claims it anew (the vNIC associated again).
+        let own: BTreeMap<String, Entry> = self
+            .published
+            .iter()
+            .filter(|(k, e)| !beaten(&self.claims, k, e, vtep))
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
         let adverts: HashMap<Route, Advert> =
-            translate::advertised(&self.published, self.speaker(), &routing)
+            translate::advertised(&own, self.speaker(), &routing)
                 .into_iter()
                 .map(|a| (a.0.key(), a))
                 .collect();
@@ -353,6 +366,16 @@ impl Core {
         let error = self.peers.iter().find_map(|p| p.last_error.clone());
         self.link.neighbors(neighbors).await;
         self.link.report(up, if up { None } else { error }).await;
+    }
+}
+
+/// Whether the claim `key` this NVE publishes loses to another VTEP's.
+fn beaten(claims: &Claims, key: &str, entry: &Entry, vtep: IpAddr) -> bool {
+    match crate::nva::claims::parse(key) {
+        Some(crate::nva::claims::Key::Mac(vni, mac, _)) => claims
+            .winner((vni, mac), vtep)
+            .is_some_and(|other| other.beats(entry)),
+        _ => false,
     }
 }
 
