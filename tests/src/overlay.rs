@@ -2,7 +2,7 @@
 //! 10.0.0.2/24), one VM on each in VN `blue` (VNI 100, 192.168.10.0/24). Each host runs nve
 //! or the kernel's vxlan+bridge.
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::Duration,
@@ -66,26 +66,7 @@ pub fn kernel_vxlan_vn(
     remote_macs: &[[u8; 6]],
 ) -> Result<()> {
     let vx = format!("vx{vni}");
-    host.ip(&["link", "add", bridge, "type", "bridge"])?;
-    host.ip(&[
-        "link",
-        "add",
-        &vx,
-        "type",
-        "vxlan",
-        "id",
-        &vni.to_string(),
-        "local",
-        local,
-        "dstport",
-        "4789",
-        "nolearning",
-        "dev",
-        "ul",
-    ])?;
-    host.ip(&["link", "set", &vx, "master", bridge, "up"])?;
-    host.ip(&["link", "set", vm_port, "master", bridge, "up"])?;
-    host.ip(&["link", "set", bridge, "up"])?;
+    kernel_vxlan_bridge(host, vni, bridge, &vx, local, vm_port)?;
     host.exec(&[
         "bridge",
         "fdb",
@@ -108,6 +89,40 @@ pub fn kernel_vxlan_vn(
             remote,
         ])?;
     }
+    Ok(())
+}
+
+/// The kernel's vxlan device `vx` for `vni` (UDP 4789, no learning, source `local`, over
+/// `ul`) in a new bridge `bridge` with `vm_port`, all up, in `host`; no FDB entry: whoever
+/// runs the VN fills it (a test, or FRR's zebra from EVPN routes).
+pub fn kernel_vxlan_bridge(
+    host: &Netns,
+    vni: u32,
+    bridge: &str,
+    vx: &str,
+    local: &str,
+    vm_port: &str,
+) -> Result<()> {
+    host.ip(&["link", "add", bridge, "type", "bridge"])?;
+    host.ip(&[
+        "link",
+        "add",
+        vx,
+        "type",
+        "vxlan",
+        "id",
+        &vni.to_string(),
+        "local",
+        local,
+        "dstport",
+        "4789",
+        "nolearning",
+        "dev",
+        "ul",
+    ])?;
+    host.ip(&["link", "set", vx, "master", bridge, "up"])?;
+    host.ip(&["link", "set", vm_port, "master", bridge, "up"])?;
+    host.ip(&["link", "set", bridge, "up"])?;
     Ok(())
 }
 
@@ -222,13 +237,26 @@ pub struct Capture {
 }
 
 impl Capture {
+    /// The first 256 bytes of each packet: headers and VXLAN's inner headers.
     pub fn start(ns: &Netns, iface: &str, filter: &str) -> Result<Self> {
+        Self::start_snaplen(ns, iface, filter, 256)
+    }
+
+    /// Whole packets (a TCP session's payload, say).
+    pub fn start_full(ns: &Netns, iface: &str, filter: &str) -> Result<Self> {
+        Self::start_snaplen(ns, iface, filter, 0)
+    }
+
+    /// `snaplen` bytes of each packet (0: all of it).
+    pub fn start_snaplen(ns: &Netns, iface: &str, filter: &str, snaplen: u32) -> Result<Self> {
         let file = PathBuf::from(format!("/tmp/{}-{iface}.pcap", ns.name));
         let _ = std::fs::remove_file(&file);
         let child = Command::new("ip")
             .args([
-                "netns", "exec", &ns.name, "tcpdump", "-i", iface, "-U", "-s", "256", "-w",
+                "netns", "exec", &ns.name, "tcpdump", "-i", iface, "-U", "-s",
             ])
+            .arg(snaplen.to_string())
+            .arg("-w")
             .arg(&file)
             .arg(filter)
             .stdout(Stdio::null())
@@ -261,6 +289,14 @@ impl Capture {
             "tshark", "-r", file, "-Y", filter, "-T", "fields", "-e", field,
         ])?;
         Ok(out.lines().map(str::to_string).collect())
+    }
+
+    /// Stops the capture and copies the pcap to `to` (the capture's own file goes on drop).
+    pub fn finish_pcap(mut self, to: &Path) -> Result<()> {
+        self.stop();
+        std::fs::copy(&self.file, to)
+            .with_context(|| format!("copying {} to {}", self.file.display(), to.display()))?;
+        Ok(())
     }
 
     /// Stops the capture and decodes it with tshark.

@@ -145,7 +145,12 @@ pub struct Vm {
 
 impl Vm {
     pub fn new(tag: &str, host: &Netns, port: &str, mac: [u8; 6], ip: &str) -> Result<Self> {
-        let ns = Netns::new(tag)?;
+        Self::in_ns(Netns::new(tag)?, host, port, mac, ip)
+    }
+
+    /// The same VM in `ns`, a namespace the caller made (one named outside the suite's
+    /// prefix, say).
+    pub fn in_ns(ns: Netns, host: &Netns, port: &str, mac: [u8; 6], ip: &str) -> Result<Self> {
         veth(&ns, "eth0", host, port, 1450)?;
         let mac_s = mac_str(mac);
         ns.ip(&["link", "set", "eth0", "address", &mac_s])?;

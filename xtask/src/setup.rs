@@ -30,6 +30,8 @@ const PACKAGES: &[&str] = &[
     // (nft, netdev egress: tc's gact is not in every kernel).
     "nftables",
     "lldpad",
+    // The EVPN tests' BGP peer: FRR's zebra and bgpd over the kernel's bridge and vxlan.
+    "frr",
     // The QEMU guests' userland (a static busybox in the initramfs).
     "busybox-static",
 ];
@@ -174,17 +176,21 @@ fn packages() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
-    if missing.contains(&"etcd-server") {
-        // The tests run their own etcd inside their namespaces; the package's system-wide
-        // service is not wanted on a build machine (where there is no systemd, nothing runs).
-        let _ = Command::new("systemctl")
-            .args(["disable", "--now", "etcd"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+    for (package, service) in UNWANTED_SERVICES {
+        if missing.contains(package) {
+            let _ = Command::new("systemctl")
+                .args(["disable", "--now", service])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
     }
     Ok(())
 }
+
+/// Packages whose system-wide service is not wanted on a build machine: the tests run their
+/// own etcd and FRR inside their namespaces (where there is no systemd, nothing runs).
+const UNWANTED_SERVICES: &[(&str, &str)] = &[("etcd-server", "etcd"), ("frr", "frr")];
 
 /// The installed version of `package` (`1:10.0.2+ds-2~bpo12+1`), if installed.
 fn installed_version(package: &str) -> Option<String> {
