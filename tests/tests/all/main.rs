@@ -6,6 +6,7 @@
 mod antispoof;
 mod api;
 mod api_doc;
+mod evpn;
 mod flooding;
 mod interop;
 mod ipv6_underlay;

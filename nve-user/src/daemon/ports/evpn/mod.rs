@@ -301,11 +301,10 @@ impl Core {
             .filter(|(k, e)| !beaten(&self.claims, k, e, vtep))
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect();
-        let adverts: HashMap<Route, Advert> =
-            translate::advertised(&own, self.speaker(), &routing)
-                .into_iter()
-                .map(|a| (a.0.key(), a))
-                .collect();
+        let adverts: HashMap<Route, Advert> = translate::advertised(&own, self.speaker(), &routing)
+            .into_iter()
+            .map(|a| (a.0.key(), a))
+            .collect();
         let mut msgs = Vec::new();
         let withdrawn: Vec<Route> = self
             .advertised
