@@ -6,9 +6,13 @@ use anyhow::Result;
 
 use crate::{
     etcd::EtcdServer,
+    frr::{Frr, FrrConfig, Neighbour},
     overlay::{self, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC, VN, VNI},
     rig::{Daemon, Netns, Vm, veth},
 };
+
+/// The fabric's own address (br0), where a route reflector listens.
+pub const FABRIC_IP: &str = "10.0.0.254";
 
 pub const H3_VTEP: &str = "10.0.0.3";
 pub const VM3_MAC: [u8; 6] = [2, 0, 0, 0, 3, 1];
@@ -59,10 +63,19 @@ impl ThreeHosts {
     }
 }
 
-/// A VM about to migrate h1 -> h2, three NVEs sharing a real etcd (in h3): VN blue on each,
-/// the VM (vm1's MAC and IP, vNIC `vmx`) associated on h1, vm3 (vNIC `vm3`) on h3 and
-/// reaching it, the VM's next incarnation ready on h2 (port `vmxp`, link down). Fields drop
-/// in order: daemons and VMs before etcd and the namespaces.
+/// The NVA a [`MigrationRig`]'s NVEs share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nva {
+    /// A real etcd in h3.
+    Etcd,
+    /// BGP EVPN through FRR as route reflector in the fabric namespace (10.0.0.254).
+    Evpn,
+}
+
+/// A VM about to migrate h1 -> h2, three NVEs sharing an NVA: VN blue on each, the VM
+/// (vm1's MAC and IP, vNIC `vmx`) associated on h1, vm3 (vNIC `vm3`) on h3 and reaching
+/// it, the VM's next incarnation ready on h2 (port `vmxp`, link down). Fields drop in
+/// order: daemons and VMs before the NVA and the namespaces.
 pub struct MigrationRig {
     /// The migrating VM's UUID.
     pub vmx: String,
@@ -70,24 +83,84 @@ pub struct MigrationRig {
     pub d2: Daemon,
     pub d3: Daemon,
     pub new: Vm,
-    pub etcd: EtcdServer,
+    pub etcd: Option<EtcdServer>,
+    pub frr: Option<Frr>,
+    /// The NVEs' config file (EVPN).
+    config: Option<std::path::PathBuf>,
     pub rig: ThreeHosts,
+}
+
+impl Drop for MigrationRig {
+    fn drop(&mut self) {
+        if let Some(c) = &self.config {
+            let _ = std::fs::remove_file(c);
+        }
+    }
+}
+
+/// FRR in the fabric namespace reflecting EVPN routes among h1, h2 and h3; the NVEs'
+/// config file naming it.
+fn route_reflector(rig: &ThreeHosts) -> Result<(Frr, std::path::PathBuf)> {
+    rig.fabric
+        .ip(&["addr", "add", &format!("{FABRIC_IP}/24"), "dev", "br0"])?;
+    let mut cfg = FrrConfig::new(crate::evpn_rig::ASN, FABRIC_IP.parse()?);
+    for h in [H1_VTEP, H2_VTEP, H3_VTEP] {
+        let mut n = Neighbour::new(h.parse()?, crate::evpn_rig::ASN);
+        n.route_reflector_client = true;
+        cfg = cfg.neighbour(n);
+    }
+    let frr = Frr::new(&rig.fabric, cfg)?;
+    let config = std::path::PathBuf::from(format!("/tmp/{}-nve.json", rig.fabric.name));
+    let bgp = serde_json::json!({"bgp": {
+        "asn": crate::evpn_rig::ASN,
+        "neighbors": [{"address": FABRIC_IP, "remote_as": crate::evpn_rig::ASN}],
+    }});
+    std::fs::write(&config, bgp.to_string())?;
+    Ok((frr, config))
 }
 
 impl MigrationRig {
     pub fn new(tag: &str, vmx: &str, vm3: &str) -> Result<Self> {
+        Self::on(Nva::Etcd, tag, vmx, vm3)
+    }
+
+    pub fn on(nva: Nva, tag: &str, vmx: &str, vm3: &str) -> Result<Self> {
         let rig = ThreeHosts::new(tag)?;
-        let etcd = EtcdServer::start(&rig.h3, H3_VTEP)?;
-        let nva = ["--nva", etcd.url.as_str()];
+        let (etcd, frr, config) = match nva {
+            Nva::Etcd => (Some(EtcdServer::start(&rig.h3, H3_VTEP)?), None, None),
+            Nva::Evpn => {
+                let (frr, config) = route_reflector(&rig)?;
+                (None, Some(frr), Some(config))
+            }
+        };
+        let args: Vec<String> = match (&etcd, &config) {
+            (Some(e), _) => vec!["--nva".into(), e.url.clone()],
+            (None, Some(c)) => vec![
+                "--nva".into(),
+                "bgp".into(),
+                "--config".into(),
+                c.display().to_string(),
+            ],
+            (None, None) => Vec::new(),
+        };
+        let nva: Vec<&str> = args.iter().map(String::as_str).collect();
         let d1 = Daemon::start(&rig.h1, &format!("{tag}1"), H1_VTEP, "ul", &nva)?;
         let d2 = Daemon::start(&rig.h2, &format!("{tag}2"), H2_VTEP, "ul", &nva)?;
         let d3 = Daemon::start(&rig.h3, &format!("{tag}3"), H3_VTEP, "ul", &nva)?;
+        if let Some(frr) = &frr {
+            for h in [H1_VTEP, H2_VTEP, H3_VTEP] {
+                frr.wait_established(
+                    h.parse::<std::net::Ipv4Addr>()?,
+                    std::time::Duration::from_secs(20),
+                )?;
+            }
+        }
         for d in [&d1, &d2, &d3] {
             d.nve(&["vn", "add", VN, "--vni", &VNI.to_string()])?;
         }
         overlay::associate(&d1, vmx, "vm1p", VM1_MAC, Some(VM1_IP))?;
         overlay::associate(&d3, vm3, "vm3p", VM3_MAC, Some(VM3_IP))?;
-        rig.vm3.ping_until_reachable(VM1_IP, 5)?;
+        rig.vm3.ping_until_reachable(VM1_IP, 20)?;
         let new = Vm::new(&format!("{tag}-new"), &rig.h2, "vmxp", VM1_MAC, VM1_IP)?;
         new.ns.ip(&["link", "set", "eth0", "down"])?;
         Ok(Self {
@@ -97,6 +170,8 @@ impl MigrationRig {
             d3,
             new,
             etcd,
+            frr,
+            config,
             rig,
         })
     }

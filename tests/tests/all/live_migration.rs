@@ -1,5 +1,6 @@
 //! A VM migrates h1 -> h2 while h3's VM streams numbered UDP datagrams to it at about
-//! 10,000 a second, three NVEs on the NVA (a real etcd in h3); see
+//! 10,000 a second, three NVEs on the NVA (a real etcd in h3, or BGP EVPN through FRR as
+//! route reflector); see
 //! `nve_tests::live_stream`. Datagrams sent while the VM was paused may be lost
 //! (reported); every other one must arrive, and frames that reached h1 after the move went
 //! on through its forwarding pointer.
@@ -7,7 +8,7 @@ use nve_tests::{
     live_stream,
     overlay::{H2_VTEP, VM1_MAC},
     rig::{Daemon, require_root},
-    three_hosts::MigrationRig,
+    three_hosts::{MigrationRig, Nva},
 };
 
 const VMX: &str = "00000000-0000-4000-8000-0000000000b1";
@@ -16,8 +17,17 @@ const VM3: &str = "00000000-0000-4000-8000-0000000000b3";
 #[test]
 fn a_vm_migrates_under_a_stream_without_network_loss() {
     require_root();
-    let r = MigrationRig::new("lm", VMX, VM3).unwrap();
-    let f = live_stream::migrate_under_stream(&r, 10_000, 3).unwrap();
+    migrates_without_network_loss(&MigrationRig::new("lm", VMX, VM3).unwrap());
+}
+
+#[test]
+fn evpn_a_vm_migrates_through_a_route_reflector_without_network_loss() {
+    require_root();
+    migrates_without_network_loss(&MigrationRig::on(Nva::Evpn, "lme", VMX, VM3).unwrap());
+}
+
+fn migrates_without_network_loss(r: &MigrationRig) {
+    let f = live_stream::migrate_under_stream(r, 10_000, 3).unwrap();
     println!(
         "sent {}, received {}, lost while the VM was paused (seq {}..{}, {:.0} ms): {}, lost \
          otherwise: {}, longest gap {:.1} ms, through h1's forwarding pointer: {}",

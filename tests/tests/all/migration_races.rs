@@ -130,7 +130,7 @@ fn with_the_nva_down_the_pointer_carries_the_move_and_the_nves_converge_after() 
     // The pre-association made h2 a member of the VN (nothing about the VM published):
     // h3 floods to it and accepts its VXLAN.
     r.d3.wait_next_hop(H2_VTEP).unwrap();
-    r.etcd.kill();
+    r.etcd.as_mut().expect("etcd").kill();
     wait_until("h3 notices the NVA is gone", || {
         let s = r.d3.status().unwrap();
         s.nva.is_some_and(|n| !n.connected)
