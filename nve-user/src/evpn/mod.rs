@@ -9,6 +9,7 @@
 //! not map to the NOTIFICATIONs a speaker must send, and the encapsulation community and PMSI
 //! are not typed there (the commit that added this module has the measurements).
 pub mod config;
+pub mod rib;
 pub mod route;
 pub mod translate;
 pub mod wire;

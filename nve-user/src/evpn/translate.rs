@@ -104,53 +104,61 @@ pub fn advertised(
     out
 }
 
-/// The claims a neighbour's routes make (keyed as the NVA's keys): per (VNI, MAC, VTEP)
-/// its addresses and highest sequence, per (VNI, VTEP) its membership. A route counts for
-/// a VN when its label (type 2) or PMSI label (type 3) is the VNI of a VN here whose import
-/// route targets it carries; routes from `own` are this NVE's, reflected back.
+/// What `route` claims: its NVA key, the VTEP, the VNI (the label of type 2, the PMSI's of
+/// type 3).
+fn claimed(route: &Route, a: &Attributes) -> Option<(String, IpAddr, u32)> {
+    match route {
+        Route::MacIp { mac, label, .. } => {
+            Some((claims::key(*label, *mac, a.next_hop), a.next_hop, *label))
+        }
+        Route::Imet { originator, .. } => {
+            let p = a.pmsi.as_ref()?;
+            let vtep = if p.endpoint.is_unspecified() {
+                *originator
+            } else {
+                p.endpoint
+            };
+            Some((claims::member_key(p.label, vtep), vtep, p.label))
+        }
+    }
+}
+
+/// The claim `route` makes (its NVA key), if it counts: a route counts for a VN when its
+/// VNI is that of a VN here whose import route targets it carries; routes from `own` are
+/// this NVE's, reflected back.
+pub fn claim_key(
+    route: &Route,
+    a: &Attributes,
+    import: &BTreeMap<u32, Routing>,
+    own: IpAddr,
+) -> Option<(String, IpAddr)> {
+    let (key, vtep, vni) = claimed(route, a)?;
+    let imported = import
+        .get(&vni)
+        .is_some_and(|r| a.route_targets.iter().any(|t| r.import.contains(t)));
+    (vtep != own && imported).then_some((key, vtep))
+}
+
+/// The claims routes make (keyed as the NVA's keys, see [`claim_key`]): per (VNI, MAC,
+/// VTEP) its addresses and highest sequence, per (VNI, VTEP) its membership.
 pub fn claims<'a>(
     routes: impl Iterator<Item = &'a Advert>,
     import: &BTreeMap<u32, Routing>,
     own: IpAddr,
 ) -> BTreeMap<String, Entry> {
     let mut out: BTreeMap<String, Entry> = BTreeMap::new();
-    let imported = |vni: u32, a: &Attributes| {
-        import
-            .get(&vni)
-            .is_some_and(|r| a.route_targets.iter().any(|t| r.import.contains(t)))
-    };
     for (route, a) in routes {
-        match route {
-            Route::MacIp { mac, ip, label, .. } => {
-                let vtep = a.next_hop;
-                if vtep == own || !imported(*label, a) {
-                    continue;
-                }
-                let e = out
-                    .entry(claims::key(*label, *mac, vtep))
-                    .or_insert_with(|| Entry::at(vtep));
-                if let Some(ip) = ip
-                    && !e.ips.contains(ip)
-                {
-                    e.ips.push(*ip);
-                    e.ips.sort();
-                }
-                let seq = a.mac_mobility.map_or(0, |m| u64::from(m.seq));
-                e.seq = e.seq.max(seq);
-            }
-            Route::Imet { originator, .. } => {
-                let Some(p) = &a.pmsi else { continue };
-                let vtep = if p.endpoint.is_unspecified() {
-                    *originator
-                } else {
-                    p.endpoint
-                };
-                if vtep == own || !imported(p.label, a) {
-                    continue;
-                }
-                out.insert(claims::member_key(p.label, vtep), Entry::at(vtep));
-            }
+        let Some((key, vtep)) = claim_key(route, a, import, own) else {
+            continue;
+        };
+        let e = out.entry(key).or_insert_with(|| Entry::at(vtep));
+        if let Route::MacIp { ip: Some(ip), .. } = route
+            && !e.ips.contains(ip)
+        {
+            e.ips.push(*ip);
+            e.ips.sort();
         }
+        e.seq = e.seq.max(a.mac_mobility.map_or(0, |m| u64::from(m.seq)));
     }
     out
 }

@@ -20,6 +20,7 @@ use crate::{
     daemon::handle::Handle,
     evpn::{
         config::{BgpConfig, Routing},
+        rib::{Import, Ribs},
         route::Route,
         translate::{self, Advert, Speaker},
         wire::{Message, Update},
@@ -39,8 +40,6 @@ struct Peer {
     remote_as: u32,
     tx: mpsc::Sender<Vec<Message>>,
     established: Option<Instant>,
-    /// Its routes (Adj-RIB-In).
-    rib: HashMap<Route, Advert>,
     /// Routes of a session that went down (or before its End-of-RIB after coming back),
     /// and until when they are kept.
     stale: HashSet<Route>,
@@ -61,9 +60,12 @@ struct Core {
     published: BTreeMap<String, Entry>,
     advertised: HashMap<Route, Advert>,
     from: Option<Arc<Model>>,
+    /// The neighbours' routes (by the index of `peers`).
+    ribs: Ribs,
+    /// Each VN's RD and route targets, by VNI (as of the last snapshot).
+    routing: BTreeMap<u32, Routing>,
     /// Every claim: this NVE's and those the neighbours' routes make.
     claims: Claims,
-    received: BTreeMap<String, Entry>,
     mobility: Mobility,
     /// The model got the whole table once (after the first End-of-RIB, or a stale time).
     synced: bool,
@@ -87,7 +89,6 @@ pub async fn run(handle: Handle, cfg: BgpConfig, vtep: Ipv4Addr) {
             remote_as: n.remote_as,
             tx,
             established: None,
-            rib: HashMap::new(),
             stale: HashSet::new(),
             stale_until: None,
             stale_for: Duration::from_secs(cfg.stale_time),
@@ -100,18 +101,22 @@ pub async fn run(handle: Handle, cfg: BgpConfig, vtep: Ipv4Addr) {
         link: Link::new(handle.clone(), endpoint),
         cfg,
         vtep,
+        ribs: Ribs::new(peers.len()),
+        routing: BTreeMap::new(),
         peers,
         published: BTreeMap::new(),
         advertised: HashMap::new(),
         from: None,
         claims: Claims::default(),
-        received: BTreeMap::new(),
         mobility: Mobility::default(),
         synced: false,
         started: Instant::now(),
     };
     let mut snapshots = handle.subscribe();
     let mut tick = tokio::time::interval(TICK);
+    // What the state dir holds is advertised from the first session on.
+    let model = snapshots.borrow_and_update().model.clone();
+    core.publish(&model).await;
     core.report().await;
     loop {
         tokio::select! {
@@ -144,8 +149,8 @@ impl Core {
             .collect()
     }
 
-    fn peer(&mut self, address: IpAddr) -> Option<&mut Peer> {
-        self.peers.iter_mut().find(|p| p.address == address)
+    fn peer(&self, address: IpAddr) -> Option<usize> {
+        self.peers.iter().position(|p| p.address == address)
     }
 
     async fn on_up(&mut self, up: Up) {
@@ -158,12 +163,14 @@ impl Core {
                 let stale = self.cfg.stale_time;
                 let stale_for = Duration::from_secs(restart.map_or(stale, |r| r.min(stale)));
                 let table = self.full_table();
-                if let Some(p) = self.peer(peer) {
+                if let Some(i) = self.peer(peer) {
+                    let routes: HashSet<Route> = self.ribs.keys(i).cloned().collect();
+                    let p = &mut self.peers[i];
                     p.established = Some(Instant::now());
                     p.last_error = None;
                     p.stale_for = stale_for;
                     // What it had is stale until its End-of-RIB says what is still there.
-                    p.stale = p.rib.keys().cloned().collect();
+                    p.stale = routes;
                     p.stale_until = Some(Instant::now() + stale_for);
                     p.sent = table.iter().map(announced).sum();
                     let _ = p.tx.send(table).await;
@@ -172,9 +179,11 @@ impl Core {
             }
             Up::Update { peer, update } => self.on_update(peer, update).await,
             Up::Down { peer, error } => {
-                if let Some(p) = self.peer(peer) {
+                if let Some(i) = self.peer(peer) {
+                    let routes: HashSet<Route> = self.ribs.keys(i).cloned().collect();
+                    let p = &mut self.peers[i];
                     if p.established.take().is_some() {
-                        p.stale = p.rib.keys().cloned().collect();
+                        p.stale = routes;
                         p.stale_until = Some(Instant::now() + p.stale_for);
                     }
                     p.last_error = Some(error);
@@ -185,29 +194,32 @@ impl Core {
     }
 
     async fn on_update(&mut self, peer: IpAddr, update: Update) {
-        let Some(p) = self.peer(peer) else { return };
+        let Some(i) = self.peer(peer) else { return };
+        let import = Import {
+            routing: &self.routing,
+            own: self.vtep.into(),
+        };
+        let mut touched = BTreeSet::new();
+        let p = &mut self.peers[i];
         for route in &update.withdrawn {
             let key = route.key();
-            p.rib.remove(&key);
+            self.ribs.withdraw(i, &key, &mut touched);
             p.stale.remove(&key);
         }
         if let Some(attrs) = &update.attributes {
             for route in &update.announced {
-                let key = route.key();
-                p.rib.insert(key.clone(), (route.clone(), attrs.clone()));
-                p.stale.remove(&key);
+                self.ribs.announce(i, route, attrs, &import, &mut touched);
+                p.stale.remove(&route.key());
             }
         }
         if update.end_of_rib {
-            let stale = std::mem::take(&mut p.stale);
-            for key in stale {
-                p.rib.remove(&key);
+            for key in std::mem::take(&mut p.stale) {
+                self.ribs.withdraw(i, &key, &mut touched);
             }
             p.stale_until = None;
         }
-        let eor = update.end_of_rib;
-        self.reclaim().await;
-        if eor && !self.synced {
+        self.reclaim(&touched).await;
+        if update.end_of_rib && !self.synced {
             self.sync_all().await;
         }
     }
@@ -215,19 +227,16 @@ impl Core {
     /// Stale routes whose time ran out go.
     async fn expire(&mut self) {
         let now = Instant::now();
-        let mut changed = false;
-        for p in &mut self.peers {
+        let mut touched = BTreeSet::new();
+        for (i, p) in self.peers.iter_mut().enumerate() {
             if p.stale_until.is_some_and(|t| t <= now) {
                 for key in std::mem::take(&mut p.stale) {
-                    p.rib.remove(&key);
+                    self.ribs.withdraw(i, &key, &mut touched);
                 }
                 p.stale_until = None;
-                changed = true;
             }
         }
-        if changed {
-            self.reclaim().await;
-        }
+        self.reclaim(&touched).await;
         let grace = Duration::from_secs(self.cfg.stale_time);
         if !self.synced && self.started.elapsed() >= grace {
             self.sync_all().await;
@@ -235,29 +244,30 @@ impl Core {
         self.report().await;
     }
 
-    /// Brings the claims to the neighbours' routes and hands the model what changed.
-    async fn reclaim(&mut self) {
-        let model = self.link.handle().snapshot().model.clone();
-        let routing = self.routing(&model);
-        let own: IpAddr = self.vtep.into();
-        let all = self.peers.iter().flat_map(|p| p.rib.values());
-        let now = translate::claims(all, &routing, own);
-        let mut touched = BTreeSet::new();
-        for (key, entry) in &now {
-            if self.received.get(key) != Some(entry) {
-                touched.extend(self.claims.put_entry(key, entry.clone()));
-            }
+    /// Brings the claims `touched` to the neighbours' routes and hands the model what
+    /// changed.
+    async fn reclaim(&mut self, touched: &BTreeSet<String>) {
+        if touched.is_empty() {
+            return;
         }
-        for key in self.received.keys().filter(|k| !now.contains_key(*k)) {
-            touched.extend(self.claims.delete(key));
+        let import = Import {
+            routing: &self.routing,
+            own: self.vtep.into(),
+        };
+        let mut macs = BTreeSet::new();
+        for (key, entry) in self.ribs.claims(touched, &import) {
+            let id = match entry {
+                Some(e) => self.claims.put_entry(key, e),
+                None => self.claims.delete(key),
+            };
+            macs.extend(id);
         }
-        self.received = now;
         if !self.synced {
             return;
         }
         let vtep = self.vtep.into();
         let handle = self.link.handle().clone();
-        if let Err(e) = install(&handle, &self.claims, &touched, vtep, &mut self.mobility).await {
+        if let Err(e) = install(&handle, &self.claims, &macs, vtep, &mut self.mobility).await {
             tracing::warn!("installing EVPN routes: {e:#}");
         }
         self.link.duplicates(&self.mobility).await;
@@ -293,6 +303,17 @@ impl Core {
         }
         self.published = wanted;
         let routing = self.routing(model);
+        if routing != self.routing {
+            // VNs came or went: every route's claim again.
+            self.routing = routing.clone();
+            let mut touched = BTreeSet::new();
+            let import = Import {
+                routing: &self.routing,
+                own: vtep,
+            };
+            self.ribs.reindex(&import, &mut touched);
+            self.reclaim(&touched).await;
+        }
         // A MAC another VTEP took over with a higher sequence is not this NVE's to
         // advertise until it claims it anew (the vNIC associated again).
         let own: BTreeMap<String, Entry> = self
@@ -345,7 +366,8 @@ impl Core {
         let neighbors = self
             .peers
             .iter()
-            .map(|p| NvaNeighbor {
+            .enumerate()
+            .map(|(i, p)| NvaNeighbor {
                 address: p.address,
                 remote_as: p.remote_as,
                 state: if p.established.is_some() {
@@ -355,7 +377,7 @@ impl Core {
                 }
                 .into(),
                 uptime_secs: p.established.map(|t| t.elapsed().as_secs()),
-                prefixes_received: p.rib.len(),
+                prefixes_received: self.ribs.len(i),
                 prefixes_sent: if p.established.is_some() { p.sent } else { 0 },
                 stale: p.stale.len(),
                 last_error: p.last_error.clone(),
