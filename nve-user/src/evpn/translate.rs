@@ -189,6 +189,27 @@ pub fn announcements<'a>(adverts: impl Iterator<Item = &'a Advert>) -> Vec<Messa
     out
 }
 
+/// `msgs` as they go to a neighbour in AS `remote` (this NVE: `local`): to an eBGP one the
+/// AS_PATH starts with this AS and there is no LOCAL_PREF (RFC 4271 s.5.1.2, 5.1.5).
+pub fn for_neighbour(msgs: &[Message], local: u32, remote: u32) -> Vec<Message> {
+    if local == remote {
+        return msgs.to_vec();
+    }
+    msgs.iter()
+        .map(|m| match m {
+            Message::Update(u) => Message::Update(Update {
+                attributes: u.attributes.clone().map(|a| Attributes {
+                    as_path: std::iter::once(local).chain(a.as_path).collect(),
+                    local_pref: None,
+                    ..a
+                }),
+                ..u.clone()
+            }),
+            other => other.clone(),
+        })
+        .collect()
+}
+
 /// UPDATEs withdrawing `routes`.
 pub fn withdrawals(routes: &[Route]) -> Vec<Message> {
     routes
@@ -278,6 +299,31 @@ mod tests {
             })
             .collect();
         assert!(claims(foreign.iter(), &routing(), "10.0.0.9".parse().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn ebgp_neighbours_get_this_as_and_no_local_pref() {
+        let s = Speaker {
+            asn: 65000,
+            vtep: VTEP,
+        };
+        let vtep = IpAddr::V4(VTEP);
+        let published = BTreeMap::from([(claims::member_key(100, vtep), Entry::at(vtep))]);
+        let msgs = announcements(advertised(&published, s, &routing()).iter());
+        let attrs = |m: &Message| match m {
+            Message::Update(u) => u.attributes.clone().unwrap(),
+            _ => panic!("an UPDATE"),
+        };
+        let ibgp = for_neighbour(&msgs, 65000, 65000);
+        assert_eq!(
+            (attrs(&ibgp[0]).as_path, attrs(&ibgp[0]).local_pref),
+            (vec![], Some(100))
+        );
+        let ebgp = for_neighbour(&msgs, 65000, 65001);
+        assert_eq!(
+            (attrs(&ebgp[0]).as_path, attrs(&ebgp[0]).local_pref),
+            (vec![65000], None)
+        );
     }
 
     #[test]

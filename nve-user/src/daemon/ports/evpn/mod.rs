@@ -162,7 +162,9 @@ impl Core {
                     .map(|g| u64::from(g.restart_time));
                 let stale = self.cfg.stale_time;
                 let stale_for = Duration::from_secs(restart.map_or(stale, |r| r.min(stale)));
-                let table = self.full_table();
+                let asn = self.cfg.asn;
+                let remote = self.peer(peer).map_or(asn, |i| self.peers[i].remote_as);
+                let table = translate::for_neighbour(&self.full_table(), asn, remote);
                 if let Some(i) = self.peer(peer) {
                     let routes: HashSet<Route> = self.ribs.keys(i).cloned().collect();
                     let p = &mut self.peers[i];
@@ -206,7 +208,13 @@ impl Core {
             self.ribs.withdraw(i, &key, &mut touched);
             p.stale.remove(&key);
         }
-        if let Some(attrs) = &update.attributes {
+        // Routes that went round back to this NVE (its AS in the path, or a route
+        // reflector's copy of its own) are not taken (RFC 4271 s.9.1.2, RFC 4456 s.8).
+        let router_id = self.cfg.router_id(self.vtep);
+        let looped = update.attributes.as_ref().is_some_and(|a| {
+            a.as_path.contains(&self.cfg.asn) || a.originator_id == Some(router_id)
+        });
+        if let Some(attrs) = update.attributes.as_ref().filter(|_| !looped) {
             for route in &update.announced {
                 self.ribs.announce(i, route, attrs, &import, &mut touched);
                 p.stale.remove(&route.key());
@@ -344,10 +352,12 @@ impl Core {
         if msgs.is_empty() {
             return;
         }
-        let count = self.advertised.len();
+        let (count, asn) = (self.advertised.len(), self.cfg.asn);
         for p in self.peers.iter_mut().filter(|p| p.established.is_some()) {
             p.sent = count;
-            let _ = p.tx.send(msgs.clone()).await;
+            let _ =
+                p.tx.send(translate::for_neighbour(&msgs, asn, p.remote_as))
+                    .await;
         }
         self.report().await;
     }
