@@ -42,6 +42,33 @@ pub fn status(s: &StatusView) -> String {
             )
         })
         .collect::<String>()
+        + &s.nva.as_ref().map(nva).unwrap_or_default()
+}
+
+fn nva(n: &crate::api::NvaStatus) -> String {
+    let state = if n.connected {
+        "connected"
+    } else {
+        "not connected"
+    };
+    let mut out = format!("nva           {} ({state}", n.endpoint);
+    if let Some(e) = &n.last_error {
+        out += &format!(": {e}");
+    }
+    out += ")\n";
+    for b in &n.neighbors {
+        let up = b
+            .uptime_secs
+            .map_or(String::new(), |s| format!(" for {s} s"));
+        out += &format!(
+            "bgp neighbor  {} AS {} {}{up}, prefixes received {} sent {}, stale {}\n",
+            b.address, b.remote_as, b.state, b.prefixes_received, b.prefixes_sent, b.stale
+        );
+    }
+    for d in &n.duplicate_macs {
+        out += &format!("duplicate MAC {d} (frozen)\n");
+    }
+    out
 }
 
 pub fn vn(vns: &Vec<VnView>) -> String {
