@@ -954,41 +954,29 @@ impl BgpMessage {
 /// packets), reassembled per direction (retransmitted bytes skipped) and split at each
 /// message's length; in capture order per sender.
 pub fn bgp_messages(file: &Path) -> Result<Vec<BgpMessage>> {
-    let file = file.to_str().context("pcap path")?;
-    let out = crate::rig::run(&[
-        "tshark",
-        "-r",
+    let lines = crate::overlay::tshark_fields(
         file,
-        "-Y",
         "tcp.port == 179 && tcp.len > 0",
-        "-T",
-        "fields",
-        "-E",
-        "separator=|",
-        "-e",
-        "ip.src",
-        "-e",
-        "tcp.srcport",
-        "-e",
-        "tcp.dstport",
-        "-e",
-        "tcp.seq",
-        "-e",
-        "tcp.payload",
-    ])?;
+        &[
+            "ip.src",
+            "tcp.srcport",
+            "tcp.dstport",
+            "tcp.seq",
+            "tcp.payload",
+        ],
+    )?;
     // Per direction (src, sport, dport): the next sequence number and the bytes not yet a
     // whole message.
     let mut streams: BTreeMap<(String, String, String), (u64, Vec<u8>)> = BTreeMap::new();
     let mut messages = Vec::new();
     let mut counts: BTreeMap<IpAddr, usize> = BTreeMap::new();
-    for line in out.lines() {
-        let f: Vec<&str> = line.split('|').collect();
+    for f in &lines {
         if f.len() < 5 {
             continue;
         }
         let src: IpAddr = f[0].parse().with_context(|| format!("ip.src {}", f[0]))?;
         let seq: u64 = f[3].parse().with_context(|| format!("tcp.seq {}", f[3]))?;
-        let payload = unhex(f[4]).with_context(|| format!("tcp.payload of {line}"))?;
+        let payload = unhex(&f[4]).with_context(|| format!("tcp.payload of {f:?}"))?;
         let key = (f[0].to_string(), f[1].to_string(), f[2].to_string());
         let (next, buf) = streams.entry(key).or_insert((seq, Vec::new()));
         let end = seq + payload.len() as u64;

@@ -230,6 +230,22 @@ pub struct VxlanPacket {
     pub inner: String,
 }
 
+/// tshark's `fields` of each packet of `pcap` its display `filter` matches: a line each,
+/// the fields split at `|`, several values of one field joined by `,`.
+pub fn tshark_fields(pcap: &Path, filter: &str, fields: &[&str]) -> Result<Vec<Vec<String>>> {
+    let file = pcap.to_str().context("pcap path")?;
+    let mut args = vec!["tshark", "-r", file, "-Y", filter, "-T", "fields"];
+    args.extend(["-E", "separator=|", "-E", "aggregator=,"]);
+    for f in fields {
+        args.extend(["-e", f]);
+    }
+    let out = crate::rig::run(&args)?;
+    Ok(out
+        .lines()
+        .map(|l| l.split('|').map(str::to_string).collect())
+        .collect())
+}
+
 /// tcpdump on an interface of a namespace; stopped on drop.
 pub struct Capture {
     child: Child,
@@ -284,11 +300,8 @@ impl Capture {
     /// Stops the capture and lists `field` of each packet tshark's `filter` matches.
     pub fn finish_field(mut self, filter: &str, field: &str) -> Result<Vec<String>> {
         self.stop();
-        let file = self.file.to_str().context("path")?;
-        let out = crate::rig::run(&[
-            "tshark", "-r", file, "-Y", filter, "-T", "fields", "-e", field,
-        ])?;
-        Ok(out.lines().map(str::to_string).collect())
+        let lines = tshark_fields(&self.file, filter, &[field])?;
+        Ok(lines.into_iter().map(|mut f| f.remove(0)).collect())
     }
 
     /// Stops the capture and copies the pcap to `to` (the capture's own file goes on drop).
@@ -302,44 +315,31 @@ impl Capture {
     /// Stops the capture and decodes it with tshark.
     pub fn finish(mut self) -> Result<Vec<VxlanPacket>> {
         self.stop();
-        let out = crate::rig::run(&[
-            "tshark",
-            "-r",
-            self.file.to_str().context("path")?,
-            "-Y",
+        let lines = tshark_fields(
+            &self.file,
             "vxlan",
-            "-T",
-            "fields",
-            "-E",
-            "separator=|",
-            "-e",
-            "ip.src",
-            "-e",
-            "ip.dst",
-            "-e",
-            "udp.srcport",
-            "-e",
-            "udp.dstport",
-            "-e",
-            "vxlan.vni",
-            "-e",
-            "vxlan.flags",
-            "-e",
-            "frame.protocols",
-        ])?;
+            &[
+                "ip.src",
+                "ip.dst",
+                "udp.srcport",
+                "udp.dstport",
+                "vxlan.vni",
+                "vxlan.flags",
+                "frame.protocols",
+            ],
+        )?;
         let mut packets = Vec::new();
-        for line in out.lines() {
-            let f: Vec<&str> = line.split('|').collect();
+        for f in &lines {
             if f.len() < 7 {
                 continue;
             }
             let first = |s: &str| s.split(',').next().unwrap_or_default().to_string();
             let flags = f[5].trim_start_matches("0x");
             packets.push(VxlanPacket {
-                src: first(f[0]),
-                dst: first(f[1]),
-                sport: first(f[2]).parse().unwrap_or(0),
-                dport: first(f[3]).parse().unwrap_or(0),
+                src: first(&f[0]),
+                dst: first(&f[1]),
+                sport: first(&f[2]).parse().unwrap_or(0),
+                dport: first(&f[3]).parse().unwrap_or(0),
                 vni: f[4].parse().unwrap_or(u32::MAX),
                 flags: u16::from_str_radix(flags, 16).unwrap_or(0),
                 inner: f[6]

@@ -13,7 +13,7 @@ use nve_tests::{
     evpn_rig::{ASN, EvpnRig},
     frr::MacType,
     overlay::{self, Capture, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC, VM2_IP, VM2_MAC, VNI},
-    rig::{Netns, Vm, mac_str, require_root, run, wait_until},
+    rig::{Netns, Vm, mac_str, require_root, wait_until},
 };
 use serde_json::json;
 
@@ -43,24 +43,6 @@ fn frr_has_vm1(rig: &EvpnRig, seq: u32) {
 
 fn associate(rig: &EvpnRig) {
     overlay::associate(&rig.nve, VM1, "vm1p", VM1_MAC, Some(VM1_IP)).unwrap();
-}
-
-/// tshark's `fields` of the packets `filter` matches in `pcap`, a line each, `|` between.
-fn tshark(pcap: &std::path::Path, filter: &str, fields: &[&str]) -> Vec<String> {
-    let mut args = vec![
-        "tshark",
-        "-r",
-        pcap.to_str().unwrap(),
-        "-Y",
-        filter,
-        "-T",
-        "fields",
-    ];
-    args.extend(["-E", "separator=|", "-E", "aggregator=,"]);
-    for f in fields {
-        args.extend(["-e", f]);
-    }
-    run(&args).unwrap().lines().map(str::to_string).collect()
 }
 
 #[test]
@@ -104,7 +86,7 @@ fn evpn_routes_flow_both_ways_vms_talk_and_the_wire_carries_rfc_8365() {
     let pcap = std::path::PathBuf::from(format!("/tmp/{}-evpn.pcap", rig.hosts.h1.name));
     capture.finish_pcap(&pcap).unwrap();
     let sent = format!("ip.src == {H1_VTEP} && bgp.evpn.nlri.rt");
-    let imet = tshark(
+    let imet = overlay::tshark_fields(
         &pcap,
         &format!("{sent} == 3"),
         &[
@@ -115,25 +97,33 @@ fn evpn_routes_flow_both_ways_vms_talk_and_the_wire_carries_rfc_8365() {
             "bgp.ext_com.value_as2",
             "bgp.ext_com.value_an4",
         ],
-    );
+    )
+    .unwrap();
     // RD type 1 (IPv4 address: h1's, index: the VNI), as tshark prints it: in hex.
     let o = h1().octets();
     let rd = format!(
         "0001{:02x}{:02x}{:02x}{:02x}{VNI:04x}",
         o[0], o[1], o[2], o[3]
     );
-    assert_eq!(imet, vec![format!("{rd}|6|{H1_VTEP}|8|{ASN}|{VNI}")]);
-    let macs = tshark(
+    let want = [
+        rd.clone(),
+        "6".into(),
+        H1_VTEP.into(),
+        "8".into(),
+        ASN.to_string(),
+        VNI.to_string(),
+    ];
+    assert_eq!(imet, vec![want.to_vec()]);
+    let macs = overlay::tshark_fields(
         &pcap,
         &format!("{sent} == 2"),
         &["bgp.evpn.nlri.rd", "bgp.evpn.nlri.mac_addr"],
-    );
+    )
+    .unwrap();
     // MAC-only and MAC/IP, one UPDATE: tshark joins a packet's values with commas.
     let vm1 = mac_str(VM1_MAC);
-    let right = |l: &String| {
-        let (rds, macs) = l.split_once('|').unwrap_or_default();
-        rds.split(',').all(|r| r == rd) && macs.split(',').all(|m| m == vm1)
-    };
+    let right =
+        |f: &Vec<String>| f[0].split(',').all(|r| r == rd) && f[1].split(',').all(|m| m == vm1);
     assert!(!macs.is_empty() && macs.iter().all(right), "{macs:?}");
     let _ = std::fs::remove_file(&pcap);
 }
