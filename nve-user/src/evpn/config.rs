@@ -18,6 +18,7 @@ pub struct BgpConfig {
     /// Default: the VTEP address.
     #[serde(default)]
     pub router_id: Option<Ipv4Addr>,
+    #[serde(alias = "neighbours")]
     pub neighbors: Vec<Neighbor>,
     /// Per VN name.
     #[serde(default)]
