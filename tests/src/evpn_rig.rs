@@ -38,29 +38,48 @@ impl EvpnRig {
     /// The rig, once FRR reports nve's session Established; `bgp` is merged into nve's
     /// "bgp" section, `frr` adjusts FRR's config.
     pub fn new(tag: &str, bgp: Value, frr: impl FnOnce(FrrConfig) -> FrrConfig) -> Result<Self> {
+        Self::with_config(tag, nve_config(bgp), frr)
+    }
+
+    /// As [`EvpnRig::new`] with nve's whole config file given (a VN with other settings,
+    /// say: start from [`nve_config`]).
+    pub fn with_config(
+        tag: &str,
+        contents: Value,
+        frr: impl FnOnce(FrrConfig) -> FrrConfig,
+    ) -> Result<Self> {
         let hosts = TwoHosts::new(tag)?;
         frr::evpn_vni(&hosts.h2, VNI, H2_VTEP, "vm2p")?;
         let h1: Ipv4Addr = H1_VTEP.parse()?;
         let h2: Ipv4Addr = H2_VTEP.parse()?;
         let config = PathBuf::from(format!("/tmp/{}-nve.json", hosts.h1.name));
-        fs::write(&config, nve_config(bgp).to_string())?;
-        let cfg = frr(FrrConfig::new(ASN, h2).neighbour(Neighbour::new(h1, ASN)));
-        let frr = Frr::new(&hosts.h2, cfg)?;
+        fs::write(&config, contents.to_string())?;
         let path = config.to_str().unwrap_or_default().to_string();
-        let nve = Daemon::start(
-            &hosts.h1,
-            tag,
-            H1_VTEP,
-            "ul",
-            &["--nva", "bgp", "--config", &path],
-        )?;
-        frr.wait_established(h1, Duration::from_secs(20))?;
-        Ok(Self {
-            frr,
-            nve,
-            hosts,
-            config,
-        })
+        let started = (|| {
+            let cfg = frr(FrrConfig::new(ASN, h2).neighbour(Neighbour::new(h1, ASN)));
+            let frr = Frr::new(&hosts.h2, cfg)?;
+            let nve = Daemon::start(
+                &hosts.h1,
+                tag,
+                H1_VTEP,
+                "ul",
+                &["--nva", "bgp", "--config", &path],
+            )?;
+            frr.wait_established(h1, Duration::from_secs(20))?;
+            Ok((frr, nve))
+        })();
+        match started {
+            Ok((frr, nve)) => Ok(Self {
+                frr,
+                nve,
+                hosts,
+                config,
+            }),
+            Err(e) => {
+                let _ = fs::remove_file(&config);
+                Err(e)
+            }
+        }
     }
 
     /// nve's BGP neighbour (FRR) as `nve status` has it.

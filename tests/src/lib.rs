@@ -1,4 +1,5 @@
 pub mod etcd;
+pub mod evpn_bench;
 pub mod evpn_rig;
 pub mod frr;
 pub mod fuzz;

@@ -108,7 +108,8 @@ fn publish_claims(ns: &crate::rig::Netns, url: &str, macs: u32) -> Result<()> {
     Ok(())
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
+/// The resident memory of process `pid` (VmRSS), KiB.
+pub fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -118,7 +119,7 @@ fn rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// The number of entries in one of the daemon's pinned hash maps.
-fn map_entries<K: aya::Pod, V: aya::Pod>(d: &Daemon, name: &str) -> Result<usize> {
+pub fn map_entries<K: aya::Pod, V: aya::Pod>(d: &Daemon, name: &str) -> Result<usize> {
     let data = aya::maps::MapData::from_pin(d.pin_dir().join(name))?;
     let map: aya::maps::HashMap<_, K, V> =
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))?;
@@ -126,7 +127,7 @@ fn map_entries<K: aya::Pod, V: aya::Pod>(d: &Daemon, name: &str) -> Result<usize
 }
 
 /// Status field `nva.entries` of `d` (0 before the first sync).
-fn nva_entries(d: &Daemon) -> Result<u64> {
+pub fn nva_entries(d: &Daemon) -> Result<u64> {
     let (_, status) = d.http("GET", "/v1/status", b"")?;
     let status: Value = serde_json::from_str(&status)?;
     Ok(status["nva"]["entries"].as_u64().unwrap_or(0))

@@ -548,16 +548,29 @@ pub fn http(socket: &Path, method: &str, path: &str, body: &[u8]) -> Result<(u16
 /// An ethertype for local experiments (IEEE 802): frames nothing else sends.
 pub const PROBE_ETHERTYPE: u16 = 0x88b5;
 
-/// An AF_PACKET socket on `iface` inside `ns`, receiving `ethertype` (it sends any frame).
-pub fn packet_socket(ns: &Netns, iface: &str, ethertype: u16) -> Result<OwnedFd> {
+/// Runs `f` on a thread of its own inside `ns`'s network namespace: the sockets it opens
+/// stay in `ns` wherever they are used.
+pub fn in_netns<T: Send + 'static>(
+    ns: &Netns,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     let ns_path = ns.path();
-    let iface = iface.to_string();
-    thread::spawn(move || -> Result<OwnedFd> {
+    thread::spawn(move || -> Result<T> {
         let target = File::open(&ns_path)?;
         // SAFETY: setns on this thread only.
         if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             bail!("setns: {}", std::io::Error::last_os_error());
         }
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+}
+
+/// An AF_PACKET socket on `iface` inside `ns`, receiving `ethertype` (it sends any frame).
+pub fn packet_socket(ns: &Netns, iface: &str, ethertype: u16) -> Result<OwnedFd> {
+    let iface = iface.to_string();
+    in_netns(ns, move || -> Result<OwnedFd> {
         let proto = ethertype.to_be() as i32;
         // SAFETY: plain socket(2).
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
@@ -587,8 +600,6 @@ pub fn packet_socket(ns: &Netns, iface: &str, ethertype: u16) -> Result<OwnedFd>
         }
         Ok(fd)
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("socket thread panicked"))?
 }
 
 /// Sends `frames` as they are on `iface` inside `ns` (a VM's announcements, say).

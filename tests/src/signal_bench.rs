@@ -31,7 +31,8 @@ pub struct Figures {
     pub rss_kib: u64,
 }
 
-fn post(d: &Daemon, vm: &str, body: serde_json::Value) -> Result<()> {
+/// `POST /v1/vnics/{vm}/0` with `body` (an op); an error unless nve answered 200.
+pub fn post(d: &Daemon, vm: &str, body: serde_json::Value) -> Result<()> {
     let (status, text) = d.http(
         "POST",
         &format!("/v1/vnics/{vm}/0"),
@@ -43,7 +44,8 @@ fn post(d: &Daemon, vm: &str, body: serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-fn uuid(i: u32) -> String {
+/// vNIC `i`'s VM UUID.
+pub fn uuid(i: u32) -> String {
     format!("00000000-0000-4000-8000-{i:012x}")
 }
 

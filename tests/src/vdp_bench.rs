@@ -221,7 +221,7 @@ fn assoc(frame: &[u8]) -> Option<tlv::Vsi> {
 }
 
 /// Kernel receive timestamps (SO_TIMESTAMPNS) and a 100 ms receive timeout on `fd`.
-fn stamped(fd: &OwnedFd) -> Result<()> {
+pub fn stamped(fd: &OwnedFd) -> Result<()> {
     let on: libc::c_int = 1;
     let timeout = libc::timeval {
         tv_sec: 0,
@@ -252,7 +252,7 @@ fn stamped(fd: &OwnedFd) -> Result<()> {
 /// One frame from a packet socket: its length, packet type (`PACKET_OUTGOING`: it left the
 /// interface) and the kernel's time for it (CLOCK_REALTIME, ns). None when nothing came
 /// (the socket's timeout, or at once with `MSG_DONTWAIT` in `flags`).
-fn recv_stamped(fd: &OwnedFd, buf: &mut [u8], flags: i32) -> Option<(usize, u8, i64)> {
+pub fn recv_stamped(fd: &OwnedFd, buf: &mut [u8], flags: i32) -> Option<(usize, u8, i64)> {
     // SAFETY: zeroed plain C structs, filled in below or by the kernel.
     let (mut from, mut msg): (libc::sockaddr_ll, libc::msghdr) = unsafe { std::mem::zeroed() };
     let mut iov = libc::iovec {

@@ -56,6 +56,15 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--only-vdp") {
         return vdp(vsis);
     }
+    let evpn_runs = if quick { 5 } else { 30 };
+    let evpn_routes = std::env::args()
+        .skip_while(|a| a != "--evpn-routes")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    if std::env::args().any(|a| a == "--only-evpn") {
+        return evpn(evpn_runs, evpn_routes);
+    }
     let migrations = if quick { 1 } else { 5 };
     if std::env::args().any(|a| a == "--only-migration") {
         return migration(migrations);
@@ -75,6 +84,7 @@ fn main() -> Result<()> {
     report(&programs, &traffic, quick)?;
     signaling(associations, scale)?;
     vdp(vsis)?;
+    evpn(evpn_runs, evpn_routes)?;
     nva(if quick { 20 } else { 200 }, nva_macs)?;
     migration(migrations)?;
     qemu_migration(qemu_migrations)
@@ -276,6 +286,119 @@ fn vdp(associations: u8) -> Result<()> {
             "first_on_port_us": {"request_reply": first_rr, "reply_first_frame": first_rf},
         }),
     )
+}
+
+/// How long the EVPN scale steps may take together.
+const EVPN_SCALE_BUDGET: Duration = Duration::from_secs(150);
+
+/// BGP EVPN against FRR (`runs` vNICs associated on nve until FRR has each, `runs` MACs
+/// learned by FRR until nve forwards to each), then `routes` type-2 routes from a minimal
+/// speaker (in steps, within `EVPN_SCALE_BUDGET`).
+fn evpn(runs: u32, routes: u32) -> Result<()> {
+    eprintln!(
+        "==> EVPN: {runs} associations until FRR has each, {runs} MACs FRR learns until nve forwards to each"
+    );
+    let mut f = nve_tests::evpn_bench::against_frr(runs)?;
+    let figure = |name: &str, v: &mut Vec<f64>| {
+        let (p50, p99, max) = percentiles(v);
+        (
+            name.to_string(),
+            json!({"p50": p50, "p99": p99, "max": max, "runs": v.len()}),
+        )
+    };
+    let rows = [
+        figure("associate_to_update_us", &mut f.associate_to_update_us),
+        figure("associate_to_frr_fdb_us", &mut f.associate_to_frr_fdb_us),
+        figure("associate_answer_us", &mut f.associate_answer_us),
+        figure("learned_to_update_us", &mut f.learned_to_update_us),
+        figure("update_to_dataplane_us", &mut f.update_to_dataplane_us),
+        figure("learned_to_dataplane_us", &mut f.learned_to_dataplane_us),
+    ];
+    let gap = nve_tests::evpn_bench::PROBE_GAP.as_micros();
+    let line = |i: usize| {
+        let v = &rows[i].1;
+        format!(
+            "p50 {:.0} us, p99 {:.0} us, max {:.0} us",
+            v["p50"].as_f64().unwrap_or(f64::NAN),
+            v["p99"].as_f64().unwrap_or(f64::NAN),
+            v["max"].as_f64().unwrap_or(f64::NAN)
+        )
+    };
+    println!("
+BGP EVPN against FRR 8.4 (absolute: no baseline; kernel timestamps on the underlay, {runs} runs each)");
+    println!(
+        "  associate on nve -> its UPDATE at FRR (h2's ul):          {}",
+        line(0)
+    );
+    println!(
+        "  associate on nve -> zebra's FDB entry (netlink on h2):    {}",
+        line(1)
+    );
+    println!(
+        "  (nve's API answer:                                        {})",
+        line(2)
+    );
+    println!(
+        "  new MAC on FRR's bridge -> FRR's UPDATE at nve (h1's ul): {}",
+        line(3)
+    );
+    println!(
+        "  that UPDATE -> first frame to it encapsulated by nve:     {} (a probe every {gap} us)",
+        line(4)
+    );
+    println!(
+        "  new MAC on FRR's bridge -> nve forwards to it:            {}",
+        line(5)
+    );
+    println!(
+        "  not counted above: the VN's first vNIC -> UPDATE {:.0} us, -> zebra {:.0} us; the first learned MAC -> UPDATE {:.0} us, -> forwarded {:.0} us",
+        f.first_associate_us.0, f.first_associate_us.1, f.first_learned_us.0, f.first_learned_us.1
+    );
+    let mut frr: serde_json::Map<String, Value> = rows.into_iter().collect();
+    frr.insert("probe_gap_us".into(), json!(gap));
+    frr.insert(
+        "first".into(),
+        json!({"associate_to_update_us": f.first_associate_us.0, "associate_to_frr_fdb_us": f.first_associate_us.1,
+               "learned_to_update_us": f.first_learned_us.0, "learned_to_dataplane_us": f.first_learned_us.1}),
+    );
+    merge_json("evpn.json", "frr", Value::Object(frr))?;
+
+    eprintln!("==> EVPN: {routes} type-2 routes from a minimal BGP speaker, in steps");
+    let steps = nve_tests::evpn_bench::at_scale(routes, EVPN_SCALE_BUDGET)?;
+    println!(
+        "  type-2 routes received from a minimal speaker (first UPDATE sent -> nve's status counts them; fresh nve each):"
+    );
+    for s in &steps {
+        let secs =
+            |v: Option<f64>| v.map_or("not within the budget".into(), |t| format!("{t:.1} s"));
+        println!(
+            "    {:>7} routes in {} UPDATEs: written {:.1} s, all in nve's RIB {}, installed {} \
+             ({} entries, FDB map {}), RSS {} -> {} MiB, nve's CPU {:.1} s{}",
+            s.routes,
+            s.updates,
+            s.sent_s,
+            secs(s.received_s),
+            secs(s.installed_s),
+            s.entries,
+            s.fdb_entries,
+            s.rss_before_kib / 1024,
+            s.rss_kib / 1024,
+            s.cpu_s,
+            s.session_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(", session: {e}"))
+        );
+    }
+    if steps
+        .last()
+        .is_none_or(|s| s.routes < routes || s.installed_s.is_none())
+    {
+        println!(
+            "    ({routes} not reached within {} s)",
+            EVPN_SCALE_BUDGET.as_secs()
+        );
+    }
+    merge_json("evpn.json", "routes", serde_json::to_value(&steps)?)
 }
 
 /// VM frame sizes: the smallest, and the largest a 1450-byte VM MTU allows.
