@@ -188,27 +188,18 @@ fn neigh_socket(ns: &crate::rig::Netns) -> Result<OwnedFd> {
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
         addr.nl_groups = libc::RTMGRP_NEIGH as u32;
-        let timeout = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
-        };
-        // SAFETY: bind and setsockopt with structs of the sizes given.
+        // SAFETY: bind with a sockaddr_nl of the size given.
         let rc = unsafe {
             libc::bind(
                 fd.as_raw_fd(),
                 (&addr as *const libc::sockaddr_nl).cast(),
                 size_of::<libc::sockaddr_nl>() as u32,
-            ) | libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                size_of::<libc::timeval>() as u32,
             )
         };
         if rc != 0 {
             bail!("netlink bind: {}", std::io::Error::last_os_error());
         }
+        crate::rig::recv_timeout(&fd, Duration::from_millis(100))?;
         Ok(fd)
     })
 }

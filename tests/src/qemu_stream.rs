@@ -162,20 +162,7 @@ fn tap_capture(ns: &Netns, tap: &str, stop: Arc<AtomicBool>) -> Result<thread::J
     };
     set(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 64 << 20)?;
     set(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)?;
-    let timeout = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 50_000,
-    };
-    // SAFETY: setsockopt with a timeval on a socket we own.
-    unsafe {
-        libc::setsockopt(
-            raw,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            size_of::<libc::timeval>() as u32,
-        )
-    };
+    crate::rig::recv_timeout(&fd, Duration::from_millis(50))?;
     Ok(thread::spawn(move || capture_loop(&fd, &stop)))
 }
 

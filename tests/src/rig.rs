@@ -545,6 +545,29 @@ pub fn http(socket: &Path, method: &str, path: &str, body: &[u8]) -> Result<(u16
     Ok((status, body))
 }
 
+/// Makes reads on `fd` give up after `timeout` (SO_RCVTIMEO), so a receiving loop stays
+/// bounded.
+pub fn recv_timeout(fd: &impl AsRawFd, timeout: Duration) -> Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: setsockopt with a timeval of the size given, on a descriptor the caller owns.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as u32,
+        )
+    };
+    if rc != 0 {
+        bail!("SO_RCVTIMEO: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// An ethertype for local experiments (IEEE 802): frames nothing else sends.
 pub const PROBE_ETHERTYPE: u16 = 0x88b5;
 

@@ -64,20 +64,7 @@ pub fn run(associations: u32, scale_n: u32) -> Result<Figures> {
         let stop = stop.clone();
         thread::spawn(move || {
             let mut buf = [0u8; 128];
-            let tv = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 100_000,
-            };
-            // SAFETY: setsockopt with a timeval.
-            unsafe {
-                libc::setsockopt(
-                    rx.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    &tv as *const _ as *const _,
-                    size_of::<libc::timeval>() as u32,
-                )
-            };
+            let _ = crate::rig::recv_timeout(&rx, Duration::from_millis(100));
             while !stop.load(Ordering::Relaxed) {
                 // SAFETY: recv into our buffer.
                 let n =

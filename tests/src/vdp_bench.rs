@@ -223,11 +223,7 @@ fn assoc(frame: &[u8]) -> Option<tlv::Vsi> {
 /// Kernel receive timestamps (SO_TIMESTAMPNS) and a 100 ms receive timeout on `fd`.
 pub fn stamped(fd: &OwnedFd) -> Result<()> {
     let on: libc::c_int = 1;
-    let timeout = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 100_000,
-    };
-    // SAFETY: setsockopt with values of the sizes given.
+    // SAFETY: setsockopt with a value of the size given.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
@@ -235,18 +231,12 @@ pub fn stamped(fd: &OwnedFd) -> Result<()> {
             libc::SO_TIMESTAMPNS,
             (&on as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as u32,
-        ) | libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            size_of::<libc::timeval>() as u32,
         )
     };
     if rc != 0 {
-        bail!("setsockopt: {}", std::io::Error::last_os_error());
+        bail!("SO_TIMESTAMPNS: {}", std::io::Error::last_os_error());
     }
-    Ok(())
+    crate::rig::recv_timeout(fd, Duration::from_millis(100))
 }
 
 /// One frame from a packet socket: its length, packet type (`PACKET_OUTGOING`: it left the
