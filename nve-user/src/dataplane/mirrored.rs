@@ -30,6 +30,11 @@ impl<K: Pod + Eq + Hash, V: Pod + PartialEq> Mirrored<K, V> {
         Ok(Self { map, current, name })
     }
 
+    /// What the map holds.
+    pub(super) fn current(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.current.iter()
+    }
+
     /// Deletes the entries `desired` does not have (of those in `scope`, when given);
     /// returns their keys.
     pub(super) fn remove_absent(

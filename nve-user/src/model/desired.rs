@@ -338,7 +338,11 @@ impl Desired {
             };
         self.ports.insert(
             PortKey::new(lp.ifindex, lp.vid),
-            PortValue { vni: b.vni, flags },
+            PortValue {
+                vni: b.vni,
+                flags,
+                ..PortValue::default()
+            },
         );
         let info = self
             .vns

@@ -227,3 +227,52 @@ fn a_backgrounded_daemon_under_ip_netns_exec_pins_into_the_host() {
         std::panic::resume_unwind(e);
     }
 }
+
+/// An upgrade whose maps changed layout: the new daemon finds a pinned map an older build
+/// made with other value sizes (here 8-byte port values, as before counter slots). It
+/// creates that map anew, refills it from its state and forwards again, rather than fail to
+/// load its programs against the old map.
+#[test]
+fn a_pinned_map_of_another_layout_is_made_anew() {
+    require_root();
+    let rig = TwoHosts::new("rsl").unwrap();
+    overlay::kernel_vxlan(&rig.h2, H2_VTEP, H1_VTEP, "vm2p", &[VM1_MAC]).unwrap();
+    let mut d = Daemon::start_keeping(&rig.h1, "rsl", H1_VTEP, "ul", &[]).unwrap();
+    overlay::serve_vn(&d, H2_VTEP, VM2_MAC).unwrap();
+    overlay::associate(&d, VM_UUID, "vm1p", VM1_MAC, None).unwrap();
+    rig.vm1.ping_until_reachable(VM2_IP, 5).unwrap();
+    d.kill();
+    let pin = d.pin_dir().join(nve_common::maps::PORTS_MAP);
+    std::fs::remove_file(&pin).unwrap();
+    let pin = pin.to_str().unwrap();
+    let old = [
+        "bpftool",
+        "map",
+        "create",
+        pin,
+        "type",
+        "hash",
+        "key",
+        "8",
+        "value",
+        "8",
+        "entries",
+        "4096",
+        "name",
+        "NVE_PORTS",
+    ];
+    nve_tests::rig::run(&old).unwrap();
+    d.respawn().unwrap();
+    assert!(d.log_text().contains("another layout"), "{}", d.log_text());
+    rig.vm1
+        .ping_until_reachable(VM2_IP, 5)
+        .expect("not forwarding with the map made anew");
+    let shown: Value = serde_json::from_str(
+        &nve_tests::rig::run(&["bpftool", "-j", "map", "show", "pinned", pin]).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        shown["bytes_value"].as_u64(),
+        Some(size_of::<nve_common::maps::PortValue>() as u64)
+    );
+}
