@@ -353,15 +353,9 @@ impl Daemon {
         Self::spawn(launcher, tag, args, env)
     }
 
-    /// As [`Daemon::spawn_in`], and waits for the socket.
-    pub fn start_in(
-        host: &Netns,
-        tag: &str,
-        wrapper: &[&str],
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> Result<Self> {
-        let mut d = Self::spawn_in(host, tag, wrapper, args, env)?;
+    /// As [`Daemon::spawn_in`] without a wrapper, and waits for the socket.
+    pub fn start_in(host: &Netns, tag: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        let mut d = Self::spawn_in(host, tag, &[], args, env)?;
         d.wait_ready()?;
         Ok(d)
     }

@@ -68,8 +68,7 @@ fn a_config_file_alone_drives_the_daemon() {
     overlay::kernel_vxlan(&rig.h2, H2_VTEP, H1_VTEP, "vm2p", &[VM1_MAC]).unwrap();
     let file = TempFile::write(config_path(&rig.h1), &h1_config()).unwrap();
     // Only the instance on the command line; the file named by NVE_CONFIG.
-    let mut d =
-        Daemon::start_in(&rig.h1, "cfgrun", &[], &[], &[("NVE_CONFIG", file.path())]).unwrap();
+    let mut d = Daemon::start_in(&rig.h1, "cfgrun", &[], &[("NVE_CONFIG", file.path())]).unwrap();
     let status = d.status().unwrap();
     assert_eq!(status.vtep.to_string(), H1_VTEP);
     assert_eq!(status.underlay, "ul");
@@ -103,7 +102,7 @@ fn an_unknown_key_is_refused_naming_it_and_its_line() {
         out.contains("unknown field `flod`") && out.contains(&format!("line {line}")),
         "--check-config did not name the key and line {line}:\n{out}"
     );
-    let err = Daemon::start_in(&host, "cfgbad", &[], &["--config", file.path()], &[])
+    let err = Daemon::start_in(&host, "cfgbad", &["--config", file.path()], &[])
         .err()
         .expect("the daemon started with an unknown key in its config file");
     assert!(
@@ -144,14 +143,13 @@ fn flags_override_the_file() {
         .replace(H1_VTEP, "10.0.0.9");
     let file = TempFile::write(config_path(&host), &text).unwrap();
     // The file alone names an interface that does not exist.
-    let err = Daemon::start_in(&host, "cfgflag", &[], &["--config", file.path()], &[])
+    let err = Daemon::start_in(&host, "cfgflag", &["--config", file.path()], &[])
         .err()
         .expect("started with underlay nosuch0");
     assert!(format!("{err:#}").contains("nosuch0"), "{err:#}");
     let d = Daemon::start_in(
         &host,
         "cfgflag",
-        &[],
         &[
             "--config",
             file.path(),
@@ -175,7 +173,7 @@ fn sighup_creates_added_vns_and_names_the_keys_that_need_a_restart() {
     let host = lone_host("cfghup", "10.0.0.1/24").unwrap();
     vm_port(&host);
     let file = TempFile::write(config_path(&host), &h1_config()).unwrap();
-    let d = Daemon::start_in(&host, "cfghup", &[], &["--config", file.path()], &[]).unwrap();
+    let d = Daemon::start_in(&host, "cfghup", &["--config", file.path()], &[]).unwrap();
     assert_eq!(vn_names(&d), [VN]);
     d.nve(&["vn", "add", "red", "--vni", "300"]).unwrap();
 

@@ -19,16 +19,30 @@ fn unit_text() -> String {
     std::fs::read_to_string(unit_file()).unwrap()
 }
 
-/// The unit's `CapabilityBoundingSet=` lines, as setpriv's list (`-all,+net_admin,...`).
-fn unit_capabilities() -> String {
+/// The unit's `CapabilityBoundingSet=` lines' capabilities, as setpriv names them
+/// (`net_admin`).
+fn unit_capabilities() -> Vec<String> {
     let caps: Vec<String> = unit_text()
         .lines()
         .filter_map(|l| l.strip_prefix("CapabilityBoundingSet="))
         .flat_map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
         .collect();
     assert!(!caps.is_empty(), "the unit names no capabilities");
-    format!("-all,{}", caps.join(","))
+    caps
+}
+
+/// setpriv's arguments that leave a root process only `caps`.
+fn only(caps: &[String]) -> Vec<String> {
+    let list = std::iter::once("-all".to_string())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    vec![
+        "setpriv".into(),
+        format!("--bounding-set={list}"),
+        format!("--inh-caps={list}"),
+    ]
 }
 
 #[test]
@@ -88,12 +102,8 @@ fn started_as_the_unit_does_it_says_ready_once_its_socket_answers() {
     notify
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let caps = unit_capabilities();
-    let wrapper = [
-        "setpriv",
-        &format!("--bounding-set={caps}"),
-        &format!("--inh-caps={caps}"),
-    ];
+    let wrapper = only(&unit_capabilities());
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let d = Daemon::spawn_in(
         &host,
         "sdready",
@@ -132,4 +142,34 @@ fn started_as_the_unit_does_it_says_ready_once_its_socket_answers() {
     let status = d.stop().unwrap();
     assert!(status.success(), "{status}");
     assert_eq!(notification(&notify).trim(), "STOPPING=1");
+}
+
+#[test]
+fn each_of_the_units_three_core_capabilities_is_needed() {
+    require_root();
+    let host = lone_host("sdcaps", "10.0.0.1/24").unwrap();
+    let unit = unit_capabilities();
+    for (cap, refusal) in [
+        ("net_admin", "nve-vxlan"),
+        ("bpf", "failed to create map"),
+        ("perfmon", "Permission denied"),
+    ] {
+        assert!(unit.iter().any(|c| c == cap), "the unit lacks {cap}");
+        let fewer: Vec<String> = unit.iter().filter(|c| *c != cap).cloned().collect();
+        let wrapper = only(&fewer);
+        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        let args = [
+            "--vtep",
+            "10.0.0.1",
+            "--underlay",
+            "ul",
+            "--teardown-on-exit",
+        ];
+        let mut d = Daemon::spawn_in(&host, "sdcaps", &wrapper, &args, &[]).unwrap();
+        let err = d.wait_ready().expect_err(&format!("started without {cap}"));
+        assert!(
+            format!("{err:#}").contains(refusal),
+            "without {cap}: {err:#}"
+        );
+    }
 }
