@@ -5,15 +5,12 @@ use std::sync::Arc;
 
 use tokio::{signal::unix::Signal, sync::Mutex};
 
-use super::{
-    handle::Handle,
-    ports::http::Reload,
-    settings::{Seed, Settings},
-    startup::DaemonArgs,
-};
+use super::{handle::Handle, ports::http::Reload, settings::Settings, startup::DaemonArgs};
 use crate::{
     api::ReloadView,
     error::{Error, ErrorCode},
+    model::Event,
+    netlink,
     paths::Paths,
 };
 
@@ -60,33 +57,39 @@ impl Reloader {
     }
 }
 
-/// Creates what `settings` lists and the writer's state lacks; a VN that cannot be created
-/// whole is removed again.
-pub async fn seed(handle: &Handle, settings: &Settings) -> ReloadView {
+/// Creates what `settings` lists and the writer's state lacks, through the writer as the
+/// API would; a VN whose port does not exist is not begun, one refused halfway is removed
+/// again.
+async fn seed(handle: &Handle, settings: &Settings) -> ReloadView {
     let (missing, kept) = settings.missing_in(&handle.snapshot().model);
     let mut view = ReloadView {
         kept,
         ..ReloadView::default()
     };
-    for Seed { what, events, undo } in missing {
-        let mut failed = None;
-        for (i, e) in events.into_iter().enumerate() {
-            if let Err(err) = handle.submit(e).await {
-                failed = Some((i, err));
-                break;
-            }
+    for seed in missing {
+        if let Some(why) = seed.absent_port(|p| netlink::ifindex(p).is_some()) {
+            view.failed.push(why);
+            continue;
         }
-        match (failed, undo) {
-            (None, _) => view.created.push(what),
-            (Some((i, err)), undo) => {
-                if let (true, Some(undo)) = (i > 0, undo) {
+        match submit_all(handle, &seed.events).await {
+            Ok(()) => view.created.push(seed.what),
+            Err((applied, err)) => {
+                if let (true, Some(undo)) = (applied > 0, seed.undo) {
                     let _ = handle.submit(undo).await;
                 }
-                view.failed.push(format!("{what}: {err}"));
+                view.failed.push(format!("{}: {err}", seed.what));
             }
         }
     }
     view
+}
+
+/// Submits `events` in order until one is refused: how many were applied, and why not.
+async fn submit_all(handle: &Handle, events: &[Event]) -> Result<(), (usize, Error)> {
+    for (i, e) in events.iter().enumerate() {
+        handle.submit(e.clone()).await.map_err(|err| (i, err))?;
+    }
+    Ok(())
 }
 
 /// Logs what a start or a reload did with the file.

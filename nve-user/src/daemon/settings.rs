@@ -170,6 +170,20 @@ pub struct Seed {
     pub undo: Option<Event>,
 }
 
+impl Seed {
+    /// Why not to begin it: a port it attaches does not exist (`has_port`), which the
+    /// writer would refuse; it is created at the first reload or start that finds it.
+    pub fn absent_port(&self, has_port: impl Fn(&str) -> bool) -> Option<String> {
+        self.events.iter().find_map(|e| match e {
+            Event::AttachPort { req, .. } if !has_port(&req.port) => Some(format!(
+                "{}: port {}: no such interface (created at the first reload or start that finds it)",
+                self.what, req.port
+            )),
+            _ => None,
+        })
+    }
+}
+
 /// Keys that change at run time (on SIGHUP or `nve reload`); any other changed key
 /// needs a restart.
 pub const RELOADABLE: [&str; 2] = ["vns", "vdp"];
@@ -326,24 +340,22 @@ impl Settings {
             kept,
             ..ReloadView::default()
         };
-        for Seed { what, events, .. } in missing {
-            let absent = events.iter().find_map(|e| match e {
-                Event::AttachPort { req, .. } if !has_port(&req.port) => Some(&req.port),
-                _ => None,
-            });
-            if let Some(port) = absent {
-                view.failed.push(format!(
-                    "{what}: port {port}: no such interface (the VN is created at the first reload or start that finds it)"
-                ));
+        for seed in missing {
+            if let Some(why) = seed.absent_port(&has_port) {
+                view.failed.push(why);
                 continue;
             }
             let mut m = model.clone();
-            match events.iter().try_for_each(|e| m.apply(e, now).map(drop)) {
+            match seed
+                .events
+                .iter()
+                .try_for_each(|e| m.apply(e, now).map(drop))
+            {
                 Ok(()) => {
                     model = m;
-                    view.created.push(what);
+                    view.created.push(seed.what);
                 }
-                Err(e) => view.failed.push(format!("{what}: {e}")),
+                Err(e) => view.failed.push(format!("{}: {e}", seed.what)),
             }
         }
         (model, view)

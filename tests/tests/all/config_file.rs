@@ -210,6 +210,14 @@ fn sighup_creates_added_vns_and_names_the_keys_that_need_a_restart() {
     );
     assert_eq!(reply.restart_needed, ["ttl"]);
     assert_eq!(d.status().unwrap().vns, 3);
+    // Once its port exists, the next reload creates it.
+    host.ip(&[
+        "link", "add", "nosuch9", "type", "veth", "peer", "name", "nosuch9x",
+    ])
+    .unwrap();
+    let reply: ReloadView = serde_json::from_str(&d.nve(&["reload", "--json"]).unwrap()).unwrap();
+    assert_eq!(reply.created, ["vn orange"], "{reply:?}");
+    assert_eq!(vn_names(&d), [VN, "green", "orange", "red"]);
 
     // A broken file changes nothing and says why.
     std::fs::write(&file.0, edited.replace("vni = 200", "vni = \"x\"")).unwrap();
@@ -219,5 +227,5 @@ fn sighup_creates_added_vns_and_names_the_keys_that_need_a_restart() {
         !out.status.success() && err.contains("E_FORMAT") && err.contains("line"),
         "{err}"
     );
-    assert_eq!(vn_names(&d), [VN, "green", "red"]);
+    assert_eq!(vn_names(&d), [VN, "green", "orange", "red"]);
 }
