@@ -38,6 +38,8 @@ const PACKAGES: &[&str] = &[
     // with man) and the daemon run with the unit's capabilities only (util-linux's setpriv).
     "systemd",
     "man-db",
+    // The bench's split of each program's nanoseconds (perf record over BPF_PROG_TEST_RUN).
+    "linux-perf",
     "util-linux",
 ];
 

@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result};
 use nve_tests::{
     overlay::{self, H1_VTEP, H2_VTEP, Side, TwoHosts, VM1_MAC, VM2_IP, VM2_MAC},
     packet::{self, Ipv4},
-    progtest::{self, Loaded, Program},
+    progtest::{self, Loaded, Program, profile},
     rig::{Daemon, Netns, Vm, require_root},
 };
 use serde_json::{Value, json};
@@ -75,6 +75,9 @@ fn main() -> Result<()> {
     }
     if std::env::args().any(|a| a == "--only-nva") {
         return nva(if quick { 20 } else { 200 }, nva_macs);
+    }
+    if std::env::args().any(|a| a == "--only-traffic") {
+        return report(&Samples::new(), &traffic(&s)?, quick);
     }
     let programs = program_costs(&s)?;
     if std::env::args().any(|a| a == "--only-programs") {
@@ -490,8 +493,53 @@ fn program_costs(s: &Settings) -> Result<Samples> {
                     .push(stats(&batch).0);
             }
         }
+        if size == FRAME_SIZES[0] {
+            profile_programs(&l, &rows, &samples, s.runs)?;
+        }
     }
     Ok(samples)
+}
+
+/// Where each program's nanoseconds (over xdp_pass, 64-byte frames) go, from perf samples
+/// taken while it runs alone: `target/bench/ns-by-program.svg`. Skipped, said so, without
+/// perf.
+fn profile_programs(
+    l: &Loaded,
+    rows: &[(&str, Program, &[u8])],
+    samples: &Samples,
+    runs: u32,
+) -> Result<()> {
+    let size = FRAME_SIZES[0];
+    let base = stats(&samples[&("xdp_pass (baseline)".to_string(), size)]).0;
+    let mut bars = Vec::new();
+    println!(
+        "
+Where the ns go (64 B; perf samples inside each program, share of its ns over xdp_pass)"
+    );
+    for &(name, program, frame) in rows.iter().skip(1) {
+        let recording = match profile::Recording::start(&program.name().replace('_', "")) {
+            Ok(r) => r,
+            Err(e) => {
+                println!("  skipped: {e:#}");
+                return Ok(());
+            }
+        };
+        for _ in 0..runs.max(50_000) {
+            l.run(program, frame, 1)?;
+        }
+        let shares = recording.classes(program.name())?;
+        let ns = stats(&samples[&(name.to_string(), size)]).0 - base;
+        let parts: Vec<String> = profile::CLASSES
+            .iter()
+            .filter_map(|c| shares.get(c).map(|s| format!("{c} {:.0}", s * ns)))
+            .collect();
+        println!("  {name:<28} +{ns:>4.0} ns: {}", parts.join(", "));
+        bars.push((name.to_string(), ns, shares));
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join("ns-by-program.svg"), profile::svg(&bars))?;
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -734,7 +782,11 @@ fn report(programs: &Samples, traffic: &Traffic, quick: bool) -> Result<()> {
          ratio to xdp_pass; ns added over xdp_pass)\n",
     );
     for size in FRAME_SIZES {
-        let base = stats(&programs[&("xdp_pass (baseline)".to_string(), size)]).0;
+        // Absent with --only-traffic.
+        let Some(base) = programs.get(&("xdp_pass (baseline)".to_string(), size)) else {
+            continue;
+        };
+        let base = stats(base).0;
         for ((name, sz), v) in programs.iter().filter(|((_, sz), _)| *sz == size) {
             let (med, min, max) = stats(v);
             writeln!(

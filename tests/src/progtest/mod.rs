@@ -25,6 +25,7 @@ use nve_common::{
 
 use crate::packet::{self, Ipv4};
 
+pub mod profile;
 mod tunnel_rx;
 mod underlay_rx;
 mod vm_egress;
