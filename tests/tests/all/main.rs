@@ -14,6 +14,7 @@ mod interop;
 mod ipv6_underlay;
 mod learning;
 mod libvirt;
+mod libvirtd;
 mod live_migration;
 mod local_switching;
 mod migration;
