@@ -373,3 +373,84 @@ fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
+
+/// `ping -D -i 0.01` (100 a second) from a namespace: a stream whose replies say, with their
+/// times, when the guest was reachable.
+pub struct PingStream {
+    child: Child,
+}
+
+/// What a [`PingStream`] saw.
+#[derive(Clone, Debug)]
+pub struct PingFigures {
+    /// Requests sent (the last sequence number seen, or counted by ping).
+    pub sent: u32,
+    pub received: u32,
+    /// The longest time without a reply, ms, and the sequence numbers it fell between.
+    pub longest_gap_ms: f64,
+    pub gap_between: (u32, u32),
+}
+
+impl PingStream {
+    pub fn start(ns: &Netns, dst: &str) -> Result<Self> {
+        let child = ns
+            .command("ping")
+            .args(["-D", "-n", "-i", "0.01", "-W", "1", "-w", "120", dst])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning ping")?;
+        Ok(Self { child })
+    }
+
+    /// Stops the stream (SIGINT: ping prints its totals) and reads the replies.
+    pub fn finish(mut self) -> Result<PingFigures> {
+        // SAFETY: a plain kill(2) of the ping this stream started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let out = std::mem::replace(
+            &mut self.child,
+            Command::new("true").spawn().context("spawning true")?,
+        )
+        .wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let replies: Vec<(f64, u32)> = text
+            .lines()
+            .filter_map(|l| {
+                let ts = l.strip_prefix('[')?.split(']').next()?.parse().ok()?;
+                let seq = l
+                    .split("icmp_seq=")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((ts, seq))
+            })
+            .collect();
+        let sent = text
+            .lines()
+            .find_map(|l| l.split(" packets transmitted").next()?.parse().ok())
+            .unwrap_or_else(|| replies.last().map_or(0, |r| r.1));
+        let (mut longest_gap_ms, mut gap_between) = (0.0, (0, 0));
+        for w in replies.windows(2) {
+            let gap = (w[1].0 - w[0].0) * 1000.0;
+            if gap > longest_gap_ms {
+                (longest_gap_ms, gap_between) = (gap, (w[0].1, w[1].1));
+            }
+        }
+        Ok(PingFigures {
+            sent,
+            received: replies.len() as u32,
+            longest_gap_ms,
+            gap_between,
+        })
+    }
+}
+
+impl Drop for PingStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
