@@ -8,6 +8,7 @@ mod api;
 mod api_doc;
 mod cli_docs;
 mod config_file;
+mod dump;
 mod evpn;
 mod flooding;
 mod interop;
