@@ -9,7 +9,7 @@
 //! (libvirtd's default, /run/libvirtd.pid, is outside /run/libvirt). Clients reach it with
 //! `qemu+unix:///system?socket=DIR/run/libvirt-sock`.
 use std::{
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     thread,
@@ -21,7 +21,7 @@ use nve_user::api::VnicView;
 
 use crate::{
     qemu::{GUEST_MTU, READY, guest_dir},
-    rig::{Daemon, Netns, mac_str, nve_bin},
+    rig::{Daemon, Netns, die_with_test, mac_str, nve_bin},
 };
 
 /// The system directories a private libvirtd gets its own copy of: (mount point, subdirectory).
@@ -87,15 +87,7 @@ impl Libvirtd {
         let log = std::fs::File::create(dir.join("libvirtd.log"))?;
         let mut c = host.command("unshare");
         c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
-        // SAFETY: prctl only, between fork and exec: libvirtd dies with the test process.
-        unsafe {
-            c.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_test(&mut c);
         let child = c
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
