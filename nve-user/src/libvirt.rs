@@ -5,10 +5,15 @@
 //! |---|---|---|
 //! | `migrate begin` | destination, incoming migration starts | pre-associate (migrating in) |
 //! | `prepare begin` | before the VM's resources (taps) are created | pre-associate |
-//! | `started begin` | the VM runs (also on a migration destination) | associate |
+//! | `started begin` | QEMU runs (on a migration destination: waiting for the VM's state) | associate |
 //! | `reconnect begin` | libvirtd restarted and found the VM running | associate |
 //! | `stopped end`, `release end` | the VM stopped (or left by migration) | disassociate |
 //! | anything else | | nothing |
+//!
+//! On a migration destination libvirt calls `prepare`, `start` and `started` too, all before
+//! the VM's memory moves: a vNIC pre-associated migrating in is left as it is by them
+//! ([`Step::Leave`]), so the VM's traffic does not come here while it still runs on the source.
+//! QEMU's announcements (RARPs) once the VM resumes here activate it.
 //!
 //! An interface is `<interface>` with `<mac address>`, `<target dev>` (the tap) and a VN:
 //! `<source network='NAME'/>` (type network) or, for any type, the interface's `<alias
@@ -17,9 +22,9 @@
 use anyhow::{Context as _, bail};
 
 use crate::{
-    api::{Migration, VidRequest, VnicRequest},
+    api::{Migration, VidRequest, VnicRequest, VnicView},
     mac::MacAddr,
-    vnic::Op,
+    vnic::{Op, VnicState},
 };
 
 /// One interface of the domain that nve serves.
@@ -87,6 +92,29 @@ pub fn operation(op: &str, sub: &str) -> Option<(Op, Migration)> {
     }
 }
 
+/// What the hook does for one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Send(Box<VnicRequest>),
+    /// Nothing: the vNIC is arriving by migration and the VM's announcements will activate it.
+    Leave,
+}
+
+/// What the hook does for `iface` at `op`, given the vNIC nve holds for it now (`current`).
+pub fn step(
+    op: Op,
+    migration: Migration,
+    iface: &Interface,
+    current: Option<&VnicView>,
+) -> anyhow::Result<Step> {
+    let arriving = current
+        .is_some_and(|v| v.state == VnicState::PreAssociated && v.migration.is_migrating_in());
+    if arriving && !migration.is_migrating_in() && op != Op::Disassociate {
+        return Ok(Step::Leave);
+    }
+    Ok(Step::Send(Box::new(request(op, migration, iface)?)))
+}
+
 /// The signaling message for `iface`. A tap not named yet is expected as the name libvirt
 /// will give it, which `started` then confirms (parameters must match to stay idempotent,
 /// so the port name is required for (pre-)association).
@@ -100,11 +128,7 @@ pub fn request(op: Op, migration: Migration, iface: &Interface) -> anyhow::Resul
             iface.mac
         ),
     };
-    let migration = match migration {
-        // libvirt does not tell the source VTEP; the hint only marks the direction.
-        Migration::MigratingIn(_) => Migration::None,
-        m => m,
-    };
+    // libvirt does not tell the source VTEP: MigratingIn(0.0.0.0) only marks the direction.
     Ok(VnicRequest {
         op,
         request_id: 0,
@@ -152,5 +176,68 @@ mod tests {
             (2, "red", Some("tap7"))
         );
         assert!(parse_domain("<domain><devices/></domain>").is_err());
+    }
+
+    #[test]
+    fn an_arriving_vnic_is_left_for_the_vms_announcements() {
+        let iface = Interface {
+            index: 0,
+            mac: "52:54:00:12:34:56".parse().unwrap(),
+            vn: "blue".into(),
+            port: Some("vnet0".into()),
+        };
+        let held = |state, migration| VnicView {
+            vm: "6f1c7a2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b".into(),
+            index: 0,
+            state,
+            vn: "blue".into(),
+            vni: 100,
+            port: "vnet0".into(),
+            vid: 0,
+            macs: vec![iface.mac],
+            ipv4: Vec::new(),
+            ipv6: Vec::new(),
+            migration,
+            request_id: 0,
+            expires_at: None,
+            port_present: true,
+        };
+        let step_at = |op: &str, sub: &str, current: Option<&VnicView>| {
+            let (op, migration) = operation(op, sub).unwrap();
+            step(op, migration, &iface, current).unwrap()
+        };
+        let sent = |s: Step| match s {
+            Step::Send(r) => (r.op, r.migration),
+            Step::Leave => panic!("left"),
+        };
+        let arriving = held(
+            VnicState::PreAssociated,
+            Migration::MigratingIn(std::net::Ipv4Addr::UNSPECIFIED),
+        );
+        // The destination: migrate pre-associates with the hint; prepare and started leave it.
+        assert_eq!(
+            sent(step_at("migrate", "begin", None)),
+            (Op::PreAssociate, arriving.migration)
+        );
+        assert_eq!(step_at("prepare", "begin", Some(&arriving)), Step::Leave);
+        assert_eq!(step_at("started", "begin", Some(&arriving)), Step::Leave);
+        // Activated by its announcements, a later started is a plain (repeated) associate;
+        // a failed migration's stopped removes it.
+        let active = held(VnicState::Associated, arriving.migration);
+        assert_eq!(
+            sent(step_at("started", "begin", Some(&active))).0,
+            Op::Associate
+        );
+        assert_eq!(
+            sent(step_at("stopped", "end", Some(&arriving))).0,
+            Op::Disassociate
+        );
+        // A plain start.
+        let pre = held(VnicState::PreAssociated, Migration::None);
+        assert_eq!(sent(step_at("prepare", "begin", None)).0, Op::PreAssociate);
+        assert_eq!(
+            sent(step_at("started", "begin", Some(&pre))).0,
+            Op::Associate
+        );
     }
 }

@@ -3,6 +3,7 @@ pub mod evpn_bench;
 pub mod evpn_rig;
 pub mod frr;
 pub mod fuzz;
+pub mod libvirt;
 pub mod live_stream;
 pub mod lldpad;
 pub mod nva_bench;

@@ -4,7 +4,7 @@
 //! migration between two namespaces over a unix socket, with QEMU's own announcements.
 use std::{
     io::{BufRead, BufReader, Write},
-    os::unix::{net::UnixStream, process::CommandExt as _},
+    os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, Stdio},
     thread,
@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::rig::{Netns, mac_str};
+use crate::rig::{Netns, die_with_test, mac_str};
 
 /// What the guest's `/init` prints on the serial console once `eth0` has its address.
 pub const READY: &str = "NVE-GUEST-READY";
@@ -103,17 +103,7 @@ impl Guest {
         if let Some(sock) = incoming {
             c.args(["-incoming", &format!("unix:{}", sock.display())]);
         }
-        // SAFETY: prctl only, between fork and exec. A test process that dies without dropping
-        // the guard (SIGKILL) takes QEMU with it; the spawning thread is the test's, which
-        // drops the guard itself.
-        unsafe {
-            c.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_test(&mut c);
         let child = c
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -5,7 +5,7 @@ use std::{
     fs::File,
     io::{Read, Write},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    os::unix::net::UnixStream,
+    os::unix::{net::UnixStream, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::Once,
@@ -67,6 +67,21 @@ pub fn run(args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Makes the process `c` spawns die (SIGKILL) with the thread that spawned it: a test process
+/// that dies without dropping its guards (SIGKILL) takes QEMU or libvirtd with it. Spawn
+/// from the test's own thread, which drops the guard itself.
+pub fn die_with_test(c: &mut Command) {
+    // SAFETY: prctl only, between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// A network namespace, deleted on drop.

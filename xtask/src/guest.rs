@@ -23,7 +23,10 @@ const BUSYBOX: &str = "/bin/busybox";
 const ROOT_MODULES: &[&str] = &["virtio_pci", "virtio_net"];
 
 /// `/init`: mounts, loads the modules in the order of `/modules.order`, then brings up `eth0`
-/// with `nve.ip=ADDR/LEN` (and `nve.mac=MAC`, if given) from the kernel command line.
+/// with `nve.ip=ADDR/LEN` (and `nve.mac=MAC`, if given) from the kernel command line; with
+/// `nve.ping=ADDR`, pings ADDR once it is up (a try a second, for 30 s) and says whether it
+/// answered (`NVE-GUEST-PING-OK ADDR` or `NVE-GUEST-PING-FAILED ADDR`): a guest whose console
+/// a test can only read (libvirt's file serial) still shows what it reaches.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -32,11 +35,12 @@ mount -t devtmpfs dev /dev
 for m in $(cat /modules.order); do
     insmod "/lib/modules/$m.ko" || echo "NVE-GUEST-FAILED insmod $m"
 done
-ip=; mac=
+ip=; mac=; ping=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         nve.ip=*) ip="${arg#nve.ip=}" ;;
         nve.mac=*) mac="${arg#nve.mac=}" ;;
+        nve.ping=*) ping="${arg#nve.ping=}" ;;
     esac
 done
 n=0
@@ -49,6 +53,15 @@ if ip -o addr show dev eth0 | grep -q inet; then
     echo "NVE-GUEST-READY $(cat /sys/class/net/eth0/address) $ip"
 else
     echo "NVE-GUEST-FAILED eth0"
+fi
+if [ -n "$ping" ]; then
+    n=0
+    until ping -c 1 -W 1 "$ping" >/dev/null 2>&1; do
+        n=$((n + 1))
+        if [ $n -ge 30 ]; then echo "NVE-GUEST-PING-FAILED $ping"; break; fi
+        sleep 0.2
+    done
+    [ $n -lt 30 ] && echo "NVE-GUEST-PING-OK $ping"
 fi
 while :; do sleep 3600; done
 "#;

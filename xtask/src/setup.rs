@@ -43,10 +43,17 @@ const PACKAGES: &[&str] = &[
     "util-linux",
 ];
 
-/// QEMU for the real-guest tests, from bookworm-backports: bookworm's 7.2 corrupted a migrated
-/// guest under a TCP stream in about 1 run of 3 (docs: toolchain.md).
-const QEMU_PACKAGE: &str = "qemu-system-x86";
-const QEMU_MIN_MAJOR: u32 = 10;
+/// Packages the real-hypervisor tests need newer than bookworm's, from bookworm-backports:
+/// (package, least upstream major, why). bookworm's QEMU 7.2 corrupted a migrated guest under
+/// a TCP stream in about 1 run of 3 (docs: toolchain.md); libvirt 11 drives that QEMU 10
+/// (bookworm's libvirt 9 predates it). The libvirt packages: the daemon with its QEMU driver
+/// and virtlogd, and virsh.
+const BACKPORTED: &[(&str, u32)] = &[
+    ("qemu-system-x86", 10),
+    ("libvirt-daemon", 11),
+    ("libvirt-daemon-driver-qemu", 11),
+    ("libvirt-clients", 11),
+];
 const BACKPORTS: &str = "bookworm-backports";
 /// Our deb822 source for bookworm-backports (Debian's archive, Debian's keyring).
 const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/nve-bookworm-backports.sources";
@@ -56,7 +63,7 @@ const DEBIAN_SOURCES: &str = "/etc/apt/sources.list.d/debian.sources";
 pub fn all() -> Result<()> {
     toolchain()?;
     packages()?;
-    qemu()
+    backported()
 }
 
 /// What building needs (rustup's rust-src, bpf-linker in cargo's bin dir): no root.
@@ -183,16 +190,25 @@ fn packages() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
-    for (package, service) in UNWANTED_SERVICES {
-        if missing.contains(package) {
-            let _ = Command::new("systemctl")
-                .args(["disable", "--now", service])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
+    let unwanted: Vec<&str> = UNWANTED_SERVICES
+        .iter()
+        .filter(|(package, _)| missing.contains(package))
+        .map(|(_, service)| *service)
+        .collect();
+    disable_services(&unwanted);
     Ok(())
+}
+
+/// `systemctl disable --now` each of `services`, where systemd runs (failures ignored: there
+/// is nothing to stop where it does not).
+fn disable_services(services: &[&str]) {
+    for service in services {
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", service])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 /// Packages whose system-wide service is not wanted on a build machine: the tests run their
@@ -212,23 +228,35 @@ fn upstream_major(version: &str) -> Option<u32> {
     upstream.split(['.', '+', '-', '~']).next()?.parse().ok()
 }
 
-/// qemu-system-x86 >= 10. On bookworm it comes from bookworm-backports: the source is added
-/// (once) and the package installed with `-t bookworm-backports`; a later release's own QEMU
-/// is taken as it is if it is new enough.
-fn qemu() -> Result<()> {
-    let have = installed_version(QEMU_PACKAGE);
-    if let Some(v) = &have
-        && upstream_major(v).is_some_and(|m| m >= QEMU_MIN_MAJOR)
-    {
-        step(&format!("{QEMU_PACKAGE} {v}: present"));
+/// Each of [`BACKPORTED`] at its least version. On bookworm they come from bookworm-backports:
+/// the source is added (once) and the packages installed with `-t bookworm-backports`; a later
+/// release's own packages are taken as they are if they are new enough.
+fn backported() -> Result<()> {
+    let new_enough = |(package, major): &(&str, u32)| {
+        installed_version(package).filter(|v| upstream_major(v).is_some_and(|m| m >= *major))
+    };
+    let missing: Vec<String> = BACKPORTED
+        .iter()
+        .filter(|p| new_enough(p).is_none())
+        .map(|(package, major)| match installed_version(package) {
+            Some(v) => format!("{package} {v} (older than {major})"),
+            None => format!("{package} (missing)"),
+        })
+        .collect();
+    if missing.is_empty() {
+        step(&format!(
+            "{}: present",
+            BACKPORTED
+                .iter()
+                .map(|p| format!("{} {}", p.0, new_enough(p).unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         return Ok(());
     }
-    let what = match &have {
-        Some(v) => format!("{QEMU_PACKAGE} {v} is older than {QEMU_MIN_MAJOR}"),
-        None => format!("{QEMU_PACKAGE} is missing"),
-    };
+    let what = missing.join(", ");
     if !is_root() {
-        bail!("{what}: run as root to install it from {BACKPORTS}");
+        bail!("{what}: run as root to install them from {BACKPORTS}");
     }
     let codename = fs::read_to_string("/etc/os-release")
         .unwrap_or_default()
@@ -239,29 +267,39 @@ fn qemu() -> Result<()> {
     let mut install = Command::new("apt-get");
     install.args(["install", "-y", "-q", "--no-install-recommends"]);
     if codename == "bookworm" {
-        step(&format!("{what}: installing it from {BACKPORTS}"));
+        step(&format!("{what}: installing from {BACKPORTS}"));
         backports_source()?;
         install.args(["-t", BACKPORTS]);
     } else {
-        step(&format!("{what}: installing it ({codename})"));
+        step(&format!("{what}: installing ({codename})"));
     }
     cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
     cmd::run(
         install
-            .arg(QEMU_PACKAGE)
+            .args(BACKPORTED.iter().map(|p| p.0))
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
-    match installed_version(QEMU_PACKAGE) {
-        Some(v) if upstream_major(&v).is_some_and(|m| m >= QEMU_MIN_MAJOR) => {
-            step(&format!("{QEMU_PACKAGE} {v}: installed"));
-            Ok(())
-        }
-        v => bail!(
-            "{QEMU_PACKAGE} {} installed, the tests need >= {QEMU_MIN_MAJOR} \
-             (`apt-cache policy {QEMU_PACKAGE}` shows what {BACKPORTS} offers)",
-            v.unwrap_or_else(|| "not".into())
-        ),
+    if let Some((package, major)) = BACKPORTED.iter().find(|p| new_enough(p).is_none()) {
+        bail!(
+            "{package} {} installed, the tests need >= {major} \
+             (`apt-cache policy {package}` shows what {BACKPORTS} offers)",
+            installed_version(package).unwrap_or_else(|| "not".into())
+        );
     }
+    // The tests start their own libvirtd and virtlogd in their namespaces; a system-wide one
+    // is not wanted on a build machine.
+    disable_services(&[
+        "libvirtd.socket",
+        "libvirtd-ro.socket",
+        "libvirtd-admin.socket",
+        "libvirtd",
+        "libvirt-guests",
+        "virtlogd.socket",
+        "virtlogd",
+        "virtlockd.socket",
+        "virtlockd",
+    ]);
+    Ok(())
 }
 
 /// Writes the bookworm-backports source, with the URI and keyring of the machine's own Debian
@@ -269,7 +307,7 @@ fn qemu() -> Result<()> {
 fn backports_source() -> Result<()> {
     let (uri, keyring) = debian_archive(&fs::read_to_string(DEBIAN_SOURCES).unwrap_or_default());
     let text = format!(
-        "# Added by nve's `cargo xtask setup`: QEMU >= {QEMU_MIN_MAJOR} for the real-guest tests.\n\
+        "# Added by nve's `cargo xtask setup`: QEMU and libvirt for the real-hypervisor tests.\n\
          Types: deb\nURIs: {uri}\nSuites: {BACKPORTS}\nComponents: main\nSigned-By: {keyring}\n"
     );
     if fs::read_to_string(BACKPORTS_SOURCES).ok().as_deref() == Some(text.as_str()) {

@@ -91,6 +91,16 @@ pub enum Command {
     },
     /// Remove the dataplane a stopped daemon of this instance left forwarding.
     Teardown,
+    /// A pinned map's entries with named fields, read from the instance's pins (root; no
+    /// daemon needed). `bpftool map dump` shows them as bytes: the maps carry no key/value
+    /// BTF.
+    Dump {
+        /// Which map (or its pinned name, e.g. NVE_FDB).
+        #[arg(value_enum)]
+        map: crate::dataplane::dump::DumpMap,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// libvirt's qemu hook: `nve hook qemu DOMAIN OPERATION SUB-OPERATION [EXTRA]`, domain
     /// XML on stdin (see contrib/libvirt/qemu).
     Hook {
@@ -137,13 +147,15 @@ pub fn main(cli: Cli) -> ExitCode {
     }
     // Before the runtime's threads: settling may change the process's mount namespace.
     let pins = match cli.command {
-        Command::Daemon(_) | Command::Teardown => match crate::bpffs::settle() {
-            Ok(s) => Some(s),
-            Err(e) => {
-                eprintln!("nve: {e:#}");
-                return ExitCode::FAILURE;
+        Command::Daemon(_) | Command::Teardown | Command::Dump { .. } => {
+            match crate::bpffs::settle() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("nve: {e:#}");
+                    return ExitCode::FAILURE;
+                }
             }
-        },
+        }
         _ => None,
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -195,10 +207,14 @@ async fn run(cli: Cli, pins: Option<crate::bpffs::Settled>) -> anyhow::Result<()
     if let Command::Teardown = cli.command {
         return daemon::teardown(&paths).await;
     }
+    if let Command::Dump { map, json } = cli.command {
+        return dump(&paths, map, json.json);
+    }
     let c = Client::new(&socket);
     match cli.command {
         Command::Daemon(_)
         | Command::Teardown
+        | Command::Dump { .. }
         | Command::Completions { .. }
         | Command::Manpages { .. } => unreachable!("handled above"),
         Command::Hook {
@@ -227,6 +243,24 @@ async fn run(cli: Cli, pins: Option<crate::bpffs::Settled>) -> anyhow::Result<()
             print(&r, j.json, tables::reload)
         }
     }
+}
+
+/// `nve dump MAP`: the entries of the instance's pinned map, one a line or as JSON.
+fn dump(paths: &Paths, map: crate::dataplane::dump::DumpMap, json: bool) -> anyhow::Result<()> {
+    use crate::dataplane::dump;
+    let entries = dump::dump(&paths.pin_dir, map).with_context(|| {
+        format!(
+            "reading {} of instance {} (root, and a daemon that ran: `nve status`)",
+            paths.pin_dir.join(map.pin_name()).display(),
+            paths.instance
+        )
+    })?;
+    print(&entries, json, |entries| {
+        entries
+            .iter()
+            .map(|e| format!("{}\n", dump::entry_line(e)))
+            .collect()
+    })
 }
 
 /// The daemon's log on stderr; `--debug-log` adds the programs' aya-log records (their

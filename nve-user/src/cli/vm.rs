@@ -107,10 +107,18 @@ pub async fn hook(
         .read_to_string(&mut xml)
         .context("reading the domain XML")?;
     let (uuid, ifaces) = libvirt::parse_domain(&xml).with_context(|| format!("domain {domain}"))?;
+    let held: Vec<VnicView> = if ifaces.is_empty() {
+        Vec::new()
+    } else {
+        c.get("/v1/vnics").await?
+    };
     for iface in &ifaces {
-        let req = libvirt::request(vnic_op, migration, iface)?;
+        let current = held.iter().find(|v| v.vm == uuid && v.index == iface.index);
+        let libvirt::Step::Send(req) = libvirt::step(vnic_op, migration, iface, current)? else {
+            continue;
+        };
         let path = format!("/v1/vnics/{uuid}/{}", iface.index);
-        let _: SignalReply = c.post_json(&path, &req).await.with_context(|| {
+        let _: SignalReply = c.post_json(&path, &*req).await.with_context(|| {
             format!(
                 "domain {domain} {op} {sub}: interface {} ({})",
                 iface.index, iface.mac

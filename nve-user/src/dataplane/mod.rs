@@ -2,6 +2,7 @@
 //! them to the underlay and VM ports, and reconciles map contents with the model's
 //! [`Desired`] state by difference, so entries traffic uses are never cleared and refilled.
 mod counters;
+pub mod dump;
 mod layout;
 mod mirrored;
 mod slots;
