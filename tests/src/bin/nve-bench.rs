@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use aya::programs::{Xdp, XdpMode};
 use nve_tests::{
     overlay::{self, H1_VTEP, H2_VTEP, Side, TwoHosts, VM1_MAC, VM2_IP, VM2_MAC},
     packet::{self, Ipv4},
@@ -546,26 +547,38 @@ Where the ns go (64 B; perf samples inside each program, share of its ns over xd
 enum Config {
     Raw,
     Kernel,
+    /// The kernel's vxlan+bridge with a trivial XDP program on the underlay veth: what
+    /// attaching XDP to a veth costs by itself (its peer loses TSO), apart from nve.
+    KernelXdpPass,
     NveTc,
     NveXdp,
 }
 
 impl Config {
-    const ALL: [Config; 4] = [Config::Raw, Config::Kernel, Config::NveTc, Config::NveXdp];
+    const ALL: [Config; 5] = [
+        Config::Raw,
+        Config::Kernel,
+        Config::KernelXdpPass,
+        Config::NveTc,
+        Config::NveXdp,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Config::Raw => "veth+bridge (no VXLAN, ceiling)",
             Config::Kernel => "kernel vxlan+bridge",
+            Config::KernelXdpPass => "kernel vxlan+bridge, xdp_pass on ul",
             Config::NveTc => "nve tc",
             Config::NveXdp => "nve xdp",
         }
     }
 }
 
-/// A two-host rig in one configuration; its daemons stop before its namespaces go.
+/// A two-host rig in one configuration; its daemons (and XDP programs) go before its
+/// namespaces.
 struct Setup {
     _daemons: Vec<Daemon>,
+    _xdp: Vec<Loaded>,
     rig: TwoHosts,
 }
 
@@ -573,6 +586,7 @@ fn build(config: Config, round: usize) -> Result<Setup> {
     let tag = format!("b{round}{}", config as u8);
     let rig = TwoHosts::new(&tag)?;
     let mut daemons = Vec::new();
+    let mut xdp = Vec::new();
     match config {
         Config::Raw => {
             for (host, port) in [(&rig.h1, "vm1p"), (&rig.h2, "vm2p")] {
@@ -582,9 +596,14 @@ fn build(config: Config, round: usize) -> Result<Setup> {
                 host.ip(&["link", "set", "br0", "up"])?;
             }
         }
-        Config::Kernel => {
+        Config::Kernel | Config::KernelXdpPass => {
             overlay::kernel_vxlan(&rig.h1, H1_VTEP, H2_VTEP, "vm1p", &[VM2_MAC])?;
             overlay::kernel_vxlan(&rig.h2, H2_VTEP, H1_VTEP, "vm2p", &[VM1_MAC])?;
+            if config == Config::KernelXdpPass {
+                for host in [&rig.h1, &rig.h2] {
+                    xdp.push(xdp_pass_on_underlay(host)?);
+                }
+            }
         }
         Config::NveTc | Config::NveXdp => {
             let mode = if config == Config::NveXdp {
@@ -614,7 +633,23 @@ fn build(config: Config, round: usize) -> Result<Setup> {
     rig.vm1.ping_until_reachable(VM2_IP, 5)?;
     Ok(Setup {
         _daemons: daemons,
+        _xdp: xdp,
         rig,
+    })
+}
+
+/// The trivial XDP program attached to `host`'s underlay veth (detached when dropped).
+fn xdp_pass_on_underlay(host: &Netns) -> Result<Loaded> {
+    let tag = format!("xp-{}", host.name);
+    nve_tests::rig::in_netns(host, move || {
+        let mut l = Loaded::new(&tag)?;
+        let p: &mut Xdp = l
+            .ebpf
+            .program_mut("xdp_pass")
+            .context("xdp_pass")?
+            .try_into()?;
+        p.attach("ul", XdpMode::default())?;
+        Ok(l)
     })
 }
 
