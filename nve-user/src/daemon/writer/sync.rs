@@ -72,7 +72,7 @@ impl Writer {
         strict: bool,
     ) -> Result<HashMap<String, crate::model::PortInfo>, Error> {
         let static_ports: BTreeSet<&str> = model.ports().map(|(p, _)| p.as_str()).collect();
-        let vnic_ports = model.vnics().map(|(_, v)| v.params.port.as_str());
+        let vnic_ports = model.vnic_ports();
         // A VDP trunk has the VM-side program from `vdp enable` on, not from its first VSI:
         // attaching it costs ~10 ms, which an association should not wait for.
         let vdp_ports = model.vdp().ports.keys().map(String::as_str);
