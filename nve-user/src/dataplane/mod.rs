@@ -391,6 +391,7 @@ impl Dataplane {
     /// Counters of a VN or port go with it.
     pub fn apply(&mut self, desired: &Desired) -> Result<()> {
         let scope = desired.scope.as_ref();
+        let local = desired.local.as_ref();
         self.arp
             .remove_absent(&desired.arp, scope.map(|s| &s.arp))?;
         self.nd.remove_absent(&desired.nd, scope.map(|s| &s.nd))?;
@@ -399,19 +400,28 @@ impl Dataplane {
         self.vn_vteps.upsert_changed(&desired.vn_vteps)?;
         self.vns.upsert_changed(&desired.vns)?;
         self.fdb.upsert_changed(&desired.fdb)?;
-        let gone_ports = self.ports.remove_absent(&desired.ports, None)?;
+        let gone_ports = self
+            .ports
+            .remove_absent(&desired.ports, local.map(|l| &l.ports))?;
         for key in gone_ports {
-            if !desired.ports.keys().any(|k| k.ifindex == key.ifindex) {
+            let same_port = |k: &PortKey| k.ifindex == key.ifindex;
+            // Out of a scoped change's reach, the port's other VIDs are in the map.
+            if !desired.ports.keys().any(same_port) && !self.ports.holds_any(same_port) {
                 // Absent already when the port never carried a packet.
                 let _ = self.port_stats.remove(&key.ifindex);
             }
         }
         self.fdb
             .remove_absent(&desired.fdb, scope.map(|s| &s.fdb))?;
-        for vni in self.vns.remove_absent(&desired.vns, None)? {
+        for vni in self
+            .vns
+            .remove_absent(&desired.vns, local.map(|l| &l.vnis))?
+        {
             let _ = self.vn_stats.remove(&vni);
         }
-        self.vn_vteps.remove_absent(&desired.vn_vteps, None)?;
+        let vn_in_scope = |k: &VnVtepKey| local.is_none_or(|l| l.vnis.contains(&k.vni));
+        self.vn_vteps
+            .remove_absent_where(&desired.vn_vteps, vn_in_scope)?;
         self.ports.upsert_changed(&desired.ports)
     }
 

@@ -18,14 +18,16 @@ use crate::{
 mod desired;
 mod events;
 mod learning;
+mod touched;
 mod vdp;
 mod views;
 mod vnic_table;
 mod vnics;
 mod vns;
-pub use desired::{Desired, Keys, Recompute};
+pub use desired::{Desired, Keys, LocalKeys, Recompute};
 pub use events::Event;
 pub use learning::Announced;
+pub use touched::Touched;
 pub use vdp::{Vdp, VsiRecord, vnic_of};
 pub use vnic_table::VnicTable;
 pub use vnics::{Vnic, VnicId};

@@ -258,6 +258,27 @@ impl Model {
         }
     }
 
+    /// All that a signaling message for `id` may change of the model (the vNIC, the
+    /// forwarding pointers of its VNs, the VID maps of its ports, the VNs there are), to
+    /// tell whether it changed anything without comparing whole models.
+    pub fn signal_footprint(&self, id: &VnicId, req: &VnicRequest) -> impl PartialEq + use<> {
+        let vnic = self.vnics.get(id).cloned();
+        let old = vnic.as_ref().map(|v| (&v.params.vn, &v.params.port));
+        let (vns, ports): (Vec<&String>, Vec<&String>) = old
+            .into_iter()
+            .chain(req.vn.as_ref().zip(req.port.as_ref()))
+            .unzip();
+        let moved = vns
+            .iter()
+            .map(|vn| self.vns.get(*vn).map(|vn| vn.moved.clone()))
+            .collect::<Vec<_>>();
+        let vids = ports
+            .iter()
+            .map(|p| self.port_vids.get(*p).cloned())
+            .collect::<Vec<_>>();
+        (vnic, moved, vids, self.vns.len())
+    }
+
     fn install_vnic(
         &mut self,
         id: &VnicId,
