@@ -27,8 +27,8 @@ pub struct Use {
 }
 
 /// The vNICs by id, with their indexes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "Stored", into = "Stored")]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "Stored")]
 pub struct VnicTable {
     all: OrdMap<VnicId, Vnic>,
     /// (VNI, MAC, vNIC holding it).
@@ -42,9 +42,16 @@ pub struct VnicTable {
 }
 
 /// The table on disk, as the model had it before the indexes: a list of (id, vNIC) pairs.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(transparent)]
 struct Stored(Vec<(VnicId, Vnic)>);
+
+/// Written as [`Stored`] is read, straight from the tree (a snapshot copies nothing).
+impl Serialize for VnicTable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.all.iter())
+    }
+}
 
 impl From<Stored> for VnicTable {
     fn from(s: Stored) -> Self {
@@ -53,12 +60,6 @@ impl From<Stored> for VnicTable {
             t.insert(id, v);
         }
         t
-    }
-}
-
-impl From<VnicTable> for Stored {
-    fn from(t: VnicTable) -> Self {
-        Stored(t.all.into_iter().collect())
     }
 }
 
