@@ -38,7 +38,8 @@ pub async fn run(paths: Paths, socket: PathBuf, args: DaemonArgs) -> anyhow::Res
     };
     let (commands, queue) = mpsc::channel(handle::QUEUE);
     let (published, snapshots) = watch::channel(started.writer.snapshot());
-    let handle = handle::Handle::new(commands, snapshots, counters);
+    let link_events = started.writer.link_events();
+    let handle = handle::Handle::new(commands, snapshots, counters, link_events);
     let writer = tokio::spawn(started.writer.run(queue, published));
     let mut running = ports::spawn(&handle, inputs).await?;
     tracing::info!(instance = %paths.instance, socket = %socket.display(), vtep = %args.vtep, underlay = %args.underlay, mode = %args.underlay_mode, "nve daemon ready");

@@ -4,6 +4,7 @@
 //! batch it publishes a [`Snapshot`], which is all the ports read, so a read never waits
 //! on a write, on netlink or on etcd. Changes that queue up while one is applied are
 //! applied together: one dataplane update and one journal write for all of them.
+mod port_cache;
 mod sync;
 
 use std::{
@@ -105,6 +106,8 @@ pub struct Writer {
     /// The VM ports as the last sync that wrote the dataplane found them: while they stay
     /// so, a change of vNICs rewrites only their entries. `None`: not known.
     pub(super) synced_ports: Option<HashMap<String, crate::model::PortInfo>>,
+    /// The VM ports' interfaces while no link event came (see `port_cache.rs`).
+    pub(super) port_cache: port_cache::PortCache,
 }
 
 /// What a batch changed, for the dataplane.
@@ -145,6 +148,7 @@ impl Writer {
             above_nva: None,
             next_hop_vteps: BTreeSet::new(),
             synced_ports: None,
+            port_cache: port_cache::PortCache::default(),
         }
     }
 
@@ -164,6 +168,12 @@ impl Writer {
             .await
             .unwrap_or(0);
         Ok(())
+    }
+
+    /// The counter of link events the underlay watch keeps for the writer (its port
+    /// lookups hold until the next).
+    pub fn link_events(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.port_cache.link_events()
     }
 
     /// The state as the ports see it.

@@ -100,7 +100,7 @@ impl Writer {
     /// The ports `model` names that exist now; with `strict`, a static port that does not
     /// is an error.
     async fn port_infos(
-        &self,
+        &mut self,
         model: &Model,
         strict: bool,
     ) -> Result<HashMap<String, crate::model::PortInfo>, Error> {
@@ -115,20 +115,31 @@ impl Writer {
             .chain(vnic_ports)
             .chain(vdp_ports)
             .collect();
-        let mut infos = HashMap::new();
-        for &port in &ports {
-            match netlink::port_info(&self.netlink, port).await {
-                Ok(Some(info)) => {
-                    infos.insert(port.to_string(), info);
+        let infos = match self.port_cache.get(&ports) {
+            Some(infos) => infos.clone(),
+            None => {
+                let links = self.port_cache.links();
+                let mut infos = HashMap::new();
+                for &port in &ports {
+                    match netlink::port_info(&self.netlink, port).await {
+                        Ok(Some(info)) => {
+                            infos.insert(port.to_string(), info);
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Err(host(format!("looking up port {port}: {e}"))),
+                    }
                 }
-                Ok(None) if strict && static_ports.contains(port) => {
-                    return Err(host(format!(
-                        "port {port}: no such interface in the daemon's network namespace"
-                    )));
-                }
-                Ok(None) => {}
-                Err(e) => return Err(host(format!("looking up port {port}: {e}"))),
+                self.port_cache.put(links, &ports, &infos);
+                infos
             }
+        };
+        if let Some(port) = static_ports
+            .iter()
+            .find(|p| strict && !infos.contains_key(**p))
+        {
+            return Err(host(format!(
+                "port {port}: no such interface in the daemon's network namespace"
+            )));
         }
         Ok(infos)
     }
