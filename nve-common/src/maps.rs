@@ -103,6 +103,8 @@ impl PortValue {
         Self {
             vni,
             flags: PORT_ACTIVE,
+            counters: NO_COUNTERS,
+            vn_counters: NO_COUNTERS,
         }
     }
 
@@ -140,8 +142,21 @@ pub struct PortValue {
     pub vni: u32,
     /// `PORT_ACTIVE`.
     pub flags: u32,
+    /// The port's slot in `PORT_STATS_MAP` (`NO_COUNTERS`: none), the same for all its VIDs.
+    pub counters: u16,
+    /// The VN's slot in `VN_STATS_MAP`, as in its `VnInfo`.
+    pub vn_counters: u16,
 }
-const _: () = assert!(size_of::<PortValue>() == 8);
+const _: () = assert!(size_of::<PortValue>() == 12);
+
+/// A counter slot that counts nothing: slots the daemon assigns start at 1. The counters
+/// of VNs and ports are per-CPU arrays indexed by slots the daemon writes into the values
+/// the programs look up anyway, so counting costs no lookup of its own.
+pub const NO_COUNTERS: u16 = 0;
+/// Slots of `VN_STATS_MAP`: one per VN, and the unused `NO_COUNTERS`.
+pub const VN_COUNTER_SLOTS: u32 = VNS_MAX_ENTRIES + 1;
+/// Slots of `PORT_STATS_MAP`: one per VM port (all its VIDs), and `NO_COUNTERS`.
+pub const PORT_COUNTER_SLOTS: u32 = PORTS_MAX_ENTRIES + 1;
 
 /// `LocalPort::flags`: the port is a tap. Known unicast for it is decapsulated by the
 /// kernel's collect_md vxlan device (`TUNNEL_DEV`), which clears the tunnel GSO state, so
@@ -216,12 +231,27 @@ pub struct VnInfo {
     pub remote_v4_count: u32,
     /// Valid entries at the front of `ports`.
     pub port_count: u32,
+    /// The VN's slot in `VN_STATS_MAP` (`NO_COUNTERS`: none).
+    pub counters: u16,
+    /// Valid entries at the front of `vteps` (with `VN_F_VTEPS_INLINE`).
+    pub vtep_count: u16,
+    /// With `VN_F_VTEPS_INLINE`: every VTEP the VN decapsulates from, so decapsulation
+    /// checks the sender here instead of looking it up in `VN_VTEPS_MAP`. IPv4 addresses
+    /// as their octets read in memory order (`u32::from_ne_bytes`): one aligned load each.
+    pub vteps: [u32; VN_INLINE_VTEPS],
     /// Remote VTEPs (network order) for head-end replication.
     pub remotes: [Vtep; FLOOD_MAX_REMOTES],
     /// This host's ports in the VN.
     pub ports: [LocalPort; FLOOD_MAX_PORTS],
+    /// `ports[i]`'s slot in `PORT_STATS_MAP`.
+    pub port_counters: [u16; FLOOD_MAX_PORTS],
 }
-const _: () = assert!(size_of::<VnInfo>() == 20 + 16 * FLOOD_MAX_REMOTES + 8 * FLOOD_MAX_PORTS);
+const _: () = assert!(
+    size_of::<VnInfo>() == 24 + 4 * VN_INLINE_VTEPS + 16 * FLOOD_MAX_REMOTES + 10 * FLOOD_MAX_PORTS
+);
+
+/// VTEPs a VN's value lists inline (`VnInfo::vteps`).
+pub const VN_INLINE_VTEPS: usize = 8;
 
 /// `VnInfo::flags`: unicast to a MAC the FDB does not know is dropped (FDB_MISS) instead of
 /// flooded like broadcast; for VNs whose every MAC is known from signaling.
@@ -229,6 +259,9 @@ pub const VN_F_NO_UNKNOWN_FLOOD: u32 = 1;
 /// `VnInfo::flags`: decapsulate VXLAN of this VN from any VTEP, not only from those in
 /// `VN_VTEPS_MAP` for it (its flood list and the VTEPs of its remote MACs).
 pub const VN_F_ANY_VTEP: u32 = 2;
+/// `VnInfo::flags`: `VnInfo::vteps` lists every VTEP the VN decapsulates from (they are
+/// few, and IPv4); without it, `VN_VTEPS_MAP` has them.
+pub const VN_F_VTEPS_INLINE: u32 = 4;
 
 impl VnInfo {
     pub const fn floods_unknown(&self) -> bool {
@@ -237,6 +270,10 @@ impl VnInfo {
 
     pub const fn accepts_any_vtep(&self) -> bool {
         self.flags & VN_F_ANY_VTEP != 0
+    }
+
+    pub const fn lists_vteps_inline(&self) -> bool {
+        self.flags & VN_F_VTEPS_INLINE != 0
     }
 }
 
@@ -248,8 +285,12 @@ impl Default for VnInfo {
             remote_count: 0,
             remote_v4_count: 0,
             port_count: 0,
+            counters: NO_COUNTERS,
+            vtep_count: 0,
+            vteps: [0; VN_INLINE_VTEPS],
             remotes: [[0; 16]; FLOOD_MAX_REMOTES],
             ports: [LocalPort::default(); FLOOD_MAX_PORTS],
+            port_counters: [NO_COUNTERS; FLOOD_MAX_PORTS],
         }
     }
 }

@@ -3,20 +3,20 @@
 use aya_ebpf::programs::TcContext;
 use network_types::{arp::ArpHdr, eth::EthHdr};
 use nve_common::{
-    maps::LocalPort,
     metrics::DropReason,
     wire::{ARP_REPLY, ARP_REQUEST, ETH_LEN, ETH_P_ARP, ETH_P_IPV4},
 };
 
 use crate::{
-    deliver, maps,
+    deliver::{self, VmPort},
+    maps,
     parse::{be16, header},
 };
 
 /// Answers the (untagged) frame if it is an ARP request for an address of `vni` the
 /// dataplane knows, sending the reply back to `ingress`. `Ok(None)`: not one to answer.
 #[inline(always)]
-pub fn reply(ctx: &TcContext, vni: u32, ingress: LocalPort) -> Result<Option<i32>, DropReason> {
+pub fn reply(ctx: &TcContext, vni: u32, ingress: VmPort) -> Result<Option<i32>, DropReason> {
     let Some(eth) = header::<EthHdr>(ctx, 0) else {
         return Ok(None);
     };

@@ -6,13 +6,18 @@ use network_types::{
     vxlan::VxlanHdr,
 };
 use nve_common::{
-    maps::{DataplaneConfig, FDB_LOCAL, FDB_MOVED, FDB_REMOTE, LocalPort, VnInfo, Vtep, vtep_v4},
+    maps::{
+        DataplaneConfig, FDB_LOCAL, FDB_MOVED, FDB_REMOTE, VN_INLINE_VTEPS, VnInfo, Vtep,
+        vtep_ipv4, vtep_v4,
+    },
     metrics::{DropReason, Forward},
     wire::{ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, VXLAN_FLAG_I, VXLAN_PORT},
 };
 
 use crate::{
-    csum, deliver, maps,
+    csum,
+    deliver::{self, VmPort},
+    maps,
     metrics::Scope,
     parse::{Frame, be16, header, ipv4_proto, ipv6_next_hdr, is_multicast, require},
 };
@@ -20,7 +25,7 @@ use crate::{
 /// Where a decapsulated frame goes.
 pub enum Target {
     /// One local port (known unicast).
-    Port(LocalPort),
+    Port(VmPort),
     /// Every local port of the VN (broadcast, multicast).
     Flood(&'static VnInfo),
     /// A MAC that moved to this VTEP: the frame is re-addressed there.
@@ -29,7 +34,6 @@ pub enum Target {
 
 /// A VXLAN frame for this VTEP and a VN it serves.
 pub struct Decap {
-    pub vni: u32,
     /// Offset of the inner Ethernet header: the bytes decapsulation removes.
     pub inner_offset: usize,
     pub target: Target,
@@ -93,7 +97,6 @@ pub fn classify(
     let inner = require::<EthHdr>(f, inner_offset, DropReason::InnerTruncated)?;
     let target = target(vni, inner.dst_addr, vtep_v4(ip.src_addr), scope)?;
     Ok(Underlay::Vxlan(Decap {
-        vni,
         inner_offset,
         target,
     }))
@@ -153,8 +156,8 @@ fn ipv4_csum_ok(f: &impl Frame, ihl: usize) -> bool {
 #[inline(always)]
 pub fn target(vni: u32, dst: [u8; 6], src: Vtep, scope: &mut Scope) -> Result<Target, DropReason> {
     let vn = maps::vn(vni).ok_or(DropReason::VniNotFound)?;
-    scope.set_vni(vni);
-    if !vn.accepts_any_vtep() && !maps::vn_knows_vtep(vni, src) {
+    scope.set_vn(vni, vn.counters);
+    if !vn.accepts_any_vtep() && !knows_vtep(vni, vn, src) {
         return Err(DropReason::VtepNotInVn);
     }
     if is_multicast(&dst) {
@@ -170,6 +173,27 @@ pub fn target(vni: u32, dst: [u8; 6], src: Vtep, scope: &mut Scope) -> Result<Ta
         None if vn.floods_unknown() => Ok(Target::Flood(vn)),
         None => Err(DropReason::FdbMiss),
     }
+}
+
+/// Whether VN `vni` decapsulates from `src`: by its own list when it has one inline (no
+/// lookup), else by `VN_VTEPS_MAP`.
+#[inline(always)]
+fn knows_vtep(vni: u32, vn: &VnInfo, src: Vtep) -> bool {
+    if !vn.lists_vteps_inline() {
+        return maps::vn_knows_vtep(vni, src);
+    }
+    let Some(src) = vtep_ipv4(&src) else {
+        return false;
+    };
+    let (src, count) = (u32::from_ne_bytes(src), vn.vtep_count as usize);
+    let mut i = 0;
+    while i < VN_INLINE_VTEPS && i < count {
+        if vn.vteps[i] == src {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// Whether the frame is UDP to the VXLAN port of this NVE's IPv6 VTEP: the kernel's

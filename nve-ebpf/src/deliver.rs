@@ -13,12 +13,23 @@ use nve_common::{
 
 use crate::{maps, metrics};
 
+/// A VM port (and VID) frames are delivered to, with its counters.
+#[derive(Clone, Copy)]
+pub struct VmPort {
+    pub at: LocalPort,
+    /// `PortValue::counters`.
+    pub counters: u16,
+}
+
 /// `port`, if it forwards: a pre-associated or paused vNIC receives nothing, from the
 /// underlay or locally.
 #[inline(always)]
-pub fn forwarding(port: LocalPort) -> Result<LocalPort, DropReason> {
+pub fn forwarding(port: LocalPort) -> Result<VmPort, DropReason> {
     match maps::port(port.ifindex, port.vid) {
-        Some(p) if p.is_active() => Ok(port),
+        Some(p) if p.is_active() => Ok(VmPort {
+            at: port,
+            counters: p.counters,
+        }),
         _ => Err(DropReason::VnicInactive),
     }
 }
@@ -26,12 +37,12 @@ pub fn forwarding(port: LocalPort) -> Result<LocalPort, DropReason> {
 /// Redirects the frame to `port`, tagged with the port's VID if it has one. Returns the TC
 /// action.
 #[inline(always)]
-pub fn to_port(ctx: &TcContext, port: LocalPort) -> Result<i32, DropReason> {
-    if port.vid != 0 {
-        vlan_push(ctx, port.vid)?;
+pub fn to_port(ctx: &TcContext, port: VmPort) -> Result<i32, DropReason> {
+    if port.at.vid != 0 {
+        vlan_push(ctx, port.at.vid)?;
     }
-    let action = send_to(ctx, port.ifindex, false)?;
-    metrics::delivered(port.ifindex, ctx.len());
+    let action = send_to(ctx, port.at.ifindex, false)?;
+    metrics::delivered(port.counters, ctx.len());
     Ok(action)
 }
 
@@ -57,7 +68,7 @@ pub fn send_to(ctx: &TcContext, ifindex: u32, copy: bool) -> Result<i32, DropRea
 #[inline(always)]
 pub fn reply<const N: usize>(
     ctx: &TcContext,
-    ingress: LocalPort,
+    ingress: VmPort,
     answer: &[u8; N],
 ) -> Result<i32, DropReason> {
     // SAFETY: helper call on our own skb (which it also takes out of GSO).
@@ -69,15 +80,11 @@ pub fn reply<const N: usize>(
     to_port(ctx, ingress)
 }
 
-/// Floods a decapsulated frame of `vni` to every local port of `vn`; the copies go, the
-/// frame itself is dropped (TC_ACT_SHOT).
+/// Floods a decapsulated frame to every local port of `vn`; the copies go, the frame
+/// itself is dropped (TC_ACT_SHOT).
 #[inline(always)]
-pub fn flood_decapsulated(
-    ctx: &TcContext,
-    vni: u32,
-    vn: &VnInfo,
-) -> Result<(i32, Forward), DropReason> {
-    if flood_ports(ctx, vni, vn, LocalPort::default())? == 0 {
+pub fn flood_decapsulated(ctx: &TcContext, vn: &VnInfo) -> Result<(i32, Forward), DropReason> {
+    if flood_ports(ctx, vn, LocalPort::default())? == 0 {
         return Err(DropReason::FloodListEmpty);
     }
     Ok((TC_ACT_SHOT, Forward::Flooded))
@@ -87,15 +94,9 @@ pub fn flood_decapsulated(
 /// was. Returns the number of copies. A `bpf_loop` keeps the verifier's work to one pass
 /// over the body, however long the list.
 #[inline(always)]
-pub fn flood_ports(
-    ctx: &TcContext,
-    vni: u32,
-    vn: &VnInfo,
-    except: LocalPort,
-) -> Result<u32, DropReason> {
+pub fn flood_ports(ctx: &TcContext, vn: &VnInfo, except: LocalPort) -> Result<u32, DropReason> {
     let mut state = PortsLoop {
         skb: ctx.skb.skb,
-        vni,
         vn,
         except,
         copies: 0,
@@ -133,7 +134,6 @@ pub fn repeat<S>(n: u32, callback: extern "C" fn(u64, *mut c_void) -> i64, state
 
 struct PortsLoop<'a> {
     skb: *mut __sk_buff,
-    vni: u32,
     vn: &'a VnInfo,
     except: LocalPort,
     copies: u32,
@@ -154,7 +154,8 @@ extern "C" fn port_copy(index: u64, state: *mut c_void) -> i64 {
     let ctx = TcContext::new(state.skb);
     match copy_to_port(&ctx, port) {
         Ok(()) => {
-            metrics::copied_to_port(state.vni, port.ifindex, ctx.len());
+            let counters = state.vn.port_counters[i];
+            metrics::copied_to_port(state.vn.counters, counters, ctx.len());
             state.copies += 1;
             0
         }

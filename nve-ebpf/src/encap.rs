@@ -22,7 +22,7 @@ use nve_common::{
 use crate::{
     csum, deliver,
     maps::{self, SCRATCH_LEN},
-    parse::{SkbMeta, header},
+    parse::{SkbMeta, be16, header},
 };
 
 const IPV4_OFFSET: usize = ETH_LEN;
@@ -30,29 +30,36 @@ const IPV4_OFFSET: usize = ETH_LEN;
 const _: () = assert!(size_of::<EthHdr>() + Ipv4Hdr::LEN + UdpHdr::LEN + VxlanHdr::LEN == 50);
 const OUTER: usize = VXLAN_IPV4_OVERHEAD as usize;
 
-/// Encapsulates the frame for `vni`, addressed to `remote`. On return the outer Ethernet
-/// addresses are not yet set: [`send`] fills them in.
+/// Encapsulates the frame for `vni`, addressed to `remote` by `next_hop` (`None`: the
+/// outer Ethernet addresses are left zero, for [`send`] to fill in).
 ///
 /// IP frames grow with `bpf_skb_adjust_room` and the encap flags, which keeps a GSO skb one
 /// skb (gso_type gains UDP_TUNNEL; FIXED_GSO keeps gso_size). That helper refuses non-IP
-/// skbs (ARP), which are never GSO and grow at the head instead.
+/// skbs (ARP), which are never GSO and grow at the head instead. The headers are built in
+/// the per-CPU scratch buffer (on the stack they would not fit next to the callers' own
+/// locals in head-end replication) with the inner Ethernet header after them, and written
+/// with one store.
 #[inline(always)]
 pub fn encapsulate(
     ctx: &TcContext,
     cfg: &DataplaneConfig,
     vni: u32,
     remote: [u8; 4],
+    next_hop: Option<&NextHop>,
 ) -> Result<(), DropReason> {
     let inner_len = ctx.len();
     let hash = flow_hash(ctx);
     let src_port = UDP_SRC_PORT_MIN | ((hash ^ (hash >> 16)) as u16 & 0x3fff);
-    // Built in the per-CPU scratch buffer: on the stack it would not fit next to the
-    // callers' own locals in head-end replication.
-    let outer = maps::scratch().ok_or(DropReason::ScratchUnavailable)?;
-    outer_ipv4(outer, cfg, vni, remote, src_port, inner_len);
+    let buf = maps::scratch().ok_or(DropReason::ScratchUnavailable)?;
+    outer_ipv4(buf, cfg, vni, remote, src_port, inner_len);
+    if let Some(nh) = next_hop {
+        buf[..6].copy_from_slice(&nh.dmac);
+        buf[6..12].copy_from_slice(&nh.smac);
+    }
     let proto = ctx.ether_type();
     if proto == ETH_P_IPV4 || proto == ETH_P_IPV6 {
-        let inner_eth: [u8; ETH_LEN] = ctx.load(0).map_err(|_| DropReason::PktTooSmall)?;
+        let inner = header::<[u8; ETH_LEN]>(ctx, 0).ok_or(DropReason::PktTooSmall)?;
+        buf[OUTER..OUTER + ETH_LEN].copy_from_slice(inner);
         let flags = BPF_F_ADJ_ROOM_FIXED_GSO
             | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
             | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
@@ -60,16 +67,18 @@ pub fn encapsulate(
         let flags = flags as u64 | encap_l2_len(ETH_LEN as u64);
         ctx.adjust_room(VXLAN_IPV4_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags)
             .map_err(|_| DropReason::HeaderAdjustFailed)?;
-        ctx.store(VXLAN_IPV4_OVERHEAD as usize, &inner_eth, 0)
-            .map_err(|_| DropReason::StoreFailed)?;
+        // The room is after the inner Ethernet header: outer headers and that header go
+        // over the first 64 bytes.
+        ctx.store(0, maps::window::<{ OUTER + ETH_LEN }>(buf, 0), 0)
+            .map_err(|_| DropReason::StoreFailed)
     } else {
         // SAFETY: helper call on our own skb.
         if unsafe { bpf_skb_change_head(ctx.skb.skb, VXLAN_IPV4_OVERHEAD, 0) } != 0 {
             return Err(DropReason::HeaderAdjustFailed);
         }
+        ctx.store(0, maps::window::<OUTER>(buf, 0), 0)
+            .map_err(|_| DropReason::StoreFailed)
     }
-    ctx.store(0, maps::window::<OUTER>(outer, 0), 0)
-        .map_err(|_| DropReason::StoreFailed)
 }
 
 /// The inner flow's hash, for the outer UDP source port (RFC 7348 entropy): the skb's
@@ -163,12 +172,21 @@ pub fn send(
     remote: [u8; 4],
     copy: bool,
 ) -> Result<i32, DropReason> {
-    send_via(ctx, cfg, maps::next_hop(remote), copy)
+    let next_hop = maps::next_hop(remote);
+    if let Some(nh) = next_hop {
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&nh.dmac);
+        macs[6..].copy_from_slice(&nh.smac);
+        ctx.store(0, &macs, 0)
+            .map_err(|_| DropReason::StoreFailed)?;
+    }
+    transmit(ctx, cfg, next_hop, copy)
 }
 
-/// As [`send`], by `next_hop` (the caller's lookup of the VTEP's; `None`: not resolved).
+/// As [`send`], for a frame [`encapsulate`] addressed by `next_hop` (the caller's lookup of
+/// the VTEP's; `None`: not resolved) already.
 #[inline(always)]
-pub fn send_via(
+pub fn transmit(
     ctx: &TcContext,
     cfg: &DataplaneConfig,
     next_hop: Option<&NextHop>,
@@ -189,11 +207,6 @@ pub fn send_via(
     if ctx.gso_size() == 0 && ctx.len() > nh.mtu + ETH_LEN as u32 {
         return Err(DropReason::UnderlayMtuExceeded);
     }
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&nh.dmac);
-    macs[6..].copy_from_slice(&nh.smac);
-    ctx.store(0, &macs, 0)
-        .map_err(|_| DropReason::StoreFailed)?;
     deliver::send_to(ctx, nh.ifindex, copy)
 }
 
@@ -203,8 +216,9 @@ const fn encap_l2_len(len: u64) -> u64 {
     (len & 0xff) << 56
 }
 
-/// Writes outer Ethernet (addresses left to `send`), IPv4, UDP and VXLAN into the first
-/// `OUTER` bytes of `buf`.
+/// Writes outer Ethernet (addresses zero), IPv4, UDP and VXLAN into the first `OUTER`
+/// bytes of `buf`, as 16-bit stores at even offsets (every field of these headers lies on
+/// one), the IPv4 checksum summed from the words as they are written.
 #[inline(always)]
 fn outer_ipv4(
     buf: &mut [u8; SCRATCH_LEN],
@@ -219,23 +233,43 @@ fn outer_ipv4(
     const VXLAN: usize = UDP + UdpHdr::LEN;
     let udp_len = (inner_len + (UdpHdr::LEN + VxlanHdr::LEN) as u32) as u16;
     let ip_len = udp_len + Ipv4Hdr::LEN as u16;
-    buf[..OUTER].fill(0);
-    buf[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
-    buf[IP] = 0x45;
-    buf[IP + 2..IP + 4].copy_from_slice(&ip_len.to_be_bytes());
-    buf[IP + 6..IP + 8].copy_from_slice(&IP_DF.to_be_bytes());
-    buf[IP + 8] = cfg.ttl;
-    buf[IP + 9] = IPPROTO_UDP;
-    buf[IP + 12..IP + 16].copy_from_slice(&cfg.vtep_ipv4);
-    buf[IP + 16..IP + 20].copy_from_slice(&remote);
-    let check = csum::finish(csum::add(0, maps::window::<20>(buf, IP)));
-    buf[IP + 10..IP + 12].copy_from_slice(&check.to_be_bytes());
-    buf[UDP..UDP + 2].copy_from_slice(&src_port.to_be_bytes());
-    buf[UDP + 2..UDP + 4].copy_from_slice(&VXLAN_PORT.to_be_bytes());
-    buf[UDP + 4..UDP + 6].copy_from_slice(&udp_len.to_be_bytes());
+    let (local, ttl_proto) = (
+        cfg.vtep_ipv4,
+        u16::from(cfg.ttl) << 8 | u16::from(IPPROTO_UDP),
+    );
+    let (src_hi, src_lo) = (be16([local[0], local[1]]), be16([local[2], local[3]]));
+    let (dst_hi, dst_lo) = (be16([remote[0], remote[1]]), be16([remote[2], remote[3]]));
+    let sum = [
+        0x4500, ip_len, IP_DF, ttl_proto, src_hi, src_lo, dst_hi, dst_lo,
+    ]
+    .iter()
+    .fold(0u32, |sum, &w| sum + u32::from(w));
+    let mut put = |at: usize, value: u16| maps::put_be16(buf, at, value);
+    // Ethernet: addresses zero, IPv4.
+    put(0, 0);
+    put(2, 0);
+    put(4, 0);
+    put(6, 0);
+    put(8, 0);
+    put(10, 0);
+    put(12, ETH_P_IPV4);
+    put(IP, 0x4500);
+    put(IP + 2, ip_len);
+    put(IP + 4, 0);
+    put(IP + 6, IP_DF);
+    put(IP + 8, ttl_proto);
+    put(IP + 10, csum::finish(sum));
+    put(IP + 12, src_hi);
+    put(IP + 14, src_lo);
+    put(IP + 16, dst_hi);
+    put(IP + 18, dst_lo);
+    put(UDP, src_port);
+    put(UDP + 2, VXLAN_PORT);
+    put(UDP + 4, udp_len);
     // UDP checksum 0 on IPv4 (RFC 7348); segmentation copies it into every segment.
-    buf[VXLAN] = VXLAN_FLAG_I;
-    buf[VXLAN + 4] = (vni >> 16) as u8;
-    buf[VXLAN + 5] = (vni >> 8) as u8;
-    buf[VXLAN + 6] = vni as u8;
+    put(UDP + 6, 0);
+    put(VXLAN, u16::from(VXLAN_FLAG_I) << 8);
+    put(VXLAN + 2, 0);
+    put(VXLAN + 4, (vni >> 8) as u16);
+    put(VXLAN + 6, ((vni & 0xff) << 8) as u16);
 }

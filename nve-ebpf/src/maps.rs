@@ -3,13 +3,14 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use nve_common::{
     maps::{
         ARP_MAX_ENTRIES, ArpEntry, ArpKey, DataplaneConfig, EVENTS_BYTES, FDB_MAX_ENTRIES,
-        FdbEntry, FdbKey, ND_MAX_ENTRIES, NEXTHOPS_MAX_ENTRIES, NdKey, NextHop, PORTS_MAX_ENTRIES,
-        PortKey, PortValue, VN_VTEPS_MAX_ENTRIES, VNS_MAX_ENTRIES, VnInfo, VnVtepKey, Vtep,
+        FdbEntry, FdbKey, ND_MAX_ENTRIES, NEXTHOPS_MAX_ENTRIES, NdKey, NextHop, PORT_COUNTER_SLOTS,
+        PORTS_MAX_ENTRIES, PortKey, PortValue, VN_COUNTER_SLOTS, VN_VTEPS_MAX_ENTRIES,
+        VNS_MAX_ENTRIES, VnInfo, VnVtepKey, Vtep,
     },
     metrics::{Counter, PortTraffic, STATS_MAX_ENTRIES, VnTraffic},
 };
@@ -54,16 +55,14 @@ pub static NVE_EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 #[map]
 pub static NVE_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_MAX_ENTRIES, 0);
 
-/// Per-VN traffic by VNI, created by the first packet of a VN the dataplane serves; the
-/// daemon removes a VN's entry with the VN.
+/// Per-VN traffic by the slot the daemon gives each VN (`VnInfo::counters`,
+/// `PortValue::vn_counters`); the daemon zeroes a slot before it gives it out again.
 #[map]
-pub static NVE_VN_STATS: PerCpuHashMap<u32, VnTraffic> = PerCpuHashMap::pinned(VNS_MAX_ENTRIES, 0);
+pub static NVE_VN_STATS: PerCpuArray<VnTraffic> = PerCpuArray::pinned(VN_COUNTER_SLOTS, 0);
 
-/// Per-VM-port traffic by ifindex, created by the port's first packet; removed with the
-/// port.
+/// Per-VM-port traffic by the port's slot (`PortValue::counters`).
 #[map]
-pub static NVE_PORT_STATS: PerCpuHashMap<u32, PortTraffic> =
-    PerCpuHashMap::pinned(PORTS_MAX_ENTRIES, 0);
+pub static NVE_PORT_STATS: PerCpuArray<PortTraffic> = PerCpuArray::pinned(PORT_COUNTER_SLOTS, 0);
 
 /// The instance's settings, or `None` before the daemon has written them.
 #[inline(always)]
@@ -127,4 +126,15 @@ pub fn window<const N: usize>(buf: &[u8; SCRATCH_LEN], at: usize) -> &[u8; N] {
     let bytes = &buf[at..at + N];
     // SAFETY: `bytes` is exactly N bytes long.
     unsafe { &*(bytes.as_ptr() as *const [u8; N]) }
+}
+
+/// Writes `value` big-endian at byte `at` of a scratch buffer as one 16-bit store. `at`
+/// must be even (the buffer, a map value, is 8-byte aligned): an odd one is not written.
+#[inline(always)]
+pub fn put_be16(buf: &mut [u8; SCRATCH_LEN], at: usize, value: u16) {
+    if !at.is_multiple_of(2) || at + 2 > SCRATCH_LEN {
+        return;
+    }
+    // SAFETY: in bounds, and 2-byte aligned as checked above.
+    unsafe { *(buf.as_mut_ptr().add(at) as *mut u16) = value.to_be() };
 }

@@ -1,56 +1,43 @@
 //! Per-CPU counters: every packet a program sees is counted exactly once by outcome, and
 //! for the VN and the VM port it turned out to belong to. Per-VN and per-port bytes are
-//! the VM's frames' (no outer headers).
-use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST, maps::PerCpuHashMap};
+//! the VM's frames' (no outer headers). VN and port counters are found by the slots the
+//! daemon writes into the port and VN values the programs read anyway: no lookup of their
+//! own.
+use aya_ebpf::{EbpfContext, maps::PerCpuArray};
 use aya_log_ebpf::debug;
-use nve_common::metrics::{
-    Counter, DropReason, Forward, Hook, Outcome, PortCounter, PortTraffic, VnCounter, VnTraffic,
+use nve_common::{
+    maps::NO_COUNTERS,
+    metrics::{Counter, DropReason, Forward, Hook, Outcome, PortCounter, VnCounter},
 };
 
 use crate::maps::{NVE_PORT_STATS, NVE_STATS, NVE_VN_STATS};
 
-/// The VN and the VM port (ifindex) a packet was found to belong to before its verdict.
-/// Set only once the port or VN is known to the dataplane, so a sender cannot make the
-/// counter maps grow. Plain integers with "none" values rather than `Option`s: the payload
-/// of a `None` is undefined, and the verifier rejects a program that copies it.
-#[derive(Clone, Copy)]
+/// The VN and the VM port (ifindex) a packet was found to belong to before its verdict,
+/// with their counter slots. Set only once the port or VN is known to the dataplane, so a
+/// sender cannot pick the counters. Plain integers with "none" values rather than
+/// `Option`s: the payload of a `None` is undefined, and the verifier rejects a program
+/// that copies it.
+#[derive(Clone, Copy, Default)]
 pub struct Scope {
-    /// `NO_VNI` until known (VNIs are 24 bits).
+    /// 0 until known (VNI 0 is never served; for the log only).
     vni: u32,
-    /// 0 until known (no interface has index 0).
+    /// 0 until known (no interface has index 0; for the log only).
     port: u32,
-}
-
-const NO_VNI: u32 = u32::MAX;
-
-impl Default for Scope {
-    fn default() -> Self {
-        Self {
-            vni: NO_VNI,
-            port: 0,
-        }
-    }
+    vn_counters: u16,
+    port_counters: u16,
 }
 
 impl Scope {
     #[inline(always)]
-    pub fn set_vni(&mut self, vni: u32) {
+    pub fn set_vn(&mut self, vni: u32, counters: u16) {
         self.vni = vni;
+        self.vn_counters = counters;
     }
 
     #[inline(always)]
-    pub fn set_port(&mut self, ifindex: u32) {
+    pub fn set_port(&mut self, ifindex: u32, counters: u16) {
         self.port = ifindex;
-    }
-
-    #[inline(always)]
-    fn vni(&self) -> Option<u32> {
-        (self.vni != NO_VNI).then_some(self.vni)
-    }
-
-    #[inline(always)]
-    fn port(&self) -> Option<u32> {
-        (self.port != 0).then_some(self.port)
+        self.port_counters = counters;
     }
 }
 
@@ -62,33 +49,38 @@ pub fn count(hook: Hook, outcome: Outcome, bytes: u32) {
     }
 }
 
-/// A flood copy of a frame of `vni` (`bytes`: the VM's frame) delivered to a VM port.
+/// A flood copy of a frame (`bytes`: the VM's frame) of the VN with counters `vn`
+/// delivered to the VM port with counters `port`.
 #[inline(always)]
-pub fn copied_to_port(vni: u32, ifindex: u32, bytes: u32) {
+pub fn copied_to_port(vn: u16, port: u16, bytes: u32) {
+    bump(&NVE_VN_STATS, vn, VnCounter::ToVms as usize, None, bytes);
+    delivered(port, bytes);
+}
+
+/// A frame delivered to the VM port with counters `port` (its VN is counted by `account`,
+/// or by `copied_to_port` for flood copies).
+#[inline(always)]
+pub fn delivered(port: u16, bytes: u32) {
     bump(
-        &NVE_VN_STATS,
-        &VN_ZERO,
-        vni,
-        VnCounter::ToVms as usize,
+        &NVE_PORT_STATS,
+        port,
+        PortCounter::ToVm as usize,
         None,
         bytes,
     );
-    delivered(ifindex, bytes);
 }
 
-/// A frame delivered to VM port `ifindex` (its VN is counted by `account`, or by
-/// `copied_to_port` for flood copies).
+/// A flood copy of a frame of the VN with counters `vn` sent to a remote VTEP (`bytes`:
+/// the VM's frame).
 #[inline(always)]
-pub fn delivered(ifindex: u32, bytes: u32) {
-    let slot = PortCounter::ToVm as usize;
-    bump(&NVE_PORT_STATS, &PORT_ZERO, ifindex, slot, None, bytes);
-}
-
-/// A flood copy of a frame of `vni` sent to a remote VTEP (`bytes`: the VM's frame).
-#[inline(always)]
-pub fn copied_to_underlay(vni: u32, bytes: u32) {
-    let slot = VnCounter::ToUnderlay as usize;
-    bump(&NVE_VN_STATS, &VN_ZERO, vni, slot, None, bytes);
+pub fn copied_to_underlay(vn: u16, bytes: u32) {
+    bump(
+        &NVE_VN_STATS,
+        vn,
+        VnCounter::ToUnderlay as usize,
+        None,
+        bytes,
+    );
 }
 
 /// What an entry point returns for the outcome of its `try_*` body, counted once: the
@@ -108,9 +100,7 @@ pub fn account<A>(
     match result {
         Ok((action, forward)) => {
             count(hook, Outcome::Forward(forward), len);
-            if let Some(vni) = scope.vni()
-                && !forward.hands_over()
-            {
+            if !forward.hands_over() {
                 // Both ends of a unicast frame with one lookup; flood copies are counted
                 // where they are made.
                 let from = match hook {
@@ -124,12 +114,10 @@ pub fn account<A>(
                     Forward::Flooded => None,
                     _ => Some(VnCounter::ToVms as usize),
                 };
-                bump(&NVE_VN_STATS, &VN_ZERO, vni, from as usize, to, len);
+                bump(&NVE_VN_STATS, scope.vn_counters, from as usize, to, len);
             }
-            if let Some(port) = scope.port() {
-                let slot = PortCounter::FromVm as usize;
-                bump(&NVE_PORT_STATS, &PORT_ZERO, port, slot, None, len);
-            }
+            let slot = PortCounter::FromVm as usize;
+            bump(&NVE_PORT_STATS, scope.port_counters, slot, None, len);
             action
         }
         Err(reason) => {
@@ -143,49 +131,30 @@ pub fn account<A>(
                 scope.port,
                 len
             );
-            if let Some(vni) = scope.vni() {
-                let slot = VnCounter::Dropped as usize;
-                bump(&NVE_VN_STATS, &VN_ZERO, vni, slot, None, len);
-            }
-            if let Some(port) = scope.port() {
-                let slot = PortCounter::Dropped as usize;
-                bump(&NVE_PORT_STATS, &PORT_ZERO, port, slot, None, len);
-            }
+            let slot = VnCounter::Dropped as usize;
+            bump(&NVE_VN_STATS, scope.vn_counters, slot, None, len);
+            let slot = PortCounter::Dropped as usize;
+            bump(&NVE_PORT_STATS, scope.port_counters, slot, None, len);
             drop
         }
     }
 }
 
-static VN_ZERO: VnTraffic = [Counter {
-    packets: 0,
-    bytes: 0,
-}; VnCounter::ALL.len()];
-static PORT_ZERO: PortTraffic = [Counter {
-    packets: 0,
-    bytes: 0,
-}; PortCounter::ALL.len()];
-
-/// Adds a packet of `bytes` to slot `slot` (and `also`) of `key`'s counters, creating
-/// them at zero.
+/// Adds a packet of `bytes` to slot `slot` (and `also`) of the counters at `counters`
+/// (`NO_COUNTERS`: none).
 #[inline(always)]
 fn bump<const N: usize>(
-    map: &PerCpuHashMap<u32, [Counter; N]>,
-    zero: &'static [Counter; N],
-    key: u32,
+    map: &PerCpuArray<[Counter; N]>,
+    counters: u16,
     slot: usize,
     also: Option<usize>,
     bytes: u32,
 ) {
-    let counters = match map.get_ptr_mut(key) {
-        Some(c) => c,
-        None => {
-            // From read-only data, not the stack: every delivery site inlines this.
-            let _ = map.insert(key, zero, BPF_NOEXIST as u64);
-            match map.get_ptr_mut(key) {
-                Some(c) => c,
-                None => return,
-            }
-        }
+    if counters == NO_COUNTERS {
+        return;
+    }
+    let Some(counters) = map.get_ptr_mut(u32::from(counters)) else {
+        return;
     };
     // SAFETY: this CPU's copy of the entry; no concurrent writer on this CPU.
     let counters = unsafe { &mut *counters };

@@ -4,7 +4,6 @@
 use aya_ebpf::programs::TcContext;
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 use nve_common::{
-    maps::LocalPort,
     metrics::DropReason,
     wire::{
         ETH_LEN, ETH_P_IPV6, ICMPV6_NEIGHBOUR_ADVERT, ICMPV6_NEIGHBOUR_SOLICIT, IPPROTO_ICMPV6,
@@ -12,7 +11,9 @@ use nve_common::{
 };
 
 use crate::{
-    csum, deliver, maps,
+    csum,
+    deliver::{self, VmPort},
+    maps,
     parse::{copy_out, header},
 };
 
@@ -32,7 +33,7 @@ const NA_LEN: usize = TARGET_OFFSET + 16 + 8;
 /// to answer (duplicate address detection from `::` and questions about the asker's own
 /// address go their way).
 #[inline(always)]
-pub fn reply(ctx: &TcContext, vni: u32, ingress: LocalPort) -> Result<Option<i32>, DropReason> {
+pub fn reply(ctx: &TcContext, vni: u32, ingress: VmPort) -> Result<Option<i32>, DropReason> {
     match header::<EthHdr>(ctx, 0) {
         Some(eth) if u16::from_be(eth.ether_type) == ETH_P_IPV6 => solicited(ctx, vni, ingress),
         _ => Ok(None),
@@ -43,7 +44,7 @@ pub fn reply(ctx: &TcContext, vni: u32, ingress: LocalPort) -> Result<Option<i32
 // has no room for it. The frame is read with helpers only: LLVM would pass direct packet
 // pointers as promoted integer arguments, which the verifier refuses.
 #[inline(never)]
-fn solicited(ctx: &TcContext, vni: u32, ingress: LocalPort) -> Result<Option<i32>, DropReason> {
+fn solicited(ctx: &TcContext, vni: u32, ingress: VmPort) -> Result<Option<i32>, DropReason> {
     const IP: usize = ETH_LEN;
     const LEN: usize = ICMP_OFFSET + NA_LEN;
     const TARGET: usize = ICMP_OFFSET + TARGET_OFFSET;

@@ -6,7 +6,6 @@
 //! A GSO frame is measured by its segments.
 use aya_ebpf::programs::TcContext;
 use nve_common::{
-    maps::LocalPort,
     metrics::DropReason,
     wire::{
         ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, IP_DF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
@@ -15,7 +14,8 @@ use nve_common::{
 };
 
 use crate::{
-    csum, deliver,
+    csum,
+    deliver::{self, VmPort},
     maps::{self, SCRATCH_LEN},
     parse::{SkbMeta, be16, copy_out, header},
 };
@@ -33,7 +33,7 @@ pub fn check(
     ctx: &TcContext,
     vni: u32,
     budget: Option<u32>,
-    ingress: LocalPort,
+    ingress: VmPort,
 ) -> Result<Option<i32>, DropReason> {
     // No budget (an IPv4 VTEP whose next hop is not mirrored yet): the send path decides.
     let Some(budget) = budget else {
@@ -98,7 +98,7 @@ fn network_len(ctx: &TcContext, ether_type: u16) -> u32 {
 // has no room for it. The frame is read with helpers only: LLVM would pass direct packet
 // pointers as promoted integer arguments, which the verifier refuses.
 #[inline(never)]
-fn frag_needed(ctx: &TcContext, mtu: u32, ingress: LocalPort) -> Result<i32, DropReason> {
+fn frag_needed(ctx: &TcContext, mtu: u32, ingress: VmPort) -> Result<i32, DropReason> {
     const IP: usize = ETH_LEN;
     const ICMP: usize = IP + 20;
     const QUOTE: usize = ICMP + 8;
@@ -141,7 +141,7 @@ fn frag_needed(ctx: &TcContext, mtu: u32, ingress: LocalPort) -> Result<i32, Dro
 /// and sends it back to `ingress`.
 // Out of line and in the scratch buffer, as `frag_needed`.
 #[inline(never)]
-fn packet_too_big(ctx: &TcContext, mtu: u32, ingress: LocalPort) -> Result<i32, DropReason> {
+fn packet_too_big(ctx: &TcContext, mtu: u32, ingress: VmPort) -> Result<i32, DropReason> {
     const IP: usize = ETH_LEN;
     const ICMP: usize = IP + 40;
     const QUOTE: usize = ICMP + 8;
@@ -158,11 +158,11 @@ fn packet_too_big(ctx: &TcContext, mtu: u32, ingress: LocalPort) -> Result<i32, 
     let mtu = mtu.to_be_bytes();
     buf[ICMP..QUOTE].copy_from_slice(&[2, 0, 0, 0, mtu[0], mtu[1], mtu[2], mtu[3]]);
     // Pseudo-header (addresses, length, next header), then the message.
-    let sum = csum::add(0, maps::window::<32>(buf, IP + 8)) + (LEN - ICMP) as u32;
-    let sum = csum::add(
-        sum + IPPROTO_ICMPV6 as u32,
-        maps::window::<{ LEN - ICMP }>(buf, ICMP),
-    );
+    // SAFETY: windows at even offsets of the scratch buffer.
+    let sum = unsafe { csum::add_aligned(0, maps::window::<32>(buf, IP + 8)) };
+    let sum = sum + (LEN - ICMP) as u32 + IPPROTO_ICMPV6 as u32;
+    // SAFETY: as above.
+    let sum = unsafe { csum::add_aligned(sum, maps::window::<{ LEN - ICMP }>(buf, ICMP)) };
     buf[ICMP + 2..ICMP + 4].copy_from_slice(&csum::finish(sum).to_be_bytes());
     deliver::reply(ctx, ingress, maps::window::<LEN>(buf, 0))
 }

@@ -42,7 +42,7 @@ fn try_tc_tunnel_rx(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
             tunnel::forward(ctx, vni, &vtep, ttl)?,
             Forward::ForwardedToVtep,
         )),
-        Target::Flood(vn) => deliver::flood_decapsulated(ctx, vni, vn),
+        Target::Flood(vn) => deliver::flood_decapsulated(ctx, vn),
     }
 }
 

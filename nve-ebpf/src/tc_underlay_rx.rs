@@ -9,17 +9,17 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use network_types::eth::EthHdr;
 use nve_common::{
     maps::vtep_ipv4,
     metrics::{DropReason, Forward, Hook},
+    wire::ETH_LEN,
 };
 
 use crate::{
     decap::{self, Target, Underlay},
     deliver, encap, maps,
     metrics::{self, Scope},
-    parse::Frame,
+    parse::{Frame, header},
 };
 
 #[classifier]
@@ -40,7 +40,7 @@ fn try_tc_underlay_rx(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forwar
         Underlay::Vxlan(d) => d,
     };
     match d.target {
-        Target::Port(port) if port.is_tap() => Ok((TC_ACT_OK, Forward::ToKernelVxlan)),
+        Target::Port(port) if port.at.is_tap() => Ok((TC_ACT_OK, Forward::ToKernelVxlan)),
         Target::Moved(vtep) => {
             let v4 = vtep_ipv4(&vtep).ok_or(DropReason::VtepNotIpv4)?;
             Ok((encap::forward(ctx, cfg, v4)?, Forward::ForwardedToVtep))
@@ -51,7 +51,7 @@ fn try_tc_underlay_rx(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forwar
         }
         Target::Flood(vn) => {
             strip_outer(ctx, d.inner_offset)?;
-            deliver::flood_decapsulated(ctx, d.vni, vn)
+            deliver::flood_decapsulated(ctx, vn)
         }
     }
 }
@@ -59,9 +59,8 @@ fn try_tc_underlay_rx(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forwar
 /// Removes the outer headers, the first `inner_offset` bytes, keeping the skb's GSO state.
 #[inline(always)]
 fn strip_outer(ctx: &TcContext, inner_offset: usize) -> Result<(), DropReason> {
-    let inner: EthHdr = ctx
-        .load(inner_offset)
-        .map_err(|_| DropReason::InnerTruncated)?;
+    // Copied out by a direct read, not the load helper: classify saw it in the frame.
+    let inner = *header::<[u8; ETH_LEN]>(ctx, inner_offset).ok_or(DropReason::InnerTruncated)?;
     // Removes outer IPv4 + UDP + VXLAN + inner Ethernet right after the outer Ethernet
     // header, then the inner Ethernet header takes the outer one's place.
     ctx.adjust_room(

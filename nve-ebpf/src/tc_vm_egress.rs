@@ -18,7 +18,9 @@ use nve_common::{
 };
 
 use crate::{
-    announce, antispoof, arp, deliver, encap, maps,
+    announce, antispoof, arp,
+    deliver::{self, VmPort},
+    encap, maps,
     metrics::{self, Scope},
     nd,
     parse::{Frame, SkbMeta, be16, is_multicast, is_vlan, require},
@@ -40,12 +42,11 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
     if is_link_control(u16::from_be(eth.ether_type)) {
         return Ok((TC_ACT_OK, Forward::LinkControl));
     }
-    let dst = eth.dst_addr;
     let Tag { vid, tagged } = ingress_tag(ctx, eth)?;
     let ingress = LocalPort::new(ctx.ifindex(), vid);
     let port = maps::port(ingress.ifindex, vid).ok_or(DropReason::PortNotInVn)?;
-    scope.set_port(ingress.ifindex);
-    scope.set_vni(port.vni);
+    scope.set_port(ingress.ifindex, port.counters);
+    scope.set_vn(port.vni, port.vn_counters);
     let vni = port.vni;
     let sender = if port.checks_src_mac() {
         antispoof::mac(vni, eth.src_addr, ingress)?
@@ -62,11 +63,18 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
     if !port.is_active() {
         return Err(DropReason::VnicInactive);
     }
+    // Read here, not kept from above: six bytes held across the checks cost six spilled
+    // registers, and the stack is shared with the replication callbacks.
+    let dst = require::<EthHdr>(ctx, 0, DropReason::PktTooSmall)?.dst_addr;
+    let asker = VmPort {
+        at: ingress,
+        counters: port.counters,
+    };
     if is_multicast(&dst) {
-        if let Some(action) = arp::reply(ctx, vni, ingress)? {
+        if let Some(action) = arp::reply(ctx, vni, asker)? {
             return Ok((action, Forward::ArpReplied));
         }
-        if let Some(action) = nd::reply(ctx, vni, ingress)? {
+        if let Some(action) = nd::reply(ctx, vni, asker)? {
             return Ok((action, Forward::NdReplied));
         }
         let vn = maps::vn(vni).ok_or(DropReason::VniNotFound)?;
@@ -84,7 +92,7 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
         FDB_LOCAL => {
             let to = deliver::forwarding(entry.port)?;
             // As a bridge: never back where it came from.
-            if to.is(&ingress) {
+            if to.at.is(&ingress) {
                 return Err(DropReason::Hairpin);
             }
             Ok((deliver::to_port(ctx, to)?, Forward::LocalSwitched))
@@ -94,19 +102,19 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
             match vtep_ipv4(&remote) {
                 Some(v4) => {
                     // One lookup for the MTU check and the outer MACs; none yet: the
-                    // kernel resolves (send_via).
+                    // kernel resolves (transmit).
                     let nh = maps::next_hop(v4);
                     let budget = nh.map(|nh| nh.mtu.saturating_sub(VXLAN_IPV4_OVERHEAD));
-                    if let Some(action) = pmtu::check(ctx, vni, budget, ingress)? {
+                    if let Some(action) = pmtu::check(ctx, vni, budget, asker)? {
                         return Ok((action, Forward::IcmpTooBig));
                     }
-                    encap::encapsulate(ctx, cfg, vni, v4)?;
-                    let action = encap::send_via(ctx, cfg, nh, false)?;
+                    encap::encapsulate(ctx, cfg, vni, v4, nh)?;
+                    let action = encap::transmit(ctx, cfg, nh, false)?;
                     Ok((action, Forward::Encapsulated))
                 }
                 None => {
                     let budget = cfg.underlay_mtu.saturating_sub(VXLAN_IPV6_OVERHEAD);
-                    if let Some(action) = pmtu::check(ctx, vni, Some(budget), ingress)? {
+                    if let Some(action) = pmtu::check(ctx, vni, Some(budget), asker)? {
                         return Ok((action, Forward::IcmpTooBig));
                     }
                     let action = tunnel::send_v6(ctx, vni, &remote, false)?;
@@ -175,7 +183,7 @@ fn flood(
     vn: &VnInfo,
     ingress: LocalPort,
 ) -> Result<(i32, Forward), DropReason> {
-    let local = deliver::flood_ports(ctx, vni, vn, ingress)?;
+    let local = deliver::flood_ports(ctx, vn, ingress)?;
     let remotes = vn.remote_count.min(FLOOD_MAX_REMOTES as u32);
     let v4 = vn.remote_v4_count.min(remotes);
     let mut state = RemotesLoop {
@@ -191,7 +199,7 @@ fn flood(
     deliver::repeat(remotes - v4, remote_copy_v6, &mut state);
     if v4 > 0 {
         match vtep_ipv4(&vn.remotes[0]) {
-            Some(first) => match encap::encapsulate(ctx, cfg, vni, first) {
+            Some(first) => match encap::encapsulate(ctx, cfg, vni, first, None) {
                 Ok(()) => {
                     state.first = 0;
                     deliver::repeat(v4, remote_copy_v4, &mut state);
@@ -228,7 +236,7 @@ impl RemotesLoop<'_> {
     fn record(&mut self, sent: Result<i32, DropReason>) {
         match sent {
             Ok(_) => {
-                metrics::copied_to_underlay(self.vni, self.bytes);
+                metrics::copied_to_underlay(self.vn.counters, self.bytes);
                 self.sent += 1;
             }
             Err(reason) if self.error == 0 => self.error = reason as u32,

@@ -36,7 +36,7 @@ fn try_xdp_underlay_rx(ctx: &XdpContext, scope: &mut Scope) -> Result<(u32, Forw
         Underlay::Vxlan(d) => d,
     };
     match d.target {
-        Target::Port(port) if port.vid == 0 && !port.is_tap() => {
+        Target::Port(port) if port.at.vid == 0 && !port.at.is_tap() => {
             // SAFETY: helper call on our own context.
             let rc =
                 unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, d.inner_offset as i32) };
@@ -44,11 +44,11 @@ fn try_xdp_underlay_rx(ctx: &XdpContext, scope: &mut Scope) -> Result<(u32, Forw
                 return Err(DropReason::HeaderAdjustFailed);
             }
             // SAFETY: helper call; the result is an XDP action.
-            let action = unsafe { bpf_redirect(port.ifindex, 0) } as u32;
+            let action = unsafe { bpf_redirect(port.at.ifindex, 0) } as u32;
             if action != xdp_action::XDP_REDIRECT {
                 return Err(DropReason::RedirectFailed);
             }
-            metrics::delivered(port.ifindex, ctx.frame_len());
+            metrics::delivered(port.counters, ctx.frame_len());
             Ok((action, Forward::Decapsulated))
         }
         _ => Ok((xdp_action::XDP_PASS, Forward::DeferredToTc)),

@@ -169,6 +169,21 @@ pub struct StatsView {
     pub ports: BTreeMap<String, CountersView>,
 }
 
+/// What `POST /v1/reload` (and SIGHUP) did with the config file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadView {
+    /// The file read (none: the flags alone).
+    pub file: Option<String>,
+    /// What the file lists and the state lacked, created now (`vn NAME`, `vdp PORT`).
+    pub created: Vec<String>,
+    /// What the file lists that could not be created, and why (nothing of it is left).
+    pub failed: Vec<String>,
+    /// Where the file and the state differ and the state was kept.
+    pub kept: Vec<String>,
+    /// Keys whose changed value takes effect only when the daemon is restarted.
+    pub restart_needed: Vec<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusView {
     pub instance: String,

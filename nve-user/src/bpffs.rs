@@ -28,6 +28,9 @@ pub enum Settled {
     /// This process was in a private mount namespace (`ip netns exec`); it joined the
     /// host's, of process `pid`.
     Joined { pid: u32, mounted: bool },
+    /// /sys/fs/bpf is a bpffs already, and pid 1 may not be inspected with this process's
+    /// capabilities (systemd's `CapabilityBoundingSet=`), so it is taken as the host's.
+    Bounded,
 }
 
 impl std::fmt::Display for Settled {
@@ -35,6 +38,11 @@ impl std::fmt::Display for Settled {
         match self {
             Settled::Shared => write!(f, "pins under the host's bpffs on /sys/fs/bpf"),
             Settled::Mounted => write!(f, "mounted bpffs on /sys/fs/bpf (the host's had none)"),
+            Settled::Bounded => write!(
+                f,
+                "pins under the bpffs on /sys/fs/bpf (pid 1's mount namespace is not readable \
+                 with this process's capabilities: not compared)"
+            ),
             Settled::Joined { pid, mounted } => write!(
                 f,
                 "started in a private mount namespace (ip netns exec?), whose /sys/fs/bpf \
@@ -52,6 +60,12 @@ impl std::fmt::Display for Settled {
 /// Makes /sys/fs/bpf the host's bpffs for this process (see the module doc). Must run
 /// before any thread is started: a multithreaded process cannot change mount namespace.
 pub fn settle() -> anyhow::Result<Settled> {
+    // With bounded capabilities pid 1 cannot be read, other processes' namespaces only
+    // where theirs are bounded too: guessing the host from those could pick a sandbox's.
+    // Joining would need CAP_SYS_ADMIN anyway. A fresh /sys (`ip netns exec`) has no bpffs.
+    if pid1_unreadable() && is_bpffs(BPFFS) {
+        return Ok(Settled::Bounded);
+    }
     let Some(host) = host_process() else {
         // No other mount namespace can be seen: this one is the host's as far as we know.
         return mount_if_missing().map(|m| if m { Settled::Mounted } else { Settled::Shared });
@@ -103,6 +117,13 @@ fn host_process() -> Option<u32> {
         .into_values()
         .max_by_key(|&(n, _)| n)
         .map(|(_, pid)| pid)
+}
+
+/// Whether pid 1's mount namespace is there but not ours to read (EACCES: pid 1 holds
+/// capabilities this process lacks).
+fn pid1_unreadable() -> bool {
+    matches!(std::fs::read_link("/proc/1/ns/mnt"),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied)
 }
 
 /// The mount namespace of the process at `proc_dir` (`mnt:[inode]`).

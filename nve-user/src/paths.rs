@@ -6,6 +6,7 @@ use nve_common::maps::PIN_ROOT;
 
 pub const RUN_DIR: &str = "/run/nve";
 pub const STATE_ROOT: &str = "/var/lib/nve";
+pub const CONFIG_DIR: &str = "/etc/nve";
 
 #[derive(Clone, Debug)]
 pub struct Paths {
@@ -17,6 +18,8 @@ pub struct Paths {
     pub state_dir: PathBuf,
     /// bpffs directory of the instance's pinned maps.
     pub pin_dir: PathBuf,
+    /// The daemon's config file, unless `--config` names another.
+    pub config: PathBuf,
 }
 
 impl Paths {
@@ -36,6 +39,7 @@ impl Paths {
             lock: PathBuf::from(format!("{RUN_DIR}/{instance}.lock")),
             state_dir: PathBuf::from(format!("{STATE_ROOT}/{instance}")),
             pin_dir: PathBuf::from(format!("{PIN_ROOT}/{instance}")),
+            config: PathBuf::from(format!("{CONFIG_DIR}/{instance}.toml")),
         })
     }
 }

@@ -45,7 +45,7 @@ use crate::{
     nva_bench::{map_entries, rss_kib},
     overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM1_MAC, VM2_MAC, VN, VNI},
     packet,
-    rig::{Daemon, PROBE_ETHERTYPE, in_netns, mac_str, packet_socket},
+    rig::{Daemon, PROBE_ETHERTYPE, TempFile, in_netns, mac_str, packet_socket},
     signal_bench::{post, uuid},
     vdp_bench::{recv_stamped, stamped},
 };
@@ -679,15 +679,6 @@ fn cpu_s(pid: u32) -> Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok((ticks(11)? + ticks(12)?) / hz)
-}
-
-/// Removes a file on drop.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
 }
 
 /// nve on h1 with the speaker on h2 as its neighbour: `n` routes, until installed or

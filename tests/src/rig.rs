@@ -124,6 +124,42 @@ impl Drop for Netns {
     }
 }
 
+/// A file the test wrote, removed on drop.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    /// Writes `contents` to `path` (its directory created if missing).
+    pub fn write(path: impl Into<PathBuf>, contents: &str) -> Result<Self> {
+        let path = path.into();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self(path))
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A host alone: namespace `tag` whose underlay `ul` (a veth to `ulp`, both in it, up)
+/// has address `cidr`. For tests of the daemon itself, where no packet needs to go far.
+pub fn lone_host(tag: &str, cidr: &str) -> Result<Netns> {
+    let ns = Netns::new(tag)?;
+    ns.ip(&["link", "add", "ul", "type", "veth", "peer", "name", "ulp"])?;
+    ns.ip(&["link", "set", "ul", "up"])?;
+    ns.ip(&["link", "set", "ulp", "up"])?;
+    ns.ip(&["addr", "add", cidr, "dev", "ul"])?;
+    Ok(ns)
+}
+
 /// A veth pair from `a`/`a_if` to `b`/`b_if`, both up.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str, mtu: u32) -> Result<()> {
     let mtu = mtu.to_string();
@@ -251,8 +287,9 @@ pub struct Daemon {
     pub log: PathBuf,
     /// What runs `nve` in the host's namespace (see [`Launch`]).
     launcher: Vec<String>,
-    /// The command line, for respawning.
+    /// The command line and its environment, for respawning.
     command: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -289,38 +326,72 @@ impl Daemon {
         underlay: &str,
         extra: &[&str],
     ) -> Result<Self> {
-        let instance = format!("{NS_PREFIX}{}{tag}", std::process::id());
+        let mut args = vec!["--vtep", vtep, "--underlay", underlay];
+        args.extend_from_slice(extra);
+        let mut d = Self::spawn(launch.prefix(&host.name), tag, &args, &[])?;
+        d.wait_ready()?;
+        Ok(d)
+    }
+
+    /// The name of test instance `tag` (what `--instance` says).
+    pub fn instance_name(tag: &str) -> String {
+        format!("{NS_PREFIX}{}{tag}", std::process::id())
+    }
+
+    /// Spawns `nve --instance <instance> daemon ARGS` with `env` in `host`, behind `wrapper`
+    /// (e.g. `setpriv ...`), the settings from `args` and whatever config file they (or the
+    /// instance's default) name; does not wait for it.
+    pub fn spawn_in(
+        host: &Netns,
+        tag: &str,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let mut launcher = Launch::Nsenter.prefix(&host.name);
+        launcher.extend(wrapper.iter().map(|s| s.to_string()));
+        Self::spawn(launcher, tag, args, env)
+    }
+
+    /// As [`Daemon::spawn_in`] without a wrapper, and waits for the socket.
+    pub fn start_in(host: &Netns, tag: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        let mut d = Self::spawn_in(host, tag, &[], args, env)?;
+        d.wait_ready()?;
+        Ok(d)
+    }
+
+    fn spawn(
+        launcher: Vec<String>,
+        tag: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let instance = Self::instance_name(tag);
         let socket = PathBuf::from(format!("/run/nve/{instance}.sock"));
         let log = PathBuf::from(format!("/tmp/{instance}.log"));
         let _ = std::fs::remove_file(&log);
-        let launcher = launch.prefix(&host.name);
         let mut command = launcher.clone();
         command.push(nve_bin().to_str().context("nve path")?.to_string());
         command.extend(
-            [
-                "--instance",
-                &instance,
-                "daemon",
-                "--vtep",
-                vtep,
-                "--underlay",
-                underlay,
-            ]
-            .iter()
-            .chain(extra)
-            .map(|s| s.to_string()),
+            ["--instance", &instance, "daemon"]
+                .iter()
+                .chain(args)
+                .map(|s| s.to_string()),
         );
-        let child = spawn(&command, &log)?;
-        let mut d = Self {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = spawn(&command, &env, &log)?;
+        Ok(Self {
             child,
             instance,
             socket,
             log,
             launcher,
             command,
-        };
-        d.wait_ready()?;
-        Ok(d)
+            env,
+        })
     }
 
     /// The daemon's process id (nsenter and ip netns exec exec it).
@@ -336,7 +407,7 @@ impl Daemon {
 
     /// Starts the daemon again with the same command line and waits for it.
     pub fn respawn(&mut self) -> Result<()> {
-        self.child = spawn(&self.command, &self.log)?;
+        self.child = spawn(&self.command, &self.env, &self.log)?;
         self.wait_ready()
     }
 
@@ -353,7 +424,9 @@ impl Daemon {
         run(&args)
     }
 
-    fn wait_ready(&mut self) -> Result<()> {
+    /// Waits until the daemon's socket accepts a connection (or it exited: an error with
+    /// its log).
+    pub fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
@@ -483,6 +556,12 @@ impl Daemon {
         bail!("nve daemon ignored SIGTERM for 10 s")
     }
 
+    /// Sends the daemon `signal` (e.g. libc::SIGHUP).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
     pub fn pin_dir(&self) -> PathBuf {
         PathBuf::from(format!("/sys/fs/bpf/nve/{}", self.instance))
     }
@@ -507,13 +586,14 @@ impl Drop for Daemon {
     }
 }
 
-fn spawn(command: &[String], log: &Path) -> Result<Child> {
+fn spawn(command: &[String], env: &[(String, String)], log: &Path) -> Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)?;
     Command::new(&command[0])
         .args(&command[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -34,6 +34,11 @@ const PACKAGES: &[&str] = &[
     "frr",
     // The QEMU guests' userland (a static busybox in the initramfs).
     "busybox-static",
+    // The unit file's check (`systemd-analyze verify`, which looks up its `man:` pages
+    // with man) and the daemon run with the unit's capabilities only (util-linux's setpriv).
+    "systemd",
+    "man-db",
+    "util-linux",
 ];
 
 /// QEMU for the real-guest tests, from bookworm-backports: bookworm's 7.2 corrupted a migrated

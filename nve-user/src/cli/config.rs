@@ -10,9 +10,13 @@ use crate::{
 
 #[derive(Debug, Subcommand)]
 pub enum VnCommand {
+    /// The VNs: VNI, MTU, ports, remote MACs and flood lists.
     List(JsonFlag),
+    /// Create a VN.
     Add {
+        /// The VN's name (what ports, vNICs and the hook refer to).
         name: String,
+        /// Its VXLAN network identifier (1 to 16777215).
         #[arg(long)]
         vni: u32,
         /// Drop unicast to unknown MACs instead of flooding it.
@@ -26,7 +30,9 @@ pub enum VnCommand {
         #[arg(long)]
         mtu: Option<u32>,
     },
+    /// Delete a VN, with its ports, remote MACs and flood list.
     Del {
+        /// The VN's name.
         name: String,
     },
 }
@@ -35,16 +41,25 @@ pub enum VnCommand {
 pub enum PortCommand {
     /// Bind a VM port (and VID) to a VN, with the VM's MACs behind it.
     Attach {
+        /// The VN.
         vn: String,
+        /// The host-side interface (tap or veth); may appear later.
         port: String,
+        /// The VLAN ID the VN's frames carry on the port (0: untagged).
         #[arg(long, default_value_t = 0)]
         vid: u16,
+        /// A MAC of the VM behind it (repeatable): only frames from these MACs are
+        /// forwarded, and the FDB sends frames to them here. None: the port learns.
         #[arg(long = "mac")]
         macs: Vec<MacAddr>,
     },
+    /// Unbind a VM port (and VID) from a VN.
     Detach {
+        /// The VN.
         vn: String,
+        /// The host-side interface.
         port: String,
+        /// The VLAN ID it was attached with (0: untagged).
         #[arg(long, default_value_t = 0)]
         vid: u16,
     },
@@ -54,9 +69,11 @@ pub enum PortCommand {
 pub enum FdbCommand {
     /// A static remote MAC: frames to it go to VTEP.
     Add {
+        /// The VN.
         vn: String,
+        /// The remote VM's MAC.
         mac: MacAddr,
-        /// IPv4 or IPv6.
+        /// The VTEP it is behind: IPv4 or IPv6.
         #[arg(long)]
         vtep: std::net::IpAddr,
         /// An IPv4 or IPv6 address of the MAC, answered for by ARP/ND suppression
@@ -64,16 +81,31 @@ pub enum FdbCommand {
         #[arg(long = "ip")]
         ips: Vec<std::net::IpAddr>,
     },
+    /// Remove a static remote MAC.
     Del {
+        /// The VN.
         vn: String,
+        /// The remote VM's MAC.
         mac: MacAddr,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum FloodCommand {
-    Add { vn: String, vtep: std::net::IpAddr },
-    Del { vn: String, vtep: std::net::IpAddr },
+    /// Send the VN's broadcast, multicast and unknown unicast to VTEP too.
+    Add {
+        /// The VN.
+        vn: String,
+        /// A remote VTEP (IPv4 or IPv6).
+        vtep: std::net::IpAddr,
+    },
+    /// Stop flooding the VN's traffic to VTEP.
+    Del {
+        /// The VN.
+        vn: String,
+        /// A remote VTEP (IPv4 or IPv6).
+        vtep: std::net::IpAddr,
+    },
 }
 
 pub async fn vn(c: &Client, command: VnCommand) -> anyhow::Result<()> {

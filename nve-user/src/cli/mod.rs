@@ -3,6 +3,7 @@
 //! flood lists). Read commands print a table (`tables.rs`), or JSON with `--json`, from the
 //! same value.
 mod config;
+mod docs;
 mod tables;
 mod vdp;
 mod vm;
@@ -17,7 +18,7 @@ pub use config::{FdbCommand, FloodCommand, PortCommand, VnCommand};
 pub use vm::{AssocArgs, DisassocArgs, VmCommand, VnicArgs};
 
 use crate::{
-    api::{StatsView, StatusView},
+    api::{ReloadView, StatsView, StatusView},
     client::Client,
     daemon::{self, DaemonArgs},
     mac::MacAddr,
@@ -75,6 +76,19 @@ pub enum Command {
     },
     /// Dataplane counters: forwards and drops by reason.
     Stats(JsonFlag),
+    /// Re-read the daemon's config file (as SIGHUP does): create the VNs and VDP ports it
+    /// lists that are missing, and name the changed keys that need a restart.
+    Reload(JsonFlag),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (nve.1, nve-vm.1, nve-vm-resume.1, ...) into DIR.
+    Manpages {
+        /// Directory to write them into (created if missing), e.g. /usr/local/share/man/man1.
+        dir: PathBuf,
+    },
     /// Remove the dataplane a stopped daemon of this instance left forwarding.
     Teardown,
     /// libvirt's qemu hook: `nve hook qemu DOMAIN OPERATION SUB-OPERATION [EXTRA]`, domain
@@ -82,9 +96,13 @@ pub enum Command {
     Hook {
         /// The hook's name (only `qemu` is handled).
         driver: String,
+        /// The domain's name.
         domain: String,
+        /// libvirt's operation (prepare, start, started, stopped, release, migrate, ...).
         operation: String,
+        /// Its sub-operation (begin, end, ...).
         sub_operation: String,
+        /// libvirt's extra argument (ignored).
         #[arg(trailing_var_arg = true)]
         extra: Vec<String>,
     },
@@ -100,8 +118,6 @@ pub enum Command {
     },
 }
 
-/// Which vNIC: the VM's UUID and the vNIC's index.
-
 #[derive(Debug, Args)]
 pub struct JsonFlag {
     /// Print JSON instead of a table.
@@ -110,6 +126,15 @@ pub struct JsonFlag {
 }
 
 pub fn main(cli: Cli) -> ExitCode {
+    if let Some(done) = offline(&cli) {
+        return match done {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nve: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // Before the runtime's threads: settling may change the process's mount namespace.
     let pins = match cli.command {
         Command::Daemon(_) | Command::Teardown => match crate::bpffs::settle() {
@@ -137,22 +162,45 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
+/// The commands that need neither a daemon nor the runtime: completions, man pages,
+/// `daemon --check-config`.
+fn offline(cli: &Cli) -> Option<anyhow::Result<()>> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            docs::completions(*shell);
+            Some(Ok(()))
+        }
+        Command::Manpages { dir } => Some(docs::manpages(dir)),
+        Command::Daemon(args) => args.check_config.as_ref().map(|file| {
+            let paths = Paths::new(&cli.instance)?;
+            let path = args.check_file(&paths, file.as_deref())?;
+            println!("{}: ok", path.display());
+            Ok(())
+        }),
+        _ => None,
+    }
+}
+
 async fn run(cli: Cli, pins: Option<crate::bpffs::Settled>) -> anyhow::Result<()> {
     let paths = Paths::new(&cli.instance)?;
     let socket = cli.socket.clone().unwrap_or_else(|| paths.socket.clone());
     if let Command::Daemon(args) = cli.command {
-        init_logging(args.debug_log);
+        let cfg = args.resolve(&paths)?;
+        init_logging(cfg.all.debug_log);
         if let Some(pins) = pins {
             tracing::info!("{pins}");
         }
-        return daemon::run(paths, socket, args).await;
+        return daemon::run(paths, socket, args, cfg).await;
     }
     if let Command::Teardown = cli.command {
         return daemon::teardown(&paths).await;
     }
     let c = Client::new(&socket);
     match cli.command {
-        Command::Daemon(_) | Command::Teardown => unreachable!("handled above"),
+        Command::Daemon(_)
+        | Command::Teardown
+        | Command::Completions { .. }
+        | Command::Manpages { .. } => unreachable!("handled above"),
         Command::Hook {
             driver,
             domain,
@@ -173,6 +221,10 @@ async fn run(cli: Cli, pins: Option<crate::bpffs::Settled>) -> anyhow::Result<()
         Command::Stats(j) => {
             let s: StatsView = c.get("/v1/stats").await?;
             print(&s, j.json, tables::stats)
+        }
+        Command::Reload(j) => {
+            let r: ReloadView = c.post_json("/v1/reload", &()).await?;
+            print(&r, j.json, tables::reload)
         }
     }
 }

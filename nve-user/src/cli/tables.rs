@@ -1,6 +1,6 @@
 //! The tables read commands print (`--json` prints the same values as JSON).
 use crate::{
-    api::{FdbTarget, FdbView, StatsView, StatusView, VdpPortView, VnView, VnicView},
+    api::{FdbTarget, FdbView, ReloadView, StatsView, StatusView, VdpPortView, VnView, VnicView},
     vdp::lldp::Timers,
 };
 
@@ -220,5 +220,28 @@ pub fn vdp(ports: &Vec<VdpPortView>) -> String {
             );
         }
     }
+    out
+}
+
+pub fn reload(r: &ReloadView) -> String {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let mut out = format!(
+        "config          {}\ncreated         {}\n",
+        r.file.as_deref().unwrap_or("(none: flags only)"),
+        list(&r.created)
+    );
+    for f in &r.failed {
+        out += &format!("not created     {f}\n");
+    }
+    for k in &r.kept {
+        out += &format!("kept            {k}\n");
+    }
+    out += &format!("restart needed  {}\n", list(&r.restart_needed));
     out
 }

@@ -10,6 +10,7 @@ pub enum VdpCommand {
     /// stations associate VSIs (vNICs) with VNs by GroupID (the VNI) and get the VID to tag
     /// their frames with. Again with other timers: changes them.
     Enable {
+        /// The trunk port (an interface name).
         port: String,
         /// ECP retransmissions before giving up (0-7).
         #[arg(long, default_value_t = Timers::default().retries)]
@@ -26,7 +27,10 @@ pub enum VdpCommand {
         rka: u8,
     },
     /// Stop VDP on PORT: its VSIs are de-associated, and the station told.
-    Disable { port: String },
+    Disable {
+        /// The trunk port.
+        port: String,
+    },
     /// Per port: the timers, the station, ECP's counters and the VSIs with their VIDs.
     Status(JsonFlag),
 }

@@ -37,8 +37,11 @@ pub struct AssocArgs {
     /// Host-side interface of the vNIC (tap or veth); may appear later.
     #[arg(long)]
     pub port: String,
+    /// The vNIC's MAC (repeatable): the only source MACs it may send from.
     #[arg(long = "mac", required = true)]
     pub macs: Vec<MacAddr>,
+    /// An IPv4 or IPv6 address of the vNIC (repeatable): the only sources it may send
+    /// from, answered for by ARP/ND suppression and published on the NVA.
     #[arg(long = "ip")]
     pub ips: Vec<std::net::IpAddr>,
     /// Local VID on the port: a number, "untagged" (default) or "assign".
@@ -79,6 +82,7 @@ pub enum VmCommand {
     Disassociate(DisassocArgs),
     /// Keep the association, stop forwarding.
     Pause(VnicArgs),
+    /// Forward again after a pause.
     Resume(VnicArgs),
     /// Refresh a soft association's hold time.
     KeepAlive(VnicArgs),

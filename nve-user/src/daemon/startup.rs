@@ -1,163 +1,67 @@
 //! Starting (and tearing down) an NVE instance: the arguments, the instance lock, the
-//! state and the startup configuration, the dataplane, the API socket.
+//! stored state, the dataplane, the API socket.
 use std::{
     fs::{self, File},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     os::{fd::AsRawFd, unix::fs::PermissionsExt},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, bail};
-use nve_common::{
-    maps::{DataplaneConfig, TUNNEL_DEV},
-    wire::DEFAULT_TTL,
-};
-use serde::Deserialize;
+use nve_common::maps::{DataplaneConfig, TUNNEL_DEV};
 use tokio::net::UnixListener;
 
 use super::{
     ports::http::{Allowed, group_id},
+    settings::{self, Resolved, Settings},
     writer::{Writer, now},
 };
 use crate::{
-    api::{AttachPort, CreateVn, RemoteMac, StatusView},
-    dataplane::{Dataplane, UnderlayMode},
-    model::Model,
+    api::{ReloadView, StatusView},
+    dataplane::Dataplane,
     netlink,
     paths::Paths,
     store::Store,
 };
 
+/// `nve daemon`'s command line: where its settings come from, and the settings that
+/// override the file's.
 #[derive(Clone, Debug, clap::Args)]
 pub struct DaemonArgs {
-    /// This NVE's VTEP address (an address of the underlay interface).
-    #[arg(long)]
-    pub vtep: Ipv4Addr,
-    /// Its IPv6 VTEP address, for peers over an IPv6 underlay (VXLAN over IPv6 goes
-    /// through the kernel's collect_md vxlan device, with the outer UDP checksum).
-    #[arg(long)]
-    pub vtep6: Option<std::net::Ipv6Addr>,
-    /// The underlay interface VXLAN arrives on and leaves by.
-    #[arg(long)]
-    pub underlay: String,
-    /// Decapsulation hook on the underlay.
-    #[arg(long, value_enum, default_value_t = UnderlayMode::Tc)]
-    pub underlay_mode: UnderlayMode,
-    /// Outer IPv4 TTL.
-    #[arg(long, default_value_t = DEFAULT_TTL)]
-    pub ttl: u8,
-    /// JSON file of VNs to create on first start, when the state dir holds no state yet
-    /// (see README).
-    #[arg(long)]
+    /// The config file: TOML, or JSON if its name ends in .json [default:
+    /// /etc/nve/<instance>.toml, if it exists]. Read at every start and on SIGHUP (`nve
+    /// reload`); the flags below override its keys (see README).
+    #[arg(long, env = "NVE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// On SIGTERM/SIGINT remove the dataplane (programs, pins, nve-vxlan, managed
-    /// neighbours). Without it the dataplane keeps forwarding with the last state, and a
-    /// restarted daemon takes it over without losing a packet; `nve teardown` removes it.
-    #[arg(long)]
-    pub teardown_on_exit: bool,
-    /// Group whose members may use the API socket besides root.
-    #[arg(long)]
-    pub group: Option<String>,
-    /// Serve Prometheus metrics on http://ADDR/metrics (for example 127.0.0.1:9464). Off
-    /// unless given.
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Log every packet the dataplane drops (aya-log, debug level, in the daemon's log).
-    /// Off by default: the programs are loaded with logging disabled and the verifier
-    /// removes it.
-    #[arg(long)]
-    pub debug_log: bool,
-    /// The network-wide control plane: etcd's client URL (http://HOST:2379), or `bgp` for
-    /// BGP EVPN with the neighbours and AS of the config file's "bgp" section (see README).
-    /// Each NVE publishes its associated vNICs there and installs the others'. Without it,
-    /// remote MACs and flood lists are configured (`nve fdb`, `nve flood`).
-    #[arg(long, value_name = "URL|bgp")]
-    pub nva: Option<String>,
-    /// The embedded NVA's static peers file (JSON: the other NVEs' VTEPs, VNIs and MACs;
-    /// see README), followed as it changes. Instead of --nva, for hosts without etcd.
-    #[arg(long, value_name = "FILE", conflicts_with = "nva")]
-    pub peers: Option<PathBuf>,
-    /// The VTEP the NVA publishes for this NVE's vNICs: --vtep (the default) or, where the
-    /// NVEs reach each other over IPv6, the --vtep6 address.
-    #[arg(long, value_name = "ADDR", requires = "nva")]
-    pub nva_vtep: Option<std::net::IpAddr>,
+    /// Check a config file (FILE, or the one the daemon would read) with the flags given
+    /// over it, print what is wrong (the key and line) or "ok", and exit.
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    pub check_config: Option<Option<PathBuf>>,
+    #[command(flatten)]
+    pub settings: Settings,
 }
 
 impl DaemonArgs {
-    /// The VTEP published on the NVA: one of this NVE's own.
-    fn published_vtep(&self) -> anyhow::Result<std::net::IpAddr> {
-        let own = [Some(self.vtep.into()), self.vtep6.map(Into::into)];
-        match self.nva_vtep {
-            None => Ok(self.vtep.into()),
-            Some(v) if own.contains(&Some(v)) => Ok(v),
-            Some(v) => anyhow::bail!(
-                "--nva-vtep {v}: not one of this NVE's VTEPs (--vtep {}, --vtep6 {})",
-                self.vtep,
-                self.vtep6.map_or("unset".to_string(), |a| a.to_string())
-            ),
-        }
+    /// The config file to read: `--config`, else the instance's default if present.
+    pub fn config_path(&self, paths: &Paths) -> anyhow::Result<Option<PathBuf>> {
+        settings::config_path(self.config.as_deref(), &paths.config)
     }
-}
 
-/// The startup configuration file: VNs and VDP ports applied on the first start (an empty
-/// state dir), the BGP settings read at every start.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigFile {
-    /// BGP EVPN (`--nva bgp`).
-    #[serde(default)]
-    pub bgp: Option<crate::evpn::config::BgpConfig>,
-    #[serde(default)]
-    pub vns: Vec<ConfigVn>,
-    /// Trunk ports to speak VDP on (`nve vdp enable`).
-    #[serde(default)]
-    pub vdp: Vec<ConfigVdp>,
-}
+    /// The settings in force: these flags over the config file.
+    pub fn resolve(&self, paths: &Paths) -> anyhow::Result<Resolved> {
+        settings::load(&self.settings, self.config_path(paths)?)
+    }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigVdp {
-    pub port: String,
-    #[serde(default)]
-    pub timers: crate::vdp::lldp::Timers,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigVn {
-    pub name: String,
-    pub vni: u32,
-    #[serde(default)]
-    pub ports: Vec<AttachPort>,
-    #[serde(default)]
-    pub remote: Vec<RemoteMac>,
-    #[serde(default)]
-    pub flood: Vec<std::net::IpAddr>,
-}
-
-impl ConfigFile {
-    /// The model this configuration describes; errors name the offending entry.
-    pub fn model(&self) -> anyhow::Result<Model> {
-        let mut m = Model::default();
-        for vn in &self.vns {
-            let ctx = || format!("VN {:?}", vn.name);
-            m.create_vn(&CreateVn::new(vn.name.clone(), vn.vni))
-                .with_context(ctx)?;
-            for p in &vn.ports {
-                m.attach_port(&vn.name, p, now()).with_context(ctx)?;
-            }
-            for r in &vn.remote {
-                m.add_remote(&vn.name, r).with_context(ctx)?;
-            }
-            for &v in &vn.flood {
-                m.add_flood(&vn.name, v).with_context(ctx)?;
-            }
-        }
-        for v in &self.vdp {
-            m.vdp_enable(&v.port, v.timers)
-                .with_context(|| format!("VDP port {:?}", v.port))?;
-        }
-        Ok(m)
+    /// `--check-config [FILE]`: the file (and these flags over it) resolved, or why not.
+    pub fn check_file(&self, paths: &Paths, file: Option<&Path>) -> anyhow::Result<PathBuf> {
+        let path = match file {
+            Some(f) => f.to_path_buf(),
+            None => self.config_path(paths)?.with_context(|| {
+                format!("no config file: {} does not exist", paths.config.display())
+            })?,
+        };
+        settings::load(&self.settings, Some(path.clone()))?;
+        Ok(path)
     }
 }
 
@@ -196,15 +100,19 @@ pub struct Started {
     pub nva_vtep: IpAddr,
     /// BGP EVPN's settings, with `--nva bgp`.
     pub bgp: Option<crate::evpn::config::BgpConfig>,
+    /// What the config file added to the stored state.
+    pub seeded: ReloadView,
 }
 
 /// Everything up to serving: refuses bad arguments before anything is set up, takes the
 /// instance, loads the state and the dataplane and brings one to the other.
-pub async fn start(paths: &Paths, socket: &Path, args: &DaemonArgs) -> anyhow::Result<Started> {
-    let nva_vtep = args.published_vtep()?;
-    let bgp = bgp_config(args)?;
+pub async fn start(paths: &Paths, socket: &Path, cfg: &Resolved) -> anyhow::Result<Started> {
+    let nva_vtep = cfg.all.nva_vtep.unwrap_or(cfg.vtep.into());
+    let bgp = (cfg.all.nva.as_deref() == Some("bgp"))
+        .then(|| cfg.all.bgp.clone())
+        .flatten();
     let allowed = Allowed {
-        gid: args.group.as_deref().map(group_id).transpose()?,
+        gid: cfg.all.group.as_deref().map(group_id).transpose()?,
     };
     let run_dir = socket.parent().context("socket path has no directory")?;
     fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
@@ -213,13 +121,16 @@ pub async fn start(paths: &Paths, socket: &Path, args: &DaemonArgs) -> anyhow::R
     }
     let lock = InstanceLock::take(&paths.lock, &paths.instance)?;
     let (store, stored) = Store::open(&paths.state_dir)?;
-    let initial = initial_model(args, stored)?;
+    let (initial, mut seeded) = cfg
+        .all
+        .seeded(stored, now(), |port| netlink::ifindex(port).is_some());
+    seeded.file = cfg.file.as_ref().map(|f| f.display().to_string());
     let (conn, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(conn);
-    let dataplane = load_dataplane(paths, args, &netlink).await?;
-    let mut writer = Writer::new(dataplane, netlink, store, status(paths, args));
+    let dataplane = load_dataplane(paths, cfg, &netlink).await?;
+    let mut writer = Writer::new(dataplane, netlink, store, status(paths, cfg));
     if let Err(e) = writer.start(initial).await {
-        if args.teardown_on_exit {
+        if cfg.all.teardown_on_exit {
             writer.teardown().await;
         }
         bail!("bringing the dataplane to the stored state: {e}");
@@ -232,52 +143,14 @@ pub async fn start(paths: &Paths, socket: &Path, args: &DaemonArgs) -> anyhow::R
         allowed,
         nva_vtep,
         bgp,
-    })
-}
-
-/// With `--nva bgp`: the config file's "bgp" section, checked.
-fn bgp_config(args: &DaemonArgs) -> anyhow::Result<Option<crate::evpn::config::BgpConfig>> {
-    if args.nva.as_deref() != Some("bgp") {
-        return Ok(None);
-    }
-    let path = args.config.as_ref().context(
-        "--nva bgp reads its neighbours and AS from --config FILE (its \"bgp\" section)",
-    )?;
-    let cfg = read_config(path)?.bgp.with_context(|| {
-        format!(
-            "config {}: no \"bgp\" section for --nva bgp",
-            path.display()
-        )
-    })?;
-    cfg.check()
-        .map_err(|e| anyhow::anyhow!("config {}: bgp: {e}", path.display()))?;
-    Ok(Some(cfg))
-}
-
-fn read_config(path: &Path) -> anyhow::Result<ConfigFile> {
-    let text =
-        fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
-}
-
-/// The stored state, or on a first start (an empty state dir) the config file's.
-fn initial_model(args: &DaemonArgs, stored: Model) -> anyhow::Result<Model> {
-    Ok(match &args.config {
-        Some(path) if stored != Model::default() => {
-            tracing::info!(config = %path.display(), "state dir holds state: config file not applied");
-            stored
-        }
-        Some(path) => read_config(path)?
-            .model()
-            .with_context(|| format!("config {}", path.display()))?,
-        None => stored,
+        seeded,
     })
 }
 
 /// Creates the tunnel device and loads (or takes over) the pinned dataplane.
 async fn load_dataplane(
     paths: &Paths,
-    args: &DaemonArgs,
+    args: &Resolved,
     handle: &rtnetlink::Handle,
 ) -> anyhow::Result<Dataplane> {
     let underlay_ifindex = netlink::ifindex(&args.underlay)
@@ -288,7 +161,7 @@ async fn load_dataplane(
         underlay_ifindex,
         ttl: args.ttl,
         _pad: [0; 3],
-        vtep_ipv6: args.vtep6.map_or([0; 16], |a| a.octets()),
+        vtep_ipv6: args.all.vtep6.map_or([0; 16], |a| a.octets()),
         tunnel_ifindex: netlink::ifindex(TUNNEL_DEV).context("the tunnel device vanished")?,
         underlay_mtu: netlink::mtu(handle, &args.underlay).await.unwrap_or(1500),
         underlay_mac: netlink::mac(handle, &args.underlay)
@@ -301,7 +174,7 @@ async fn load_dataplane(
         &args.underlay,
         args.underlay_mode,
         config,
-        args.debug_log,
+        args.all.debug_log,
     );
     match loaded {
         Ok(dp) => Ok(dp),
@@ -313,11 +186,11 @@ async fn load_dataplane(
 }
 
 /// What `nve status` shows that does not change while the daemon runs.
-fn status(paths: &Paths, args: &DaemonArgs) -> StatusView {
+fn status(paths: &Paths, args: &Resolved) -> StatusView {
     StatusView {
         instance: paths.instance.clone(),
         vtep: args.vtep,
-        vtep6: args.vtep6,
+        vtep6: args.all.vtep6,
         underlay: args.underlay.clone(),
         underlay_mode: args.underlay_mode.to_string(),
         pin_dir: paths.pin_dir.display().to_string(),

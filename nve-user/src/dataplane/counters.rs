@@ -2,9 +2,12 @@
 //! again), so the ports read them without the writer.
 use std::{collections::BTreeMap, path::Path};
 
-use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use nve_common::{
-    maps::{PORT_STATS_MAP, STATS_MAP, VN_STATS_MAP},
+    maps::{
+        NO_COUNTERS, PORT_STATS_MAP, PORTS_MAP, PortKey, PortValue, STATS_MAP, VN_STATS_MAP,
+        VNS_MAP, VnInfo,
+    },
     metrics::{
         Counter, DropReason, Forward, Hook, Outcome, PortCounter, PortTraffic, VnCounter, VnTraffic,
     },
@@ -15,8 +18,11 @@ use crate::api::{CounterView, CountersView, StatsView};
 
 pub struct Counters {
     stats: PerCpuArray<MapData, Counter>,
-    vn_stats: PerCpuHashMap<MapData, u32, VnTraffic>,
-    port_stats: PerCpuHashMap<MapData, u32, PortTraffic>,
+    vn_stats: PerCpuArray<MapData, VnTraffic>,
+    port_stats: PerCpuArray<MapData, PortTraffic>,
+    /// Where the VNs' and ports' counter slots are written.
+    vns: HashMap<MapData, u32, VnInfo>,
+    ports: HashMap<MapData, PortKey, PortValue>,
 }
 
 /// Opens the map pinned as `name` in `pin_dir`, of the kind `kind` wraps.
@@ -32,30 +38,41 @@ impl Counters {
     pub(super) fn open(pin_dir: &Path) -> Result<Self> {
         Ok(Self {
             stats: pinned(pin_dir, STATS_MAP, Map::PerCpuArray)?,
-            vn_stats: pinned(pin_dir, VN_STATS_MAP, Map::PerCpuHashMap)?,
-            port_stats: pinned(pin_dir, PORT_STATS_MAP, Map::PerCpuHashMap)?,
+            vn_stats: pinned(pin_dir, VN_STATS_MAP, Map::PerCpuArray)?,
+            port_stats: pinned(pin_dir, PORT_STATS_MAP, Map::PerCpuArray)?,
+            vns: pinned(pin_dir, VNS_MAP, Map::HashMap)?,
+            ports: pinned(pin_dir, PORTS_MAP, Map::HashMap)?,
         })
     }
 
     /// Counters summed over CPUs: by hook and outcome name (zero counters left out), by VN
-    /// and by VM port.
+    /// and by VM port (those that carried a packet).
     pub fn read(&self) -> Result<StatsView> {
         let mut vns = BTreeMap::new();
-        for entry in self.vn_stats.iter() {
-            let (vni, values) = entry.map_err(map_err(VN_STATS_MAP))?;
-            vns.insert(
-                vni,
-                traffic_view(&values, VnCounter::ALL.map(VnCounter::name)),
-            );
+        for entry in self.vns.iter() {
+            let (vni, info) = entry.map_err(map_err(VNS_MAP))?;
+            if let Some(view) = slot_view(
+                &self.vn_stats,
+                info.counters,
+                VN_STATS_MAP,
+                VnCounter::ALL.map(VnCounter::name),
+            )? {
+                vns.insert(vni, view);
+            }
+        }
+        let mut slots = BTreeMap::new();
+        for entry in self.ports.iter() {
+            let (key, value) = entry.map_err(map_err(PORTS_MAP))?;
+            slots.insert(key.ifindex, value.counters);
         }
         let mut ports = BTreeMap::new();
-        for entry in self.port_stats.iter() {
-            let (ifindex, values) = entry.map_err(map_err(PORT_STATS_MAP))?;
-            let name = crate::netlink::ifname(ifindex).unwrap_or_else(|| format!("if{ifindex}"));
-            ports.insert(
-                name,
-                traffic_view(&values, PortCounter::ALL.map(PortCounter::name)),
-            );
+        for (ifindex, slot) in slots {
+            let names = PortCounter::ALL.map(PortCounter::name);
+            if let Some(view) = slot_view(&self.port_stats, slot, PORT_STATS_MAP, names)? {
+                let name =
+                    crate::netlink::ifname(ifindex).unwrap_or_else(|| format!("if{ifindex}"));
+                ports.insert(name, view);
+            }
         }
         Ok(StatsView {
             hooks: self.hook_stats()?,
@@ -91,6 +108,24 @@ impl Counters {
         }
         Ok(view)
     }
+}
+
+/// The counters at `slot` of `map`, if it is one and they counted a packet.
+fn slot_view<const N: usize>(
+    map: &PerCpuArray<MapData, [Counter; N]>,
+    slot: u16,
+    name: &'static str,
+    names: [&'static str; N],
+) -> Result<Option<CountersView>>
+where
+    [Counter; N]: aya::Pod,
+{
+    if slot == NO_COUNTERS {
+        return Ok(None);
+    }
+    let values = map.get(&u32::from(slot), 0).map_err(map_err(name))?;
+    let view = traffic_view(&values, names);
+    Ok(view.values().any(|c| c.packets != 0).then_some(view))
 }
 
 /// Named slots of a per-CPU counter array, summed over CPUs.

@@ -30,6 +30,11 @@ impl<K: Pod + Eq + Hash, V: Pod + PartialEq> Mirrored<K, V> {
         Ok(Self { map, current, name })
     }
 
+    /// What the map holds.
+    pub(super) fn current(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.current.iter()
+    }
+
     /// Deletes the entries `desired` does not have (of those in `scope`, when given);
     /// returns their keys.
     pub(super) fn remove_absent(
@@ -72,11 +77,6 @@ impl<K: Pod + Eq + Hash, V: Pod + PartialEq> Mirrored<K, V> {
             .collect();
         self.remove(&stale)?;
         Ok(stale)
-    }
-
-    /// Whether the map holds an entry whose key passes `f`.
-    pub(super) fn holds_any(&self, f: impl Fn(&K) -> bool) -> bool {
-        self.current.keys().any(f)
     }
 
     /// Writes the entries of `desired` that the map lacks or holds otherwise.

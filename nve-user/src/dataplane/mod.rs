@@ -2,17 +2,20 @@
 //! them to the underlay and VM ports, and reconciles map contents with the model's
 //! [`Desired`] state by difference, so entries traffic uses are never cleared and refilled.
 mod counters;
+mod layout;
 mod mirrored;
+mod slots;
+mod vteps;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs,
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuHashMap, RingBuf},
+    maps::{Array, MapData, RingBuf},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -20,18 +23,16 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use nve_common::{
-    maps::{
-        ARP_MAP, ArpEntry, ArpKey, CONFIG_MAP, DataplaneConfig, EVENTS_MAP, FDB_MAP, FdbEntry,
-        FdbKey, ND_MAP, NEXTHOPS_MAP, NdKey, NextHop, PORT_STATS_MAP, PORTS_MAP, PortKey,
-        PortValue, TUNNEL_DEV, VN_STATS_MAP, VN_VTEPS_MAP, VNS_MAP, VnInfo, VnVtepKey,
-    },
-    metrics::{PortTraffic, VnTraffic},
+use nve_common::maps::{
+    ARP_MAP, ArpEntry, ArpKey, CONFIG_MAP, DataplaneConfig, EVENTS_MAP, FDB_MAP, FdbEntry, FdbKey,
+    ND_MAP, NEXTHOPS_MAP, NdKey, NextHop, PORT_STATS_MAP, PORTS_MAP, PortKey, PortValue,
+    TUNNEL_DEV, VN_STATS_MAP, VN_VTEPS_MAP, VNS_MAP, VnInfo, VnVtepKey,
 };
 use serde::{Deserialize, Serialize};
 
 pub use counters::Counters;
 use mirrored::Mirrored;
+use slots::CounterSlots;
 
 use crate::model::Desired;
 
@@ -103,6 +104,8 @@ pub enum DataplaneError {
     LoggerPoll(#[source] std::io::Error),
     #[error("map {name} is full")]
     MapFull { name: &'static str },
+    #[error("counting the possible CPUs")]
+    Cpus(#[source] std::io::Error),
 }
 
 type Result<T> = std::result::Result<T, DataplaneError>;
@@ -138,8 +141,8 @@ pub struct Dataplane {
     arp: Mirrored<ArpKey, ArpEntry>,
     nd: Mirrored<NdKey, ArpEntry>,
     vn_vteps: Mirrored<VnVtepKey, u32>,
-    vn_stats: PerCpuHashMap<MapData, u32, VnTraffic>,
-    port_stats: PerCpuHashMap<MapData, u32, PortTraffic>,
+    /// Where each VN's and port's counters are.
+    slots: CounterSlots,
     /// Every attachment, pinned in `pin_dir` as `link_<program>@<iface>`.
     links: BTreeMap<String, PinnedLink>,
     /// VM ports with `tc_vm_egress` attached.
@@ -180,6 +183,7 @@ impl Dataplane {
         debug_log: bool,
     ) -> Result<Self> {
         fs::create_dir_all(pin_dir).map_err(|e| DataplaneError::PinDir(pin_dir.into(), e))?;
+        layout::remove_stale_pins(pin_dir, EBPF_OBJECT);
         let level: u8 = if debug_log {
             aya_log::Level::Debug as u8
         } else {
@@ -198,18 +202,25 @@ impl Dataplane {
         };
         let mut cfg: Array<_, DataplaneConfig> = take_map(&mut ebpf, CONFIG_MAP)?;
         cfg.set(0, config, 0).map_err(map_err(CONFIG_MAP))?;
+        let ports = Mirrored::new(take_map(&mut ebpf, PORTS_MAP)?, PORTS_MAP)?;
+        let vns = Mirrored::new(take_map(&mut ebpf, VNS_MAP)?, VNS_MAP)?;
+        let slots = CounterSlots::new(
+            take_map(&mut ebpf, VN_STATS_MAP)?,
+            take_map(&mut ebpf, PORT_STATS_MAP)?,
+            ports.current(),
+            vns.current(),
+        );
         let mut dp = Self {
             cfg,
             config,
-            ports: Mirrored::new(take_map(&mut ebpf, PORTS_MAP)?, PORTS_MAP)?,
-            vns: Mirrored::new(take_map(&mut ebpf, VNS_MAP)?, VNS_MAP)?,
+            ports,
+            vns,
+            slots,
             fdb: Mirrored::new(take_map(&mut ebpf, FDB_MAP)?, FDB_MAP)?,
             next_hops: Mirrored::new(take_map(&mut ebpf, NEXTHOPS_MAP)?, NEXTHOPS_MAP)?,
             arp: Mirrored::new(take_map(&mut ebpf, ARP_MAP)?, ARP_MAP)?,
             nd: Mirrored::new(take_map(&mut ebpf, ND_MAP)?, ND_MAP)?,
             vn_vteps: Mirrored::new(take_map(&mut ebpf, VN_VTEPS_MAP)?, VN_VTEPS_MAP)?,
-            vn_stats: take_map(&mut ebpf, VN_STATS_MAP)?,
-            port_stats: take_map(&mut ebpf, PORT_STATS_MAP)?,
             ebpf,
             pin_dir: pin_dir.into(),
             links: BTreeMap::new(),
@@ -388,41 +399,41 @@ impl Dataplane {
     /// becomes the forwarding pointer) is never looked up to a port already removed; ports
     /// are added last, so a port is never active before its VN and FDB are in place; a VN's
     /// VTEPs are written before the VN, so it never checks against a list not yet there.
-    /// Counters of a VN or port go with it.
+    /// VNs and ports get counter slots here, VNs their VTEPs inline where they fit.
     pub fn apply(&mut self, desired: &Desired) -> Result<()> {
         let scope = desired.scope.as_ref();
         let local = desired.local.as_ref();
+        // Out of a scoped change's reach, VNs and ports keep their slots.
+        let vn_kept = |vni: u32| local.is_some_and(|l| !l.vnis.contains(&vni));
+        let ports_kept: HashSet<u32> = local.map_or_else(HashSet::new, |l| {
+            self.ports
+                .current()
+                .filter(|(k, _)| !l.ports.contains(k))
+                .map(|(k, _)| k.ifindex)
+                .collect()
+        });
+        let (ports, mut vns) = self
+            .slots
+            .stamp(&desired.ports, &desired.vns, vn_kept, |i| {
+                ports_kept.contains(&i)
+            })?;
+        vteps::inline(&mut vns, &desired.vn_vteps);
         self.arp
             .remove_absent(&desired.arp, scope.map(|s| &s.arp))?;
         self.nd.remove_absent(&desired.nd, scope.map(|s| &s.nd))?;
         self.arp.upsert_changed(&desired.arp)?;
         self.nd.upsert_changed(&desired.nd)?;
         self.vn_vteps.upsert_changed(&desired.vn_vteps)?;
-        self.vns.upsert_changed(&desired.vns)?;
+        self.vns.upsert_changed(&vns)?;
         self.fdb.upsert_changed(&desired.fdb)?;
-        let gone_ports = self
-            .ports
-            .remove_absent(&desired.ports, local.map(|l| &l.ports))?;
-        for key in gone_ports {
-            let same_port = |k: &PortKey| k.ifindex == key.ifindex;
-            // Out of a scoped change's reach, the port's other VIDs are in the map.
-            if !desired.ports.keys().any(same_port) && !self.ports.holds_any(same_port) {
-                // Absent already when the port never carried a packet.
-                let _ = self.port_stats.remove(&key.ifindex);
-            }
-        }
+        self.ports.remove_absent(&ports, local.map(|l| &l.ports))?;
         self.fdb
             .remove_absent(&desired.fdb, scope.map(|s| &s.fdb))?;
-        for vni in self
-            .vns
-            .remove_absent(&desired.vns, local.map(|l| &l.vnis))?
-        {
-            let _ = self.vn_stats.remove(&vni);
-        }
+        self.vns.remove_absent(&vns, local.map(|l| &l.vnis))?;
         let vn_in_scope = |k: &VnVtepKey| local.is_none_or(|l| l.vnis.contains(&k.vni));
         self.vn_vteps
             .remove_absent_where(&desired.vn_vteps, vn_in_scope)?;
-        self.ports.upsert_changed(&desired.ports)
+        self.ports.upsert_changed(&ports)
     }
 
     /// Follows a change of the underlay interface's MAC (what XDP takes for this host's).

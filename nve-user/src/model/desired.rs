@@ -368,7 +368,11 @@ impl Desired {
             };
         self.ports.insert(
             PortKey::new(lp.ifindex, lp.vid),
-            PortValue { vni: b.vni, flags },
+            PortValue {
+                vni: b.vni,
+                flags,
+                ..PortValue::default()
+            },
         );
     }
 

@@ -371,7 +371,8 @@ mod tests {
             d.ports[&PortKey::new(7, 0)],
             PortValue {
                 vni: 100,
-                flags: PORT_ACTIVE | PORT_CHECK_SRC_MAC
+                flags: PORT_ACTIVE | PORT_CHECK_SRC_MAC,
+                ..PortValue::default()
             }
         );
         assert_eq!(d.fdb.len(), 3);

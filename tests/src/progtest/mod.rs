@@ -17,7 +17,8 @@ use nve_common::{
         ARP_MAP, ArpEntry, ArpKey, CONFIG_MAP, DataplaneConfig, FDB_MAP, FdbEntry, FdbKey,
         LocalPort, ND_MAP, NEXTHOPS_MAP, NdKey, NextHop, PORT_ACTIVE, PORT_CHECK_SRC_MAC,
         PORT_F_CHECK_IPV4, PORT_F_CHECK_IPV6, PORT_F_TAP, PORTS_MAP, PortKey, PortValue,
-        VN_F_ANY_VTEP, VN_F_NO_UNKNOWN_FLOOD, VN_VTEPS_MAP, VNS_MAP, VnInfo, VnVtepKey, vtep_v4,
+        VN_F_ANY_VTEP, VN_F_NO_UNKNOWN_FLOOD, VN_F_VTEPS_INLINE, VN_VTEPS_MAP, VNS_MAP, VnInfo,
+        VnVtepKey, vtep_v4,
     },
     metrics::{Counter, DropReason, Forward, Hook, Outcome},
 };
@@ -80,6 +81,16 @@ pub const VM7_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 7);
 pub const VM7_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7);
 /// A VTEP no VN knows.
 pub const STRANGER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 66);
+
+/// The counter slot of a VN of the cases, as the daemon would give one.
+fn vn_counters(vni: u32) -> u16 {
+    (vni / 100) as u16
+}
+
+/// The counter slot of a port of the cases.
+fn port_counters(ifindex: u32) -> u16 {
+    ifindex as u16
+}
 
 /// The dataplane object loaded with maps pinned in a private directory (removed on drop),
 /// filled with the fixed configuration the cases assume.
@@ -147,45 +158,35 @@ impl Loaded {
         Ok(())
     }
 
-    /// The VM ports (VIDs) and their VNs.
+    /// The VM ports (VIDs) and their VNs, with counter slots as the daemon gives them.
     fn configure_ports(&mut self) -> Result<()> {
         let mut ports: HashMap<_, PortKey, PortValue> =
             HashMap::try_from(self.ebpf.map_mut(PORTS_MAP).context(PORTS_MAP)?)?;
-        ports.insert(PortKey::new(TEST_IFINDEX, 0), PortValue::active(VNI), 0)?;
+        let active = PORT_ACTIVE;
         // The VMs' ports decapsulation delivers to; VM6's vNIC is only pre-associated, and so
-        // is the test port's VID 40.
-        for (port, vid) in [(VM1_PORT, 0), (VM3_PORT, 0), (VM4_PORT, VID), (VM5_PORT, 0)] {
-            ports.insert(PortKey::new(port, vid), PortValue::active(VNI), 0)?;
+        // is the test port's VID 40. VID 50 of the test port checks source MACs: only VM7
+        // is behind it.
+        let rows = [
+            (TEST_IFINDEX, 0, VNI, active),
+            (VM1_PORT, 0, VNI, active),
+            (VM3_PORT, 0, VNI, active),
+            (VM4_PORT, VID, VNI, active),
+            (VM5_PORT, 0, VNI, active),
+            (VM6_PORT, 0, VNI, 0),
+            (TEST_IFINDEX, 50, VNI, active | PORT_CHECK_SRC_MAC),
+            (TEST_IFINDEX, 40, VNI, 0),
+            (TEST_IFINDEX, VID, VNI_TAGGED, active),
+            (TEST_IFINDEX, 30, VNI_EMPTY, active),
+        ];
+        for (ifindex, vid, vni, flags) in rows {
+            let value = PortValue {
+                vni,
+                flags,
+                counters: port_counters(ifindex),
+                vn_counters: vn_counters(vni),
+            };
+            ports.insert(PortKey::new(ifindex, vid), value, 0)?;
         }
-        ports.insert(
-            PortKey::new(VM6_PORT, 0),
-            PortValue { vni: VNI, flags: 0 },
-            0,
-        )?;
-        // VID 50 of the test port checks source MACs: only VM7 is behind it.
-        ports.insert(
-            PortKey::new(TEST_IFINDEX, 50),
-            PortValue {
-                vni: VNI,
-                flags: PORT_ACTIVE | PORT_CHECK_SRC_MAC,
-            },
-            0,
-        )?;
-        ports.insert(
-            PortKey::new(TEST_IFINDEX, 40),
-            PortValue { vni: VNI, flags: 0 },
-            0,
-        )?;
-        ports.insert(
-            PortKey::new(TEST_IFINDEX, VID),
-            PortValue::active(VNI_TAGGED),
-            0,
-        )?;
-        ports.insert(
-            PortKey::new(TEST_IFINDEX, 30),
-            PortValue::active(VNI_EMPTY),
-            0,
-        )?;
         Ok(())
     }
 
@@ -194,11 +195,18 @@ impl Loaded {
         let mut vns: HashMap<_, u32, VnInfo> =
             HashMap::try_from(self.ebpf.map_mut(VNS_MAP).context(VNS_MAP)?)?;
         // VNI: every MAC known, unknown unicast dropped. VNI_EMPTY floods it (to nowhere).
+        // VNI lists its VTEPs inline, as the daemon does for few; VNI_TAGGED leaves them
+        // to VN_VTEPS_MAP.
         let mut vn = VnInfo {
-            flags: VN_F_NO_UNKNOWN_FLOOD,
+            flags: VN_F_NO_UNKNOWN_FLOOD | VN_F_VTEPS_INLINE,
+            counters: vn_counters(VNI),
+            vtep_count: 2,
             ..VnInfo::default()
         };
+        vn.vteps[0] = u32::from_ne_bytes(REMOTE.octets());
+        vn.vteps[1] = u32::from_ne_bytes(REMOTE3.octets());
         vn.ports[0] = LocalPort::new(VM1_PORT, 0);
+        vn.port_counters[0] = port_counters(VM1_PORT);
         vn.port_count = 1;
         vns.insert(VNI, vn, 0)?;
         // VNI_TAGGED's VMs have a configured MTU below the underlay's.
@@ -206,6 +214,7 @@ impl Loaded {
             VNI_TAGGED,
             VnInfo {
                 mtu: VN_MTU,
+                counters: vn_counters(VNI_TAGGED),
                 ..VnInfo::default()
             },
             0,
@@ -215,6 +224,7 @@ impl Loaded {
             VNI_EMPTY,
             VnInfo {
                 flags: VN_F_ANY_VTEP,
+                counters: vn_counters(VNI_EMPTY),
                 ..VnInfo::default()
             },
             0,

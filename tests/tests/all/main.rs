@@ -6,6 +6,8 @@
 mod antispoof;
 mod api;
 mod api_doc;
+mod cli_docs;
+mod config_file;
 mod evpn;
 mod flooding;
 mod interop;
@@ -26,6 +28,7 @@ mod qemu_migration;
 mod restart;
 mod signaling;
 mod suppression;
+mod systemd;
 mod tap;
 mod vdp;
 mod verdict_fuzz;

@@ -20,8 +20,8 @@ pub use conn::serve;
 
 use crate::{
     api::{
-        AttachPort, CreateVn, ErrorBody, ErrorCode, FdbView, FloodVtep, RemoteMac, SignalReply,
-        StatsView, StatusView, VnView, VnicRequest, VnicView,
+        AttachPort, CreateVn, ErrorBody, ErrorCode, FdbView, FloodVtep, ReloadView, RemoteMac,
+        SignalReply, StatsView, StatusView, VnView, VnicRequest, VnicView,
     },
     daemon::handle::Handle,
     mac::MacAddr,
@@ -29,12 +29,27 @@ use crate::{
     netlink,
 };
 
+/// What `POST /v1/reload` runs: the daemon's re-read of its config file.
+pub type Reload = std::sync::Arc<
+    dyn Fn() -> std::pin::Pin<
+            Box<dyn Future<Output = Result<ReloadView, crate::error::Error>> + Send>,
+        > + Send
+        + Sync,
+>;
+
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// The API's routes, for `serve`.
-pub fn router(state: Handle, allowed: Allowed) -> Router {
+pub fn router(state: Handle, allowed: Allowed, reload: Reload) -> Router {
     Router::new()
+        .route(
+            "/v1/reload",
+            post(move || {
+                let reload = reload.clone();
+                async move { reload().await.map(Json).map_err(ApiError::from) }
+            }),
+        )
         .route("/v1/status", get(status))
         .route("/v1/stats", get(stats))
         .route("/v1/fdb", get(fdb))
