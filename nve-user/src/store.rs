@@ -162,19 +162,33 @@ fn read_snapshot(path: &Path) -> Result<Model> {
         path: path.to_path_buf(),
         source,
     };
-    let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(parse)?;
+    // Read straight into the model: a `serde_json::Value` of 100,000 vNICs first would
+    // hold several times their size.
+    let probe: FormatProbe = serde_json::from_slice(&bytes).map_err(parse)?;
     // Format 0 is the bare model; later ones wrap it.
-    let model = match value.get("format").and_then(|f| f.as_u64()) {
-        Some(format) if format > u64::from(FORMAT) => {
-            return Err(StoreError::Newer {
-                path: path.to_path_buf(),
-                format: format as u32,
-            });
-        }
-        Some(_) => value["model"].take(),
-        None => value,
-    };
-    serde_json::from_value(model).map_err(parse)
+    match probe.format.as_ref().and_then(serde_json::Value::as_u64) {
+        Some(format) if format > u64::from(FORMAT) => Err(StoreError::Newer {
+            path: path.to_path_buf(),
+            format: format as u32,
+        }),
+        Some(_) => Ok(serde_json::from_slice::<SnapshotIn>(&bytes)
+            .map_err(parse)?
+            .model),
+        None => serde_json::from_slice(&bytes).map_err(parse),
+    }
+}
+
+/// A snapshot's format field, the rest skipped.
+#[derive(Deserialize)]
+struct FormatProbe {
+    #[serde(default)]
+    format: Option<serde_json::Value>,
+}
+
+/// A snapshot of format 1 or later, as read.
+#[derive(Deserialize)]
+struct SnapshotIn {
+    model: Model,
 }
 
 /// Applies the journal at `path` to `model`; the lines replayed.

@@ -2,7 +2,10 @@
 //! the snapshot the writer publishes after each batch. The one door every input uses.
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -27,6 +30,8 @@ pub struct Handle {
     counters: Arc<Counters>,
     /// The VDP sessions' live state by port (written by the VDP port, read by the API).
     vdp: Arc<Mutex<BTreeMap<String, VdpSessionView>>>,
+    /// Link events seen (the writer's port lookups hold until the next).
+    link_events: Arc<AtomicU64>,
 }
 
 fn gone() -> Error {
@@ -38,12 +43,14 @@ impl Handle {
         commands: mpsc::Sender<Command>,
         published: watch::Receiver<Arc<Snapshot>>,
         counters: Counters,
+        link_events: Arc<AtomicU64>,
     ) -> Self {
         Self {
             commands,
             published,
             counters: Arc::new(counters),
             vdp: Arc::default(),
+            link_events,
         }
     }
 
@@ -78,6 +85,12 @@ impl Handle {
                 mpsc::error::TrySendError::Closed(_) => gone(),
             })?;
         result.await.map_err(|_| gone())?
+    }
+
+    /// Counts a link, neighbour or route event at once (what the writer looked up of the
+    /// VM ports no longer holds), before the writer hears of the burst.
+    pub fn link_event(&self) {
+        self.link_events.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Tells the writer the underlay changed (a link, neighbour or route event).

@@ -42,18 +42,40 @@ impl<K: Pod + Eq + Hash, V: Pod + PartialEq> Mirrored<K, V> {
         desired: &HashMap<K, V>,
         scope: Option<&HashSet<K>>,
     ) -> Result<Vec<K>> {
-        let candidates: Box<dyn Iterator<Item = &K>> = match scope {
-            Some(keys) => Box::new(keys.iter().filter(|k| self.current.contains_key(k))),
-            None => Box::new(self.current.keys()),
+        let Some(keys) = scope else {
+            return self.remove_absent_where(desired, |_| true);
         };
-        let stale: Vec<K> = candidates
-            .filter(|k| !desired.contains_key(k))
+        let stale: Vec<K> = keys
+            .iter()
+            .filter(|k| self.current.contains_key(k) && !desired.contains_key(k))
             .copied()
             .collect();
-        for k in &stale {
+        self.remove(&stale)?;
+        Ok(stale)
+    }
+
+    fn remove(&mut self, keys: &[K]) -> Result<()> {
+        for k in keys {
             self.map.remove(k).map_err(map_err(self.name))?;
             self.current.remove(k);
         }
+        Ok(())
+    }
+
+    /// Deletes the entries `desired` does not have of those whose keys pass `in_scope`
+    /// (a scan of what the map holds: for the small maps); returns their keys.
+    pub(super) fn remove_absent_where(
+        &mut self,
+        desired: &HashMap<K, V>,
+        in_scope: impl Fn(&K) -> bool,
+    ) -> Result<Vec<K>> {
+        let stale: Vec<K> = self
+            .current
+            .keys()
+            .filter(|k| in_scope(k) && !desired.contains_key(k))
+            .copied()
+            .collect();
+        self.remove(&stale)?;
         Ok(stale)
     }
 

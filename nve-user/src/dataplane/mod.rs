@@ -9,7 +9,7 @@ mod slots;
 mod vteps;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs,
     path::{Path, PathBuf},
 };
@@ -403,7 +403,21 @@ impl Dataplane {
     /// VNs and ports get counter slots here, VNs their VTEPs inline where they fit.
     pub fn apply(&mut self, desired: &Desired) -> Result<()> {
         let scope = desired.scope.as_ref();
-        let (ports, mut vns) = self.slots.stamp(&desired.ports, &desired.vns)?;
+        let local = desired.local.as_ref();
+        // Out of a scoped change's reach, VNs and ports keep their slots.
+        let vn_kept = |vni: u32| local.is_some_and(|l| !l.vnis.contains(&vni));
+        let ports_kept: HashSet<u32> = local.map_or_else(HashSet::new, |l| {
+            self.ports
+                .current()
+                .filter(|(k, _)| !l.ports.contains(k))
+                .map(|(k, _)| k.ifindex)
+                .collect()
+        });
+        let (ports, mut vns) = self
+            .slots
+            .stamp(&desired.ports, &desired.vns, vn_kept, |i| {
+                ports_kept.contains(&i)
+            })?;
         vteps::inline(&mut vns, &desired.vn_vteps);
         self.arp
             .remove_absent(&desired.arp, scope.map(|s| &s.arp))?;
@@ -413,11 +427,13 @@ impl Dataplane {
         self.vn_vteps.upsert_changed(&desired.vn_vteps)?;
         self.vns.upsert_changed(&vns)?;
         self.fdb.upsert_changed(&desired.fdb)?;
-        self.ports.remove_absent(&ports, None)?;
+        self.ports.remove_absent(&ports, local.map(|l| &l.ports))?;
         self.fdb
             .remove_absent(&desired.fdb, scope.map(|s| &s.fdb))?;
-        self.vns.remove_absent(&vns, None)?;
-        self.vn_vteps.remove_absent(&desired.vn_vteps, None)?;
+        self.vns.remove_absent(&vns, local.map(|l| &l.vnis))?;
+        let vn_in_scope = |k: &VnVtepKey| local.is_none_or(|l| l.vnis.contains(&k.vni));
+        self.vn_vteps
+            .remove_absent_where(&desired.vn_vteps, vn_in_scope)?;
         self.ports.upsert_changed(&ports)
     }
 

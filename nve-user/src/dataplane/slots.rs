@@ -49,15 +49,20 @@ impl CounterSlots {
     }
 
     /// `vns` and `ports` as the maps should hold them: with their counter slots. Slots of
-    /// VNs and ports no longer there are freed; a slot given out anew starts at zero.
+    /// VNs and ports no longer there are freed, but those of VNs `vn_kept` and ports (by
+    /// ifindex) `port_kept` keeps (a scoped change leaves them in the maps); a slot given
+    /// out anew starts at zero.
     pub(super) fn stamp(
         &mut self,
         ports: &HashMap<PortKey, PortValue>,
         vns: &HashMap<u32, VnInfo>,
+        vn_kept: impl Fn(u32) -> bool,
+        port_kept: impl Fn(u32) -> bool,
     ) -> Result<(HashMap<PortKey, PortValue>, HashMap<u32, VnInfo>)> {
-        self.vns.retain(|vni| vns.contains_key(vni));
+        self.vns
+            .retain(|&vni| vns.contains_key(&vni) || vn_kept(vni));
         self.ports
-            .retain(|&ifindex| ports.keys().any(|k| k.ifindex == ifindex));
+            .retain(|&ifindex| ports.keys().any(|k| k.ifindex == ifindex) || port_kept(ifindex));
         let mut port_slot = |ifindex: u32| -> Result<u16> {
             let slot = self.ports.assign(ifindex);
             if slot.fresh {
@@ -82,8 +87,10 @@ impl CounterSlots {
                 ..*info
             };
             for (i, port) in info.ports.iter().take(info.port_count as usize).enumerate() {
+                // A flooding port out of a scoped change's reach has its slot already.
                 info.port_counters[i] = port_slots
                     .get(&port.ifindex)
+                    .or_else(|| self.ports.get(&port.ifindex))
                     .copied()
                     .unwrap_or(NO_COUNTERS);
             }
@@ -92,7 +99,11 @@ impl CounterSlots {
         let stamped_ports = ports
             .iter()
             .map(|(k, v)| {
-                let vn = stamped_vns.get(&v.vni).map_or(NO_COUNTERS, |i| i.counters);
+                let vn = stamped_vns
+                    .get(&v.vni)
+                    .map(|i| i.counters)
+                    .or_else(|| self.vns.get(&v.vni).copied())
+                    .unwrap_or(NO_COUNTERS);
                 let value = PortValue {
                     counters: port_slots[&k.ifindex],
                     vn_counters: vn,
@@ -172,6 +183,11 @@ impl<K: Copy + Eq + Hash> Slots<K> {
                 fresh: false,
             },
         }
+    }
+
+    /// `key`'s slot, if it has one.
+    pub(super) fn get(&self, key: &K) -> Option<&u16> {
+        self.by_key.get(key)
     }
 
     /// Frees the slots of the keys `keep` refuses.

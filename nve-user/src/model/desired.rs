@@ -30,6 +30,16 @@ pub struct Desired {
     /// `None`: `fdb`, `arp` and `nd` are complete. Otherwise they hold what the keys here
     /// should map to (a key they lack: no entry), and entries not named are left as they are.
     pub scope: Option<Keys>,
+    /// `None`: `ports`, `vns` and `vn_vteps` are complete. Otherwise, as `scope`, for these
+    /// ports and the VNs (and their VTEPs) of these VNIs.
+    pub local: Option<LocalKeys>,
+}
+
+/// Keys of port entries, and VNIs of VN entries (with their VTEPs).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalKeys {
+    pub ports: HashSet<PortKey>,
+    pub vnis: HashSet<u32>,
 }
 
 /// How much of the dataplane a change recomputes.
@@ -78,7 +88,7 @@ impl Keys {
 
 impl Desired {
     /// `ip` of `vni` is answered for with `mac` (ARP or ND).
-    fn add_address(&mut self, vni: u32, ip: IpAddr, mac: MacAddr) {
+    pub(super) fn add_address(&mut self, vni: u32, ip: IpAddr, mac: MacAddr) {
         match ip {
             IpAddr::V4(a) => self
                 .arp
@@ -90,7 +100,7 @@ impl Desired {
     }
 
     /// `ip` of `vni` is answered for with `mac` unless an entry answers already.
-    fn add_address_below(&mut self, vni: u32, ip: IpAddr, mac: MacAddr) {
+    pub(super) fn add_address_below(&mut self, vni: u32, ip: IpAddr, mac: MacAddr) {
         let entry = ArpEntry::new(mac.0);
         match ip {
             IpAddr::V4(a) => self
@@ -188,6 +198,31 @@ impl Model {
     /// A VN's settings, flood list, allow-list, remote and moved MACs and the addresses it
     /// answers for.
     fn vn_entries(&self, vn: &super::Vn, d: &mut Desired) {
+        self.vn_settings(vn, d);
+        for (mac, vtep) in &vn.remote {
+            d.fdb
+                .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::remote(vtep_of(*vtep)));
+        }
+        for (mac, moved) in &vn.moved {
+            d.fdb.insert(
+                FdbKey::new(vn.vni, mac.0),
+                FdbEntry::moved(vtep_of(moved.vtep)),
+            );
+        }
+        // Learned addresses take precedence over remote ones, local vNICs' own addresses
+        // (`vnic_entries`) over both.
+        let remote_ips = vn
+            .remote_ips
+            .iter()
+            .flat_map(|(mac, ips)| ips.iter().map(move |ip| (ip, mac)));
+        for (ip, mac) in remote_ips.chain(&vn.learned_ips) {
+            d.add_address(vn.vni, *ip, *mac);
+        }
+    }
+
+    /// A VN's settings, flood list of remote VTEPs (its ports come with the bindings) and
+    /// allow-list.
+    pub(super) fn vn_settings(&self, vn: &super::Vn, d: &mut Desired) {
         let mut info = VnInfo::default();
         if !vn.flood_unknown {
             info.flags |= VN_F_NO_UNKNOWN_FLOOD;
@@ -214,29 +249,14 @@ impl Model {
             info.remote_count += 1;
         }
         d.vns.insert(vn.vni, info);
-        for (mac, vtep) in &vn.remote {
-            d.fdb
-                .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::remote(vtep_of(*vtep)));
-        }
-        for (mac, moved) in &vn.moved {
-            let vtep = vtep_of(moved.vtep);
-            d.fdb
-                .insert(FdbKey::new(vn.vni, mac.0), FdbEntry::moved(vtep));
-            d.vn_vteps.insert(VnVtepKey::new(vn.vni, vtep), 0);
-        }
-        // Learned addresses take precedence over remote ones, local vNICs' own addresses
-        // (`vnic_entries`) over both.
-        let remote_ips = vn
-            .remote_ips
-            .iter()
-            .flat_map(|(mac, ips)| ips.iter().map(move |ip| (ip, mac)));
-        for (ip, mac) in remote_ips.chain(&vn.learned_ips) {
-            d.add_address(vn.vni, *ip, *mac);
+        for moved in vn.moved.values() {
+            d.vn_vteps
+                .insert(VnVtepKey::new(vn.vni, vtep_of(moved.vtep)), 0);
         }
     }
 
     /// Every (port, VID) a static binding or a vNIC uses, and what it carries.
-    fn bindings(&self) -> BTreeMap<(&str, u16), Binding> {
+    pub(super) fn bindings(&self) -> BTreeMap<(&str, u16), Binding> {
         let mut bindings = BTreeMap::new();
         for vn in self.vns.values() {
             for ((p, vid), macs) in &vn.ports {
@@ -294,42 +314,52 @@ impl Model {
             let Some(lp) = local(&v.params.port, v.vid) else {
                 continue;
             };
-            // Where the vNIC's addresses are known, its frames must come from them.
-            let checks = if v.params.ipv4.is_empty() {
-                0
-            } else {
-                PORT_F_CHECK_IPV4
-            } | if v.params.ipv6.is_empty() {
-                0
-            } else {
-                PORT_F_CHECK_IPV6
-            };
-            let lp = lp.with_flags(lp.flags | checks);
             for mac in &v.params.macs {
-                // A newer claim elsewhere (the VM moved on, the disassociate has not come
-                // yet): frames for it follow the move instead of going to the old port.
-                let entry = match self.nva.get(v.vni, *mac) {
-                    Some(e) if e.supersedes_local => FdbEntry::moved(vtep_of(e.vtep)),
-                    _ => FdbEntry::local(lp),
-                };
-                d.fdb.insert(FdbKey::new(v.vni, mac.0), entry);
+                d.fdb
+                    .insert(FdbKey::new(v.vni, mac.0), self.vnic_fdb(v, *mac, lp));
             }
+        }
+    }
+
+    /// The FDB entry of MAC `mac` of vNIC `v`, on its port `lp`.
+    pub(super) fn vnic_fdb(&self, v: &super::Vnic, mac: MacAddr, lp: LocalPort) -> FdbEntry {
+        // Where the vNIC's addresses are known, its frames must come from them.
+        let checks = if v.params.ipv4.is_empty() {
+            0
+        } else {
+            PORT_F_CHECK_IPV4
+        } | if v.params.ipv6.is_empty() {
+            0
+        } else {
+            PORT_F_CHECK_IPV6
+        };
+        // A newer claim elsewhere (the VM moved on, the disassociate has not come yet):
+        // frames for it follow the move instead of going to the old port.
+        match self.nva.get(v.vni, mac) {
+            Some(e) if e.supersedes_local => FdbEntry::moved(vtep_of(e.vtep)),
+            _ => FdbEntry::local(lp.with_flags(lp.flags | checks)),
         }
     }
 }
 
 /// What a (port, VID) carries.
-struct Binding {
-    vni: u32,
+pub(super) struct Binding {
+    pub vni: u32,
     /// A static binding or an associated vNIC uses it: it forwards.
-    active: bool,
+    pub active: bool,
     /// Every MAC behind it is known: source MACs are checked.
-    check_src_mac: bool,
+    pub check_src_mac: bool,
 }
 
 impl Desired {
     /// The port entry of `lp`, and its place among its VN's flooding ports if it forwards.
     fn add_binding(&mut self, lp: LocalPort, b: &Binding) {
+        self.add_port(lp, b);
+        self.add_flood_port(lp, b);
+    }
+
+    /// The port entry of `lp`.
+    pub(super) fn add_port(&mut self, lp: LocalPort, b: &Binding) {
         let flags = if b.active { PORT_ACTIVE } else { 0 }
             | if b.check_src_mac {
                 PORT_CHECK_SRC_MAC
@@ -344,6 +374,10 @@ impl Desired {
                 ..PortValue::default()
             },
         );
+    }
+
+    /// `lp` among its VN's flooding ports if it forwards (and the list has room).
+    pub(super) fn add_flood_port(&mut self, lp: LocalPort, b: &Binding) {
         let info = self
             .vns
             .get_mut(&b.vni)

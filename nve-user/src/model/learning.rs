@@ -58,20 +58,21 @@ impl Model {
     /// announces a migrated guest with RARPs after resuming it): it is activated, whichever
     /// comes first of this and the hypervisor's associate. Whether it was.
     fn activate(&mut self, a: &Announced) -> bool {
-        let arrived = self.vnics.iter_mut().find(|(_, v)| {
-            v.vni == a.vni
-                && v.params.macs.contains(&a.mac)
-                && v.state == VnicState::PreAssociated
+        let arrived = self.vnics.holding_mac(a.vni, a.mac).find(|id| {
+            let v = self.vnics.get(id).expect("indexed");
+            v.state == VnicState::PreAssociated
                 && (v.params.port.as_str(), v.vid) == (a.port.as_str(), a.vid)
         });
-        let Some((id, v)) = arrived else {
+        let Some(id) = arrived.cloned() else {
             return false;
         };
         tracing::info!(vnic = %id, mac = %a.mac, "activated by the VM's announcement");
-        v.state = VnicState::Associated;
-        // Associated for good: the pre-association's expiry no longer applies.
-        v.hold = None;
-        v.expires_at = None;
+        self.vnics.update(&id, |v| {
+            v.state = VnicState::Associated;
+            // Associated for good: the pre-association's expiry no longer applies.
+            v.hold = None;
+            v.expires_at = None;
+        });
         true
     }
 

@@ -18,14 +18,18 @@ use crate::{
 mod desired;
 mod events;
 mod learning;
+mod touched;
 mod vdp;
 mod views;
+mod vnic_table;
 mod vnics;
 mod vns;
-pub use desired::{Desired, Keys, Recompute};
+pub use desired::{Desired, Keys, LocalKeys, Recompute};
 pub use events::Event;
 pub use learning::Announced;
+pub use touched::Touched;
 pub use vdp::{Vdp, VsiRecord, vnic_of};
+pub use vnic_table::VnicTable;
 pub use vnics::{Vnic, VnicId};
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -59,9 +63,8 @@ pub const IFNAME_MAX: usize = 15;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Model {
     vns: BTreeMap<String, Vn>,
-    /// vNICs the server signaled (see `vnics.rs`).
-    #[serde(with = "pairs")]
-    vnics: BTreeMap<VnicId, Vnic>,
+    /// vNICs the server signaled (see `vnics.rs`), indexed (`vnic_table.rs`).
+    vnics: VnicTable,
     /// Per port: which VN each VID (0: untagged) carries, reference-counted by the static
     /// bindings and vNICs using it.
     port_vids: BTreeMap<String, PortVids>,

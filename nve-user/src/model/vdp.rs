@@ -293,7 +293,7 @@ impl Model {
         self.vdp
             .vsis
             .iter()
-            .filter(|(id, r)| self.vnics.get(*id).is_none_or(|v| v.params.port != r.port))
+            .filter(|(id, r)| self.vnics.get(id).is_none_or(|v| v.params.port != r.port))
     }
 }
 

@@ -198,13 +198,14 @@ impl Model {
                     // associated) may give another.
                     let same_hold = cur.state != to || cur.hold == hold_for(req.op, req);
                     if params.same_as(&cur.params, cur.vid) && same_hold {
-                        let v = self.vnics.get_mut(id).expect("present");
-                        v.state = to;
-                        v.migrated_in |= req.migration.is_migrating_in();
-                        v.migration = req.migration;
-                        v.request_id = v.request_id.max(req.request_id);
-                        v.hold = hold_for(req.op, req);
-                        v.expires_at = v.hold.map(|h| now + h);
+                        self.vnics.update(id, |v| {
+                            v.state = to;
+                            v.migrated_in |= req.migration.is_migrating_in();
+                            v.migration = req.migration;
+                            v.request_id = v.request_id.max(req.request_id);
+                            v.hold = hold_for(req.op, req);
+                            v.expires_at = v.hold.map(|h| now + h);
+                        });
                         return Ok(Some(self.vnic_view(id)));
                     }
                     if req.request_id <= cur.request_id {
@@ -218,9 +219,7 @@ impl Model {
                     let mut next = self.clone();
                     next.remove_vnic(id, now);
                     next.install_vnic(id, params, to, req, now)?;
-                    if let Some(v) = next.vnics.get_mut(id) {
-                        v.migrated_in |= migrated_in;
-                    }
+                    next.vnics.update(id, |v| v.migrated_in |= migrated_in);
                     *self = next;
                     return Ok(Some(self.vnic_view(id)));
                 }
@@ -247,16 +246,37 @@ impl Model {
                 Ok(None)
             }
             Op::Pause | Op::Resume | Op::KeepAlive => {
-                let v = self
-                    .vnics
-                    .get_mut(id)
+                self.vnics
+                    .update(id, |v| {
+                        v.state = to.expect("these lead to a state");
+                        v.request_id = v.request_id.max(req.request_id);
+                        v.expires_at = v.hold.map(|h| now + h);
+                    })
                     .expect("the table allows these only when present");
-                v.state = to.expect("these lead to a state");
-                v.request_id = v.request_id.max(req.request_id);
-                v.expires_at = v.hold.map(|h| now + h);
                 Ok(Some(self.vnic_view(id)))
             }
         }
+    }
+
+    /// All that a signaling message for `id` may change of the model (the vNIC, the
+    /// forwarding pointers of its VNs, the VID maps of its ports, the VNs there are), to
+    /// tell whether it changed anything without comparing whole models.
+    pub fn signal_footprint(&self, id: &VnicId, req: &VnicRequest) -> impl PartialEq + use<> {
+        let vnic = self.vnics.get(id).cloned();
+        let old = vnic.as_ref().map(|v| (&v.params.vn, &v.params.port));
+        let (vns, ports): (Vec<&String>, Vec<&String>) = old
+            .into_iter()
+            .chain(req.vn.as_ref().zip(req.port.as_ref()))
+            .unzip();
+        let moved = vns
+            .iter()
+            .map(|vn| self.vns.get(*vn).map(|vn| vn.moved.clone()))
+            .collect::<Vec<_>>();
+        let vids = ports
+            .iter()
+            .map(|p| self.port_vids.get(*p).cloned())
+            .collect::<Vec<_>>();
+        (vnic, moved, vids, self.vns.len())
     }
 
     fn install_vnic(
@@ -366,17 +386,21 @@ impl Model {
         except: Option<&VnicId>,
     ) -> Option<&VnicId> {
         self.vnics
-            .iter()
-            .find(|(id, v)| Some(*id) != except && v.vni == vni && v.params.macs.contains(&mac))
-            .map(|(id, _)| id)
+            .holding_mac(vni, mac)
+            .find(|id| Some(*id) != except)
     }
 
     pub fn vnics(&self) -> impl Iterator<Item = (&VnicId, &Vnic)> {
         self.vnics.iter()
     }
 
+    /// The ports the vNICs use, each once.
+    pub fn vnic_ports(&self) -> impl Iterator<Item = &str> {
+        self.vnics.ports()
+    }
+
     pub fn vnic_view(&self, id: &VnicId) -> VnicView {
-        let v = &self.vnics[id];
+        let v = self.vnics.get(id).expect("a vNIC of the model");
         VnicView {
             vm: id.vm.clone(),
             index: id.index,

@@ -44,14 +44,18 @@ fn main() -> Result<()> {
             runs: 100_000,
         }
     };
-    let (associations, scale) = if quick { (100, 1_000) } else { (1_000, 10_000) };
+    let (associations, scale, large) = if quick {
+        (100, 1_000, 10_000)
+    } else {
+        (1_000, 10_000, 100_000)
+    };
     let nva_macs = std::env::args()
         .skip_while(|a| a != "--nva-macs")
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(if quick { 10_000 } else { 100_000 });
     if std::env::args().any(|a| a == "--only-signaling") {
-        return signaling(associations, scale);
+        return signaling(associations, scale, large);
     }
     let vsis = if quick { 10 } else { 50 };
     if std::env::args().any(|a| a == "--only-vdp") {
@@ -86,7 +90,7 @@ fn main() -> Result<()> {
     }
     let traffic = traffic(&s)?;
     report(&programs, &traffic, quick)?;
-    signaling(associations, scale)?;
+    signaling(associations, scale, large)?;
     vdp(vsis)?;
     evpn(evpn_runs, evpn_routes)?;
     nva(if quick { 20 } else { 200 }, nva_macs)?;
@@ -223,11 +227,14 @@ fn nva(runs: u32, macs: u32) -> Result<()> {
     Ok(())
 }
 
-/// Associate -> first frame at the remote VM (p50/p99), and the cost of `scale`
-/// associations with the daemon's RSS after them.
-fn signaling(associations: u32, scale: u32) -> Result<()> {
-    eprintln!("==> signaling: {associations} associations timed, then {scale} at once");
-    let f = nve_tests::signal_bench::run(associations, scale)?;
+/// Associate -> first frame at the remote VM (p50/p99), the cost of `scale` associations
+/// with the daemon's RSS after them, then on to `large` vNICs in bounded steps and a
+/// restart on them.
+fn signaling(associations: u32, scale: u32, large: u32) -> Result<()> {
+    eprintln!(
+        "==> signaling: {associations} associations timed, then {scale} at once, then on to {large}"
+    );
+    let f = nve_tests::signal_bench::run(associations, scale, large)?;
     let mut lat = f.first_frame_us.clone();
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
@@ -251,11 +258,27 @@ fn signaling(associations: u32, scale: u32) -> Result<()> {
         "first_frame_us",
         json!({"p50": p50, "p99": p99, "max": lat[lat.len() - 1], "runs": lat.len()}),
     )?;
+    for step in &f.large.steps {
+        println!(
+            "  on to {} vNICs (8 clients): {:.2} s for this step, daemon RSS {} KiB, {} FDB entries",
+            step.vnics, step.secs, step.rss_kib, step.fdb_entries
+        );
+    }
+    if let Some(why) = &f.large.skipped {
+        println!("  skipped: {why}");
+    }
+    if let Some(s) = f.large.restart_s {
+        println!(
+            "  restart on them (SIGKILL -> answering, dataplane applied): {s:.2} s, {} FDB entries, RSS {} KiB",
+            f.large.restart_fdb_entries, f.large.restart_rss_kib
+        );
+    }
     merge_json(
         "signaling.json",
         "scale",
         json!({"associations": f.scale_n, "seconds": f.scale_secs, "rss_kib": f.rss_kib}),
-    )
+    )?;
+    merge_json("signaling.json", "large", serde_json::to_value(&f.large)?)
 }
 
 /// VDP on a trunk port, lldpad the station, timed on the wire: its Assoc request -> nve's

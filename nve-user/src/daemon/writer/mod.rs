@@ -4,6 +4,7 @@
 //! batch it publishes a [`Snapshot`], which is all the ports read, so a read never waits
 //! on a write, on netlink or on etcd. Changes that queue up while one is applied are
 //! applied together: one dataplane update and one journal write for all of them.
+mod port_cache;
 mod sync;
 
 use std::{
@@ -20,7 +21,7 @@ use crate::{
     dataplane::Dataplane,
     error::{Error, ErrorCode},
     mac::MacAddr,
-    model::{Event, Keys, Model},
+    model::{Event, Keys, Model, Touched},
     netlink,
     store::Store,
 };
@@ -102,6 +103,22 @@ pub struct Writer {
     pub(super) above_nva: Option<Keys>,
     /// The remote VTEPs whose next hops were last resolved.
     pub(super) next_hop_vteps: BTreeSet<Ipv4Addr>,
+    /// The VM ports as the last sync that wrote the dataplane found them: while they stay
+    /// so, a change of vNICs rewrites only their entries. `None`: not known.
+    pub(super) synced_ports: Option<HashMap<String, crate::model::PortInfo>>,
+    /// The VM ports' interfaces while no link event came (see `port_cache.rs`).
+    pub(super) port_cache: port_cache::PortCache,
+}
+
+/// What a batch changed, for the dataplane.
+#[derive(Clone, Copy)]
+pub enum Change<'a> {
+    /// Anything: every entry is compared.
+    Any,
+    /// The NVA's entries of these keys, and anything but the NVA's.
+    Nva(&'a Keys),
+    /// Only vNICs, which had and have these entries.
+    Vnics(&'a Touched),
 }
 
 /// Milliseconds since the epoch: the model's clock (VID quarantine, hold times).
@@ -130,6 +147,8 @@ impl Writer {
             next_hops: HashMap::new(),
             above_nva: None,
             next_hop_vteps: BTreeSet::new(),
+            synced_ports: None,
+            port_cache: port_cache::PortCache::default(),
         }
     }
 
@@ -137,7 +156,7 @@ impl Writer {
     /// difference, so entries traffic uses are left alone. Ports that are missing now are
     /// bound when they appear.
     pub async fn start(&mut self, model: Model) -> Result<(), Error> {
-        self.sync_with(&model, false, None).await?;
+        self.sync_with(&model, false, Change::Any).await?;
         self.dataplane
             .drop_unclaimed_links()
             .map_err(crate::dataplane::DataplaneError::to_error)?;
@@ -149,6 +168,12 @@ impl Writer {
             .await
             .unwrap_or(0);
         Ok(())
+    }
+
+    /// The counter of link events the underlay watch keeps for the writer (its port
+    /// lookups hold until the next).
+    pub fn link_events(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.port_cache.link_events()
     }
 
     /// The state as the ports see it.
@@ -227,26 +252,56 @@ impl Writer {
         // The NVA's entries the batch changes: only those are rewritten (all after a full
         // table, or when VNs came or went).
         let mut touched = Some(Keys::default());
+        // A batch of signaling only: the vNICs' entries before and after, and whether any
+        // message changed the model (a repeat does not).
+        let mut vnics = Some(Touched::default());
+        let mut vnics_changed = false;
         for event in events {
             match (event, touched.as_mut()) {
                 (Event::NvaDelta(delta), Some(keys)) => next.nva_keys(delta, keys),
                 (Event::Nva(_), _) => touched = None,
                 _ => {}
             }
+            let before = match (event, vnics.as_mut()) {
+                (Event::Signal { id, req }, Some(t)) => {
+                    next.vnic_touches(id, t);
+                    Some(next.signal_footprint(id, req))
+                }
+                _ => {
+                    vnics = None;
+                    None
+                }
+            };
             let result = next.apply(event, now);
             if result.is_ok() {
                 accepted.push(event);
+                if let (Event::Signal { id, req }, Some(t), Some(before)) =
+                    (event, vnics.as_mut(), before)
+                {
+                    next.vnic_touches(id, t);
+                    vnics_changed |= next.signal_footprint(id, req) != before;
+                }
             }
             results.push(result);
         }
         if accepted.is_empty() {
             return results;
         }
-        if next.vnis() != self.model.vnis() {
-            touched = None;
+        let unchanged = match vnics {
+            Some(_) => !vnics_changed,
+            None => next == *self.model,
+        };
+        let change = match (&vnics, &touched) {
+            _ if next.vnis() != self.model.vnis() => Change::Any,
+            (Some(t), _) => Change::Vnics(t),
+            (None, Some(keys)) => Change::Nva(keys),
+            (None, None) => Change::Any,
+        };
+        if unchanged {
+            return results;
         }
         let persisted = self
-            .move_to(next, touched.as_ref(), |store, model| {
+            .move_to(next, change, |store, model| {
                 accepted
                     .iter()
                     .try_for_each(|e| store.append(e, now, model))
@@ -258,25 +313,23 @@ impl Writer {
         }
     }
 
-    /// Brings the dataplane to `next` and persists it; commits `next` only if both
-    /// succeeded, else brings the dataplane back to the committed model.
+    /// Brings the dataplane to `next` (which differs from the committed model by `change`)
+    /// and persists it; commits `next` only if both succeeded, else brings the dataplane
+    /// back to the committed model.
     async fn move_to(
         &mut self,
         next: Model,
-        touched: Option<&Keys>,
+        change: Change<'_>,
         persist: impl FnOnce(&mut Store, &Model) -> Result<(), crate::store::StoreError>,
     ) -> Result<(), Error> {
-        if next == *self.model {
-            return Ok(());
-        }
-        let result = match self.sync_with(&next, true, touched).await {
+        let result = match self.sync_with(&next, true, change).await {
             Ok(()) => persist(&mut self.store, &next)
                 .map_err(|e| Error::new(ErrorCode::EHost, format!("persisting the change: {e:#}"))),
             Err(e) => Err(e),
         };
         if let Err(e) = result {
             let current = self.model.clone();
-            if let Err(again) = self.sync_with(&current, true, None).await {
+            if let Err(again) = self.sync_with(&current, true, Change::Any).await {
                 tracing::error!("restoring the dataplane after a failed change: {again}");
             }
             return Err(e);

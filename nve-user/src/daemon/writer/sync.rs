@@ -9,7 +9,7 @@ use crate::{
     netlink,
 };
 
-use super::Writer;
+use super::{Change, Writer};
 
 /// NVA entries from which a change recomputes only what it touched (`Recompute::Touched`):
 /// below, the bookkeeping costs more than it saves (10,000 local associations measured
@@ -25,18 +25,58 @@ impl Writer {
     /// Brings VM port attachments, maps and underlay neighbours to `model`. With `strict`, a
     /// statically bound port that does not exist is an error (an API request named it);
     /// otherwise (a link event) it is left out like a vNIC's port that has not appeared
-    /// yet, and bound when it does. `touched`: the NVA entries that changed since the last
-    /// sync, if only those did (see `Model::desired_in`); `None` rewrites what differs.
+    /// yet, and bound when it does. `change`: what changed since the last sync, if known
+    /// (see `Model::desired_in` and `Model::desired_touched`); `Any` rewrites what differs.
     pub async fn sync_with(
         &mut self,
         model: &Model,
         strict: bool,
-        touched: Option<&Keys>,
+        change: Change<'_>,
     ) -> Result<(), Error> {
         let infos = self.port_infos(model, strict).await?;
         self.dataplane
             .set_vm_ports(infos.keys().map(String::as_str))
             .map_err(DataplaneError::to_error)?;
+        // Known only once written: after a failed write the next change compares all.
+        let synced_ports = self.synced_ports.take();
+        match change {
+            Change::Vnics(t) if synced_ports.as_ref() == Some(&infos) => {
+                let above_nva = self.above_nva.take();
+                let desired = model.desired_touched(|p| infos.get(p).copied(), t);
+                self.dataplane
+                    .apply(&desired)
+                    .map_err(DataplaneError::to_error)?;
+                // A superset of the keys above the NVA's layer is as good for `Touched`.
+                self.above_nva = above_nva.map(|mut above| {
+                    above.extend(&t.keys);
+                    above
+                });
+            }
+            Change::Vnics(_) => self.sync_maps(model, &infos, Some(&Keys::default()))?,
+            Change::Nva(keys) => self.sync_maps(model, &infos, Some(keys))?,
+            Change::Any => self.sync_maps(model, &infos, None)?,
+        }
+        self.synced_ports = Some(infos);
+        // A change resolves the next hops of VTEPs it adds or removes; the kernel's
+        // neighbour and route events (the underlay watch) refresh the others.
+        let known = !matches!(change, Change::Any);
+        if known && model.ipv4_vteps().eq(self.next_hop_vteps.iter().copied()) {
+            return Ok(());
+        }
+        self.refresh_next_hops(model)
+            .await
+            .map_err(|e| host(format!("{e:#}")))
+    }
+
+    /// Brings the maps to what `model` derives, with `infos` the VM ports. `touched`: the
+    /// NVA entries that changed since the last sync, if only those did (see
+    /// `Model::desired_in`); `None` rewrites what differs.
+    fn sync_maps(
+        &mut self,
+        model: &Model,
+        infos: &HashMap<String, crate::model::PortInfo>,
+        touched: Option<&Keys>,
+    ) -> Result<(), Error> {
         // Scoping costs the above-NVA keys' bookkeeping on every change: worth it only when
         // the NVA's entries outnumber what a full comparison would cost.
         let large = model.nva().len() >= SCOPED_FROM_NVA_ENTRIES;
@@ -54,25 +94,18 @@ impl Writer {
             .map_err(DataplaneError::to_error)?;
         // Known only once written: after a failed write the next change compares all.
         self.above_nva = above_nva;
-        // A change resolves the next hops of VTEPs it adds or removes; the kernel's
-        // neighbour and route events (the underlay watch) refresh the others.
-        if touched.is_some() && model.ipv4_vteps().eq(self.next_hop_vteps.iter().copied()) {
-            return Ok(());
-        }
-        self.refresh_next_hops(model)
-            .await
-            .map_err(|e| host(format!("{e:#}")))
+        Ok(())
     }
 
     /// The ports `model` names that exist now; with `strict`, a static port that does not
     /// is an error.
     async fn port_infos(
-        &self,
+        &mut self,
         model: &Model,
         strict: bool,
     ) -> Result<HashMap<String, crate::model::PortInfo>, Error> {
         let static_ports: BTreeSet<&str> = model.ports().map(|(p, _)| p.as_str()).collect();
-        let vnic_ports = model.vnics().map(|(_, v)| v.params.port.as_str());
+        let vnic_ports = model.vnic_ports();
         // A VDP trunk has the VM-side program from `vdp enable` on, not from its first VSI:
         // attaching it costs ~10 ms, which an association should not wait for.
         let vdp_ports = model.vdp().ports.keys().map(String::as_str);
@@ -82,20 +115,31 @@ impl Writer {
             .chain(vnic_ports)
             .chain(vdp_ports)
             .collect();
-        let mut infos = HashMap::new();
-        for &port in &ports {
-            match netlink::port_info(&self.netlink, port).await {
-                Ok(Some(info)) => {
-                    infos.insert(port.to_string(), info);
+        let infos = match self.port_cache.get(&ports) {
+            Some(infos) => infos.clone(),
+            None => {
+                let links = self.port_cache.links();
+                let mut infos = HashMap::new();
+                for &port in &ports {
+                    match netlink::port_info(&self.netlink, port).await {
+                        Ok(Some(info)) => {
+                            infos.insert(port.to_string(), info);
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Err(host(format!("looking up port {port}: {e}"))),
+                    }
                 }
-                Ok(None) if strict && static_ports.contains(port) => {
-                    return Err(host(format!(
-                        "port {port}: no such interface in the daemon's network namespace"
-                    )));
-                }
-                Ok(None) => {}
-                Err(e) => return Err(host(format!("looking up port {port}: {e}"))),
+                self.port_cache.put(links, &ports, &infos);
+                infos
             }
+        };
+        if let Some(port) = static_ports
+            .iter()
+            .find(|p| strict && !infos.contains_key(**p))
+        {
+            return Err(host(format!(
+                "port {port}: no such interface in the daemon's network namespace"
+            )));
         }
         Ok(infos)
     }
@@ -130,7 +174,8 @@ impl Writer {
     /// underlay's MAC and MTU. The NVA's entries did not change: they stay as written.
     pub async fn follow_underlay(&mut self) {
         let model = self.model.clone();
-        if let Err(e) = self.sync_with(&model, false, Some(&Keys::default())).await {
+        let unchanged = Keys::default();
+        if let Err(e) = self.sync_with(&model, false, Change::Nva(&unchanged)).await {
             tracing::warn!("following a link, neighbour or route change: {e}");
         }
         if let Err(e) = self.refresh_next_hops(&model).await {
