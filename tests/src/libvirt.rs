@@ -21,7 +21,7 @@ use nve_user::api::VnicView;
 
 use crate::{
     qemu::{GUEST_MTU, READY, guest_dir},
-    rig::{Daemon, Netns, die_with_test, mac_str, nve_bin},
+    rig::{Daemon, Netns, mac_str, nve_bin, spawn_logged},
 };
 
 /// The system directories a private libvirtd gets its own copy of: (mount point, subdirectory).
@@ -87,13 +87,7 @@ impl Libvirtd {
         let log = std::fs::File::create(dir.join("libvirtd.log"))?;
         let mut c = host.command("unshare");
         c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
-        die_with_test(&mut c);
-        let child = c
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning libvirtd (Debian's libvirt-daemon)")?;
+        let child = spawn_logged(&mut c, log, "libvirtd (Debian's libvirt-daemon)")?;
         let uri = format!(
             "qemu+unix:///system?socket={}",
             dir.join("run/libvirt-sock").display()

@@ -11,10 +11,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
-use crate::rig::{Netns, die_with_test, mac_str};
+use crate::rig::{Netns, mac_str, spawn_logged};
 
 /// What the guest's `/init` prints on the serial console once `eth0` has its address.
 pub const READY: &str = "NVE-GUEST-READY";
@@ -103,13 +103,7 @@ impl Guest {
         if let Some(sock) = incoming {
             c.args(["-incoming", &format!("unix:{}", sock.display())]);
         }
-        die_with_test(&mut c);
-        let child = c
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning qemu-system-x86_64 (Debian's qemu-system-x86)")?;
+        let child = spawn_logged(&mut c, log, "qemu-system-x86_64 (Debian's qemu-system-x86)")?;
         Ok(Self {
             child,
             ns: ns.name.clone(),

@@ -84,6 +84,17 @@ pub fn die_with_test(c: &mut Command) {
     }
 }
 
+/// Spawns `c` (say, "QEMU" or "libvirtd" for the error) with no input and its output to
+/// `log`, to die with the test ([`die_with_test`]).
+pub fn spawn_logged(c: &mut Command, log: File, what: &str) -> Result<Child> {
+    die_with_test(c);
+    c.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("spawning {what}"))
+}
+
 /// A network namespace, deleted on drop.
 pub struct Netns {
     pub name: String,
