@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     api::{NvaStatus, StatsView, VdpSessionView},
-    dataplane::{Counters, DataplaneError},
+    dataplane::{Counters, DataplaneError, MonitorRing},
     error::{Error, ErrorCode},
     model::Event,
 };
@@ -27,6 +27,8 @@ pub struct Handle {
     counters: Arc<Counters>,
     /// The VDP sessions' live state by port (written by the VDP port, read by the API).
     vdp: Arc<Mutex<BTreeMap<String, VdpSessionView>>>,
+    /// The monitor's ring buffer while no monitor holds it.
+    monitor: Arc<Mutex<Option<MonitorRing>>>,
 }
 
 fn gone() -> Error {
@@ -38,13 +40,46 @@ impl Handle {
         commands: mpsc::Sender<Command>,
         published: watch::Receiver<Arc<Snapshot>>,
         counters: Counters,
+        monitor: Option<MonitorRing>,
     ) -> Self {
         Self {
             commands,
             published,
             counters: Arc::new(counters),
             vdp: Arc::default(),
+            monitor: Arc::new(Mutex::new(monitor)),
         }
+    }
+
+    /// The monitor's ring buffer, for one monitor at a time (E_BUSY while another has it).
+    pub fn take_monitor(&self) -> Result<MonitorRing, Error> {
+        let mut ring = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
+        ring.take().ok_or_else(|| {
+            Error::new(
+                ErrorCode::EBusy,
+                "another monitor is attached (one at a time): stop it first",
+            )
+        })
+    }
+
+    /// Gives the ring buffer back when a monitor ends.
+    pub fn give_back_monitor(&self, ring: MonitorRing) {
+        *self.monitor.lock().unwrap_or_else(|e| e.into_inner()) = Some(ring);
+    }
+
+    /// Has the writer turn the dataplane's reports to the monitor on (`mode`, one packet in
+    /// `sample`) or off (0).
+    pub async fn monitor(&self, mode: u32, sample: u32) -> Result<(), Error> {
+        let (reply, result) = oneshot::channel();
+        self.commands
+            .send(Command::Monitor {
+                mode,
+                sample,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        result.await.map_err(|_| gone())?
     }
 
     /// The dataplane's counters now (read on the counters' own descriptors, never through

@@ -47,7 +47,8 @@ pub async fn run(
     };
     let (commands, queue) = mpsc::channel(handle::QUEUE);
     let (published, snapshots) = watch::channel(started.writer.snapshot());
-    let handle = handle::Handle::new(commands, snapshots, counters);
+    let monitor = started.writer.dataplane.take_monitor();
+    let handle = handle::Handle::new(commands, snapshots, counters, monitor);
     let writer = tokio::spawn(started.writer.run(queue, published));
     reload::log(&started.seeded);
     let mut running = ports::spawn(&handle, inputs).await?;

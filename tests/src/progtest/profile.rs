@@ -106,34 +106,6 @@ fn count(script: &str, program: &str) -> BTreeMap<&'static str, f64> {
     counts
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn samples_are_classed_by_the_function_the_program_called() {
-        let script = "\
-            ffffffff81000001 lookup_nulls_elem_raw+0x4f\n\
-            ffffffff81000002 __htab_map_lookup_elem+0x2b\n\
-            ffffffffc0000001 bpf_prog_fc1c7fdf71e5c69a_tc_vm_egress+0x24b\n\
-            ffffffff81000003 bpf_test_run\n\
-            \n\
-            ffffffffc0000001 bpf_prog_fc1c7fdf71e5c69a_tc_vm_egress+0x5\n\
-            ffffffff81000003 bpf_test_run\n\
-            \n\
-            ffffffff81000004 __pi_memcpy+0xa\n\
-            ffffffff81000005 bpf_skb_store_bytes+0x41\n\
-            ffffffffc0000001 bpf_prog_fc1c7fdf71e5c69a_tc_vm_egress+0x9\n\
-            \n\
-            ffffffffc0000002 bpf_prog_0885fe61a395df58_xdp_underlay_rx+0x9\n";
-        let c = count(script, "tc_vm_egress");
-        assert_eq!(c["map lookups"], 1.0);
-        assert_eq!(c["own instructions"], 1.0);
-        assert_eq!(c["store_bytes"], 1.0);
-        assert_eq!(c.values().sum::<f64>(), 3.0);
-    }
-}
-
 /// A stacked bar per program: its nanoseconds over the baseline, split by class.
 pub fn svg(rows: &[(String, f64, BTreeMap<&'static str, f64>)]) -> String {
     use std::fmt::Write as _;
@@ -187,4 +159,32 @@ pub fn svg(rows: &[(String, f64, BTreeMap<&'static str, f64>)]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_classed_by_the_function_the_program_called() {
+        let script = "\
+            ffffffff81000001 lookup_nulls_elem_raw+0x4f\n\
+            ffffffff81000002 __htab_map_lookup_elem+0x2b\n\
+            ffffffffc0000001 bpf_prog_fc1c7fdf71e5c69a_tc_vm_egress+0x24b\n\
+            ffffffff81000003 bpf_test_run\n\
+            \n\
+            ffffffffc0000001 bpf_prog_fc1c7fdf71e5c69a_tc_vm_egress+0x5\n\
+            ffffffff81000003 bpf_test_run\n\
+            \n\
+            ffffffff81000004 __pi_memcpy+0xa\n\
+            ffffffff81000005 bpf_skb_store_bytes+0x41\n\
+            ffffffffc0000001 bpf_prog_fc1c7fdf71e5c69a_tc_vm_egress+0x9\n\
+            \n\
+            ffffffffc0000002 bpf_prog_0885fe61a395df58_xdp_underlay_rx+0x9\n";
+        let c = count(script, "tc_vm_egress");
+        assert_eq!(c["map lookups"], 1.0);
+        assert_eq!(c["own instructions"], 1.0);
+        assert_eq!(c["store_bytes"], 1.0);
+        assert_eq!(c.values().sum::<f64>(), 3.0);
+    }
 }
