@@ -57,7 +57,8 @@ impl Handle {
         ring.take().ok_or_else(|| {
             Error::new(
                 ErrorCode::EBusy,
-                "another monitor is attached (one at a time): stop it first",
+                "another monitor is attached (one at a time): stop it first (one that just \
+                 stopped is detached within a second)",
             )
         })
     }
