@@ -20,6 +20,22 @@ pub const EVENTS_BYTES: u32 = 64 * 1024;
 pub const VN_VTEPS_MAP: &str = "NVE_VN_VTEPS";
 pub const VN_STATS_MAP: &str = "NVE_VN_STATS";
 pub const PORT_STATS_MAP: &str = "NVE_PORT_STATS";
+/// The ring buffer of `MonitorEvent`s (`nve monitor`).
+pub const MONITOR_MAP: &str = "NVE_MONITOR";
+/// Bytes of the monitor's ring buffer (a power of two of pages): about 1,500 events.
+pub const MONITOR_BYTES: u32 = 256 * 1024;
+/// Per-CPU `u64`s of the monitor: `MONITOR_LOST` and `MONITOR_SEQ`.
+pub const MONITOR_STATE_MAP: &str = "NVE_MONITOR_STATE";
+/// `MONITOR_STATE_MAP` slot: events lost because the ring buffer was full.
+pub const MONITOR_LOST: u32 = 0;
+/// `MONITOR_STATE_MAP` slot: packets seen while sampling (one in `monitor_sample` reported).
+pub const MONITOR_SEQ: u32 = 1;
+/// `DataplaneConfig::monitor`: report drops.
+pub const MONITOR_DROPS: u32 = 1;
+/// `DataplaneConfig::monitor`: report drops and forwards.
+pub const MONITOR_ALL: u32 = 2;
+/// Bytes of a frame a `MonitorEvent` carries.
+pub const MONITOR_HEAD: usize = 128;
 
 pub const PORTS_MAX_ENTRIES: u32 = 4096;
 pub const VNS_MAX_ENTRIES: u32 = 4096;
@@ -84,8 +100,13 @@ pub struct DataplaneConfig {
     /// (OTHERHOST), as TC does by the skb's pkt_type.
     pub underlay_mac: [u8; 6],
     pub _pad2: [u8; 2],
+    /// 0: no monitor attached (the programs report nothing); `MONITOR_DROPS` or
+    /// `MONITOR_ALL`: they report to `MONITOR_MAP`.
+    pub monitor: u32,
+    /// While monitoring, report one packet in this many per CPU (0 and 1: every one).
+    pub monitor_sample: u32,
 }
-const _: () = assert!(size_of::<DataplaneConfig>() == 44);
+const _: () = assert!(size_of::<DataplaneConfig>() == 52);
 
 /// A VM port, or one VLAN on a trunk VM port: what a frame arrives on.
 #[repr(C)]
@@ -473,6 +494,32 @@ pub struct Announcement {
 }
 const _: () = assert!(size_of::<Announcement>() == 36);
 
+/// A packet a program reported while a monitor is attached (`MONITOR_MAP` records). `head`
+/// is the frame as the program left it at its verdict: as it arrived for most drops; for
+/// forwards, after the program's rewrites (encapsulated, decapsulated, tag removed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MonitorEvent {
+    /// bpf_ktime_get_ns (CLOCK_MONOTONIC).
+    pub time_ns: u64,
+    /// The frame's length as it arrived.
+    pub len: u32,
+    /// The interface the program ran on.
+    pub ifindex: u32,
+    /// The VN's VNI (host order) once the program knew it, else 0.
+    pub vni: u32,
+    /// `Hook` as a number.
+    pub hook: u8,
+    /// 1: `code` is a `DropReason`; 0: a `Forward`.
+    pub dropped: u8,
+    pub code: u16,
+    /// Valid bytes at the front of `head`.
+    pub captured: u16,
+    pub _pad: [u8; 6],
+    pub head: [u8; MONITOR_HEAD],
+}
+const _: () = assert!(size_of::<MonitorEvent>() == 32 + MONITOR_HEAD);
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -490,5 +537,6 @@ mod pod {
     unsafe impl aya::Pod for NdKey {}
     unsafe impl aya::Pod for VnVtepKey {}
     unsafe impl aya::Pod for Announcement {}
+    unsafe impl aya::Pod for MonitorEvent {}
     unsafe impl aya::Pod for crate::metrics::Counter {}
 }

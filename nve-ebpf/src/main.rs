@@ -17,6 +17,7 @@ mod deliver;
 mod encap;
 mod maps;
 mod metrics;
+mod monitor;
 mod nd;
 mod parse;
 mod pmtu;

@@ -8,9 +8,9 @@ use aya_ebpf::{
 use nve_common::{
     maps::{
         ARP_MAX_ENTRIES, ArpEntry, ArpKey, DataplaneConfig, EVENTS_BYTES, FDB_MAX_ENTRIES,
-        FdbEntry, FdbKey, ND_MAX_ENTRIES, NEXTHOPS_MAX_ENTRIES, NdKey, NextHop, PORT_COUNTER_SLOTS,
-        PORTS_MAX_ENTRIES, PortKey, PortValue, VN_COUNTER_SLOTS, VN_VTEPS_MAX_ENTRIES,
-        VNS_MAX_ENTRIES, VnInfo, VnVtepKey, Vtep,
+        FdbEntry, FdbKey, MONITOR_BYTES, ND_MAX_ENTRIES, NEXTHOPS_MAX_ENTRIES, NdKey, NextHop,
+        PORT_COUNTER_SLOTS, PORTS_MAX_ENTRIES, PortKey, PortValue, VN_COUNTER_SLOTS,
+        VN_VTEPS_MAX_ENTRIES, VNS_MAX_ENTRIES, VnInfo, VnVtepKey, Vtep,
     },
     metrics::{Counter, PortTraffic, STATS_MAX_ENTRIES, VnTraffic},
 };
@@ -51,6 +51,14 @@ pub static NVE_SCRATCH: PerCpuArray<[u8; SCRATCH_LEN]> = PerCpuArray::with_max_e
 /// Announcements VMs made (`announce`), read by the daemon.
 #[map]
 pub static NVE_EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+/// What the programs report while a monitor is attached (`monitor`), read by the daemon.
+#[map]
+pub static NVE_MONITOR: RingBuf = RingBuf::pinned(MONITOR_BYTES, 0);
+
+/// Per CPU: events the monitor lost (`MONITOR_LOST`) and the sampling count (`MONITOR_SEQ`).
+#[map]
+pub static NVE_MONITOR_STATE: PerCpuArray<u64> = PerCpuArray::pinned(2, 0);
 
 #[map]
 pub static NVE_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_MAX_ENTRIES, 0);

@@ -10,7 +10,11 @@ use nve_common::{
     metrics::{Counter, DropReason, Forward, Hook, Outcome, PortCounter, VnCounter},
 };
 
-use crate::maps::{NVE_PORT_STATS, NVE_STATS, NVE_VN_STATS};
+use crate::{
+    maps::{NVE_PORT_STATS, NVE_STATS, NVE_VN_STATS},
+    monitor,
+    parse::Frame,
+};
 
 /// The VN and the VM port (ifindex) a packet was found to belong to before its verdict,
 /// with their counter slots. Set only once the port or VN is known to the dataplane, so a
@@ -19,7 +23,7 @@ use crate::maps::{NVE_PORT_STATS, NVE_STATS, NVE_VN_STATS};
 /// that copies it.
 #[derive(Clone, Copy, Default)]
 pub struct Scope {
-    /// 0 until known (VNI 0 is never served; for the log only).
+    /// 0 until known (VNI 0 is never served; for the log and the monitor only).
     vni: u32,
     /// 0 until known (no interface has index 0; for the log only).
     port: u32,
@@ -85,12 +89,13 @@ pub fn copied_to_underlay(vn: u16, bytes: u32) {
 
 /// What an entry point returns for the outcome of its `try_*` body, counted once: the
 /// body's action when it forwarded, `drop` when it dropped. `len` is the frame's length
-/// as it arrived; `scope` what the body learned of it. Drops are logged at debug level
+/// as it arrived; `scope` what the body learned of it. Both are reported to an attached
+/// monitor (`monitor::report`). Drops are logged at debug level
 /// (aya-log), which the daemon turns off at load unless asked: then the verifier removes
 /// the logging code and it costs nothing.
 #[inline(always)]
 pub fn account<A>(
-    ctx: &impl EbpfContext,
+    ctx: &(impl EbpfContext + Frame),
     hook: Hook,
     len: u32,
     scope: Scope,
@@ -100,6 +105,7 @@ pub fn account<A>(
     match result {
         Ok((action, forward)) => {
             count(hook, Outcome::Forward(forward), len);
+            monitor::report(ctx, hook, Outcome::Forward(forward), len, scope.vni);
             if !forward.hands_over() {
                 // Both ends of a unicast frame with one lookup; flood copies are counted
                 // where they are made.
@@ -122,6 +128,7 @@ pub fn account<A>(
         }
         Err(reason) => {
             count(hook, Outcome::Drop(reason), len);
+            monitor::report(ctx, hook, Outcome::Drop(reason), len, scope.vni);
             debug!(
                 ctx,
                 "{} drop {}: vni {} port {} len {}",

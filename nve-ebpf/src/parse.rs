@@ -6,6 +6,7 @@ use aya_ebpf::{
 };
 use network_types::ip::{IpProto, Ipv4Hdr, Ipv6Hdr};
 use nve_common::{
+    maps::MONITOR_HEAD,
     metrics::DropReason,
     wire::{ETH_P_8021AD, ETH_P_8021Q},
 };
@@ -30,6 +31,14 @@ pub trait Frame {
     /// with a header length, whose direct bounds checks the compiler may prove redundant
     /// from a later one in ways the verifier cannot follow.
     fn load_word(&self, offset: usize) -> Option<[u8; 4]>;
+    /// Copies the frame's first `len` bytes (1 to `MONITOR_HEAD`, at most the frame's
+    /// length) to `dst` with the load helper; whether it did.
+    ///
+    /// # Safety
+    /// `dst` is valid for `MONITOR_HEAD` bytes of writes.
+    unsafe fn load_into(&self, dst: *mut u8, len: u32) -> bool;
+    /// The interface the program runs on.
+    fn ifindex_seen(&self) -> u32;
 }
 
 impl Frame for XdpContext {
@@ -55,6 +64,19 @@ impl Frame for XdpContext {
         };
         (rc == 0).then_some(word)
     }
+    #[inline(always)]
+    unsafe fn load_into(&self, dst: *mut u8, len: u32) -> bool {
+        let Some(len) = head_len(len) else {
+            return false;
+        };
+        // SAFETY: helper call writing `len` (at most MONITOR_HEAD) bytes into `dst`.
+        unsafe { aya_ebpf::helpers::bpf_xdp_load_bytes(self.ctx, 0, dst as *mut _, len) == 0 }
+    }
+    #[inline(always)]
+    fn ifindex_seen(&self) -> u32 {
+        // SAFETY: the context pointer the program was called with.
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
 }
 
 impl Frame for TcContext {
@@ -77,10 +99,41 @@ impl Frame for TcContext {
         copy_out(self, offset, &mut word).ok().map(|()| word)
     }
     #[inline(always)]
+    unsafe fn load_into(&self, dst: *mut u8, len: u32) -> bool {
+        let Some(len) = head_len(len) else {
+            return false;
+        };
+        // SAFETY: helper call writing `len` (at most MONITOR_HEAD) bytes into `dst`.
+        unsafe {
+            aya_ebpf::helpers::bpf_skb_load_bytes(self.skb.skb as *const _, 0, dst as *mut _, len)
+                == 0
+        }
+    }
+    #[inline(always)]
+    fn ifindex_seen(&self) -> u32 {
+        sk_buff(self).ifindex
+    }
+    #[inline(always)]
     fn for_other_host(&self, _dst: &[u8; 6], _own: &[u8; 6]) -> bool {
         // eth_type_trans compared the destination with the device's address already.
         sk_buff(self).pkt_type == PACKET_OTHERHOST
     }
+}
+
+/// `len` (1 to `MONITOR_HEAD`) in a form the verifier can bound for a load helper's
+/// length. The compiler knows the bounds of the caller's value and would fold a plain
+/// check into a comparison of packet pointers the verifier does not relate to it: the
+/// value is read back through memory, so the mask below stays and bounds it to
+/// [1, MONITOR_HEAD].
+#[inline(always)]
+fn head_len(len: u32) -> Option<u32> {
+    const _: () = assert!(MONITOR_HEAD.is_power_of_two());
+    if len == 0 || len > MONITOR_HEAD as u32 {
+        return None;
+    }
+    // SAFETY: a read of a local.
+    let len = unsafe { core::ptr::read_volatile(&len) };
+    Some(((len - 1) & (MONITOR_HEAD as u32 - 1)) + 1)
 }
 
 /// What the skb carries besides the frame's bytes: the `__sk_buff` fields the programs read.

@@ -73,6 +73,48 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, ClientError> {
+        let resp = self.request(method, path, body).await?;
+        resp.into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// A GET whose answer is a stream of lines (`/v1/monitor`): `line` gets each non-empty
+    /// line as it comes, until the daemon ends the stream.
+    pub async fn get_lines(
+        &self,
+        path: &str,
+        mut line: impl FnMut(&str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut body = self.request(Method::GET, path, None).await?.into_body();
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let text = String::from_utf8_lossy(&pending[..end]).into_owned();
+                pending.drain(..=end);
+                if !text.trim().is_empty() {
+                    line(&text)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one request on a fresh connection; a non-2xx reply is the daemon's
+    /// [`ErrorBody`], a 2xx one is returned with its body still to read.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let proto = |e: &dyn std::fmt::Display| ClientError::Protocol(e.to_string());
         let stream =
             UnixStream::connect(&self.socket)
@@ -94,15 +136,15 @@ impl Client {
             .map_err(|e| proto(&e))?;
         let resp = sender.send_request(req).await.map_err(|e| proto(&e))?;
         let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
         let bytes = resp
             .into_body()
             .collect()
             .await
             .map_err(|e| proto(&e))?
             .to_bytes();
-        if status.is_success() {
-            return Ok(bytes);
-        }
         match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(e) => Err(ClientError::Api(e)),
             Err(_) => Err(ClientError::Protocol(format!(

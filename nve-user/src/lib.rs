@@ -2,7 +2,7 @@
 //! rtnetlink): `model` (VNs, vNICs, learning, the maps' desired contents), `nva` (the
 //! control plane's table, claims and mobility), `vnic` (the state machine), `vid` (per-port
 //! VID maps), `vdp` (VDP22's codecs), `evpn` (BGP EVPN's routes and
-//! messages), `mac`, `addr`, `error`, and the wire types `api`.
+//! messages), `mac`, `addr`, `error`, and the wire types `api` and `monitor`.
 //! Around it: `dataplane` (the eBPF
 //! programs and maps), `store` (snapshot + journal), `netlink`, `daemon` (the writer, its
 //! handle and the ports), `bpffs`, `paths`, and the clients `client`, `cli`, `libvirt`.
@@ -19,6 +19,7 @@ pub mod evpn;
 pub mod libvirt;
 pub mod mac;
 pub mod model;
+pub mod monitor;
 pub mod netlink;
 pub mod nva;
 pub mod paths;

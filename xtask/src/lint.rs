@@ -7,8 +7,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 
 /// nve-user's pure modules: directories and files under nve-user/src.
-const CORE: [&str; 10] = [
-    "model", "nva", "vdp", "evpn", "vnic.rs", "vid.rs", "mac.rs", "addr.rs", "error.rs", "api.rs",
+const CORE: [&str; 11] = [
+    "model",
+    "nva",
+    "vdp",
+    "evpn",
+    "vnic.rs",
+    "vid.rs",
+    "mac.rs",
+    "addr.rs",
+    "error.rs",
+    "api.rs",
+    "monitor.rs",
 ];
 /// Crates the core may not use.
 const IO_CRATES: [&str; 8] = [

@@ -4,6 +4,7 @@
 //! same value.
 mod config;
 mod docs;
+mod monitor;
 mod tables;
 mod vdp;
 mod vm;
@@ -76,6 +77,9 @@ pub enum Command {
     },
     /// Dataplane counters: forwards and drops by reason.
     Stats(JsonFlag),
+    /// Watch packets the dataplane drops (with --all, forwards too), live: time, hook,
+    /// reason, port, VN and the frame's headers. Costs nothing while no monitor runs.
+    Monitor(monitor::MonitorArgs),
     /// Re-read the daemon's config file (as SIGHUP does): create the VNs and VDP ports it
     /// lists that are missing, and name the changed keys that need a restart.
     Reload(JsonFlag),
@@ -234,6 +238,7 @@ async fn run(cli: Cli, pins: Option<crate::bpffs::Settled>) -> anyhow::Result<()
         Command::Flood { command } => config::flood(&c, command).await,
         Command::Vm { command } => vm::vm(&c, command).await,
         Command::Vdp { command } => vdp::vdp(&c, command).await,
+        Command::Monitor(args) => monitor::monitor(&c, args).await,
         Command::Stats(j) => {
             let s: StatsView = c.get("/v1/stats").await?;
             print(&s, j.json, tables::stats)

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     api::{NvaStatus, StatsView, VdpSessionView},
-    dataplane::{Counters, DataplaneError},
+    dataplane::{Counters, DataplaneError, MonitorRing},
     error::{Error, ErrorCode},
     model::Event,
 };
@@ -32,6 +32,8 @@ pub struct Handle {
     vdp: Arc<Mutex<BTreeMap<String, VdpSessionView>>>,
     /// Link events seen (the writer's port lookups hold until the next).
     link_events: Arc<AtomicU64>,
+    /// The monitor's ring buffer while no monitor holds it.
+    monitor: Arc<Mutex<Option<MonitorRing>>>,
 }
 
 fn gone() -> Error {
@@ -44,6 +46,7 @@ impl Handle {
         published: watch::Receiver<Arc<Snapshot>>,
         counters: Counters,
         link_events: Arc<AtomicU64>,
+        monitor: Option<MonitorRing>,
     ) -> Self {
         Self {
             commands,
@@ -51,7 +54,40 @@ impl Handle {
             counters: Arc::new(counters),
             vdp: Arc::default(),
             link_events,
+            monitor: Arc::new(Mutex::new(monitor)),
         }
+    }
+
+    /// The monitor's ring buffer, for one monitor at a time (E_BUSY while another has it).
+    pub fn take_monitor(&self) -> Result<MonitorRing, Error> {
+        let mut ring = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
+        ring.take().ok_or_else(|| {
+            Error::new(
+                ErrorCode::EBusy,
+                "another monitor is attached (one at a time): stop it first (one that just \
+                 stopped is detached within a second)",
+            )
+        })
+    }
+
+    /// Gives the ring buffer back when a monitor ends.
+    pub fn give_back_monitor(&self, ring: MonitorRing) {
+        *self.monitor.lock().unwrap_or_else(|e| e.into_inner()) = Some(ring);
+    }
+
+    /// Has the writer turn the dataplane's reports to the monitor on (`mode`, one packet in
+    /// `sample`) or off (0).
+    pub async fn monitor(&self, mode: u32, sample: u32) -> Result<(), Error> {
+        let (reply, result) = oneshot::channel();
+        self.commands
+            .send(Command::Monitor {
+                mode,
+                sample,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        result.await.map_err(|_| gone())?
     }
 
     /// The dataplane's counters now (read on the counters' own descriptors, never through

@@ -48,7 +48,8 @@ pub async fn run(
     let (commands, queue) = mpsc::channel(handle::QUEUE);
     let (published, snapshots) = watch::channel(started.writer.snapshot());
     let link_events = started.writer.link_events();
-    let handle = handle::Handle::new(commands, snapshots, counters, link_events);
+    let monitor = started.writer.dataplane.take_monitor();
+    let handle = handle::Handle::new(commands, snapshots, counters, link_events, monitor);
     let writer = tokio::spawn(started.writer.run(queue, published));
     reload::log(&started.seeded);
     let mut running = ports::spawn(&handle, inputs).await?;

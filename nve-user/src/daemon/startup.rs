@@ -168,6 +168,8 @@ async fn load_dataplane(
             .await
             .with_context(|| format!("underlay {:?}: not an Ethernet interface", args.underlay))?,
         _pad2: [0; 2],
+        monitor: 0,
+        monitor_sample: 0,
     };
     let loaded = Dataplane::load(
         &paths.pin_dir,

@@ -176,6 +176,8 @@ fn config(c: &DataplaneConfig) -> Value {
         "underlay_mac": MacAddr(c.underlay_mac),
         "tunnel_ifindex": c.tunnel_ifindex,
         "ttl": c.ttl,
+        "monitor": c.monitor,
+        "monitor_sample": c.monitor_sample,
     })
 }
 

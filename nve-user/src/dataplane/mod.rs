@@ -5,6 +5,7 @@ mod counters;
 pub mod dump;
 mod layout;
 mod mirrored;
+mod monitor;
 mod slots;
 mod vteps;
 
@@ -26,13 +27,15 @@ use aya::{
 };
 use nve_common::maps::{
     ARP_MAP, ArpEntry, ArpKey, CONFIG_MAP, DataplaneConfig, EVENTS_MAP, FDB_MAP, FdbEntry, FdbKey,
-    ND_MAP, NEXTHOPS_MAP, NdKey, NextHop, PORT_STATS_MAP, PORTS_MAP, PortKey, PortValue,
-    TUNNEL_DEV, VN_STATS_MAP, VN_VTEPS_MAP, VNS_MAP, VnInfo, VnVtepKey,
+    MONITOR_MAP, MONITOR_STATE_MAP, ND_MAP, NEXTHOPS_MAP, NdKey, NextHop, PORT_STATS_MAP,
+    PORTS_MAP, PortKey, PortValue, TUNNEL_DEV, VN_STATS_MAP, VN_VTEPS_MAP, VNS_MAP, VnInfo,
+    VnVtepKey,
 };
 use serde::{Deserialize, Serialize};
 
 pub use counters::Counters;
 use mirrored::Mirrored;
+pub use monitor::MonitorRing;
 use slots::CounterSlots;
 
 use crate::model::Desired;
@@ -150,6 +153,8 @@ pub struct Dataplane {
     vm_ports: BTreeSet<String>,
     /// The VMs' announcements, until the daemon takes them (`take_announcements`).
     announcements: Option<RingBuf<MapData>>,
+    /// The monitor's ring buffer, until the daemon takes it (`take_monitor`).
+    monitor: Option<MonitorRing>,
     /// Forwards the programs' aya-log records to the daemon's log (`--debug-log`).
     logger: Option<tokio::task::JoinHandle<()>>,
 }
@@ -196,6 +201,10 @@ impl Dataplane {
             .load(EBPF_OBJECT)
             .map_err(DataplaneError::Load)?;
         let announcements = take_map(&mut ebpf, EVENTS_MAP)?;
+        let monitor = MonitorRing::new(
+            take_map(&mut ebpf, MONITOR_MAP)?,
+            take_map(&mut ebpf, MONITOR_STATE_MAP)?,
+        );
         let logger = if debug_log {
             Some(forward_logs(&mut ebpf)?)
         } else {
@@ -227,6 +236,7 @@ impl Dataplane {
             links: BTreeMap::new(),
             vm_ports: BTreeSet::new(),
             announcements: Some(announcements),
+            monitor: Some(monitor),
             logger,
         };
 
@@ -378,6 +388,11 @@ impl Dataplane {
         self.announcements.take()
     }
 
+    /// The monitor's ring buffer (once).
+    pub fn take_monitor(&mut self) -> Option<MonitorRing> {
+        self.monitor.take()
+    }
+
     /// Makes the VM ports with `tc_vm_egress` attached exactly `ports` (those that exist).
     pub fn set_vm_ports<'a>(&mut self, ports: impl IntoIterator<Item = &'a str>) -> Result<()> {
         let wanted: BTreeSet<String> = ports.into_iter().map(str::to_string).collect();
@@ -444,6 +459,19 @@ impl Dataplane {
         }
         let config = DataplaneConfig {
             underlay_mac: mac,
+            ..self.config
+        };
+        self.cfg.set(0, config, 0).map_err(map_err(CONFIG_MAP))?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// Turns the programs' reports to the monitor on (`MONITOR_DROPS`, `MONITOR_ALL`, one
+    /// packet in `sample` per CPU) or off (0).
+    pub fn set_monitor(&mut self, monitor: u32, sample: u32) -> Result<()> {
+        let config = DataplaneConfig {
+            monitor,
+            monitor_sample: sample,
             ..self.config
         };
         self.cfg.set(0, config, 0).map_err(map_err(CONFIG_MAP))?;

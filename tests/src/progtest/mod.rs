@@ -153,6 +153,8 @@ impl Loaded {
                 underlay_mtu: UNDERLAY_MTU,
                 underlay_mac: UNDERLAY_MAC,
                 _pad2: [0; 2],
+                monitor: 0,
+                monitor_sample: 0,
             },
             0,
         )?;

@@ -20,6 +20,7 @@ mod live_migration;
 mod local_switching;
 mod migration;
 mod migration_races;
+mod monitor;
 mod mtu;
 mod nva;
 mod nve_nve;

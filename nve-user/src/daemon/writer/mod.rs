@@ -43,6 +43,12 @@ pub enum Command {
     Underlay,
     /// The NVA's connection as its port sees it (`entries` is the writer's to fill).
     NvaStatus(NvaStatus),
+    /// Turn the dataplane's reports to the monitor on or off (`Dataplane::set_monitor`).
+    Monitor {
+        mode: u32,
+        sample: u32,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
 }
 
 /// What the writer published after its last batch: the committed model and the status.
@@ -223,6 +229,14 @@ impl Writer {
                         self.follow_underlay().await;
                     }
                     Command::NvaStatus(s) => self.status.nva = Some(s),
+                    Command::Monitor {
+                        mode,
+                        sample,
+                        reply,
+                    } => {
+                        let set = self.dataplane.set_monitor(mode, sample);
+                        let _ = reply.send(set.map_err(crate::dataplane::DataplaneError::to_error));
+                    }
                 }
             }
             queued.apply(&mut self).await;

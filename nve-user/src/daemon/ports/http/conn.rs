@@ -7,7 +7,8 @@
 //! httparse (hyper's own parser: what passes here parses there); a refusal is answered here
 //! in JSON, and only a well-formed head reaches hyper, with the rest of the connection
 //! behind it. One request per connection (the CLI opens one per request), the whole of it
-//! within [`REQUEST_TIMEOUT`]; beyond [`MAX_CONNECTIONS`] at once, a connection is answered
+//! within [`REQUEST_TIMEOUT`] unless its answer is a stream ([`STREAMS`]: it lasts as long
+//! as the client reads it); beyond [`MAX_CONNECTIONS`] at once, a connection is answered
 //! E_BUSY at once.
 use std::{
     io,
@@ -41,6 +42,10 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a whole request (head, body, answer) may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Paths whose answer is a stream for as long as the client reads it (`nve monitor`): not
+/// bound by [`REQUEST_TIMEOUT`]. The stream writes at least once a second, so a client that
+/// left is noticed.
+const STREAMS: &[&str] = &["/v1/monitor"];
 /// Largest request head (request line and headers).
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Longest request target.
@@ -141,6 +146,7 @@ async fn connection(mut stream: UnixStream, app: Router) {
         Ok(None) => return,
         Err(refusal) => return refuse(stream, refusal).await,
     };
+    let streams = is_stream(&head);
     let io = TokioIo::new(Prefixed {
         head,
         read: 0,
@@ -155,6 +161,12 @@ async fn connection(mut stream: UnixStream, app: Router) {
     let served = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
         .serve_connection(io, service);
+    if streams {
+        if let Err(e) = served.await {
+            tracing::debug!("API stream: {e}");
+        }
+        return;
+    }
     match tokio::time::timeout(REQUEST_TIMEOUT, served).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!("API connection: {e}"),
@@ -225,6 +237,15 @@ fn check_head(buf: &[u8]) -> Result<bool, Refusal> {
             format!("malformed HTTP request: {e}"),
         )),
     }
+}
+
+/// Whether the (complete, checked) request head `head` asks for one of [`STREAMS`].
+fn is_stream(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let _ = req.parse(head);
+    let path = req.path.map(|p| p.split('?').next().unwrap_or(p));
+    req.method == Some("GET") && path.is_some_and(|p| STREAMS.contains(&p))
 }
 
 /// The body's framing, as hyper would refuse it: one valid Content-Length, or chunked.

@@ -3,6 +3,7 @@
 //! writer's snapshot and the counters' pins; every change is an event for the writer.
 mod access;
 mod conn;
+mod monitor;
 mod vdp;
 
 use axum::{
@@ -63,6 +64,7 @@ pub fn router(state: Handle, allowed: Allowed, reload: Reload) -> Router {
         .route("/v1/vns/{vn}/fdb/{mac}", delete(del_remote))
         .route("/v1/vns/{vn}/flood", put(add_flood))
         .route("/v1/vns/{vn}/flood/{vtep}", delete(del_flood))
+        .route("/v1/monitor", get(monitor::monitor))
         .route("/v1/vdp", get(vdp::status))
         .route(
             "/v1/vdp/ports/{port}",
