@@ -1,15 +1,13 @@
 //! What `nve monitor` shows: the dataplane's `MonitorEvent`s decoded (headers of the
 //! frame's first bytes, VXLAN's VNI and inner frame included), one JSON line each, and the
 //! table line the CLI prints. Pure: the daemon adds the names it knows (port, VN).
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
+use etherparse::{LaxLinkExtSlice, LaxNetSlice, LaxSlicedPacket, LinkSlice, TransportSlice};
 use nve_common::{
     maps::MonitorEvent,
     metrics::{DropReason, Forward, Hook},
-    wire::{
-        ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
-        IPPROTO_TCP, IPPROTO_UDP, VXLAN_PORT,
-    },
+    wire::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, VXLAN_PORT},
 };
 use serde::{Deserialize, Serialize};
 
@@ -81,68 +79,60 @@ pub struct Headers {
 
 impl Headers {
     /// Decodes Ethernet, 802.1Q/802.1ad tags, IPv4/IPv6, TCP/UDP ports and VXLAN (with
-    /// its inner frame) from `frame`, as far as it goes.
+    /// its inner frame) from `frame`, as far as it goes (etherparse's lax slicing: a frame
+    /// cut off at the capture's end keeps the headers it has).
     pub fn decode(frame: &[u8]) -> Headers {
         let mut h = Headers::default();
-        let Some(eth) = frame.get(..14) else {
+        let Ok(p) = LaxSlicedPacket::from_ethernet(frame) else {
             return h;
         };
-        h.dst_mac = Some(MacAddr(eth[0..6].try_into().expect("6 bytes")));
-        h.src_mac = Some(MacAddr(eth[6..12].try_into().expect("6 bytes")));
-        let mut ether_type = be16(frame, 12);
-        let mut at = 14;
-        while matches!(ether_type, Some(ETH_P_8021Q | ETH_P_8021AD)) {
-            h.vlan = h.vlan.or(be16(frame, at).map(|tci| tci & 0x0fff));
-            ether_type = be16(frame, at + 2);
-            at += 4;
+        if let Some(LinkSlice::Ethernet2(eth)) = &p.link {
+            h.dst_mac = Some(MacAddr(eth.destination()));
+            h.src_mac = Some(MacAddr(eth.source()));
+            h.ether_type = Some(eth.ether_type().0);
         }
-        h.ether_type = ether_type;
-        let l4 = match ether_type {
-            Some(ETH_P_IPV4) => h.ipv4(frame, at),
-            Some(ETH_P_IPV6) => h.ipv6(frame, at),
-            _ => None,
-        };
-        if let (Some(at), Some(IPPROTO_TCP | IPPROTO_UDP)) = (l4, h.proto) {
-            h.src_port = be16(frame, at);
-            h.dst_port = be16(frame, at + 2);
-            if h.proto == Some(IPPROTO_UDP) && h.dst_port == Some(VXLAN_PORT) {
-                h.vxlan(frame, at + 8);
+        for ext in &p.link_exts {
+            if let LaxLinkExtSlice::Vlan(tag) = ext {
+                h.vlan = h.vlan.or(Some(tag.vlan_identifier().value()));
+                h.ether_type = Some(tag.ether_type().0);
             }
+        }
+        let (src, dst, proto) = match &p.net {
+            Some(LaxNetSlice::Ipv4(ip)) => (
+                IpAddr::V4(ip.header().source_addr()),
+                IpAddr::V4(ip.header().destination_addr()),
+                ip.payload().ip_number,
+            ),
+            Some(LaxNetSlice::Ipv6(ip)) => (
+                IpAddr::V6(ip.header().source_addr()),
+                IpAddr::V6(ip.header().destination_addr()),
+                ip.payload().ip_number,
+            ),
+            _ => return h,
+        };
+        (h.src_ip, h.dst_ip, h.proto) = (Some(src), Some(dst), Some(proto.0));
+        match &p.transport {
+            Some(TransportSlice::Udp(udp)) => {
+                (h.src_port, h.dst_port) = (Some(udp.source_port()), Some(udp.destination_port()));
+                if udp.destination_port() == VXLAN_PORT {
+                    h.vxlan(udp.payload());
+                }
+            }
+            Some(TransportSlice::Tcp(tcp)) => {
+                (h.src_port, h.dst_port) = (Some(tcp.source_port()), Some(tcp.destination_port()));
+            }
+            _ => {}
         }
         h
     }
 
-    /// The IPv4 header at `at`; where its payload starts.
-    fn ipv4(&mut self, frame: &[u8], at: usize) -> Option<usize> {
-        let ip = frame.get(at..at + 20)?;
-        self.proto = Some(ip[9]);
-        self.src_ip = Some(IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15])));
-        self.dst_ip = Some(IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19])));
-        let first_fragment = be16(frame, at + 6)? & 0x1fff == 0;
-        first_fragment.then_some(at + usize::from(ip[0] & 0x0f) * 4)
-    }
-
-    /// The IPv6 header at `at` (no extension headers are followed); where its payload
-    /// starts.
-    fn ipv6(&mut self, frame: &[u8], at: usize) -> Option<usize> {
-        let ip = frame.get(at..at + 40)?;
-        self.proto = Some(ip[6]);
-        let addr = |o: usize| {
-            let octets: [u8; 16] = ip[o..o + 16].try_into().expect("16 bytes");
-            IpAddr::V6(Ipv6Addr::from(octets))
-        };
-        self.src_ip = Some(addr(8));
-        self.dst_ip = Some(addr(24));
-        Some(at + 40)
-    }
-
-    /// The VXLAN header at `at` and the frame behind it.
-    fn vxlan(&mut self, frame: &[u8], at: usize) {
-        let Some(vx) = frame.get(at..at + 8) else {
+    /// A VXLAN header and the frame behind it.
+    fn vxlan(&mut self, payload: &[u8]) {
+        let Some(vx) = payload.get(..8) else {
             return;
         };
         self.vxlan_vni = Some(u32::from_be_bytes([0, vx[4], vx[5], vx[6]]));
-        let inner = Headers::decode(&frame[at + 8..]);
+        let inner = Headers::decode(&payload[8..]);
         if inner.dst_mac.is_some() {
             self.inner = Some(Box::new(inner));
         }
@@ -200,10 +190,6 @@ fn proto_name(proto: Option<u8>) -> String {
         Some(p) => format!("proto {p}"),
         None => "?".into(),
     }
-}
-
-fn be16(frame: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(frame.get(at..at + 2)?.try_into().ok()?))
 }
 
 impl MonitorRecord {
@@ -274,6 +260,8 @@ impl MonitorRecord {
 
 #[cfg(test)]
 mod tests {
+    use nve_common::wire::ETH_P_IPV4;
+
     use super::*;
 
     #[test]
@@ -283,7 +271,10 @@ mod tests {
         f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
         f[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
         f[14] = 0x45;
+        let ip_len = (f.len() - 14) as u16;
+        f[16..18].copy_from_slice(&ip_len.to_be_bytes());
         f[14 + 9] = IPPROTO_UDP;
+        f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
         f[26..30].copy_from_slice(&[10, 1, 0, 2]);
         f[30..34].copy_from_slice(&[10, 1, 0, 1]);
         f[36..38].copy_from_slice(&VXLAN_PORT.to_be_bytes());
@@ -308,9 +299,16 @@ mod tests {
 
     #[test]
     fn a_cut_frame_decodes_as_far_as_it_goes() {
+        // A VLAN tag cut in half: the Ethernet header, no tag.
         let h = Headers::decode(&[0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x81, 0, 0, 7]);
-        assert_eq!(h.vlan, Some(7));
-        assert_eq!(h.ether_type, None);
+        assert_eq!(h.src_mac, Some(MacAddr([2, 0, 0, 0, 0, 2])));
+        assert_eq!(h.vlan, None);
+        // A tagged IPv4 header cut before its addresses: the tag, no IP.
+        let mut tagged = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x81, 0, 0, 7, 0x08, 0];
+        tagged.extend_from_slice(&[0x45, 0, 0, 40]);
+        let h = Headers::decode(&tagged);
+        assert_eq!((h.vlan, h.ether_type), (Some(7), Some(ETH_P_IPV4)));
+        assert_eq!(h.src_ip, None);
         assert!(Headers::decode(&[1, 2, 3]).src_mac.is_none());
     }
 }
