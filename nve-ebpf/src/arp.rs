@@ -13,6 +13,9 @@ use crate::{
     parse::{be16, header},
 };
 
+/// Ethernet and ARP for IPv4 over Ethernet.
+const ARP_FRAME: usize = ETH_LEN + 28;
+
 /// Answers the (untagged) frame if it is an ARP request for an address of `vni` the
 /// dataplane knows, sending the reply back to `ingress`. `Ok(None)`: not one to answer.
 #[inline(always)]
@@ -36,18 +39,20 @@ pub fn reply(ctx: &TcContext, vni: u32, ingress: VmPort) -> Result<Option<i32>, 
         return Ok(None);
     };
     let (asker_mac, asker_ip, target_ip, owner_mac) = (arp.sha, arp.spa, arp.tpa, owner.mac);
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&asker_mac);
-    macs[6..].copy_from_slice(&owner_mac);
-    // From the operation field on: oper, sha, spa, tha, tpa.
-    let mut body = [0u8; 22];
-    body[..2].copy_from_slice(&ARP_REPLY.to_be_bytes());
-    body[2..8].copy_from_slice(&owner_mac);
-    body[8..12].copy_from_slice(&target_ip);
-    body[12..18].copy_from_slice(&asker_mac);
-    body[18..22].copy_from_slice(&asker_ip);
-    let bad = |_| DropReason::StoreFailed;
-    ctx.store(0, &macs, 0).map_err(bad)?;
-    ctx.store(ETH_LEN + 6, &body, 0).map_err(bad)?;
+    // The whole reply (42 bytes: Ethernet, then the ARP header and body) built in the
+    // scratch buffer and written with one store; the fields between the MACs and the
+    // operation are the request's, checked above.
+    let buf = maps::scratch().ok_or(DropReason::ScratchUnavailable)?;
+    buf[..6].copy_from_slice(&asker_mac);
+    buf[6..12].copy_from_slice(&owner_mac);
+    buf[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
+    buf[14..20].copy_from_slice(&[0, 1, 8, 0, 6, 4]);
+    buf[20..22].copy_from_slice(&ARP_REPLY.to_be_bytes());
+    buf[22..28].copy_from_slice(&owner_mac);
+    buf[28..32].copy_from_slice(&target_ip);
+    buf[32..38].copy_from_slice(&asker_mac);
+    buf[38..42].copy_from_slice(&asker_ip);
+    ctx.store(0, maps::window::<ARP_FRAME>(buf, 0), 0)
+        .map_err(|_| DropReason::StoreFailed)?;
     deliver::to_port(ctx, ingress).map(Some)
 }
