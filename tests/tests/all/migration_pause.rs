@@ -38,6 +38,8 @@ fn a_paused_vm_s_frames_wait_at_the_destination_and_none_is_lost() {
     // The VM stops on h1; the hypervisor signals the pause with its destination.
     r.rig.vm1.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
     let (before, decap_before) = (stream.sent(), decapsulated());
+    let flooded = || r.d3.counter("vm_egress", "FLOODED").unwrap();
+    let flooded_before = flooded();
     let out = ["--migrating-out", H2_VTEP];
     r.d1.nve(&["vm", "pause", "--vm", VMX, out[0], out[1]])
         .unwrap();
@@ -53,6 +55,13 @@ fn a_paused_vm_s_frames_wait_at_the_destination_and_none_is_lost() {
     // Before activation: what h1 got since went on to h2, into the new VM's port.
     let arrived = stream.at_destination_count();
     let decap = decapsulated() - decap_before;
+    // h1 keeps the VM's MAC published while paused toward h2: h3 goes on unicasting to h1
+    // (whose pointer sends it on) rather than flooding it to h2 as well (twice delivered).
+    assert_eq!(flooded(), flooded_before, "h3 flooded the VM's unicast");
+    assert!(
+        decap as usize <= arrived + 60,
+        "h2 decapsulated {decap} for {arrived} datagrams: duplicates"
+    );
     assert_eq!(
         vnic(&r.d2),
         (
