@@ -123,7 +123,7 @@ impl PortValue {
     pub const fn active(vni: u32) -> Self {
         Self {
             vni,
-            flags: PORT_ACTIVE,
+            flags: PORT_ACTIVE | PORT_RECEIVES,
             counters: NO_COUNTERS,
             vn_counters: NO_COUNTERS,
         }
@@ -131,6 +131,13 @@ impl PortValue {
 
     pub const fn is_active(&self) -> bool {
         self.flags & PORT_ACTIVE != 0
+    }
+
+    /// Whether frames are delivered to it: an active port, or one whose vNIC is migrating
+    /// in (`PORT_RECEIVES`). `PORT_ACTIVE` alone counts too, as maps written before
+    /// `PORT_RECEIVES` existed have it.
+    pub const fn receives(&self) -> bool {
+        self.flags & (PORT_ACTIVE | PORT_RECEIVES) != 0
     }
 
     pub const fn checks_src_mac(&self) -> bool {
@@ -154,6 +161,10 @@ pub const PORT_ACTIVE: u32 = 1;
 /// `PortValue::flags`: frames from this port must carry a source MAC the FDB places on it
 /// (anti-spoofing); set when the MACs behind the port are known.
 pub const PORT_CHECK_SRC_MAC: u32 = 2;
+/// `PortValue::flags`: frames are delivered to the port (decapsulated or locally switched)
+/// though it may not forward what it sends: set with `PORT_ACTIVE`, and alone for a vNIC
+/// pre-associated as migrating in, whose frames wait in its tap until the VM resumes.
+pub const PORT_RECEIVES: u32 = 4;
 
 /// The VN a port (and VID) belongs to.
 #[repr(C)]
@@ -161,7 +172,7 @@ pub const PORT_CHECK_SRC_MAC: u32 = 2;
 pub struct PortValue {
     /// VNI, host order.
     pub vni: u32,
-    /// `PORT_ACTIVE`.
+    /// `PORT_ACTIVE`, `PORT_CHECK_SRC_MAC`, `PORT_RECEIVES`.
     pub flags: u32,
     /// The port's slot in `PORT_STATS_MAP` (`NO_COUNTERS`: none), the same for all its VIDs.
     pub counters: u16,

@@ -164,9 +164,7 @@ pub fn target(vni: u32, dst: [u8; 6], src: Vtep, scope: &mut Scope) -> Result<Ta
         return Ok(Target::Flood(vn));
     }
     match maps::fdb(vni, dst) {
-        Some(entry) if entry.kind == FDB_LOCAL => {
-            Ok(Target::Port(deliver::forwarding(entry.port)?))
-        }
+        Some(entry) if entry.kind == FDB_LOCAL => Ok(Target::Port(deliver::receiving(entry.port)?)),
         Some(entry) if entry.kind == FDB_MOVED => Ok(Target::Moved(entry.remote)),
         Some(entry) if entry.kind == FDB_REMOTE => Err(DropReason::UnderlayHairpin),
         Some(_) => Err(DropReason::FdbMiss),

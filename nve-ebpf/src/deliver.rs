@@ -21,12 +21,12 @@ pub struct VmPort {
     pub counters: u16,
 }
 
-/// `port`, if it forwards: a pre-associated or paused vNIC receives nothing, from the
-/// underlay or locally.
+/// `port`, if it receives: a paused vNIC, or a pre-associated one not migrating in,
+/// receives nothing, from the underlay or locally (what it sends is `tc_vm_egress`'s check).
 #[inline(always)]
-pub fn forwarding(port: LocalPort) -> Result<VmPort, DropReason> {
+pub fn receiving(port: LocalPort) -> Result<VmPort, DropReason> {
     match maps::port(port.ifindex, port.vid) {
-        Some(p) if p.is_active() => Ok(VmPort {
+        Some(p) if p.receives() => Ok(VmPort {
             at: port,
             counters: p.counters,
         }),

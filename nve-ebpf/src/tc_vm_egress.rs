@@ -90,7 +90,7 @@ fn try_tc_vm_egress(ctx: &TcContext, scope: &mut Scope) -> Result<(i32, Forward)
     };
     match entry.kind {
         FDB_LOCAL => {
-            let to = deliver::forwarding(entry.port)?;
+            let to = deliver::receiving(entry.port)?;
             // As a bridge: never back where it came from.
             if to.at.is(&ingress) {
                 return Err(DropReason::Hairpin);

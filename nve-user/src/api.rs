@@ -140,7 +140,8 @@ pub struct FdbView {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub learned: bool,
     /// A forwarding pointer: the MAC's vNIC migrated to `vtep`; VXLAN that still arrives
-    /// for it is sent on there until this time (ms since the epoch).
+    /// for it is sent on there until this time (ms since the epoch). A paused vNIC's
+    /// pointer (`pause` with a migrating-out VTEP) lasts while it is paused and has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved_until: Option<u64>,
     /// Another NVE published it on the NVA.

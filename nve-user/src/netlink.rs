@@ -8,7 +8,7 @@ use nve_common::{
     wire::VXLAN_PORT,
 };
 use rtnetlink::{
-    Handle, LinkVxlan, RouteMessageBuilder,
+    Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder,
     constants::{RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH},
     packet_route::{
         AddressFamily,
@@ -248,6 +248,26 @@ pub async fn mtu(handle: &Handle, name: &str) -> Option<u32> {
         _ => None,
     })
     .await
+}
+
+/// The transmit queue length (packets) of interface `name`, if it exists.
+pub async fn txqueuelen(handle: &Handle, name: &str) -> Option<u32> {
+    link_attribute(handle, name, |a| match a {
+        LinkAttribute::TxQueueLen(n) => Some(*n),
+        _ => None,
+    })
+    .await
+}
+
+/// Sets interface `ifindex`'s transmit queue length to `len` packets (`ip link set ...
+/// txqueuelen`).
+pub async fn set_txqueuelen(
+    handle: &Handle,
+    ifindex: u32,
+    len: u32,
+) -> Result<(), rtnetlink::Error> {
+    let msg = LinkUnspec::new_with_index(ifindex).txqueuelen(len).build();
+    handle.link().set(msg).execute().await
 }
 
 /// The Ethernet address of interface `name`, if it exists and has one.

@@ -1,6 +1,7 @@
 //! The vNIC state machine (RFC 8394, spec.md 2-3): one table of legal transitions. A vNIC is
 //! absent, pre-associated (everything installed, not forwarding), associated (forwarding) or
-//! inactive (paused: associated but not forwarding). Pure.
+//! inactive (paused: associated but not forwarding; paused with a migrating-out VTEP, its
+//! frames go on to that VTEP). Pure.
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -9,6 +9,7 @@ pub mod lldpad;
 pub mod nva_bench;
 pub mod overlay;
 pub mod packet;
+pub mod pause_stream;
 pub mod progtest;
 pub mod qemu;
 pub mod qemu_stream;

@@ -70,7 +70,7 @@ pub fn in_ns<T: Send + 'static>(
 
 /// Collects the sequence numbers arriving on UDP `PORT` in `ns` until `stop`; waits on
 /// `bound` once listening.
-fn receiver(
+pub fn receiver(
     ns: &Netns,
     got: Arc<Mutex<BTreeSet<u32>>>,
     stop: Arc<AtomicBool>,
@@ -90,6 +90,25 @@ fn receiver(
                 let seq = u32::from_be_bytes(buf[..4].try_into().unwrap());
                 got.lock().unwrap().insert(seq);
             }
+        }
+    })
+}
+
+/// Sends datagrams 0..`total` from `ns` to the VM's `PORT`, `rate` a second, storing in
+/// `next` the number of the next to leave.
+pub fn sender(ns: &Netns, rate: u32, total: u32, next: Arc<AtomicU32>) -> thread::JoinHandle<()> {
+    in_ns(ns, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket.connect((VM1_IP, PORT)).unwrap();
+        let start = Instant::now();
+        for seq in 0..total {
+            // Paced: datagram `seq` leaves at seq / rate seconds.
+            let due = Duration::from_secs_f64(f64::from(seq) / f64::from(rate));
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                thread::sleep(wait);
+            }
+            let _ = socket.send(&seq.to_be_bytes());
+            next.store(seq + 1, Ordering::Relaxed);
         }
     })
 }
@@ -127,23 +146,7 @@ pub fn migrate_under_stream(r: &MigrationRig, rate: u32, seconds: u32) -> Result
     bound.wait();
     let next = Arc::new(AtomicU32::new(0));
     let total = rate * seconds;
-    let sender = {
-        let next = next.clone();
-        in_ns(&rig.vm3.ns, move || {
-            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-            socket.connect((VM1_IP, PORT)).unwrap();
-            let start = Instant::now();
-            for seq in 0..total {
-                // Paced: datagram `seq` leaves at seq / rate seconds.
-                let due = Duration::from_secs_f64(f64::from(seq) / f64::from(rate));
-                if let Some(wait) = due.checked_sub(start.elapsed()) {
-                    thread::sleep(wait);
-                }
-                let _ = socket.send(&seq.to_be_bytes());
-                next.store(seq + 1, Ordering::Relaxed);
-            }
-        })
-    };
+    let sender = sender(&rig.vm3.ns, rate, total, next.clone());
 
     // The move, a second into the stream.
     thread::sleep(Duration::from_secs(1));

@@ -77,8 +77,11 @@ impl Port {
 #[derive(Clone, Copy, Debug)]
 pub struct Binding {
     pub vni: u32,
-    /// An associated vNIC (or a static binding) uses it: it forwards, both ways.
+    /// An associated vNIC (or a static binding) uses it: what it sends is forwarded.
     pub active: bool,
+    /// Frames are delivered to it: it is active, or its vNIC is pre-associated as
+    /// migrating in (`PORT_RECEIVES`).
+    pub receives: bool,
     /// Frames from it must carry a source MAC the FDB places on it.
     pub check_src_mac: bool,
 }
@@ -162,12 +165,18 @@ impl Config {
         let on = |vni| Binding {
             vni,
             active: true,
+            receives: true,
             check_src_mac: false,
         };
         let pre_associated = |vni| Binding {
             vni,
             active: false,
+            receives: false,
             check_src_mac: false,
+        };
+        let migrating_in = |vni| Binding {
+            receives: true,
+            ..pre_associated(vni)
         };
         let test_port = |vid| Port::new(pt::TEST_IFINDEX, vid);
         let bindings = BTreeMap::from([
@@ -185,6 +194,8 @@ impl Config {
                 },
             ),
             (test_port(40), pre_associated(pt::VNI)),
+            (test_port(60), migrating_in(pt::VNI)),
+            (Port::new(pt::VM10_PORT, 0), migrating_in(pt::VNI)),
             (test_port(pt::VID), on(pt::VNI_TAGGED)),
             (test_port(30), on(pt::VNI_EMPTY)),
         ]);
@@ -222,6 +233,7 @@ impl Config {
             ((pt::VNI, pt::VM9), Location::Moved(pt::REMOTE3)),
             ((pt::VNI, pt::VM3), local(pt::VM3_PORT, 0)),
             ((pt::VNI, pt::VM6), local(pt::VM6_PORT, 0)),
+            ((pt::VNI, pt::VM10), local(pt::VM10_PORT, 0)),
             (
                 (pt::VNI, pt::VM7),
                 Location::Local {
@@ -315,8 +327,9 @@ impl Config {
         Some(packet::vxlan_frame(nh.dmac, nh.smac, &ip, 0, vni, inner))
     }
 
-    fn forwards(&self, port: Port) -> bool {
-        self.bindings.get(&port).is_some_and(|b| b.active)
+    /// Whether frames are delivered to `port` (what it sends is `Binding::active`).
+    fn receives(&self, port: Port) -> bool {
+        self.bindings.get(&port).is_some_and(|b| b.receives)
     }
 }
 
@@ -528,7 +541,7 @@ fn decap_target(cfg: &Config, vni: u32, src: Ipv4Addr, dst: [u8; 6]) -> Result<T
         return Ok(flood());
     }
     match cfg.fdb.get(&(vni, dst)) {
-        Some(Location::Local { port, tap, .. }) if cfg.forwards(*port) => Ok(Target::Port {
+        Some(Location::Local { port, tap, .. }) if cfg.receives(*port) => Ok(Target::Port {
             port: *port,
             tap: *tap,
         }),
@@ -742,10 +755,10 @@ fn vm_egress(cfg: &Config, port: Port, frame: &[u8]) -> Prediction {
     }
     match cfg.fdb.get(&(vni, dst)) {
         // As a bridge: never back to the port (and VID) it came from.
-        Some(Location::Local { port, .. }) if cfg.forwards(*port) && *port == ingress => {
+        Some(Location::Local { port, .. }) if cfg.receives(*port) && *port == ingress => {
             Prediction::drop(DropReason::Hairpin)
         }
-        Some(Location::Local { port, .. }) if cfg.forwards(*port) => Prediction::new(
+        Some(Location::Local { port, .. }) if cfg.receives(*port) => Prediction::new(
             Forward::LocalSwitched,
             Verdict::Redirect,
             Output::Delivered {
@@ -754,7 +767,8 @@ fn vm_egress(cfg: &Config, port: Port, frame: &[u8]) -> Prediction {
                 frame,
             },
         ),
-        // A pre-associated or paused vNIC receives nothing, from the underlay or locally.
+        // A paused vNIC, or one pre-associated and not migrating in, receives nothing, from
+        // the underlay or locally.
         Some(Location::Local { .. }) => Prediction::drop(DropReason::VnicInactive),
         Some(Location::Moved(vtep)) => cfg
             .next_hops

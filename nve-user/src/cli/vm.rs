@@ -72,6 +72,17 @@ pub struct DisassocArgs {
     pub hold_time: Option<u64>,
 }
 
+/// A pause, and where the VM is going if a migration stopped it.
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    #[command(flatten)]
+    pub id: VnicArgs,
+    /// The VM stopped to migrate to this VTEP: from now on frames for its MACs are sent
+    /// there (a forwarding pointer) instead of into its stopped port; `resume` undoes it.
+    #[arg(long)]
+    pub migrating_out: Option<Ipv4Addr>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Install everything for the vNIC, not forwarding yet (e.g. migration destination).
@@ -80,8 +91,8 @@ pub enum VmCommand {
     Associate(AssocArgs),
     /// Remove the vNIC (VM stopped, or migrated away).
     Disassociate(DisassocArgs),
-    /// Keep the association, stop forwarding.
-    Pause(VnicArgs),
+    /// Keep the association, stop forwarding (with --migrating-out, send its frames on).
+    Pause(PauseArgs),
     /// Forward again after a pause.
     Resume(VnicArgs),
     /// Refresh a soft association's hold time.
@@ -146,7 +157,15 @@ pub async fn vm(c: &Client, command: VmCommand) -> anyhow::Result<()> {
                 ..bare(Op::Disassociate)
             },
         ),
-        VmCommand::Pause(id) => (id, bare(Op::Pause)),
+        VmCommand::Pause(p) => (
+            p.id,
+            VnicRequest {
+                migration: p
+                    .migrating_out
+                    .map_or(Migration::None, Migration::MigratingOut),
+                ..bare(Op::Pause)
+            },
+        ),
         VmCommand::Resume(id) => (id, bare(Op::Resume)),
         VmCommand::KeepAlive(id) => (id, bare(Op::KeepAlive)),
     };

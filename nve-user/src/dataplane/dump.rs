@@ -94,6 +94,7 @@ pub fn dump(pin_dir: &Path, map: DumpMap) -> Result<Vec<DumpEntry>> {
                 json!({
                     "vni": v.vni,
                     "active": v.is_active(),
+                    "receives": v.receives(),
                     "check_src_mac": v.checks_src_mac(),
                     "counters": v.counters,
                     "vn_counters": v.vn_counters,

@@ -8,8 +8,9 @@ use std::{
 
 use nve_common::maps::{
     ArpEntry, ArpKey, FLOOD_MAX_PORTS, FLOOD_MAX_REMOTES, FdbEntry, FdbKey, LocalPort, NdKey,
-    PORT_ACTIVE, PORT_CHECK_SRC_MAC, PORT_F_CHECK_IPV4, PORT_F_CHECK_IPV6, PORT_F_TAP, PortKey,
-    PortValue, VN_F_ANY_VTEP, VN_F_NO_UNKNOWN_FLOOD, VnInfo, VnVtepKey, vtep_of,
+    PORT_ACTIVE, PORT_CHECK_SRC_MAC, PORT_F_CHECK_IPV4, PORT_F_CHECK_IPV6, PORT_F_TAP,
+    PORT_RECEIVES, PortKey, PortValue, VN_F_ANY_VTEP, VN_F_NO_UNKNOWN_FLOOD, VnInfo, VnVtepKey,
+    vtep_of,
 };
 
 use super::{Model, PortInfo};
@@ -263,6 +264,7 @@ impl Model {
                 let binding = Binding {
                     vni: vn.vni,
                     active: true,
+                    receives: true,
                     check_src_mac: !macs.is_empty(),
                 };
                 bindings.insert((p.as_str(), *vid), binding);
@@ -274,9 +276,11 @@ impl Model {
                 .or_insert(Binding {
                     vni: v.vni,
                     active: false,
+                    receives: false,
                     check_src_mac: true,
                 });
             b.active |= v.state.forwards();
+            b.receives |= v.receives();
         }
         bindings
     }
@@ -333,6 +337,11 @@ impl Model {
         } else {
             PORT_F_CHECK_IPV6
         };
+        // Paused for a migration: frames for it go on to the destination, where its port
+        // holds them until the VM resumes (the stopped VM here never reads them).
+        if let Some(vtep) = v.paused_toward() {
+            return FdbEntry::moved(vtep_of(vtep.into()));
+        }
         // A newer claim elsewhere (the VM moved on, the disassociate has not come yet):
         // frames for it follow the move instead of going to the old port.
         match self.nva.get(v.vni, mac) {
@@ -347,6 +356,9 @@ pub(super) struct Binding {
     pub vni: u32,
     /// A static binding or an associated vNIC uses it: it forwards.
     pub active: bool,
+    /// It forwards, or a vNIC pre-associated as migrating in uses it: frames for it are
+    /// delivered (`PORT_RECEIVES`).
+    pub receives: bool,
     /// Every MAC behind it is known: source MACs are checked.
     pub check_src_mac: bool,
 }
@@ -361,6 +373,7 @@ impl Desired {
     /// The port entry of `lp`.
     pub(super) fn add_port(&mut self, lp: LocalPort, b: &Binding) {
         let flags = if b.active { PORT_ACTIVE } else { 0 }
+            | if b.receives { PORT_RECEIVES } else { 0 }
             | if b.check_src_mac {
                 PORT_CHECK_SRC_MAC
             } else {

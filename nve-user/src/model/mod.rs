@@ -251,8 +251,8 @@ fn not_found(message: String) -> Error {
 #[cfg(test)]
 mod tests {
     use nve_common::maps::{
-        FdbEntry, LocalPort, PORT_ACTIVE, PORT_CHECK_SRC_MAC, PORT_F_TAP, PortKey, PortValue,
-        vtep_v4,
+        FdbEntry, LocalPort, PORT_ACTIVE, PORT_CHECK_SRC_MAC, PORT_F_TAP, PORT_RECEIVES, PortKey,
+        PortValue, vtep_v4,
     };
 
     use super::*;
@@ -371,7 +371,7 @@ mod tests {
             d.ports[&PortKey::new(7, 0)],
             PortValue {
                 vni: 100,
-                flags: PORT_ACTIVE | PORT_CHECK_SRC_MAC,
+                flags: PORT_ACTIVE | PORT_RECEIVES | PORT_CHECK_SRC_MAC,
                 ..PortValue::default()
             }
         );

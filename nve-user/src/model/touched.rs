@@ -156,6 +156,7 @@ impl Model {
             .map(|(vni, macs)| Binding {
                 vni,
                 active: true,
+                receives: true,
                 check_src_mac: !macs.is_empty(),
             });
         // A (port, VID) carries one VNI (`vid.rs`): its vNICs are all of that VN.
@@ -163,9 +164,11 @@ impl Model {
             let b = b.get_or_insert(Binding {
                 vni,
                 active: false,
+                receives: false,
                 check_src_mac: true,
             });
             b.active |= u.forwarding > 0;
+            b.receives |= u.receiving > 0;
         }
         b
     }
@@ -258,7 +261,7 @@ mod tests {
             3 => Just(Op::PreAssociate),
             4 => Just(Op::Associate),
             2 => Just(Op::Disassociate),
-            1 => Just(Op::Pause),
+            2 => Just(Op::Pause),
             1 => Just(Op::Resume),
             1 => Just(Op::KeepAlive),
         ];
@@ -267,9 +270,12 @@ mod tests {
             Just(VidRequest::Word(VidWord::Assign)),
             (1..3u16).prop_map(VidRequest::Vid),
         ];
+        // Migrating out: a pause's forwarding pointer (to a VTEP of the flood list or
+        // not). Migrating in: a pre-associated vNIC that receives.
         let migration = prop_oneof![
             3 => Just(Migration::None),
             1 => Just(Migration::MigratingOut(Ipv4Addr::new(10, 0, 0, 9))),
+            1 => Just(Migration::MigratingOut(Ipv4Addr::new(10, 0, 0, 2))),
             1 => Just(Migration::MigratingIn(Ipv4Addr::new(10, 0, 0, 9))),
         ];
         let macs = prop::collection::btree_set(0u8..5, 1..3);
@@ -404,8 +410,9 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(512))]
         /// Rewriting only the entries signaling touched leaves every map exactly as a full
         /// recomputation would, whatever the mix of vNICs (sharing MACs, addresses and
-        /// ports, on ports present or not), static bindings, learned MACs, forwarding
-        /// pointers, configured remotes and NVA entries under them.
+        /// ports, on ports present or not; paused with a forwarding pointer or pre-associated
+        /// as migrating in), static bindings, learned MACs, forwarding pointers, configured
+        /// remotes and NVA entries under them.
         #[test]
         fn touched_updates_match_a_full_rewrite(events in prop::collection::vec(event(), 1..80)) {
             let mut m = Model::default();

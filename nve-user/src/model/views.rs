@@ -87,7 +87,8 @@ impl Model {
                     mac,
                     target: FdbTarget::Vtep { vtep: moved.vtep },
                     learned: false,
-                    moved_until: Some(moved.until),
+                    // A paused vNIC's pointer lasts while it is paused, not by time.
+                    moved_until: (moved.until != super::vnics::WHILE_PAUSED).then_some(moved.until),
                     from_nva: false,
                 });
             }

@@ -19,11 +19,13 @@ fn first_id() -> VnicId {
     }
 }
 
-/// How many vNICs of a VN use a (port, VID), and how many of them forward.
+/// How many vNICs of a VN use a (port, VID), how many of them forward, and how many
+/// receive (those forwarding, and those pre-associated as migrating in).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Use {
     pub vnics: u32,
     pub forwarding: u32,
+    pub receiving: u32,
 }
 
 /// The vNICs by id, with their indexes.
@@ -119,12 +121,15 @@ impl VnicTable {
         let key = (v.params.port.clone(), v.vid, v.vni);
         let mut u = self.bindings.get(&key).copied().unwrap_or_default();
         let forwards = u32::from(v.state.forwards());
+        let receives = u32::from(v.receives());
         if add {
             u.vnics += 1;
             u.forwarding += forwards;
+            u.receiving += receives;
         } else {
             u.vnics -= 1;
             u.forwarding -= forwards;
+            u.receiving -= receives;
         }
         let vn_key = (v.vni, v.params.port.clone(), v.vid);
         if u.vnics == 0 {
@@ -153,6 +158,16 @@ impl VnicTable {
             .range((port.clone(), vid, 0)..)
             .take_while(move |((p, v, _), _)| (p.as_str(), *v) == (port.as_str(), vid))
             .map(|((_, _, vni), u)| (*vni, *u))
+    }
+
+    /// Whether a vNIC pre-associated as migrating in uses `port` (any VID): one that
+    /// receives and does not forward yet.
+    pub fn awaits_arrival(&self, port: &str) -> bool {
+        let port = port.to_string();
+        self.bindings
+            .range((port.clone(), 0, 0)..)
+            .take_while(|((p, _, _), _)| *p == port)
+            .any(|(_, u)| u.receiving > u.forwarding)
     }
 
     /// The ports the vNICs use, each once.
@@ -216,7 +231,7 @@ mod tests {
     };
 
     /// A change of the table: vNIC `id` (re)placed with its (MACs, address, port, VID,
-    /// VNI, state), removed, or its state changed.
+    /// VNI, state and migration hint), removed, or its state changed.
     #[derive(Clone, Debug)]
     enum Step {
         Insert(u8, (Vec<u8>, Option<u8>, u8, u16, u32, u8)),
@@ -248,7 +263,11 @@ mod tests {
             vni,
             state: state(s),
             vid,
-            migration: Migration::None,
+            migration: if s >= 3 {
+                Migration::MigratingIn([10, 0, 0, 2].into())
+            } else {
+                Migration::None
+            },
             request_id: 0,
             hold: None,
             expires_at: None,
@@ -263,7 +282,7 @@ mod tests {
             0u8..3,
             0u16..3,
             1u32..3,
-            0u8..3,
+            0u8..6,
         );
         prop_oneof![
             3 => (0u8..5, v).prop_map(|(id, v)| Step::Insert(id, v)),
@@ -321,6 +340,12 @@ mod tests {
             }
             let ports: BTreeSet<&str> = t.values().map(|v| v.params.port.as_str()).collect();
             prop_assert_eq!(t.ports().collect::<BTreeSet<_>>(), ports);
+            for port in ["tap0", "tap1", "tap2"] {
+                let arriving = t.values().any(|v| {
+                    v.params.port == port && v.receives() && !v.state.forwards()
+                });
+                prop_assert_eq!(t.awaits_arrival(port), arriving, "{}", port);
+            }
         }
     }
 }

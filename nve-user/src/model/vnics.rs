@@ -86,6 +86,27 @@ pub struct Vnic {
 /// disassociate message gives a hold time.
 pub const MOVED_HOLD_MS: u64 = 60_000;
 
+/// `Moved::until` of a paused vNIC's forwarding pointer (`pause` with a migrating-out
+/// VTEP): held while the vNIC stays paused, not by time.
+pub const WHILE_PAUSED: u64 = u64::MAX;
+
+impl Vnic {
+    /// Whether frames for it are delivered into its port: it forwards, or it is
+    /// pre-associated as migrating in (its port queues them until the VM resumes).
+    pub fn receives(&self) -> bool {
+        self.state.forwards()
+            || (self.state == VnicState::PreAssociated && self.migration.is_migrating_in())
+    }
+
+    /// The VTEP its frames go to while it is paused (`pause` with a migrating-out hint).
+    pub fn paused_toward(&self) -> Option<Ipv4Addr> {
+        match (self.state, self.migration) {
+            (VnicState::Inactive, Migration::MigratingOut(vtep)) => Some(vtep),
+            _ => None,
+        }
+    }
+}
+
 /// How long a pre-association without a hold time lives, ms (spec.md 5, row 14).
 pub const PRE_ASSOCIATION_HOLD_MS: u64 = 120_000;
 
@@ -178,6 +199,21 @@ fn state_err(message: String) -> Error {
     Error::new(ErrorCode::EState, message)
 }
 
+/// The VTEP a `pause` sends the vNIC's frames to (its `migrating-out` hint), if any
+/// (`resume` and `keep-alive` ignore hints, as they always did).
+fn pause_toward(req: &VnicRequest) -> Result<Option<Ipv4Addr>> {
+    match (req.op, req.migration) {
+        (Op::Pause, Migration::MigratingOut(vtep)) => {
+            check_host_ip("migrating-out", IpAddr::V4(vtep))?;
+            Ok(Some(vtep))
+        }
+        (Op::Pause, Migration::MigratingIn(_)) => Err(format_err(
+            "pause takes a migrating-out VTEP (where the VM goes), not migrating-in".into(),
+        )),
+        _ => Ok(None),
+    }
+}
+
 impl Model {
     /// Applies one signaling message for vNIC `id` at time `now` (ms since the epoch).
     pub fn signal(&mut self, id: &VnicId, req: &VnicRequest, now: u64) -> Result<Option<VnicView>> {
@@ -198,6 +234,7 @@ impl Model {
                     // associated) may give another.
                     let same_hold = cur.state != to || cur.hold == hold_for(req.op, req);
                     if params.same_as(&cur.params, cur.vid) && same_hold {
+                        self.set_pause_pointer(id, None);
                         self.vnics.update(id, |v| {
                             v.state = to;
                             v.migrated_in |= req.migration.is_migrating_in();
@@ -227,7 +264,13 @@ impl Model {
                 Ok(Some(self.vnic_view(id)))
             }
             Op::Disassociate => {
-                if let (Migration::MigratingOut(vtep), Some(v)) = (req.migration, current) {
+                // Where it went: the message says, or the pause before it did.
+                let went = match (req.migration, current) {
+                    (Migration::MigratingOut(vtep), Some(v)) => Some((vtep, v)),
+                    (_, Some(v)) => v.paused_toward().map(|vtep| (vtep, v)),
+                    _ => None,
+                };
+                let pointer = went.map(|(vtep, v)| {
                     // The forwarding pointer: frames that still arrive for the VM go on to
                     // where it went, for the hold time (remote NVEs may not know yet).
                     let hold = req
@@ -237,22 +280,30 @@ impl Model {
                         vtep: vtep.into(),
                         until: now + hold,
                     };
-                    let (vn, macs) = (v.params.vn.clone(), v.params.macs.clone());
-                    if let Some(vn) = self.vns.get_mut(&vn) {
-                        vn.moved.extend(macs.into_iter().map(|m| (m, moved)));
-                    }
-                }
+                    (v.params.vn.clone(), v.params.macs.clone(), moved)
+                });
                 self.remove_vnic(id, now);
+                if let Some((vn, macs, moved)) = pointer
+                    && let Some(vn) = self.vns.get_mut(&vn)
+                {
+                    vn.moved.extend(macs.into_iter().map(|m| (m, moved)));
+                }
                 Ok(None)
             }
             Op::Pause | Op::Resume | Op::KeepAlive => {
+                let toward = pause_toward(req)?;
+                self.set_pause_pointer(id, None);
                 self.vnics
                     .update(id, |v| {
                         v.state = to.expect("these lead to a state");
+                        if req.op != Op::KeepAlive {
+                            v.migration = toward.map_or(Migration::None, Migration::MigratingOut);
+                        }
                         v.request_id = v.request_id.max(req.request_id);
                         v.expires_at = v.hold.map(|h| now + h);
                     })
                     .expect("the table allows these only when present");
+                self.set_pause_pointer(id, self.vnics.get(id).and_then(Vnic::paused_toward));
                 Ok(Some(self.vnic_view(id)))
             }
         }
@@ -348,8 +399,36 @@ impl Model {
     }
 
     pub(super) fn remove_vnic(&mut self, id: &VnicId, now: u64) {
+        self.set_pause_pointer(id, None);
         if let Some(v) = self.vnics.remove(id) {
             self.release_vid(&v.params.port, v.vni, now);
+        }
+    }
+
+    /// Points vNIC `id`'s MACs at `toward` while it is paused (`WHILE_PAUSED`), or with
+    /// `None` takes such a pointer away (pointers with a hold time stay).
+    fn set_pause_pointer(&mut self, id: &VnicId, toward: Option<Ipv4Addr>) {
+        let Some(v) = self.vnics.get(id) else {
+            return;
+        };
+        let Some(vn) = self.vns.get_mut(&v.params.vn) else {
+            return;
+        };
+        for mac in &v.params.macs {
+            match toward {
+                Some(vtep) => {
+                    let moved = Moved {
+                        vtep: vtep.into(),
+                        until: WHILE_PAUSED,
+                    };
+                    vn.moved.insert(*mac, moved);
+                }
+                None => {
+                    if vn.moved.get(mac).is_some_and(|m| m.until == WHILE_PAUSED) {
+                        vn.moved.remove(mac);
+                    }
+                }
+            }
         }
     }
 
@@ -399,6 +478,12 @@ impl Model {
         self.vnics.ports()
     }
 
+    /// Whether a vNIC pre-associated as migrating in uses `port`: frames for it wait in
+    /// the port until the VM resumes there.
+    pub fn awaits_arrival(&self, port: &str) -> bool {
+        self.vnics.awaits_arrival(port)
+    }
+
     pub fn vnic_view(&self, id: &VnicId) -> VnicView {
         let v = self.vnics.get(id).expect("a vNIC of the model");
         VnicView {
@@ -424,7 +509,8 @@ impl Model {
         let moved = self
             .vns
             .values()
-            .flat_map(|vn| vn.moved.values().map(|m| m.until));
+            .flat_map(|vn| vn.moved.values().map(|m| m.until))
+            .filter(|&until| until != WHILE_PAUSED);
         self.vnics
             .values()
             .filter_map(|v| v.expires_at)
@@ -464,7 +550,7 @@ impl Model {
 mod tests {
     use std::collections::HashMap;
 
-    use nve_common::maps::{FdbKey, PortKey};
+    use nve_common::maps::{FdbEntry, FdbKey, LocalPort, PORT_RECEIVES, PortKey};
     use proptest::prelude::*;
 
     use super::*;
@@ -499,8 +585,13 @@ mod tests {
             1..4u8,
             vid,
             0..3u64,
+            prop_oneof![
+                2 => Just(Migration::None),
+                1 => Just(Migration::MigratingIn(Ipv4Addr::new(10, 0, 0, 2))),
+                1 => Just(Migration::MigratingOut(Ipv4Addr::new(10, 0, 0, 3))),
+            ],
         )
-            .prop_map(|(vm, op, vn, port, mac, vid, request_id)| {
+            .prop_map(|(vm, op, vn, port, mac, vid, request_id, migration)| {
                 let req = VnicRequest {
                     op,
                     request_id,
@@ -510,12 +601,29 @@ mod tests {
                     ipv6: Vec::new(),
                     port: Some(PORTS[port].into()),
                     vid,
-                    migration: Migration::None,
+                    migration,
                     reserve: false,
                     hold_time: None,
                 };
                 (vm, req)
             })
+    }
+
+    /// A message for MAC 02:00:00:00:00:01 of VN blue on tap0.
+    fn message(op: Op, migration: Migration) -> VnicRequest {
+        VnicRequest {
+            op,
+            request_id: 0,
+            vn: Some("blue".into()),
+            macs: vec![MacAddr([2, 0, 0, 0, 0, 1])],
+            ipv4: Vec::new(),
+            ipv6: Vec::new(),
+            port: Some("tap0".into()),
+            vid: VidRequest::default(),
+            migration,
+            reserve: false,
+            hold_time: None,
+        }
     }
 
     #[test]
@@ -524,17 +632,8 @@ mod tests {
         m.create_vn(&CreateVn::new("blue", 100)).unwrap();
         let id = VnicId::new(VMS[0], 0).unwrap();
         let mut req = VnicRequest {
-            op: Op::PreAssociate,
-            request_id: 0,
-            vn: Some("blue".into()),
-            macs: vec![MacAddr([2, 0, 0, 0, 0, 1])],
-            ipv4: Vec::new(),
-            ipv6: Vec::new(),
-            port: Some("tap0".into()),
-            vid: VidRequest::default(),
-            migration: Migration::None,
             reserve: true,
-            hold_time: None,
+            ..message(Op::PreAssociate, Migration::None)
         };
         // A pre-association that never turns into an association goes after 120 s.
         m.signal(&id, &req, 0).unwrap();
@@ -566,10 +665,97 @@ mod tests {
         assert!(m.port_vids.values().all(|p| p.is_empty()));
     }
 
+    #[test]
+    fn a_pause_toward_a_destination_points_there_until_resume_or_disassociate() {
+        let mut m = Model::default();
+        m.create_vn(&CreateVn::new("blue", 100)).unwrap();
+        let id = VnicId::new(VMS[0], 0).unwrap();
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let dest = Ipv4Addr::new(10, 0, 0, 2);
+        let req = message;
+        let info = |_: &str| {
+            Some(PortInfo {
+                ifindex: 7,
+                tap: true,
+            })
+        };
+        let key = FdbKey::new(100, mac.0);
+        let local = |m: &Model| m.desired(info).fdb[&key].kind == nve_common::maps::FDB_LOCAL;
+        let out = Migration::MigratingOut(dest);
+        m.signal(&id, &req(Op::Associate, Migration::None), 0)
+            .unwrap();
+        let refused = m.signal(&id, &req(Op::Pause, Migration::MigratingIn(dest)), 1);
+        assert_eq!(refused.unwrap_err().code, ErrorCode::EFormat);
+        let loopback = Migration::MigratingOut(Ipv4Addr::LOCALHOST);
+        let refused = m.signal(&id, &req(Op::Pause, loopback), 1);
+        assert_eq!(refused.unwrap_err().code, ErrorCode::EFormat);
+        // Paused toward the destination: the MAC points there, the VTEP is one of the VN's,
+        // and the association stays.
+        let view = m.signal(&id, &req(Op::Pause, out), 1).unwrap().unwrap();
+        assert_eq!((view.state, view.migration), (VnicState::Inactive, out));
+        let d = m.desired(info);
+        assert_eq!(
+            d.fdb[&key],
+            FdbEntry::moved(nve_common::maps::vtep_v4(dest.octets()))
+        );
+        let vtep = nve_common::maps::VnVtepKey::new(100, nve_common::maps::vtep_v4(dest.octets()));
+        assert!(d.vn_vteps.contains_key(&vtep));
+        assert!(m.ipv4_vteps().any(|v| v == dest));
+        assert_eq!(m.next_expiry(), None, "held while paused, not by time");
+        // An aborted migration: resume delivers here again.
+        m.signal(&id, &req(Op::Resume, Migration::None), 2).unwrap();
+        assert!(local(&m));
+        assert!(m.ipv4_vteps().all(|v| v != dest));
+        // A plain pause after one toward a destination takes the pointer away.
+        m.signal(&id, &req(Op::Pause, out), 3).unwrap();
+        m.signal(&id, &req(Op::Pause, Migration::None), 4).unwrap();
+        assert!(local(&m));
+        // Disassociated after the pause: the pointer stays for the hold time.
+        m.signal(&id, &req(Op::Pause, out), 5).unwrap();
+        m.signal(&id, &req(Op::Disassociate, Migration::None), 6)
+            .unwrap();
+        let d = m.desired(info);
+        assert_eq!(d.fdb[&key].kind, nve_common::maps::FDB_MOVED);
+        assert_eq!(m.next_expiry(), Some(6 + MOVED_HOLD_MS));
+    }
+
+    #[test]
+    fn a_vnic_pre_associated_as_migrating_in_receives_and_does_not_send() {
+        let mut m = Model::default();
+        m.create_vn(&CreateVn::new("blue", 100)).unwrap();
+        let id = VnicId::new(VMS[0], 0).unwrap();
+        let arriving = Migration::MigratingIn(Ipv4Addr::new(10, 0, 0, 1));
+        let mut req = message(Op::PreAssociate, arriving);
+        let info = |_: &str| {
+            Some(PortInfo {
+                ifindex: 7,
+                tap: true,
+            })
+        };
+        m.signal(&id, &req, 0).unwrap();
+        let port = m.desired(info).ports[&PortKey::new(7, 0)];
+        assert!(!port.is_active() && port.receives());
+        assert_eq!(
+            m.desired(info).vns[&100].port_count,
+            0,
+            "no flooding into it yet"
+        );
+        req.migration = Migration::None;
+        req.request_id = 1;
+        m.signal(&id, &req, 1).unwrap();
+        let port = m.desired(info).ports[&PortKey::new(7, 0)];
+        assert!(
+            !port.receives(),
+            "a pre-association without the hint receives nothing"
+        );
+    }
+
     proptest! {
         /// Whatever the server sends, the maps the dataplane gets are what the vNICs' states
-        /// say: a (port, VID) forwards iff an associated vNIC uses it, every installed vNIC's
-        /// MACs point at its port, and a rejected request changes nothing.
+        /// say: a (port, VID) forwards iff an associated vNIC uses it and receives iff one
+        /// forwards or is pre-associated as migrating in, every installed vNIC's MACs point at
+        /// its port (at the destination VTEP while paused with one), and a rejected request
+        /// changes nothing.
         #[test]
         fn dataplane_follows_the_state_machine(reqs in prop::collection::vec(request(), 1..80)) {
             let mut m = Model::default();
@@ -585,19 +771,29 @@ mod tests {
                     continue;
                 }
                 let d = m.desired(info);
-                let mut active: HashMap<PortKey, bool> = HashMap::new();
+                let mut active: HashMap<PortKey, (bool, bool)> = HashMap::new();
                 for (_, v) in m.vnics() {
                     let key = PortKey::new(info(&v.params.port).unwrap().ifindex, v.vid);
-                    *active.entry(key).or_default() |= v.state.forwards();
+                    let (on, receives) = active.entry(key).or_default();
+                    *on |= v.state.forwards();
+                    *receives |= v.state.forwards()
+                        || (v.state == VnicState::PreAssociated && v.migration.is_migrating_in());
                     for mac in &v.params.macs {
-                        let e = d.fdb.get(&FdbKey::new(v.vni, mac.0));
-                        prop_assert_eq!(e.map(|e| (e.port.ifindex, e.port.vid)), Some((key.ifindex, key.vid)));
+                        let e = d.fdb.get(&FdbKey::new(v.vni, mac.0)).copied();
+                        let want = match v.migration {
+                            Migration::MigratingOut(to) if v.state == VnicState::Inactive => {
+                                FdbEntry::moved(nve_common::maps::vtep_of(to.into()))
+                            }
+                            _ => FdbEntry::local(LocalPort::new(key.ifindex, key.vid)),
+                        };
+                        prop_assert_eq!(e, Some(want));
                     }
                     prop_assert_eq!(d.ports.get(&key).map(|p| p.vni), Some(v.vni));
                 }
                 prop_assert_eq!(d.ports.len(), active.len());
-                for (key, on) in active {
+                for (key, (on, receives)) in active {
                     prop_assert_eq!(d.ports[&key].is_active(), on);
+                    prop_assert_eq!(d.ports[&key].flags & PORT_RECEIVES != 0, receives);
                 }
             }
             // Disassociating everything leaves no VID bound and nothing in the maps.
@@ -605,9 +801,12 @@ mod tests {
                 let id = VnicId::new(vm, 0).unwrap();
                 let mut req = reqs[0].1.clone();
                 req.op = Op::Disassociate;
+                req.migration = Migration::None;
                 m.signal(&id, &req, 10_000).unwrap();
             }
             prop_assert!(m.port_vids.values().all(|p| p.is_empty()));
+            // What is left: the pointers of vNICs that were paused toward a destination.
+            m.expire(10_000 + MOVED_HOLD_MS);
             let d = m.desired(info);
             prop_assert!(d.ports.is_empty() && d.fdb.is_empty());
         }

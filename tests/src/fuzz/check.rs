@@ -200,14 +200,14 @@ fn underlay_isolation(
     }
     let dst: [u8; 6] = inner[..6].try_into().expect("inner Ethernet header");
     let location = cfg.fdb.get(&(vni, dst));
-    let forwarding_in_vn = |port: &Port| {
+    let receiving_in_vn = |port: &Port| {
         cfg.bindings
             .get(port)
-            .is_some_and(|b| b.active && b.vni == vni)
+            .is_some_and(|b| b.receives && b.vni == vni)
     };
     let fine = match forward {
         Forward::Decapsulated => {
-            matches!(location, Some(Location::Local { port, .. }) if forwarding_in_vn(port))
+            matches!(location, Some(Location::Local { port, .. }) if receiving_in_vn(port))
         }
         _ => reference::is_multicast(&dst) || (location.is_none() && vn.floods_unknown),
     };

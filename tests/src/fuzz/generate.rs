@@ -32,7 +32,7 @@ pub struct Generator {
 
 const MULTICAST: [u8; 6] = [0x01, 0x00, 0x5e, 0x00, 0x00, 0xfb];
 const IPV6_MULTICAST: [u8; 6] = [0x33, 0x33, 0x00, 0x00, 0x00, 0x01];
-const MACS: [[u8; 6]; 15] = [
+const MACS: [[u8; 6]; 16] = [
     pt::VM1,
     pt::VM2,
     pt::VM3,
@@ -42,6 +42,7 @@ const MACS: [[u8; 6]; 15] = [
     pt::VM7,
     pt::VM8,
     pt::VM9,
+    pt::VM10,
     pt::UNKNOWN,
     BROADCAST,
     MULTICAST,

@@ -54,7 +54,7 @@ impl Generator {
                         let vni = self.vni().to_be_bytes();
                         frame[at..at + 3].copy_from_slice(&vni[1..]);
                     } else if let Some(at) = layout.tci.filter(|at| at + 2 <= len) {
-                        let vid = self.rng.pick(&[0, 10, 30, 40, 50, 99, 4095]);
+                        let vid = self.rng.pick(&[0, 10, 30, 40, 50, 60, 99, 4095]);
                         let tci = u16::from_be_bytes([frame[at], frame[at + 1]]) & 0xf000 | vid;
                         frame[at..at + 2].copy_from_slice(&tci.to_be_bytes());
                     }

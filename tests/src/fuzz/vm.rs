@@ -17,7 +17,7 @@ impl Generator {
             0..7 => None,
             7 => Some(0),
             8 => Some(self.rng.below(4096) as u16),
-            9 => Some(self.rng.pick(&[40, 99, 4095])),
+            9 => Some(self.rng.pick(&[40, 60, 99, 4095])),
             _ => Some(self.rng.pick(&[pt::VID, 30, 50])),
         };
         let dst = match self.rng.below(10) {

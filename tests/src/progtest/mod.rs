@@ -16,9 +16,9 @@ use nve_common::{
     maps::{
         ARP_MAP, ArpEntry, ArpKey, CONFIG_MAP, DataplaneConfig, FDB_MAP, FdbEntry, FdbKey,
         LocalPort, ND_MAP, NEXTHOPS_MAP, NdKey, NextHop, PORT_ACTIVE, PORT_CHECK_SRC_MAC,
-        PORT_F_CHECK_IPV4, PORT_F_CHECK_IPV6, PORT_F_TAP, PORTS_MAP, PortKey, PortValue,
-        VN_F_ANY_VTEP, VN_F_NO_UNKNOWN_FLOOD, VN_F_VTEPS_INLINE, VN_VTEPS_MAP, VNS_MAP, VnInfo,
-        VnVtepKey, vtep_v4,
+        PORT_F_CHECK_IPV4, PORT_F_CHECK_IPV6, PORT_F_TAP, PORT_RECEIVES, PORTS_MAP, PortKey,
+        PortValue, VN_F_ANY_VTEP, VN_F_NO_UNKNOWN_FLOOD, VN_F_VTEPS_INLINE, VN_VTEPS_MAP, VNS_MAP,
+        VnInfo, VnVtepKey, vtep_v4,
     },
     metrics::{Counter, DropReason, Forward, Hook, Outcome},
 };
@@ -45,6 +45,7 @@ pub const VM3_PORT: u32 = 43;
 pub const VM4_PORT: u32 = 44;
 pub const VM5_PORT: u32 = 45;
 pub const VM6_PORT: u32 = 46;
+pub const VM10_PORT: u32 = 47;
 pub const VM1: [u8; 6] = [2, 0, 0, 0, 1, 1];
 pub const VM2: [u8; 6] = [2, 0, 0, 0, 2, 1];
 pub const VM3: [u8; 6] = [2, 0, 0, 0, 3, 1];
@@ -53,6 +54,9 @@ pub const VM4: [u8; 6] = [2, 0, 0, 0, 4, 1];
 pub const VM5: [u8; 6] = [2, 0, 0, 0, 5, 1];
 /// A pre-associated vNIC: installed, not forwarding.
 pub const VM6: [u8; 6] = [2, 0, 0, 0, 6, 1];
+/// A vNIC pre-associated as migrating in: receives (its tap queues for the VM), does not
+/// send yet.
+pub const VM10: [u8; 6] = [2, 0, 0, 0, 10, 1];
 /// The one MAC allowed on the test port's VID 50.
 pub const VM7: [u8; 6] = [2, 0, 0, 0, 7, 1];
 pub const UNKNOWN: [u8; 6] = [2, 0, 0, 0, 9, 9];
@@ -165,10 +169,11 @@ impl Loaded {
     fn configure_ports(&mut self) -> Result<()> {
         let mut ports: HashMap<_, PortKey, PortValue> =
             HashMap::try_from(self.ebpf.map_mut(PORTS_MAP).context(PORTS_MAP)?)?;
-        let active = PORT_ACTIVE;
+        let active = PORT_ACTIVE | PORT_RECEIVES;
         // The VMs' ports decapsulation delivers to; VM6's vNIC is only pre-associated, and so
-        // is the test port's VID 40. VID 50 of the test port checks source MACs: only VM7
-        // is behind it.
+        // is the test port's VID 40. VM10's and the test port's VID 60 are pre-associated as
+        // migrating in: they receive, and do not send. VID 50 of the test port checks source
+        // MACs: only VM7 is behind it.
         let rows = [
             (TEST_IFINDEX, 0, VNI, active),
             (VM1_PORT, 0, VNI, active),
@@ -176,6 +181,8 @@ impl Loaded {
             (VM4_PORT, VID, VNI, active),
             (VM5_PORT, 0, VNI, active),
             (VM6_PORT, 0, VNI, 0),
+            (VM10_PORT, 0, VNI, PORT_RECEIVES),
+            (TEST_IFINDEX, 60, VNI, PORT_RECEIVES),
             (TEST_IFINDEX, 50, VNI, active | PORT_CHECK_SRC_MAC),
             (TEST_IFINDEX, 40, VNI, 0),
             (TEST_IFINDEX, VID, VNI_TAGGED, active),
@@ -267,6 +274,11 @@ impl Loaded {
         fdb.insert(
             FdbKey::new(VNI, VM6),
             FdbEntry::local(LocalPort::new(VM6_PORT, 0)),
+            0,
+        )?;
+        fdb.insert(
+            FdbKey::new(VNI, VM10),
+            FdbEntry::local(LocalPort::new(VM10_PORT, 0)),
             0,
         )?;
         fdb.insert(

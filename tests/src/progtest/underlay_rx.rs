@@ -7,7 +7,7 @@ use nve_common::{
 
 use super::{
     Case, Expect, NEXT_HOP_MAC, Output, Program, REMOTE, REMOTE3, REMOTE6, STRANGER, UNDERLAY_MAC,
-    UNKNOWN, VM1, VM2, VM4, VM5, VM6, VM9, VNI, VNI_EMPTY, VTEP, VTEP6, dropped, passed,
+    UNKNOWN, VM1, VM2, VM4, VM5, VM6, VM9, VM10, VNI, VNI_EMPTY, VTEP, VTEP6, dropped, passed,
     redirected,
 };
 use crate::packet::{self, Ipv4};
@@ -224,6 +224,12 @@ impl Rows {
             "to a pre-associated vNIC",
             frame,
             dropped(DropReason::VnicInactive),
+        );
+        let to_vm10 = packet::inner_ping(VM10, VM2, 32);
+        self.both(
+            "to a vNIC pre-associated as migrating in: delivered before activation",
+            vxlan(&self.ip, VNI, &to_vm10),
+            redirected(Output::Bytes(to_vm10.clone()), Forward::Decapsulated),
         );
         let frame = self.ping(VNI, VM5);
         let name = "to a VM on a tap port: left to the kernel's collect_md vxlan (GSO)";

@@ -12,7 +12,7 @@ use nve_common::{
 
 use super::{
     Case, Expect, KNOWN_IP, KNOWN_IPV6, Output, Program, UNKNOWN, VID, VM1, VM2, VM3, VM6, VM7,
-    VM7_IP, VM7_IPV6, VM8, VNI, VNI_TAGGED, dropped, passed, redirected,
+    VM7_IP, VM7_IPV6, VM8, VM10, VNI, VNI_TAGGED, dropped, passed, redirected,
 };
 use crate::packet::{self, BROADCAST, Ipv4};
 
@@ -352,7 +352,18 @@ impl Rows {
         self.row(
             "from a port whose vNIC is only pre-associated",
             frame,
+            inactive.clone(),
+        );
+        let frame = packet::eth_tagged(VM2, VM1, 60, ETH_P_IPV4, &ip);
+        self.row(
+            "from a vNIC pre-associated as migrating in: it receives, it does not send yet",
+            frame,
             inactive,
+        );
+        self.row(
+            "to a vNIC pre-associated as migrating in on this host: switched",
+            packet::inner_ping(VM10, VM1, 32),
+            redirected(Output::Same, Forward::LocalSwitched),
         );
         let frame = packet::inner_ping(UNKNOWN, VM1, 32);
         self.row("unknown unicast", frame, dropped(DropReason::FdbMiss));

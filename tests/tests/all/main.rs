@@ -19,6 +19,7 @@ mod libvirtd;
 mod live_migration;
 mod local_switching;
 mod migration;
+mod migration_pause;
 mod migration_races;
 mod monitor;
 mod mtu;

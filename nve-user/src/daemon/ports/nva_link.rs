@@ -116,7 +116,11 @@ pub fn local_entries(
     for vni in model.vnics().map(|(_, v)| v.vni).chain(pointing) {
         out.insert(member_key(vni, vtep), Entry::at(vtep));
     }
-    for (_, v) in model.vnics().filter(|(_, v)| v.state.forwards()) {
+    // A vNIC paused toward its destination stays published here: its MACs are still
+    // reached through this VTEP (the pointer sends them on), where a withdrawal would make
+    // the others flood them, to the destination too, which delivers them twice.
+    let reached = |v: &crate::model::Vnic| v.state.forwards() || v.paused_toward().is_some();
+    for (_, v) in model.vnics().filter(|(_, v)| reached(v)) {
         let v4 = v.params.ipv4.iter().map(|&a| IpAddr::from(a));
         let ips: Vec<IpAddr> = v4.chain(v.params.ipv6.iter().map(|&a| a.into())).collect();
         for &mac in &v.params.macs {

@@ -4,6 +4,7 @@
 //! batch it publishes a [`Snapshot`], which is all the ports read, so a read never waits
 //! on a write, on netlink or on etcd. Changes that queue up while one is applied are
 //! applied together: one dataplane update and one journal write for all of them.
+mod arrival_queue;
 mod port_cache;
 mod sync;
 

@@ -56,6 +56,7 @@ impl Writer {
             Change::Nva(keys) => self.sync_maps(model, &infos, Some(keys))?,
             Change::Any => self.sync_maps(model, &infos, None)?,
         }
+        self.size_arrival_queues(model, &infos, change).await;
         self.synced_ports = Some(infos);
         // A change resolves the next hops of VTEPs it adds or removes; the kernel's
         // neighbour and route events (the underlay watch) refresh the others.

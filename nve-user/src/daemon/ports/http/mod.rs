@@ -21,8 +21,8 @@ pub use conn::serve;
 
 use crate::{
     api::{
-        AttachPort, CreateVn, ErrorBody, ErrorCode, FdbView, FloodVtep, ReloadView, RemoteMac,
-        SignalReply, StatsView, StatusView, VnView, VnicRequest, VnicView,
+        AttachPort, CreateVn, ErrorBody, ErrorCode, FdbView, FloodVtep, Migration, ReloadView,
+        RemoteMac, SignalReply, StatsView, StatusView, VnView, VnicRequest, VnicView,
     },
     daemon::handle::Handle,
     mac::MacAddr,
@@ -279,6 +279,15 @@ async fn signal(
     let index: u32 = parse("vNIC index", &index)?;
     let id = VnicId::new(&vm, index)?;
     let req: VnicRequest = body(b)?;
+    if let Migration::MigratingOut(vtep) = req.migration
+        && vtep == s.snapshot().status.vtep
+    {
+        return Err(crate::error::Error::new(
+            ErrorCode::EFormat,
+            format!("migrating-out VTEP {vtep} is this NVE's own"),
+        )
+        .into());
+    }
     let view = s.try_submit(Event::Signal { id, req }).await?;
     Ok(Json(SignalReply {
         code: "OK".into(),
