@@ -38,7 +38,7 @@ use crate::{
     overlay::{self, H1_VTEP, H2_VTEP, VN, VNI},
     qemu::{Guest, Qmp, tap_counters},
     rig::{Daemon, Netns, Vm, mac_str},
-    stamped::{recv_stamped, socket_drops, stamped_socket},
+    stamped::{ms, recv_stamped, socket_drops, stamped_socket},
     stream_losses::{self, Losses},
     three_hosts::{self, H3_VTEP, VM3_IP, VM3_MAC},
 };
@@ -265,14 +265,6 @@ fn pause_on_stop(mut events: Qmp, d1: &Daemon) -> Result<StopSignal> {
         seen_ms: ms(stop, seen),
         paused_ms: ms(stop, SystemTime::now()),
     })
-}
-
-/// Milliseconds from `a` to `b` (negative if `b` is earlier).
-fn ms(a: SystemTime, b: SystemTime) -> f64 {
-    match b.duration_since(a) {
-        Ok(d) => d.as_secs_f64() * 1000.0,
-        Err(e) => -e.duration().as_secs_f64() * 1000.0,
-    }
 }
 
 /// Polls `ok` every 100 ms for up to 10 s (as `rig::wait_until`, without panicking).

@@ -91,3 +91,11 @@ pub fn socket_drops(fd: &OwnedFd) -> u32 {
     };
     stats[1]
 }
+
+/// Milliseconds from `a` to `b` (negative if `b` is earlier).
+pub fn ms(a: SystemTime, b: SystemTime) -> f64 {
+    match b.duration_since(a) {
+        Ok(d) => d.as_secs_f64() * 1000.0,
+        Err(e) => -e.duration().as_secs_f64() * 1000.0,
+    }
+}

@@ -118,12 +118,15 @@ fn migration(runs: u32) -> Result<()> {
     );
     for (i, f) in figures.iter().enumerate() {
         println!(
-            "  run {}: VM paused {:.0} ms, lost during the pause {}, lost otherwise {}, longest gap {:.1} ms, \
-             through the forwarding pointer {}",
+            "  run {}: VM paused {:.0} ms, lost during the pause {}, lost by the network {} \
+             (outside the pause, after the RARP included), duplicates {}, out of order {}, \
+             longest gap {:.1} ms, through the forwarding pointer {}",
             i + 1,
             f.pause_ms,
             f.lost_in_pause,
             f.lost_otherwise.len(),
+            f.duplicates,
+            f.out_of_order,
             f.longest_gap_ms,
             f.forwarded
         );

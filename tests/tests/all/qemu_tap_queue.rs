@@ -20,7 +20,7 @@ use nve_tests::{
     packet::{self, Ipv4},
     qemu::{Guest, tap_counters},
     rig::{self, Netns, require_root, send_frames},
-    stamped::{recv_stamped, socket_drops, stamped_socket},
+    stamped::{ms, recv_stamped, socket_drops, stamped_socket},
 };
 use serde_json::json;
 
@@ -46,12 +46,6 @@ fn echo_reply_seq(frame: &[u8]) -> Option<u16> {
         && icmp.first()? == &0
         && icmp.get(4..6)? == ECHO_ID.to_be_bytes();
     ours.then(|| u16::from_be_bytes([icmp[6], icmp[7]]))
-}
-
-fn ms(a: SystemTime, b: SystemTime) -> f64 {
-    b.duration_since(a)
-        .map_or_else(|e| -e.duration().as_secs_f64(), |d| d.as_secs_f64())
-        * 1e3
 }
 
 #[test]
