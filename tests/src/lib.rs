@@ -16,6 +16,8 @@ pub mod qemu_stream;
 pub mod reference;
 pub mod rig;
 pub mod signal_bench;
+pub mod stamped;
+pub mod stream_losses;
 pub mod tap;
 pub mod three_hosts;
 pub mod vdp_bench;

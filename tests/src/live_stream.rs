@@ -45,6 +45,9 @@ pub struct Figures {
     pub lost_in_pause: usize,
     /// Lost outside the pause: what the network is responsible for.
     pub lost_otherwise: Vec<u32>,
+    /// Datagrams received twice, and after one with a higher sequence number (by either VM).
+    pub duplicates: usize,
+    pub out_of_order: usize,
     /// The longest run of consecutive datagrams lost, as time at the stream's rate, ms.
     pub longest_gap_ms: f64,
     /// Frames h1 forwarded through its forwarding pointer.
@@ -68,11 +71,29 @@ pub fn in_ns<T: Send + 'static>(
     })
 }
 
+/// What the VM's two incarnations received, together.
+#[derive(Default)]
+pub struct Received {
+    pub seqs: BTreeSet<u32>,
+    pub duplicates: usize,
+    pub out_of_order: usize,
+}
+
+impl Received {
+    fn add(&mut self, seq: u32) {
+        if !self.seqs.insert(seq) {
+            self.duplicates += 1;
+        } else if self.seqs.last().is_some_and(|&h| seq < h) {
+            self.out_of_order += 1;
+        }
+    }
+}
+
 /// Collects the sequence numbers arriving on UDP `PORT` in `ns` until `stop`; waits on
 /// `bound` once listening.
 pub fn receiver(
     ns: &Netns,
-    got: Arc<Mutex<BTreeSet<u32>>>,
+    got: Arc<Mutex<Received>>,
     stop: Arc<AtomicBool>,
     bound: Arc<Barrier>,
 ) -> thread::JoinHandle<()> {
@@ -88,7 +109,7 @@ pub fn receiver(
                 && n >= 4
             {
                 let seq = u32::from_be_bytes(buf[..4].try_into().unwrap());
-                got.lock().unwrap().insert(seq);
+                got.lock().unwrap().add(seq);
             }
         }
     })
@@ -135,7 +156,7 @@ pub fn migrate_under_stream(r: &MigrationRig, rate: u32, seconds: u32) -> Result
     // The destination pre-associates the VM's new incarnation (not running yet).
     r.pre_associate_on_h2()?;
 
-    let got = Arc::new(Mutex::new(BTreeSet::new()));
+    let got = Arc::new(Mutex::new(Received::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let bound = Arc::new(Barrier::new(3));
     let receivers = [
@@ -174,16 +195,18 @@ pub fn migrate_under_stream(r: &MigrationRig, rate: u32, seconds: u32) -> Result
     }
     let got = got.lock().unwrap();
     let pause = paused_at.saturating_sub(IN_FLIGHT)..resumed_at;
-    let lost: Vec<u32> = (0..total).filter(|s| !got.contains(s)).collect();
+    let lost: Vec<u32> = (0..total).filter(|s| !got.seqs.contains(s)).collect();
     let (during_pause, otherwise): (Vec<u32>, Vec<u32>) =
         lost.iter().partition(|s| pause.contains(s));
     Ok(Figures {
         sent: total,
-        received: got.len(),
+        received: got.seqs.len(),
         pause,
         pause_ms,
         lost_in_pause: during_pause.len(),
         lost_otherwise: otherwise,
+        duplicates: got.duplicates,
+        out_of_order: got.out_of_order,
         longest_gap_ms: f64::from(longest_run(&lost)) * 1e3 / f64::from(rate),
         forwarded: d1.counter("underlay_rx", "FORWARDED_TO_VTEP")?,
     })

@@ -3,7 +3,6 @@
 //! of a migration whose source pauses toward the destination (`nve vm pause
 //! --migrating-out`): which datagrams arrived where, and when.
 use std::{
-    collections::BTreeSet,
     sync::{
         Arc, Barrier, Mutex,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -15,12 +14,12 @@ use std::{
 use anyhow::{Result, bail};
 
 use crate::{
-    live_stream::{receiver, sender},
+    live_stream::{Received, receiver, sender},
     three_hosts::MigrationRig,
 };
 
 /// Sequence numbers received, by side.
-pub type Seen = Arc<Mutex<BTreeSet<u32>>>;
+pub type Seen = Arc<Mutex<Received>>;
 
 /// A stream under way.
 pub struct Stream {
@@ -76,12 +75,12 @@ impl Stream {
 
     /// How many have reached the destination so far.
     pub fn at_destination_count(&self) -> usize {
-        self.at_destination.lock().unwrap().len()
+        self.at_destination.lock().unwrap().seqs.len()
     }
 
     /// How many numbered `from` or above have reached the source so far.
     pub fn at_source_from(&self, from: u32) -> usize {
-        self.at_source.lock().unwrap().range(from..).count()
+        self.at_source.lock().unwrap().seqs.range(from..).count()
     }
 
     /// Waits for the last datagram (and 300 ms for it to arrive), stops the receivers;
@@ -101,7 +100,7 @@ impl Stream {
             self.at_destination.lock().unwrap(),
         );
         Ok((from..self.total)
-            .filter(|s| !src.contains(s) && !dst.contains(s))
+            .filter(|s| !src.seqs.contains(s) && !dst.seqs.contains(s))
             .collect())
     }
 }

@@ -18,6 +18,9 @@ use crate::rig::{Netns, mac_str, spawn_logged};
 
 /// What the guest's `/init` prints on the serial console once `eth0` has its address.
 pub const READY: &str = "NVE-GUEST-READY";
+/// What the guest's `/init` prints, with a count, when eth0 received packets
+/// (`nve.rxreport`).
+pub const RX_REPORT: &str = "NVE-GUEST-RX ";
 /// The VMs' MTU behind nve on a 1500-byte underlay (the guest learns it from virtio-net).
 pub const GUEST_MTU: u32 = 1450;
 
@@ -44,6 +47,9 @@ pub struct Guest {
     ns: String,
     pub tap: String,
     pub qmp_path: PathBuf,
+    /// A second QMP monitor, for a client that only listens to events (as libvirt's event
+    /// loop does) while the first one drives QEMU.
+    pub events_path: PathBuf,
     pub serial_log: PathBuf,
     pub qemu_log: PathBuf,
     /// The migration socket this QEMU listens on (`-incoming`), if it is a destination.
@@ -63,12 +69,27 @@ impl Guest {
         ip: &str,
         incoming: Option<&Path>,
     ) -> Result<Self> {
+        Self::start_with(ns, tag, tap, mac, ip, incoming, "")
+    }
+
+    /// As [`Guest::start`], with more options for the guest's init on its kernel command line
+    /// (`nve.rxreport`: see [`Guest::rx_packets`]).
+    pub fn start_with(
+        ns: &Netns,
+        tag: &str,
+        tap: &str,
+        mac: [u8; 6],
+        ip: &str,
+        incoming: Option<&Path>,
+        init_options: &str,
+    ) -> Result<Self> {
         let dir = guest_dir();
         let base = format!("/tmp/{}-{tag}", ns.name);
         let qmp_path = PathBuf::from(format!("{base}.qmp"));
+        let events_path = PathBuf::from(format!("{base}.events.qmp"));
         let serial_log = PathBuf::from(format!("{base}.serial"));
         let qemu_log = PathBuf::from(format!("{base}.qemu.log"));
-        for f in [&qmp_path, &serial_log, &qemu_log] {
+        for f in [&qmp_path, &events_path, &serial_log, &qemu_log] {
             let _ = std::fs::remove_file(f);
         }
         if let Some(sock) = incoming {
@@ -86,7 +107,7 @@ impl Guest {
             .arg(dir.join("initrd.cpio"))
             .args([
                 "-append",
-                &format!("console=ttyS0 panic=1 nve.ip={ip}"),
+                &format!("console=ttyS0 panic=1 nve.ip={ip} {init_options}"),
                 "-netdev",
                 &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
                 // No option ROM: the kernel is loaded directly, nothing boots from the network.
@@ -97,6 +118,8 @@ impl Guest {
                 ),
                 "-qmp",
                 &format!("unix:{},server=on,wait=off", qmp_path.display()),
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", events_path.display()),
                 "-serial",
                 &format!("file:{}", serial_log.display()),
             ]);
@@ -109,6 +132,7 @@ impl Guest {
             ns: ns.name.clone(),
             tap: tap.to_string(),
             qmp_path,
+            events_path,
             serial_log,
             qemu_log,
             incoming: incoming.map(Path::to_path_buf),
@@ -143,12 +167,23 @@ impl Guest {
 
     /// A QMP session (capabilities negotiated), waiting up to 10 s for QEMU's socket.
     pub fn qmp(&mut self) -> Result<Qmp> {
+        let path = self.qmp_path.clone();
+        self.qmp_at(&path)
+    }
+
+    /// A session on the second monitor, for events only (see [`Qmp::wait_event`]).
+    pub fn event_qmp(&mut self) -> Result<Qmp> {
+        let path = self.events_path.clone();
+        self.qmp_at(&path)
+    }
+
+    fn qmp_at(&mut self, path: &Path) -> Result<Qmp> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match UnixStream::connect(&self.qmp_path) {
+            match UnixStream::connect(path) {
                 Ok(s) => return Qmp::new(s),
                 Err(e) if Instant::now() > deadline => {
-                    bail!("QMP {}: {e}\n{}", self.qmp_path.display(), self.logs())
+                    bail!("QMP {}: {e}\n{}", path.display(), self.logs())
                 }
                 Err(_) => {
                     if let Some(status) = self.child.try_wait()? {
@@ -158,6 +193,16 @@ impl Guest {
                 }
             }
         }
+    }
+
+    /// The guest's eth0 received-packet counter, as it last said on its console (started
+    /// with `nve.rxreport`; it says so within 0.1 s of a change, while it runs).
+    pub fn rx_packets(&self) -> Option<u64> {
+        let serial = std::fs::read_to_string(&self.serial_log).ok()?;
+        serial
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix(RX_REPORT)?.trim().parse().ok())
     }
 
     /// The serial console and QEMU's own output, for failure messages.
@@ -186,6 +231,7 @@ impl Drop for Guest {
             .stderr(Stdio::null())
             .status();
         let _ = std::fs::remove_file(&self.qmp_path);
+        let _ = std::fs::remove_file(&self.events_path);
         if let Some(sock) = &self.incoming {
             let _ = std::fs::remove_file(sock);
         }
@@ -279,6 +325,27 @@ impl Qmp {
         Ok(())
     }
 
+    /// Waits up to `timeout` for the event `name` (kept with the others); when QEMU stamped
+    /// it.
+    pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Result<SystemTime> {
+        let deadline = Instant::now() + timeout;
+        while self.event_time(name).is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("no {name} event within {timeout:?}: {:?}", self.events);
+            }
+            self.writer.set_read_timeout(Some(left))?;
+            let v = self.read()?;
+            if v.get("event").is_some() {
+                self.events.push(v);
+            }
+        }
+        self.writer
+            .set_read_timeout(Some(Duration::from_secs(30)))?;
+        self.event_time(name)
+            .ok_or_else(|| anyhow::anyhow!("{name} without a timestamp"))
+    }
+
     /// When QEMU sent the first event named `name` (`STOP`, `RESUME`, ...), if it did.
     pub fn event_time(&self, name: &str) -> Option<SystemTime> {
         let e = self.events.iter().find(|e| e["event"] == name)?;
@@ -292,6 +359,41 @@ impl Qmp {
     pub fn status(&mut self) -> Result<String> {
         let r = self.execute("query-status", json!({}))?;
         Ok(r["status"].as_str().unwrap_or_default().to_string())
+    }
+}
+
+/// A tap's counters: what it transmitted towards its guest (read by QEMU), dropped because
+/// its queue was full (QEMU not reading it fast enough, or at all), and received from it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TapCounters {
+    pub tx: u64,
+    pub tx_dropped: u64,
+    pub rx: u64,
+}
+
+impl std::ops::Sub for TapCounters {
+    type Output = Self;
+    fn sub(self, o: Self) -> Self {
+        Self {
+            tx: self.tx - o.tx,
+            tx_dropped: self.tx_dropped - o.tx_dropped,
+            rx: self.rx - o.rx,
+        }
+    }
+}
+
+/// `tap`'s counters in `ns` (zeros if `ip` cannot say).
+pub fn tap_counters(ns: &Netns, tap: &str) -> TapCounters {
+    let Ok(out) = ns.ip(&["-j", "-s", "link", "show", tap]) else {
+        return TapCounters::default();
+    };
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let stats = &v[0]["stats64"];
+    let n = |dir: &str, what: &str| stats[dir][what].as_u64().unwrap_or(0);
+    TapCounters {
+        tx: n("tx", "packets"),
+        tx_dropped: n("tx", "dropped"),
+        rx: n("rx", "packets"),
     }
 }
 

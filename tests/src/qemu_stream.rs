@@ -18,10 +18,10 @@
 use std::{
     collections::BTreeMap,
     net::UdpSocket,
-    os::fd::{AsRawFd, OwnedFd},
+    os::fd::OwnedFd,
     path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
     thread,
@@ -36,8 +36,10 @@ use crate::{
     etcd::EtcdServer,
     live_stream::in_ns,
     overlay::{self, H1_VTEP, H2_VTEP, VN, VNI},
-    qemu::Guest,
-    rig::{Daemon, Netns, Vm, mac_str, packet_socket},
+    qemu::{Guest, Qmp, tap_counters},
+    rig::{Daemon, Netns, Vm, mac_str},
+    stamped::{ms, recv_stamped, socket_drops, stamped_socket},
+    stream_losses::{self, Losses},
     three_hosts::{self, H3_VTEP, VM3_IP, VM3_MAC},
 };
 
@@ -51,6 +53,9 @@ const PORT: u16 = 9999;
 const LEAD: Duration = Duration::from_secs(1);
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// What the hypervisor's bridge runs on the source at its STOP (libvirt: the domain event
+/// suspended/migrated). Here goes the destination, when `pause` takes it (`--migrating-out`).
+const PAUSE_ON_STOP: &[&str] = &["vm", "pause", "--vm", GUEST, "--migrating-out", H2_VTEP];
 
 /// Three hosts on a bridged underlay, vm3 (a veth VM) on h3, etcd in h3, one NVE a host, the
 /// guests; fields drop in order: QEMUs, daemons, etcd, then the namespaces.
@@ -132,81 +137,35 @@ struct TapLog {
     rarps: Vec<SystemTime>,
     /// The guest's gratuitous ARPs.
     garps: Vec<SystemTime>,
+    /// The stream's sequence numbers in the order the device transmitted them, repeats
+    /// included, with when.
+    order: Vec<(u32, SystemTime)>,
     /// Frames the packet socket itself dropped (then the counts are not trustworthy).
     drops: u32,
 }
-
-const SOL_PACKET: i32 = 263;
-const PACKET_STATISTICS: i32 = 6;
 
 /// Records what `tap` (in `ns`) transmits to its guest and the guest's announcements, until
 /// `stop`. Frames the kernel hands the tap are seen as PACKET_OUTGOING before the tap queues
 /// them for QEMU (or drops them, its queue full): the network's side of the tap.
 fn tap_capture(ns: &Netns, tap: &str, stop: Arc<AtomicBool>) -> Result<thread::JoinHandle<TapLog>> {
     // ETH_P_ALL: outgoing frames reach only the packet sockets of every protocol.
-    let fd = packet_socket(ns, tap, libc::ETH_P_ALL as u16)?;
-    let raw = fd.as_raw_fd();
-    let set = |level: i32, name: i32, value: i32| -> Result<()> {
-        // SAFETY: setsockopt with an int on a socket we own.
-        let rc = unsafe {
-            libc::setsockopt(
-                raw,
-                level,
-                name,
-                (&raw const value).cast(),
-                size_of::<i32>() as u32,
-            )
-        };
-        anyhow::ensure!(rc == 0, "setsockopt: {}", std::io::Error::last_os_error());
-        Ok(())
-    };
-    set(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 64 << 20)?;
-    set(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)?;
-    crate::rig::recv_timeout(&fd, Duration::from_millis(50))?;
+    let fd = stamped_socket(ns, tap, libc::ETH_P_ALL as u16)?;
     Ok(thread::spawn(move || capture_loop(&fd, &stop)))
 }
 
 fn capture_loop(fd: &OwnedFd, stop: &AtomicBool) -> TapLog {
     let mut log = TapLog::default();
     let mut buf = [0u8; 2048];
-    let mut control = [0u64; 16];
     while !stop.load(Ordering::Relaxed) {
-        // SAFETY: zeroed plain-data structs, then pointed at buffers that outlive the call.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = (&raw mut sll).cast();
-        msg.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = size_of_val(&control);
-        // SAFETY: recvmsg into the buffers above.
-        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &raw mut msg, 0) };
-        if n <= 0 {
+        let Some((n, kind, at)) = recv_stamped(fd, &mut buf) else {
             continue;
-        }
-        let frame = &buf[..n as usize];
-        let mut at = SystemTime::now();
-        // SAFETY: walking the control messages recvmsg filled in.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                    at =
-                        SystemTime::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-                }
-                c = libc::CMSG_NXTHDR(&raw const msg, c);
-            }
-        }
-        if sll.sll_pkttype == libc::PACKET_OUTGOING {
+        };
+        let frame = &buf[..n];
+        if kind == libc::PACKET_OUTGOING {
             if let Some(seq) = stream_seq(frame).or_else(|| vxlan_inner(frame).and_then(stream_seq))
             {
                 log.arrivals.entry(seq).or_insert(at);
+                log.order.push((seq, at));
             }
         } else if frame.get(6..12) == Some(&GUEST_MAC[..]) {
             match announcement(frame) {
@@ -216,19 +175,7 @@ fn capture_loop(fd: &OwnedFd, stop: &AtomicBool) -> TapLog {
             }
         }
     }
-    let mut stats = [0u32; 2];
-    let mut len = size_of_val(&stats) as u32;
-    // SAFETY: PACKET_STATISTICS fills struct tpacket_stats { packets, drops }.
-    unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            SOL_PACKET,
-            PACKET_STATISTICS,
-            stats.as_mut_ptr().cast(),
-            &raw mut len,
-        )
-    };
-    log.drops = stats[1];
+    log.drops = socket_drops(fd);
     log
 }
 
@@ -277,19 +224,6 @@ fn stream_seq(frame: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(udp.get(8..12)?.try_into().ok()?))
 }
 
-/// A tap's transmit counters: (packets, dropped because the guest's queue was full).
-fn tap_tx(ns: &Netns) -> (u64, u64) {
-    let Ok(out) = ns.ip(&["-j", "-s", "link", "show", TAP]) else {
-        return (0, 0);
-    };
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    let tx = &v[0]["stats64"]["tx"];
-    (
-        tx["packets"].as_u64().unwrap_or(0),
-        tx["dropped"].as_u64().unwrap_or(0),
-    )
-}
-
 /// The drops `d` counted, as `hook/REASON: packets`.
 fn drops(d: &Daemon) -> String {
     let Ok(stats) = d.stats_view() else {
@@ -311,12 +245,26 @@ fn drops(d: &Daemon) -> String {
     }
 }
 
-/// Milliseconds from `a` to `b` (negative if `b` is earlier).
-fn ms(a: SystemTime, b: SystemTime) -> f64 {
-    match b.duration_since(a) {
-        Ok(d) => d.as_secs_f64() * 1000.0,
-        Err(e) => -e.duration().as_secs_f64() * 1000.0,
-    }
+/// The source's STOP, as the hypervisor's event bridge saw it, and nve's answer to the pause
+/// it turned it into: ms after QEMU stamped the event.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct StopSignal {
+    /// The bridge read the event.
+    pub seen_ms: f64,
+    /// `nve vm pause` (the CLI, over the daemon's socket) answered.
+    pub paused_ms: f64,
+}
+
+/// A libvirt-events bridge in miniature: waits on `events` (the source's second QMP monitor)
+/// for STOP and runs [`PAUSE_ON_STOP`] on `d1` at once.
+fn pause_on_stop(mut events: Qmp, d1: &Daemon) -> Result<StopSignal> {
+    let stop = events.wait_event("STOP", MIGRATION_TIMEOUT)?;
+    let seen = SystemTime::now();
+    d1.nve(PAUSE_ON_STOP)?;
+    Ok(StopSignal {
+        seen_ms: ms(stop, seen),
+        paused_ms: ms(stop, SystemTime::now()),
+    })
 }
 
 /// Polls `ok` every 100 ms for up to 10 s (as `rig::wait_until`, without panicking).
@@ -373,15 +321,13 @@ pub struct QemuFigures {
     pub send_errors: usize,
     pub at_h1: usize,
     pub at_h2: usize,
-    /// Sent but reached neither tap: what the network lost.
-    pub network_lost: Vec<u32>,
-    /// Reached h1's tap after the source stopped: during QEMU's downtime (before RESUME) and
-    /// after the destination resumed; first and last sequence number of each.
-    pub lost_to_pause: usize,
-    pub in_downtime: usize,
-    pub in_downtime_seqs: Option<(u32, u32)>,
-    pub after_resume: usize,
-    pub after_resume_seqs: Option<(u32, u32)>,
+    /// Lost during the pause (STOP -> RESUME), lost by the network (before STOP, after
+    /// RESUME), duplicated, out of order: see [`stream_losses`].
+    pub losses: Losses,
+    /// The source's STOP, as a libvirt-events bridge sees it, turned into nve's pause on h1.
+    pub stop_signal: Option<StopSignal>,
+    /// Why there is no `stop_signal` (no STOP, or the pause failed).
+    pub stop_signal_error: Option<String>,
     /// The last datagram at h1's tap, the first at h2's, after RESUME, ms.
     pub last_at_h1_ms: Option<f64>,
     pub first_at_h2_ms: Option<f64>,
@@ -410,7 +356,8 @@ pub struct QemuFigures {
     /// QEMU's RARPs and the guest's gratuitous ARPs at h2's tap, ms after RESUME.
     pub rarps_ms: Vec<f64>,
     pub garps_ms: Vec<f64>,
-    /// The NVEs' hook counters (h1, h2, h3) when the network lost datagrams.
+    /// The NVEs' hook counters (h1, h2, h3) when the network lost datagrams (before STOP or
+    /// after RESUME).
     #[serde(skip)]
     pub hooks_on_loss: Option<[String; 3]>,
     /// The whole run, rig included, s.
@@ -473,7 +420,7 @@ pub fn migrate_guest_under_stream(tag: &str, rate: u32, seconds: u32) -> Result<
         H1_VTEP,
     ])?;
     let h2_state_pre_associated = vnic_state(&r.d2);
-    let tx_before = (tap_tx(&r.h1), tap_tx(&r.h2));
+    let tx_before = (tap_counters(&r.h1, TAP), tap_counters(&r.h2, TAP));
 
     // Both taps watched before the first datagram leaves.
     let stop_capture = Arc::new(AtomicBool::new(false));
@@ -484,13 +431,14 @@ pub fn migrate_guest_under_stream(tag: &str, rate: u32, seconds: u32) -> Result<
     // What leaves h1 for the underlay carrying the stream: re-encapsulated by its pointer.
     let cap_ul = tap_capture(&r.h1, "ul", stop_capture.clone())?;
     let next = Arc::new(AtomicU32::new(0));
-    let failed_sends = Arc::new(Mutex::new(Vec::new()));
     let sender = {
-        let (stop, next, failed) = (stop_stream.clone(), next.clone(), failed_sends.clone());
+        let (stop, next) = (stop_stream.clone(), next.clone());
         in_ns(&r.vm3.ns, move || {
             // Not connected: the guest's port unreachables must not fail the next send.
             let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
             let start = Instant::now();
+            // When each datagram left, `None` for a send error.
+            let mut sent = Vec::new();
             for seq in 0..rate * seconds {
                 if stop.load(Ordering::Relaxed) {
                     break;
@@ -500,28 +448,33 @@ pub fn migrate_guest_under_stream(tag: &str, rate: u32, seconds: u32) -> Result<
                 if let Some(wait) = due.checked_sub(start.elapsed()) {
                     thread::sleep(wait);
                 }
-                if socket
-                    .send_to(&seq.to_be_bytes(), (GUEST_IP, PORT))
-                    .is_err()
-                {
-                    failed.lock().unwrap().push(seq);
-                }
+                let ok = socket.send_to(&seq.to_be_bytes(), (GUEST_IP, PORT)).is_ok();
+                sent.push(ok.then(SystemTime::now));
                 next.store(seq + 1, Ordering::Relaxed);
             }
+            sent
         })
     };
 
-    // The move: QEMU's own live migration, source h1 -> destination h2.
+    // The move: QEMU's own live migration, source h1 -> destination h2; the bridge turns the
+    // source's STOP into nve's pause.
+    let src_events = r.src.as_mut().expect("started above").event_qmp()?;
     thread::sleep(LEAD);
-    let migration = src_qmp
-        .migrate(&migration_socket, MIGRATION_TIMEOUT)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{e:#}\nsource:\n{}\ndestination:\n{}",
-                r.src.as_ref().map(Guest::logs).unwrap_or_default(),
-                r.dst.as_ref().map(Guest::logs).unwrap_or_default()
-            )
-        })?;
+    let (migration, stop_signal) = thread::scope(|s| {
+        let bridge = s.spawn(|| pause_on_stop(src_events, &r.d1));
+        let migration = src_qmp.migrate(&migration_socket, MIGRATION_TIMEOUT);
+        let signal = bridge
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the STOP bridge panicked")));
+        (migration, signal)
+    });
+    let migration = migration.map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}\nsource:\n{}\ndestination:\n{}",
+            r.src.as_ref().map(Guest::logs).unwrap_or_default(),
+            r.dst.as_ref().map(Guest::logs).unwrap_or_default()
+        )
+    })?;
     let completed_at = SystemTime::now();
     // What libvirt's hook does once the migration is over: the source disassociates, leaving
     // a forwarding pointer to h2.
@@ -538,7 +491,7 @@ pub fn migrate_guest_under_stream(tag: &str, rate: u32, seconds: u32) -> Result<
     let h2_activated_without_associate = poll(|| vnic_state(&r.d2) == Some(VnicState::Associated));
     thread::sleep(Duration::from_secs(1));
     stop_stream.store(true, Ordering::Relaxed);
-    sender
+    let sent_at = sender
         .join()
         .map_err(|_| anyhow::anyhow!("the sender failed"))?;
     thread::sleep(Duration::from_millis(300));
@@ -549,7 +502,7 @@ pub fn migrate_guest_under_stream(tag: &str, rate: u32, seconds: u32) -> Result<
     };
     let (log1, log2, log_ul) = (join(cap1)?, join(cap2)?, join(cap_ul)?);
     let (at_h1, at_h2) = (&log1.arrivals, &log2.arrivals);
-    let tx_after = (tap_tx(&r.h1), tap_tx(&r.h2));
+    let tx_after = (tap_counters(&r.h1, TAP), tap_counters(&r.h2, TAP));
 
     src_qmp.drain_events(Duration::from_millis(100))?;
     dst_qmp.drain_events(Duration::from_millis(100))?;
@@ -561,24 +514,11 @@ pub fn migrate_guest_under_stream(tag: &str, rate: u32, seconds: u32) -> Result<
     let src_status = src_qmp.status()?;
     let dst_status = dst_qmp.status()?;
 
-    let total = next.load(Ordering::Relaxed);
-    let failed = failed_sends.lock().unwrap().clone();
-    let sent: Vec<u32> = (0..total)
-        .filter(|s| failed.binary_search(s).is_err())
+    let sent: Vec<(u32, SystemTime)> = (0..)
+        .zip(&sent_at)
+        .filter_map(|(seq, at)| Some((seq, (*at)?)))
         .collect();
-    let network_lost: Vec<u32> = sent
-        .iter()
-        .copied()
-        .filter(|s| !at_h1.contains_key(s) && !at_h2.contains_key(s))
-        .collect();
-    let paused: Vec<(u32, SystemTime)> = at_h1
-        .iter()
-        .filter(|(_, at)| **at >= stopped)
-        .map(|(s, at)| (*s, *at))
-        .collect();
-    let (in_downtime, after_resume): (Vec<_>, Vec<_>) =
-        paused.iter().partition(|(_, at)| *at < resumed);
-    let seqs = |v: &[&(u32, SystemTime)]| v.first().zip(v.last()).map(|(a, b)| (a.0, b.0));
+    let losses = stream_losses::account(&sent, &log1.order, &log2.order, stopped, resumed);
     let window = |m: &BTreeMap<u32, SystemTime>| match (
         m.keys().next(),
         m.keys().last(),
@@ -601,7 +541,7 @@ pub fn migrate_guest_under_stream(tag: &str, rate: u32, seconds: u32) -> Result<
             .unwrap_or_default()
     };
     let hooks_on_loss =
-        (!network_lost.is_empty()).then(|| [hooks(&r.d1), hooks(&r.d2), hooks(&r.d3)]);
+        (!losses.network().is_empty()).then(|| [hooks(&r.d1), hooks(&r.d2), hooks(&r.d3)]);
 
     // The migrated guest is alive: it answers vm3 from h2.
     let ping_error = r.vm3.ping(GUEST_IP, 3).err().map(|e| format!("{e:#}"));
@@ -626,15 +566,12 @@ pub fn migrate_guest_under_stream(tag: &str, rate: u32, seconds: u32) -> Result<
         src_status,
         dst_status,
         sent: sent.len(),
-        send_errors: failed.len(),
+        send_errors: sent_at.len() - sent.len(),
         at_h1: at_h1.len(),
         at_h2: at_h2.len(),
-        network_lost,
-        lost_to_pause: paused.len(),
-        in_downtime: in_downtime.len(),
-        in_downtime_seqs: seqs(&in_downtime),
-        after_resume: after_resume.len(),
-        after_resume_seqs: seqs(&after_resume),
+        losses,
+        stop_signal: stop_signal.as_ref().ok().copied(),
+        stop_signal_error: stop_signal.as_ref().err().map(|e| format!("{e:#}")),
         last_at_h1_ms: at_h1.values().max().map(|t| ms(resumed, *t)),
         first_at_h2_ms: at_h2.values().min().map(|t| ms(resumed, *t)),
         early_at_h2: at_h2.values().filter(|at| **at < resumed).count(),
@@ -643,7 +580,10 @@ pub fn migrate_guest_under_stream(tag: &str, rate: u32, seconds: u32) -> Result<
         forwarded,
         through_pointer: log_ul.arrivals.len(),
         through_pointer_window: window(&log_ul.arrivals),
-        tap_drops: (tx_after.0.1 - tx_before.0.1, tx_after.1.1 - tx_before.1.1),
+        tap_drops: (
+            (tx_after.0 - tx_before.0).tx_dropped,
+            (tx_after.1 - tx_before.1).tx_dropped,
+        ),
         packet_socket_drops: (log1.drops, log2.drops, log_ul.drops),
         ping_error,
         h3_converged,

@@ -26,7 +26,9 @@ const ROOT_MODULES: &[&str] = &["virtio_pci", "virtio_net"];
 /// with `nve.ip=ADDR/LEN` (and `nve.mac=MAC`, if given) from the kernel command line; with
 /// `nve.ping=ADDR`, pings ADDR once it is up (a try a second, for 30 s) and says whether it
 /// answered (`NVE-GUEST-PING-OK ADDR` or `NVE-GUEST-PING-FAILED ADDR`): a guest whose console
-/// a test can only read (libvirt's file serial) still shows what it reaches.
+/// a test can only read (libvirt's file serial) still shows what it reaches. With
+/// `nve.rxreport`, it then says `NVE-GUEST-RX N` whenever eth0's received-packet counter
+/// changed (checked every 0.1 s): what the guest got, counted by the guest.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -35,12 +37,13 @@ mount -t devtmpfs dev /dev
 for m in $(cat /modules.order); do
     insmod "/lib/modules/$m.ko" || echo "NVE-GUEST-FAILED insmod $m"
 done
-ip=; mac=; ping=
+ip=; mac=; ping=; rxreport=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         nve.ip=*) ip="${arg#nve.ip=}" ;;
         nve.mac=*) mac="${arg#nve.mac=}" ;;
         nve.ping=*) ping="${arg#nve.ping=}" ;;
+        nve.rxreport) rxreport=1 ;;
     esac
 done
 n=0
@@ -63,6 +66,12 @@ if [ -n "$ping" ]; then
     done
     [ $n -lt 30 ] && echo "NVE-GUEST-PING-OK $ping"
 fi
+last=
+while [ -n "$rxreport" ]; do
+    read -r n < /sys/class/net/eth0/statistics/rx_packets
+    [ "$n" != "$last" ] && echo "NVE-GUEST-RX $n" && last=$n
+    sleep 0.1
+done
 while :; do sleep 3600; done
 "#;
 

@@ -118,12 +118,15 @@ fn migration(runs: u32) -> Result<()> {
     );
     for (i, f) in figures.iter().enumerate() {
         println!(
-            "  run {}: VM paused {:.0} ms, lost during the pause {}, lost otherwise {}, longest gap {:.1} ms, \
-             through the forwarding pointer {}",
+            "  run {}: VM paused {:.0} ms, lost during the pause {}, lost by the network {} \
+             (outside the pause, after the RARP included), duplicates {}, out of order {}, \
+             longest gap {:.1} ms, through the forwarding pointer {}",
             i + 1,
             f.pause_ms,
             f.lost_in_pause,
             f.lost_otherwise.len(),
+            f.duplicates,
+            f.out_of_order,
             f.longest_gap_ms,
             f.forwarded
         );
@@ -164,17 +167,30 @@ fn qemu_migration(runs: u32) -> Result<()> {
     for (i, f) in figures.iter().enumerate() {
         println!(
             "  run {}: boot {:.1} s, migration {} ms, QEMU downtime {} ms, STOP -> RESUME {:.1} ms, \
-             lost to the pause {} ({} after RESUME), lost by the network {}, through the \
-             forwarding pointer {}",
+             STOP -> nve's pause answered {}; {}; through the forwarding pointer {}",
             i + 1,
             f.boot_s,
             f.migration_ms,
             f.qemu_downtime_ms,
             f.stop_to_resume_ms,
-            f.lost_to_pause,
-            f.after_resume,
-            f.network_lost.len(),
+            f.stop_signal.map_or_else(
+                || f.stop_signal_error.clone().unwrap_or_default(),
+                |s| format!("{:.2} ms", s.paused_ms)
+            ),
+            f.losses,
             f.forwarded
+        );
+    }
+    let mut paused: Vec<f64> = figures
+        .iter()
+        .filter_map(|f| f.stop_signal.map(|s| s.paused_ms))
+        .collect();
+    if !paused.is_empty() {
+        let (p50, _, max) = percentiles(&mut paused);
+        println!(
+            "  QMP STOP -> `nve vm pause` answered (the bridge's reaction), {} migrations: \
+             p50 {p50:.2} ms, max {max:.2} ms",
+            paused.len()
         );
     }
     merge_json("migration.json", "qemu", serde_json::to_value(&figures)?)

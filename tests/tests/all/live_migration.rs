@@ -30,7 +30,8 @@ fn migrates_without_network_loss(r: &MigrationRig) {
     let f = live_stream::migrate_under_stream(r, 10_000, 3).unwrap();
     println!(
         "sent {}, received {}, lost while the VM was paused (seq {}..{}, {:.0} ms): {}, lost \
-         otherwise: {}, longest gap {:.1} ms, through h1's forwarding pointer: {}",
+         otherwise: {}, duplicates {}, out of order {}, longest gap {:.1} ms, through h1's \
+         forwarding pointer: {}",
         f.sent,
         f.received,
         f.pause.start,
@@ -38,6 +39,8 @@ fn migrates_without_network_loss(r: &MigrationRig) {
         f.pause_ms,
         f.lost_in_pause,
         f.lost_otherwise.len(),
+        f.duplicates,
+        f.out_of_order,
         f.longest_gap_ms,
         f.forwarded
     );

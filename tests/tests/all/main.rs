@@ -29,6 +29,7 @@ mod observability;
 mod peers;
 mod prog_test_run;
 mod qemu_migration;
+mod qemu_tap_queue;
 mod restart;
 mod signaling;
 mod suppression;
