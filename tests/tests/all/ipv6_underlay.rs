@@ -14,28 +14,7 @@ const VM4_IP: &str = "192.168.10.4";
 
 /// The kernel's vxlan (VNI 100) from `local` to h1 with its own bridge and `port`.
 fn kernel_peer(h2: &Netns, bridge: &str, dev: &str, local: &str, remote: &str, port: &str) {
-    h2.ip(&["link", "add", bridge, "type", "bridge"]).unwrap();
-    h2.ip(&[
-        "link",
-        "add",
-        dev,
-        "type",
-        "vxlan",
-        "id",
-        "100",
-        "local",
-        local,
-        "dstport",
-        "4789",
-        "nolearning",
-        "dev",
-        "ul",
-    ])
-    .unwrap();
-    for l in [dev, port] {
-        h2.ip(&["link", "set", l, "master", bridge, "up"]).unwrap();
-    }
-    h2.ip(&["link", "set", bridge, "up"]).unwrap();
+    overlay::kernel_vxlan_bridge(h2, 100, bridge, dev, local, port).unwrap();
     h2.exec(&[
         "bridge",
         "fdb",
