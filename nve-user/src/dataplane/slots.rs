@@ -2,7 +2,10 @@
 //! `VN_STATS_MAP` and `PORT_STATS_MAP`. The daemon writes a VN's slot into its `VnInfo`
 //! (and into the `PortValue`s and flood lists that name it) and a port's into its
 //! `PortValue`s, so the programs count without a lookup of their own.
-use std::{collections::HashMap, hash::Hash};
+use std::{
+    collections::{HashMap, HashSet},
+    hash::Hash,
+};
 
 use aya::{
     Pod,
@@ -61,8 +64,9 @@ impl CounterSlots {
     ) -> Result<(HashMap<PortKey, PortValue>, HashMap<u32, VnInfo>)> {
         self.vns
             .retain(|&vni| vns.contains_key(&vni) || vn_kept(vni));
+        let wanted: HashSet<u32> = ports.keys().map(|k| k.ifindex).collect();
         self.ports
-            .retain(|&ifindex| ports.keys().any(|k| k.ifindex == ifindex) || port_kept(ifindex));
+            .retain(|ifindex| wanted.contains(ifindex) || port_kept(*ifindex));
         let mut port_slot = |ifindex: u32| -> Result<u16> {
             let slot = self.ports.assign(ifindex);
             if slot.fresh {
@@ -159,7 +163,7 @@ impl<K: Copy + Eq + Hash> Slots<K> {
             .into_iter()
             .filter(|&(_, slot)| slot != NO_COUNTERS && slot <= capacity)
             .collect();
-        let used: std::collections::HashSet<u16> = by_key.values().copied().collect();
+        let used: HashSet<u16> = by_key.values().copied().collect();
         let free = (1..=capacity).filter(|s| !used.contains(s)).collect();
         Self { by_key, free }
     }
