@@ -23,6 +23,8 @@ fn nve_to_nve() {
         // ARP reached the other side by flooding and was delivered there.
         assert!(d.counter("underlay_rx", "FLOODED").unwrap() > 0);
     }
+    let programs: Vec<u64> = [&d1, &d2].into_iter().flat_map(attached_programs).collect();
+    assert_eq!(programs.len(), 6, "programs attached: {programs:?}");
     for (d, host, port) in [(d1, &rig.h1, "vm1p"), (d2, &rig.h2, "vm2p")] {
         let pins = d.pin_dir();
         for pin in [
@@ -51,18 +53,35 @@ fn nve_to_nve() {
             "managed neighbour left behind: {neigh}"
         );
     }
-    // Both daemons gone: their programs are unloaded (tests run one at a time; the kernel
-    // frees them shortly after the last reference goes).
-    let mut progs = String::new();
+    // Both daemons gone: their programs are unloaded (the kernel frees them shortly after
+    // the last reference goes). By id: other processes may have nve's programs loaded.
+    let loaded = || {
+        programs
+            .iter()
+            .filter(|id| {
+                nve_tests::rig::run(&["bpftool", "prog", "show", "id", &id.to_string()]).is_ok()
+            })
+            .count()
+    };
     for _ in 0..40 {
-        progs = nve_tests::rig::run(&["bpftool", "prog", "show"]).unwrap();
-        if !progs.contains("tc_vm_egress") {
+        if loaded() == 0 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert!(
-        !progs.contains("tc_vm_egress"),
-        "programs left loaded:\n{progs}"
-    );
+    assert_eq!(loaded(), 0, "programs left loaded of {programs:?}");
+}
+
+/// The ids of the programs `d` attached: its pinned links' (`bpftool link show pinned`).
+fn attached_programs(d: &nve_tests::rig::Daemon) -> Vec<u64> {
+    let links = std::fs::read_dir(d.pin_dir()).unwrap().flatten();
+    let pinned = links.filter(|e| e.file_name().to_string_lossy().starts_with("link_"));
+    pinned
+        .map(|e| {
+            let path = e.path().display().to_string();
+            let out = nve_tests::rig::run(&["bpftool", "-j", "link", "show", "pinned", &path]);
+            let link: serde_json::Value = serde_json::from_str(&out.unwrap()).unwrap();
+            link["prog_id"].as_u64().expect("a link's prog_id")
+        })
+        .collect()
 }
