@@ -60,6 +60,10 @@ pub struct Entry {
     /// duplicate detection, and it thaws a MAC frozen elsewhere.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub migrated: bool,
+    /// The claiming NVE's vNIC left (migrated away): it only forwards the MAC's frames on,
+    /// through its forwarding pointer, until the destination's claim beats this one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forwarding: bool,
 }
 
 impl Entry {
@@ -72,6 +76,7 @@ impl Entry {
             vn: None,
             supersedes_local: false,
             migrated: false,
+            forwarding: false,
         }
     }
 

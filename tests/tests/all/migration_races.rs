@@ -1,7 +1,9 @@
 //! Races of a migration (spec.md 5), three NVEs on the NVA (a real etcd in h3), h3's VM
 //! talking to the migrating one: an aborted migration leaves the source in charge; A -> B
 //! -> A in quick succession ends on A with no pointer left; with the NVA down during the
-//! move, the forwarding pointer carries the traffic and the NVEs converge once it is back.
+//! move, the forwarding pointer carries the traffic and the NVEs converge once it is back;
+//! a source that lets go first keeps the others unicasting (to its pointer, or where the VM
+//! is expected).
 use std::{thread, time::Duration};
 
 use nve_tests::{
@@ -9,7 +11,7 @@ use nve_tests::{
     overlay::{self, H1_VTEP, H2_VTEP, VM1_IP, VM1_MAC},
     packet,
     rig::{Daemon, fdb_vtep, require_root, send_frames, wait_until},
-    three_hosts::{H3_VTEP, MigrationRig},
+    three_hosts::{H3_VTEP, MigrationRig, VM3_IP, VM3_MAC},
 };
 use nve_user::mac::MacAddr;
 
@@ -34,6 +36,26 @@ fn leave_h1(r: &Rig) {
 fn resume_on_h2(r: &Rig) {
     r.new.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
     send_frames(&r.new.ns, "eth0", &[packet::rarp(VM1_MAC)]).unwrap();
+}
+
+/// vm3 sends the VM one unicast frame (an echo request to its MAC: a ping could be an ARP
+/// broadcast first, flooded whatever h3 knows) and waits until h2 decapsulated it: the
+/// frames h3 flooded meanwhile.
+fn unicast_from_vm3(r: &Rig) -> u64 {
+    let decapsulated = r.d2.counter("underlay_rx", "DECAPSULATED").unwrap();
+    let flooded = r.d3.counter("vm_egress", "FLOODED").unwrap();
+    let ip = packet::Ipv4::new(VM3_IP.parse().unwrap(), VM1_IP.parse().unwrap(), 1);
+    let frame = packet::eth(
+        VM1_MAC,
+        VM3_MAC,
+        0x0800,
+        &ip.packet(&packet::icmp_echo(1, 1, 64)),
+    );
+    send_frames(&r.rig.vm3.ns, "eth0", &[frame]).unwrap();
+    wait_until("h2 decapsulates vm3's frame", || {
+        r.d2.counter("underlay_rx", "DECAPSULATED").unwrap() > decapsulated
+    });
+    r.d3.counter("vm_egress", "FLOODED").unwrap() - flooded
 }
 
 /// Where `d` has the VM from the NVA, if anywhere.
@@ -171,16 +193,38 @@ fn the_source_lets_go_before_the_destination_takes_over() {
     // Meanwhile vm3's frames follow the pointer to h2, which delivers them into the port
     // of the vNIC pre-associated as migrating in (where a tap would hold them for the VM
     // until it resumes; this VM's link is still down), and does not drop them as inactive.
-    let decapsulated = r.d2.counter("underlay_rx", "DECAPSULATED").unwrap();
-    let _ = r.rig.vm3.ns.exec(&["ping", "-c", "1", "-W", "1", VM1_IP]);
-    assert!(r.d2.counter("underlay_rx", "DECAPSULATED").unwrap() > decapsulated);
+    // h1 keeps its claim while its pointer lives: h3 unicasts to it rather than flooding
+    // to h1 and h2 (which with the pointer delivered each frame twice).
+    assert_eq!(unicast_from_vm3(&r), 0, "h3 flooded vm3's frame");
     assert_eq!(r.d2.counter("underlay_rx", "VNIC_INACTIVE").unwrap(), 0);
+    assert_eq!(nva_location(&r.d3).as_deref(), Some(H1_VTEP));
     // Then the hypervisor's associate at the destination (no announcement this time).
     r.new.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
     overlay::associate(&r.d2, VMX, "vmxp", VM1_MAC, Some(VM1_IP)).unwrap();
     wait_until("h3 follows the VM to h2", || {
         nva_location(&r.d3).as_deref() == Some(H2_VTEP)
     });
+    r.rig
+        .vm3
+        .ping_until_reachable(VM1_IP, 5)
+        .expect("vm3 -> the VM on h2");
+}
+
+/// The source lets go without naming the destination (no pointer: a plain disassociate):
+/// the MAC nobody claims any more is where h2 expects it (its pre-association migrating
+/// in, on the NVA), so h3 sends there instead of flooding it.
+#[test]
+fn without_a_pointer_the_others_send_where_the_vm_is_expected() {
+    let r = setup("re");
+    r.pre_associate_on_h2().unwrap();
+    r.rig.vm1.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    r.d1.nve(&["vm", "disassociate", "--vm", VMX]).unwrap();
+    wait_until(
+        "h3 sends the VM's frames to h2, where it is expected",
+        || nva_location(&r.d3).as_deref() == Some(H2_VTEP),
+    );
+    assert_eq!(unicast_from_vm3(&r), 0, "h3 flooded vm3's frame");
+    resume_on_h2(&r);
     r.rig
         .vm3
         .ping_until_reachable(VM1_IP, 5)

@@ -83,9 +83,9 @@ impl Link {
     }
 }
 
-/// What this NVE publishes: its associated vNICs (and those paused toward their migration's
-/// destination), the MACs it expects to arrive by migration, its memberships and VNs. A MAC it already claims keeps its sequence number; one it starts to claim takes the
-/// highest other claim's plus one.
+/// What this NVE publishes: its VNs, its memberships, the MACs it expects to arrive by
+/// migration, its associated vNICs (and those paused toward their migration's destination),
+/// and the MACs that moved away while their forwarding pointers live.
 pub fn local_entries(
     model: &Model,
     vtep: IpAddr,
@@ -93,7 +93,16 @@ pub fn local_entries(
     published: &BTreeMap<String, Entry>,
 ) -> BTreeMap<String, Entry> {
     let mut out = BTreeMap::new();
-    // The VNs this NVE serves, for those that do not have them yet.
+    vn_definitions(model, vtep, &mut out);
+    memberships(model, vtep, &mut out);
+    arrivals(model, vtep, &mut out);
+    forwarded(model, vtep, claims, published, &mut out);
+    vnic_claims(model, vtep, claims, published, &mut out);
+    out
+}
+
+/// The VNs this NVE serves, for those that do not have them yet.
+fn vn_definitions(model: &Model, vtep: IpAddr, out: &mut BTreeMap<String, Entry>) {
     for (name, vn) in model.vns() {
         let def = CreateVn {
             flood_unknown: vn.flood_unknown,
@@ -107,9 +116,12 @@ pub fn local_entries(
         };
         out.insert(vn_key(vn.vni, vtep), entry);
     }
-    // Membership: every VN with a vNIC here, whatever its state, or a forwarding pointer
-    // (the VM's last vNIC here left, and VXLAN for it that still arrives is sent on: the
-    // destination must keep accepting this VTEP's VXLAN of the VN until the pointer goes).
+}
+
+/// Membership: every VN with a vNIC here, whatever its state, or a forwarding pointer
+/// (the VM's last vNIC here left, and VXLAN for it that still arrives is sent on: the
+/// destination must keep accepting this VTEP's VXLAN of the VN until the pointer goes).
+fn memberships(model: &Model, vtep: IpAddr, out: &mut BTreeMap<String, Entry>) {
     let pointing = model
         .vns()
         .filter(|(_, vn)| !vn.moved.is_empty())
@@ -117,16 +129,66 @@ pub fn local_entries(
     for vni in model.vnics().map(|(_, v)| v.vni).chain(pointing) {
         out.insert(member_key(vni, vtep), Entry::at(vtep));
     }
-    // A vNIC paused toward its destination stays published here: its MACs are still
-    // reached through this VTEP (the pointer sends them on), where a withdrawal would make
-    // the others flood them, to the destination too, which delivers them twice.
-    // A vNIC pre-associated migrating in is expected here: an intent, not a claim, for the
-    // source to find its destination by.
+}
+
+/// A vNIC pre-associated migrating in is expected here: an intent, not a claim, for the
+/// source to find its destination by and the others to send to once the source lets go.
+fn arrivals(model: &Model, vtep: IpAddr, out: &mut BTreeMap<String, Entry>) {
     for (_, v) in model.vnics().filter(|(_, v)| v.is_arriving()) {
         for &mac in &v.params.macs {
             out.insert(arriving_key(v.vni, mac, vtep), Entry::at(vtep));
         }
     }
+}
+
+/// Whether another NVE's claim on `key`'s MAC beats `mine`.
+fn beaten(claims: &Claims, vni: u32, mac: crate::mac::MacAddr, vtep: IpAddr, mine: &Entry) -> bool {
+    claims
+        .winner((vni, mac), vtep)
+        .is_some_and(|w| w.beats(mine))
+}
+
+/// A MAC that moved away (its forwarding pointer lives) keeps what this NVE published of
+/// it until a newer claim beats it: the others go on unicasting to the pointer, where a
+/// withdrawal before the destination's claim made them flood it, to the destination too,
+/// which got it twice (directly and through the pointer). Marked `forwarding`, so that a
+/// vNIC with it associated here again claims anew.
+fn forwarded(
+    model: &Model,
+    vtep: IpAddr,
+    claims: &Claims,
+    published: &BTreeMap<String, Entry>,
+    out: &mut BTreeMap<String, Entry>,
+) {
+    for (_, vn) in model.vns() {
+        for &mac in vn.moved.keys() {
+            let key = key(vn.vni, mac, vtep);
+            let Some(mine) = published.get(&key) else {
+                continue;
+            };
+            if !beaten(claims, vn.vni, mac, vtep, mine) {
+                let entry = Entry {
+                    forwarding: true,
+                    ..mine.clone()
+                };
+                out.insert(key, entry);
+            }
+        }
+    }
+}
+
+/// The claims of the associated vNICs, and of those paused toward their migration's
+/// destination: their MACs are still reached through this VTEP (the pointer sends them on),
+/// where a withdrawal would make the others flood them, to the destination too. A MAC this
+/// NVE already claims keeps its sequence number; one it starts to claim (or claims again
+/// after it moved away) takes the highest other claim's plus one.
+fn vnic_claims(
+    model: &Model,
+    vtep: IpAddr,
+    claims: &Claims,
+    published: &BTreeMap<String, Entry>,
+    out: &mut BTreeMap<String, Entry>,
+) {
     let reached = |v: &crate::model::Vnic| v.state.forwards() || v.paused_toward().is_some();
     for (_, v) in model.vnics().filter(|(_, v)| reached(v)) {
         let v4 = v.params.ipv4.iter().map(|&a| IpAddr::from(a));
@@ -134,8 +196,8 @@ pub fn local_entries(
         for &mac in &v.params.macs {
             let key = key(v.vni, mac, vtep);
             let seq = match published.get(&key) {
-                Some(mine) => mine.seq,
-                None => claims.winner((v.vni, mac), vtep).map_or(0, |e| e.seq + 1),
+                Some(mine) if !mine.forwarding => mine.seq,
+                _ => claims.winner((v.vni, mac), vtep).map_or(0, |e| e.seq + 1),
             };
             let entry = Entry {
                 ips: ips.clone(),
@@ -146,7 +208,6 @@ pub fn local_entries(
             out.insert(key, entry);
         }
     }
-    out
 }
 
 /// Hands every other NVE's entry to the model (a session's first sync; a no-op when the
