@@ -21,7 +21,7 @@ use super::{
     vnic_state,
 };
 use crate::{
-    qemu::{Qmp, tap_counters},
+    qemu::{Guest, Qmp, tap_counters},
     stamped::ms,
     stream_losses::{self, Aborted},
 };
@@ -52,7 +52,8 @@ pub struct AbortFigures {
     /// `query-status` afterwards (`running`).
     pub migration_status: String,
     pub src_status: String,
-    /// The incoming QEMU had exited by itself when the test came to quit it.
+    /// The incoming QEMU, its migration broken off, exited by itself (within a second after
+    /// nve's resume; else the test quit it).
     pub dst_exited_by_itself: bool,
     /// The bridge's pause at STOP and resume at RESUME.
     pub stop_signal: Option<Signal>,
@@ -143,7 +144,7 @@ impl QemuRig {
         let driven = driven.map_err(|e| anyhow!("{e:#}\n{}", self.logs()))?;
         // The incoming QEMU's migration broke off: it goes (libvirt kills it), its tap with
         // it, and the destination's vNIC is disassociated (libvirt's `release` hook).
-        let dst_exited_by_itself = self.incoming.as_mut().is_some_and(|g| g.has_exited());
+        let dst_exited_by_itself = self.incoming.as_mut().is_some_and(exits_by_itself);
         if !dst_exited_by_itself {
             let _ = dst_qmp.execute("quit", serde_json::json!({}));
         }
@@ -243,6 +244,17 @@ fn cancel_in_pre_switchover(
         cancelled: SystemTime::now(),
         status: r["status"].as_str().unwrap_or_default().into(),
     })
+}
+
+/// Whether `incoming`, its migration broken off, exits by itself within a second.
+fn exits_by_itself(incoming: &mut Guest) -> bool {
+    for _ in 0..100 {
+        if incoming.has_exited() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 /// The events `q` has seen, by name, ms after `since`.
