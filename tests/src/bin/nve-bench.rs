@@ -164,28 +164,30 @@ fn qemu_migration(fresh: u32, moves: u32) -> Result<()> {
          times"
     );
     let mut figures = Vec::new();
+    let mut labels = Vec::new();
     for i in 0..fresh {
         figures.push(nve_tests::qemu_stream::migrate_guest_under_stream(
             &format!("qb{i}"),
             RATE,
             30,
         )?);
+        labels.push(format!("fresh guest {}", i + 1));
     }
     let mut rig = nve_tests::qemu_stream::QemuRig::new("qd")?;
-    for _ in 0..moves {
+    for i in 0..moves {
         figures.push(rig.migrate(RATE, 30)?);
+        labels.push(format!("one guest, move {}", i + 1));
     }
     drop(rig);
     println!("\nLive migration (QEMU guest, QEMU's own migration), {RATE} datagrams/s:");
-    for (i, f) in figures.iter().enumerate() {
+    for (f, label) in figures.iter().zip(&labels) {
         println!(
-            "  {:>2} {} -> {}{}: migration {} ms, QEMU downtime {} ms, STOP -> RESUME {:.1} ms, \
-             STOP -> pause answered {}; lost {} in all ({}), duplicates {}, out of order {}, \
-             queued at the destination's tap before RESUME {}",
-            i + 1,
+            "  {label:<18} {} -> {}: migration {} ms, QEMU downtime {} ms, STOP -> RESUME \
+             {:.1} ms, STOP -> pause answered {}; lost {} in all ({} in the pause, {} by the \
+             network), duplicates {}, out of order {}, queued at the destination's tap before \
+             RESUME {}",
             f.from,
             f.to,
-            if f.boot_s.is_some() { " (fresh)" } else { "" },
             f.migration_ms,
             f.qemu_downtime_ms,
             f.stop_to_resume_ms,
@@ -194,7 +196,8 @@ fn qemu_migration(fresh: u32, moves: u32) -> Result<()> {
                 |s| format!("{:.2} ms", s.answered_ms)
             ),
             f.losses.lost(),
-            f.losses,
+            f.losses.in_pause.len(),
+            f.losses.network().len(),
             f.losses.duplicates,
             f.losses.out_of_order,
             f.early_at_dst,
@@ -205,26 +208,44 @@ fn qemu_migration(fresh: u32, moves: u32) -> Result<()> {
         (v.iter().sum::<f64>(), v.iter().copied().fold(0.0, f64::max))
     };
     let lost = column(&|f| f.losses.lost() as f64);
+    let network = column(&|f| f.losses.network().len() as f64);
     let duplicates = column(&|f| f.losses.duplicates as f64);
     let out_of_order = column(&|f| f.losses.out_of_order as f64);
-    let paused = column(&|f| f.stop_signal.map_or(f64::NAN, |s| s.answered_ms));
     let queued = column(&|f| f.early_at_dst as f64);
+    let mut paused: Vec<f64> = figures
+        .iter()
+        .filter_map(|f| f.stop_signal.map(|s| s.answered_ms))
+        .collect();
+    let (paused_p50, _, paused_max) = if paused.is_empty() {
+        (f64::NAN, f64::NAN, f64::NAN)
+    } else {
+        percentiles(&mut paused)
+    };
     println!(
-        "  {} migrations: lost {} in all (max {}), duplicates {} (max {}), out of order {} \
-         (max {}), STOP -> pause answered max {:.2} ms, queued at the destination's tap \
-         before RESUME {} (max {})",
+        "  {} migrations: lost {} in all (max {}), by the network {} (max {}), duplicates {} \
+         (max {}), out of order {} (max {}); STOP -> pause answered p50 {paused_p50:.2} ms, \
+         max {paused_max:.2} ms ({} answered); queued at the destination's tap before RESUME \
+         {} (max {})",
         figures.len(),
         lost.0,
         lost.1,
+        network.0,
+        network.1,
         duplicates.0,
         duplicates.1,
         out_of_order.0,
         out_of_order.1,
-        paused.1,
+        paused.len(),
         queued.0,
         queued.1,
     );
-    merge_json("migration.json", "qemu", serde_json::to_value(&figures)?)
+    let mut runs = Vec::new();
+    for (f, label) in figures.iter().zip(labels) {
+        let mut v = serde_json::to_value(f)?;
+        v["label"] = label.into();
+        runs.push(v);
+    }
+    merge_json("migration.json", "qemu", Value::Array(runs))
 }
 
 /// p50, p99 and max of `samples` (sorted here).
