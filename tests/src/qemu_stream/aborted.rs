@@ -10,14 +10,14 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use nve_user::vnic::VnicState;
 
 use super::{
-    GUEST, GUEST_IP, LEAD, MIGRATION_TIMEOUT, QemuRig, TAP,
+    GUEST, GUEST_IP, MIGRATION_TIMEOUT, QemuRig, TAP, Underway,
     bridge::{self, Signal},
     has_guest_at, poll,
-    stream::{Stream, Streamed},
+    stream::Streamed,
     vnic_state,
 };
 use crate::{
@@ -101,6 +101,15 @@ pub struct AbortFigures {
     pub elapsed_s: f64,
 }
 
+/// How the cancelled migration ended, as the test drove it.
+struct Cancelled {
+    driven: Driven,
+    /// The bridge's pause at STOP and resume at RESUME.
+    signals: Result<Vec<Signal>>,
+    dst_exited_by_itself: bool,
+    dst_disassociated: SystemTime,
+}
+
 /// When the source's migration reached each step, as the test drove it.
 struct Driven {
     pre_switchover: SystemTime,
@@ -121,47 +130,53 @@ impl QemuRig {
         seconds: u32,
         hold: Duration,
     ) -> Result<AbortFigures> {
-        let start = std::time::Instant::now();
-        let (mut dst_qmp, dst_status_before, dst_state_pre_associated) = self.start_incoming()?;
-        let socket = self.incoming_socket()?;
-        let mut src_qmp = self.guest.qmp()?;
-        src_qmp.set_migration_capability("pause-before-switchover", true)?;
-        let events = self.guest.event_qmp()?;
-        let (src, dst) = (self.source(), self.destination());
-        let tx_before = tap_counters(&src.ns, TAP);
-        let stream = Stream::start(&self.vm3, &src.ns, &dst.ns, rate, seconds)?;
-
-        thread::sleep(LEAD);
-        let reactions = [bridge::pause_toward(dst.vtep), bridge::resume()];
-        let (driven, signals) = thread::scope(|s| {
-            let bridge = s.spawn(|| bridge::run(events, &src.d, &reactions, MIGRATION_TIMEOUT));
-            let driven = cancel_in_pre_switchover(&mut src_qmp, &socket, hold);
-            let signals = bridge
-                .join()
-                .unwrap_or_else(|_| Err(anyhow!("the event bridge panicked")));
-            (driven, signals)
-        });
-        let driven = driven.map_err(|e| anyhow!("{e:#}\n{}", self.logs()))?;
+        let (mut u, stream) = self.start_move(rate, seconds, &["pause-before-switchover"])?;
+        let reactions = [
+            bridge::pause_toward(self.destination().vtep),
+            bridge::resume(),
+        ];
+        let (driven, signals) = self.bridged(&mut u.src_qmp, &reactions, |q, socket| {
+            cancel_in_pre_switchover(q, socket, hold)
+        })?;
         // The incoming QEMU's migration broke off: it goes (libvirt kills it), its tap with
         // it, and the destination's vNIC is disassociated (libvirt's `release` hook).
         let dst_exited_by_itself = self.incoming.as_mut().is_some_and(exits_by_itself);
         if !dst_exited_by_itself {
-            let _ = dst_qmp.execute("quit", serde_json::json!({}));
+            let _ = u.dst_qmp.execute("quit", serde_json::json!({}));
         }
-        drop(dst_qmp);
-        let incoming = self.incoming.take();
-        drop(incoming);
-        let (src, dst) = (self.source(), self.destination());
-        dst.d.nve(&["vm", "disassociate", "--vm", GUEST])?;
-        let dst_disassociated = SystemTime::now();
+        self.incoming = None;
+        self.destination()
+            .d
+            .nve(&["vm", "disassociate", "--vm", GUEST])?;
+        let ended = Cancelled {
+            driven,
+            signals,
+            dst_exited_by_itself,
+            dst_disassociated: SystemTime::now(),
+        };
         thread::sleep(Duration::from_secs(1));
         let streamed = stream.finish()?;
-        let src_tap_drops = (tap_counters(&src.ns, TAP) - tx_before).tx_dropped;
+        self.abort_figures(u, &streamed, ended)
+    }
 
-        src_qmp.drain_events(Duration::from_millis(100))?;
-        let stopped = src_qmp.event_time("STOP").unwrap_or(driven.pre_switchover);
-        let resumed = src_qmp.event_time("RESUME").unwrap_or(driven.cancelled);
-        let (stop_signal, resume_signal, signal_error) = match &signals {
+    /// What the cancelled migration did, from the source's events and status, the stream,
+    /// and the NVEs.
+    fn abort_figures(
+        &self,
+        mut u: Underway,
+        streamed: &Streamed,
+        ended: Cancelled,
+    ) -> Result<AbortFigures> {
+        let (src, dst) = (self.source(), self.destination());
+        let src_tap_drops = (tap_counters(&src.ns, TAP) - u.tx_before.0).tx_dropped;
+        let driven = &ended.driven;
+        u.src_qmp.drain_events(Duration::from_millis(100))?;
+        let stopped = u
+            .src_qmp
+            .event_time("STOP")
+            .unwrap_or(driven.pre_switchover);
+        let resumed = u.src_qmp.event_time("RESUME").unwrap_or(driven.cancelled);
+        let (stop_signal, resume_signal, signal_error) = match &ended.signals {
             Ok(s) => (s.first().copied(), s.get(1).copied(), None),
             Err(e) => (None, None, Some(format!("{e:#}"))),
         };
@@ -171,7 +186,7 @@ impl QemuRig {
             src: log_src,
             dst: log_dst,
             src_underlay,
-        } = &streamed;
+        } = streamed;
         // Without a signal (the test fails on it) its stretch ends where the next begins.
         let marks = [
             stopped,
@@ -185,19 +200,19 @@ impl QemuRig {
         Ok(AbortFigures {
             from: src.vtep.into(),
             to: dst.vtep.into(),
-            dst_status_before,
-            dst_state_pre_associated,
-            src_events: event_times(&src_qmp, stopped),
-            migration_status: driven.status,
-            src_status: src_qmp.status()?,
-            dst_exited_by_itself,
+            dst_status_before: u.dst_status_before,
+            dst_state_pre_associated: u.dst_state_pre_associated,
+            src_events: event_times(&u.src_qmp, stopped),
+            migration_status: driven.status.clone(),
+            src_status: u.src_qmp.status()?,
+            dst_exited_by_itself: ended.dst_exited_by_itself,
             stop_signal,
             resume_signal,
             signal_error,
             pre_switchover_ms: ms(stopped, driven.pre_switchover),
             cancel_ms: ms(stopped, driven.cancel),
             cancelled_ms: ms(stopped, driven.cancelled),
-            dst_disassociated_ms: ms(stopped, dst_disassociated),
+            dst_disassociated_ms: ms(stopped, ended.dst_disassociated),
             resumed_ms: ms(stopped, resumed),
             resume_answered_ms: resume_signal.map(|s| ms(stopped, s.answered_at)),
             sent: sent.len(),
@@ -218,7 +233,7 @@ impl QemuRig {
             ping_error: self.vm3.ping(GUEST_IP, 3).err().map(|e| format!("{e:#}")),
             drops: self.drops(),
             hooks: self.hooks(),
-            elapsed_s: start.elapsed().as_secs_f64(),
+            elapsed_s: u.started.elapsed().as_secs_f64(),
         })
     }
 }

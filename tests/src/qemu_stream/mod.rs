@@ -25,9 +25,13 @@ mod capture;
 mod moved;
 mod stream;
 
-use std::{path::PathBuf, thread, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use nve_common::metrics::DropReason;
 use nve_user::vnic::VnicState;
 
@@ -36,10 +40,11 @@ pub use self::{
     bridge::Signal,
     moved::{QemuFigures, Window},
 };
+use self::{bridge::Reaction, stream::Stream};
 use crate::{
     etcd::EtcdServer,
     overlay::{self, H1_VTEP, H2_VTEP, VN, VNI},
-    qemu::{Guest, Qmp},
+    qemu::{Guest, Qmp, TapCounters, tap_counters},
     rig::{Daemon, Netns, Vm},
     three_hosts::{self, H3_VTEP, VM3_IP, VM3_MAC},
 };
@@ -167,6 +172,62 @@ impl QemuRig {
         Ok((qmp, status, vnic_state(&dst.d)))
     }
 
+    /// Starts a move under `rate` datagrams a second from vm3 (for at most `seconds`): the
+    /// incoming QEMU on the other host with the vNIC pre-associated there, the source's
+    /// migration `capabilities` on, and the stream watched on both taps; returns once it
+    /// has run for [`LEAD`].
+    fn start_move(
+        &mut self,
+        rate: u32,
+        seconds: u32,
+        capabilities: &[&str],
+    ) -> Result<(Underway, Stream)> {
+        let started = Instant::now();
+        let (dst_qmp, dst_status_before, dst_state_pre_associated) = self.start_incoming()?;
+        let mut src_qmp = self.guest.qmp()?;
+        for c in capabilities {
+            src_qmp.set_migration_capability(c, true)?;
+        }
+        let (src, dst) = (self.source(), self.destination());
+        let tx_before = (tap_counters(&src.ns, TAP), tap_counters(&dst.ns, TAP));
+        let stream = Stream::start(&self.vm3, &src.ns, &dst.ns, rate, seconds)?;
+        thread::sleep(LEAD);
+        let u = Underway {
+            started,
+            src_qmp,
+            dst_qmp,
+            dst_status_before,
+            dst_state_pre_associated,
+            tx_before,
+        };
+        Ok((u, stream))
+    }
+
+    /// Drives the source's migration with `drive` (given the source's QMP session and the
+    /// incoming QEMU's socket) while a bridge on the source's event monitor turns
+    /// `reactions` into requests to the source's NVE: what `drive` returned (an error
+    /// carries both QEMUs' logs) and the bridge's signals.
+    fn bridged<T: Send>(
+        &mut self,
+        src_qmp: &mut Qmp,
+        reactions: &[Reaction],
+        drive: impl FnOnce(&mut Qmp, &Path) -> Result<T> + Send,
+    ) -> Result<(T, Result<Vec<Signal>>)> {
+        let events = self.guest.event_qmp()?;
+        let socket = self.incoming_socket()?;
+        let src = self.source();
+        let (driven, signals) = thread::scope(|s| {
+            let bridge = s.spawn(|| bridge::run(events, &src.d, reactions, MIGRATION_TIMEOUT));
+            let driven = drive(src_qmp, &socket);
+            let signals = bridge
+                .join()
+                .unwrap_or_else(|_| Err(anyhow!("the event bridge panicked")));
+            (driven, signals)
+        });
+        let driven = driven.map_err(|e| anyhow!("{e:#}\n{}", self.logs()))?;
+        Ok((driven, signals))
+    }
+
     /// The incoming QEMU's migration socket.
     fn incoming_socket(&self) -> Result<PathBuf> {
         self.incoming
@@ -197,6 +258,19 @@ impl QemuRig {
                 .unwrap_or_default()
         })
     }
+}
+
+/// A move under way (see [`QemuRig::start_move`]), besides its stream.
+struct Underway {
+    started: Instant,
+    src_qmp: Qmp,
+    dst_qmp: Qmp,
+    /// The incoming QEMU's status (`inmigrate`) and the destination's vNIC state right
+    /// after `pre-associate`.
+    dst_status_before: String,
+    dst_state_pre_associated: Option<VnicState>,
+    /// Both taps' counters before the stream: the source's, the destination's.
+    tx_before: (TapCounters, TapCounters),
 }
 
 fn guest_cidr() -> String {

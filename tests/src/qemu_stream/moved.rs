@@ -5,19 +5,19 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use nve_user::vnic::VnicState;
 
 use super::{
-    GUEST, GUEST_IP, LEAD, MIGRATION_TIMEOUT, QemuRig, TAP,
+    GUEST, GUEST_IP, MIGRATION_TIMEOUT, QemuRig, TAP, Underway,
     bridge::{self, Signal},
     has_guest_at, poll,
-    stream::{Stream, Streamed},
+    stream::Streamed,
     vnic_state,
 };
 use crate::{
     overlay,
-    qemu::tap_counters,
+    qemu::{Migration, tap_counters},
     stamped::ms,
     stream_losses::{self, Losses},
 };
@@ -115,12 +115,15 @@ pub struct QemuFigures {
     pub elapsed_s: f64,
 }
 
-/// When the move's milestones happened.
-struct Milestones {
-    stopped: SystemTime,
-    resumed: SystemTime,
+/// How the migration ended, as the test drove it.
+struct Ended {
+    migration: Migration,
+    /// The bridge's pause at STOP.
+    signals: Result<Vec<Signal>>,
+    /// `query-migrate` said completed, the source disassociated.
     completed: SystemTime,
     disassociated: SystemTime,
+    dst_activated_without_associate: bool,
 }
 
 impl QemuRig {
@@ -130,31 +133,17 @@ impl QemuRig {
     /// completed. The stream runs until a second after the destination's vNIC is active, at
     /// most `seconds`. The source QEMU goes afterwards: the guest runs on the other host.
     pub fn migrate(&mut self, rate: u32, seconds: u32) -> Result<QemuFigures> {
-        let start = std::time::Instant::now();
-        let (mut dst_qmp, dst_status_before, dst_state_pre_associated) = self.start_incoming()?;
-        let socket = self.incoming_socket()?;
-        let mut src_qmp = self.guest.qmp()?;
-        let events = self.guest.event_qmp()?;
-        let (src, dst) = (self.source(), self.destination());
-        let tx_before = (tap_counters(&src.ns, TAP), tap_counters(&dst.ns, TAP));
-        let stream = Stream::start(&self.vm3, &src.ns, &dst.ns, rate, seconds)?;
-
+        let (mut u, stream) = self.start_move(rate, seconds, &[])?;
         // The move: QEMU's own live migration; the bridge turns the source's STOP into nve's
         // pause toward the destination.
-        thread::sleep(LEAD);
-        let reactions = [bridge::pause_toward(dst.vtep)];
-        let (migration, signals) = thread::scope(|s| {
-            let bridge = s.spawn(|| bridge::run(events, &src.d, &reactions, MIGRATION_TIMEOUT));
-            let migration = src_qmp.migrate(&socket, MIGRATION_TIMEOUT);
-            let signals = bridge
-                .join()
-                .unwrap_or_else(|_| Err(anyhow!("the STOP bridge panicked")));
-            (migration, signals)
-        });
-        let migration = migration.map_err(|e| anyhow!("{e:#}\n{}", self.logs()))?;
+        let reactions = [bridge::pause_toward(self.destination().vtep)];
+        let (migration, signals) = self.bridged(&mut u.src_qmp, &reactions, |q, socket| {
+            q.migrate(socket, MIGRATION_TIMEOUT)
+        })?;
         let completed = SystemTime::now();
         // What libvirt's hook does once the migration is over: the source disassociates,
         // leaving a forwarding pointer to the destination.
+        let (src, dst) = (self.source(), self.destination());
         overlay::leave_for(&src.d, GUEST, dst.vtep)?;
         let disassociated = SystemTime::now();
         // QEMU's RARPs activate the destination's vNIC by themselves.
@@ -162,47 +151,62 @@ impl QemuRig {
             poll(|| vnic_state(&dst.d) == Some(VnicState::Associated));
         thread::sleep(Duration::from_secs(1));
         let streamed = stream.finish()?;
-        let tx_after = (tap_counters(&src.ns, TAP), tap_counters(&dst.ns, TAP));
-
-        src_qmp.drain_events(Duration::from_millis(100))?;
-        dst_qmp.drain_events(Duration::from_millis(100))?;
-        let (stop_event, resume_event) = (src_qmp.event_time("STOP"), dst_qmp.event_time("RESUME"));
-        // Without the events (the test fails on it) the figures are taken at completion.
-        let at = Milestones {
-            stopped: stop_event.unwrap_or(completed),
-            resumed: resume_event.unwrap_or(completed),
+        let ended = Ended {
+            migration,
+            signals,
             completed,
             disassociated,
+            dst_activated_without_associate,
         };
+        let figures = self.move_figures(u, &streamed, ended)?;
+        self.moved_over();
+        Ok(figures)
+    }
+
+    /// What the move did, from QEMU's events and statuses, the stream, and the NVEs.
+    fn move_figures(
+        &self,
+        mut u: Underway,
+        streamed: &Streamed,
+        ended: Ended,
+    ) -> Result<QemuFigures> {
+        let (src, dst) = (self.source(), self.destination());
+        let tx_after = (tap_counters(&src.ns, TAP), tap_counters(&dst.ns, TAP));
+        u.src_qmp.drain_events(Duration::from_millis(100))?;
+        u.dst_qmp.drain_events(Duration::from_millis(100))?;
+        let stop_event = u.src_qmp.event_time("STOP");
+        let resume_event = u.dst_qmp.event_time("RESUME");
+        // Without the events (the test fails on it) the figures are taken at completion.
+        let stopped = stop_event.unwrap_or(ended.completed);
+        let resumed = resume_event.unwrap_or(ended.completed);
         let Streamed {
             sent,
             send_errors,
             src: log_src,
             dst: log_dst,
             src_underlay,
-        } = &streamed;
-        let losses =
-            stream_losses::account(sent, &log_src.order, &log_dst.order, at.stopped, at.resumed);
-        let after = |v: &[SystemTime]| v.iter().map(|t| ms(at.resumed, *t)).collect::<Vec<_>>();
-        let stop_signal = signals.map(|s| s[0]);
-        let figures = QemuFigures {
+        } = streamed;
+        let losses = stream_losses::account(sent, &log_src.order, &log_dst.order, stopped, resumed);
+        let after = |v: &[SystemTime]| v.iter().map(|t| ms(resumed, *t)).collect::<Vec<_>>();
+        let stop_signal = ended.signals.map(|s| s[0]);
+        Ok(QemuFigures {
             from: src.vtep.into(),
             to: dst.vtep.into(),
             boot_s: self.boot_s,
-            dst_status_before,
-            dst_state_pre_associated,
-            migration_ms: migration.total_ms,
-            setup_ms: migration.setup_ms,
-            ram_kib: migration.ram_transferred / 1024,
-            qemu_downtime_ms: migration.downtime_ms,
-            dst_activated_without_associate,
+            dst_status_before: u.dst_status_before,
+            dst_state_pre_associated: u.dst_state_pre_associated,
+            migration_ms: ended.migration.total_ms,
+            setup_ms: ended.migration.setup_ms,
+            ram_kib: ended.migration.ram_transferred / 1024,
+            qemu_downtime_ms: ended.migration.downtime_ms,
+            dst_activated_without_associate: ended.dst_activated_without_associate,
             stop_event: stop_event.is_some(),
             resume_event: resume_event.is_some(),
-            src_events: format!("{:?}", src_qmp.events),
-            dst_events: format!("{:?}", dst_qmp.events),
-            stop_to_resume_ms: ms(at.stopped, at.resumed),
-            src_status: src_qmp.status()?,
-            dst_status: dst_qmp.status()?,
+            src_events: format!("{:?}", u.src_qmp.events),
+            dst_events: format!("{:?}", u.dst_qmp.events),
+            stop_to_resume_ms: ms(stopped, resumed),
+            src_status: u.src_qmp.status()?,
+            dst_status: u.dst_qmp.status()?,
             sent: sent.len(),
             send_errors: *send_errors,
             at_src: log_src.arrivals.len(),
@@ -211,21 +215,17 @@ impl QemuRig {
             losses,
             stop_signal: stop_signal.as_ref().ok().copied(),
             stop_signal_error: stop_signal.as_ref().err().map(|e| format!("{e:#}")),
-            last_at_src_ms: log_src.arrivals.values().max().map(|t| ms(at.resumed, *t)),
-            first_at_dst_ms: log_dst.arrivals.values().min().map(|t| ms(at.resumed, *t)),
-            early_at_dst: log_dst
-                .arrivals
-                .values()
-                .filter(|t| **t < at.resumed)
-                .count(),
-            completed_ms: ms(at.resumed, at.completed),
-            disassociated_ms: ms(at.resumed, at.disassociated),
+            last_at_src_ms: log_src.arrivals.values().max().map(|t| ms(resumed, *t)),
+            first_at_dst_ms: log_dst.arrivals.values().min().map(|t| ms(resumed, *t)),
+            early_at_dst: log_dst.arrivals.values().filter(|t| **t < resumed).count(),
+            completed_ms: ms(resumed, ended.completed),
+            disassociated_ms: ms(resumed, ended.disassociated),
             forwarded: src.d.counter("underlay_rx", "FORWARDED_TO_VTEP")?,
             through_pointer: src_underlay.arrivals.len(),
-            through_pointer_window: window(&src_underlay.arrivals, at.resumed),
+            through_pointer_window: window(&src_underlay.arrivals, resumed),
             tap_drops: (
-                (tx_after.0 - tx_before.0).tx_dropped,
-                (tx_after.1 - tx_before.1).tx_dropped,
+                (tx_after.0 - u.tx_before.0).tx_dropped,
+                (tx_after.1 - u.tx_before.1).tx_dropped,
             ),
             packet_socket_drops: (log_src.drops, log_dst.drops, src_underlay.drops),
             // The migrated guest is alive: it answers vm3 from the destination.
@@ -236,10 +236,8 @@ impl QemuRig {
             drops: self.drops(),
             rarps_ms: after(&log_dst.rarps),
             garps_ms: after(&log_dst.garps),
-            elapsed_s: start.elapsed().as_secs_f64(),
-        };
-        self.moved_over();
-        Ok(figures)
+            elapsed_s: u.started.elapsed().as_secs_f64(),
+        })
     }
 
     /// The guest runs on the other host now: the source QEMU (`postmigrate`) goes, and its
