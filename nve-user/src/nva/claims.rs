@@ -74,13 +74,14 @@ pub struct Claims {
 }
 
 impl Claims {
-    /// Records a put (an entry as JSON); the MAC it concerns, if it is a MAC's claim.
+    /// Records a put (an entry as JSON); the MAC it concerns, if it is a MAC's claim or an
+    /// arrival expected.
     pub fn put(&mut self, key: &str, value: &[u8]) -> Option<MacId> {
         let entry: Entry = serde_json::from_slice(value).ok()?;
         self.put_entry(key, entry)
     }
 
-    /// Records a put; the MAC it concerns, if it is a MAC's claim.
+    /// Records a put; the MAC it concerns, if it is a MAC's claim or an arrival expected.
     pub fn put_entry(&mut self, key: &str, entry: Entry) -> Option<MacId> {
         match parse(key)? {
             Key::Mac(vni, mac, vtep) => {
@@ -97,7 +98,7 @@ impl Claims {
             }
             Key::Arriving(vni, mac, vtep) => {
                 self.arriving.insert(((vni, mac), vtep));
-                None
+                Some((vni, mac))
             }
             Key::Vn(vni, vtep) => {
                 if let Some(def) = entry.vn {
@@ -108,7 +109,7 @@ impl Claims {
         }
     }
 
-    /// Records a delete; the MAC it concerns, if it was a MAC's claim.
+    /// Records a delete; the MAC it concerns, if it was a MAC's claim or an arrival expected.
     pub fn delete(&mut self, key: &str) -> Option<MacId> {
         match parse(key)? {
             Key::Mac(vni, mac, vtep) => {
@@ -127,7 +128,7 @@ impl Claims {
             }
             Key::Arriving(vni, mac, vtep) => {
                 self.arriving.remove(&((vni, mac), vtep));
-                None
+                Some((vni, mac))
             }
             Key::Vn(vni, vtep) => {
                 self.vns.remove(&(vni, vtep));
@@ -136,9 +137,20 @@ impl Claims {
         }
     }
 
-    /// Every MAC claimed.
+    /// Every MAC claimed or expected somewhere.
     pub fn ids(&self) -> impl Iterator<Item = MacId> + '_ {
-        self.macs.keys().copied()
+        let expected = self.arriving.iter().map(|(id, _)| *id);
+        self.macs.keys().copied().chain(expected)
+    }
+
+    /// Where `id` is expected to arrive (the lowest VTEP other than `except`), if anywhere.
+    pub fn expected_at(&self, id: MacId, except: IpAddr) -> Option<IpAddr> {
+        let from = (id, IpAddr::from([0u8; 4]));
+        self.arriving
+            .range(from..)
+            .take_while(|(i, _)| *i == id)
+            .map(|(_, vtep)| *vtep)
+            .find(|vtep| *vtep != except)
     }
 
     /// The winning claim on `id` among VTEPs other than `except`: the highest sequence
@@ -213,10 +225,12 @@ mod tests {
         let mac: MacAddr = "02:00:00:00:00:01".parse().unwrap();
         let (me, h2): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let expected = serde_json::to_vec(&Entry::at(h2)).unwrap();
-        assert_eq!(c.put(&arriving_key(7, mac, h2), &expected), None);
+        assert_eq!(c.put(&arriving_key(7, mac, h2), &expected), Some((7, mac)));
         assert!(c.winner((7, mac), me).is_none());
         assert_eq!(c.arriving(me)[&7][&mac], h2);
         assert!(c.arriving(h2).is_empty(), "its own intent is no news to h2");
+        assert_eq!(c.expected_at((7, mac), me), Some(h2));
+        assert_eq!(c.expected_at((7, mac), h2), None);
         c.delete(&arriving_key(7, mac, h2));
         assert!(c.arriving(me).is_empty());
     }

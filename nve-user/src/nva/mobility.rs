@@ -63,14 +63,25 @@ impl Mobility {
 }
 
 /// The entry to install for `id`: the winning claim of another NVE (highest sequence
-/// number, then lowest VTEP), or where a duplicate froze.
+/// number, then lowest VTEP), or where a duplicate froze. A MAC nobody claims but another
+/// NVE expects (its vNIC pre-associated there migrating in) is installed there: its VM left
+/// its last VTEP and is on its way (a signaled migration), so frames for it go where they
+/// will be delivered, rather than flooded to every VTEP (the destination among them, which
+/// the source's forwarding pointer reaches too: twice).
 pub fn installed(
     claims: &Claims,
     id: MacId,
     vtep: IpAddr,
     mobility: &mut Mobility,
 ) -> Option<Entry> {
-    let winner = claims.winner(id, vtep)?;
+    let Some(winner) = claims.winner(id, vtep) else {
+        let at = claims.expected_at(id, vtep)?;
+        let arriving = Entry {
+            migrated: true,
+            ..Entry::at(at)
+        };
+        return Some(mobility.follow(id.0, id.1, &arriving));
+    };
     let mut entry = mobility.follow(id.0, id.1, winner);
     entry.supersedes_local = claims.own(id, vtep).is_some_and(|own| entry.beats(own));
     Some(entry)
@@ -95,6 +106,30 @@ mod tests {
             migrated,
             ..Entry::at(vtep.parse().unwrap())
         }
+    }
+
+    #[test]
+    fn a_mac_nobody_claims_goes_where_it_is_expected() {
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let vtep = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let (h1, h2, h3) = (vtep("10.0.0.1"), vtep("10.0.0.2"), vtep("10.0.0.3"));
+        let mut claims = Claims::default();
+        let key = super::super::claims::key(7, mac, h1);
+        claims.put_entry(&key, Entry::at(h1));
+        claims.put_entry(
+            &super::super::claims::arriving_key(7, mac, h2),
+            Entry::at(h2),
+        );
+        let mut m = Mobility::default();
+        let at = |c: &Claims, m: &mut Mobility, me| installed(c, (7, mac), me, m).map(|e| e.vtep);
+        let before = at(&claims, &mut m, h3);
+        assert_eq!(before, Some(h1), "a claim beats an expectation");
+        claims.delete(&key);
+        let after = at(&claims, &mut m, h3);
+        assert_eq!(after, Some(h2), "the source withdrew: h2 expects it");
+        assert!(m.moves.is_empty(), "a signaled migration");
+        let own = at(&claims, &mut m, h2);
+        assert_eq!(own, None, "h2's own expectation is its vNIC's");
     }
 
     #[test]
