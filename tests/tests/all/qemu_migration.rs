@@ -1,21 +1,29 @@
 //! A real hypervisor: a QEMU guest (TCG, Debian's kernel, busybox) on a tap in h1 live-migrates
 //! to a QEMU on a tap in h2 with QEMU's own migration (over a unix socket, across the two
 //! namespaces) while vm3 on h3 streams numbered UDP datagrams to it at about 10,000 a second;
-//! three NVEs on a real etcd. h2 pre-associates the vNIC (`--migrating-in`); QEMU's RARPs
-//! activate it there, nothing calls `associate`; once `query-migrate` says completed, h1
-//! disassociates with `--migrating-out h2`, as libvirt's hook would. See
+//! three NVEs on a real etcd. The destination pre-associates the vNIC (`--migrating-in`);
+//! QEMU's RARPs activate it there, nothing calls `associate`; once `query-migrate` says
+//! completed, the source disassociates with `--migrating-out`, as libvirt's hook would. Then
+//! the guest moves back to h1 (a new incoming QEMU there, the NVEs' roles swapped). See
 //! `nve_tests::qemu_stream`.
 //!
-//! The source's STOP is turned into `nve vm pause` on h1 at once, as a libvirt-events bridge
-//! would (libvirt's suspended/migrated event); the test reports how long after STOP nve
-//! answered.
+//! The source's STOP is turned into `nve vm pause --migrating-out` at once, as a
+//! libvirt-events bridge would (libvirt's suspended/migrated event); the test reports how
+//! long after STOP nve answered.
 //!
 //! The network's responsibility ends at the tap: packet sockets on both taps record which
 //! datagram reached which tap, and when (kernel timestamps, against QEMU's STOP and RESUME
-//! events). A datagram the guest did not get (at h1's tap before STOP, or at h2's) is lost to
-//! the pause if it was last seen between STOP and RESUME, else by the network: once the VM
-//! runs on h2, a datagram delivered into the stopped source's tap, or nowhere, is the
-//! network's loss. The network must lose none and deliver none twice.
+//! events). A datagram the guest did not get (at the source's tap before STOP, or at the
+//! destination's) is lost to the pause if it was last seen between STOP and RESUME, else by
+//! the network: once the VM runs on the destination, a datagram delivered into the stopped
+//! source's tap, or nowhere, is the network's loss. The network must lose none and deliver
+//! none twice.
+//!
+//! A migration can also fail after the pause: with QEMU's `pause-before-switchover` the
+//! source stops the VM (STOP: nve's pause toward h2) and waits in `pre-switchover`, where the
+//! test cancels it; QEMU runs the source VM again (RESUME: the bridge sends `resume`, as on
+//! libvirt's resumed event), the incoming QEMU exits, h2 disassociates. What h2's tap queued
+//! in between is lost with the incoming QEMU; nothing else may be.
 use std::time::Duration;
 
 use nve_tests::{
