@@ -12,6 +12,7 @@ use std::{
     collections::{BTreeSet, HashMap},
     net::Ipv4Addr,
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use nve_common::maps::{NextHop, TUNNEL_DEV};
@@ -115,6 +116,32 @@ pub struct Writer {
     pub(super) synced_ports: Option<HashMap<String, crate::model::PortInfo>>,
     /// The VM ports' interfaces while no link event came (see `port_cache.rs`).
     pub(super) port_cache: port_cache::PortCache,
+    /// How long the last batch's stages took (logged at debug level).
+    stages: Stages,
+}
+
+/// A batch's time by stage: applying it to the model, writing the dataplane (what the
+/// packets see), journaling it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Stages {
+    model: Duration,
+    dataplane: Duration,
+    journal: Duration,
+}
+
+impl Stages {
+    /// Logs (at debug level) the batch of `events` that started at `started`, answered now.
+    fn trace(&self, events: usize, started: Instant) {
+        let us = |d: Duration| d.as_micros() as u64;
+        tracing::debug!(
+            events,
+            total_us = us(started.elapsed()),
+            model_us = us(self.model),
+            dataplane_us = us(self.dataplane),
+            journal_us = us(self.journal),
+            "batch applied and answered"
+        );
+    }
 }
 
 /// What a batch changed, for the dataplane.
@@ -156,6 +183,7 @@ impl Writer {
             next_hop_vteps: BTreeSet::new(),
             synced_ports: None,
             port_cache: port_cache::PortCache::default(),
+            stages: Stages::default(),
         }
     }
 
@@ -240,10 +268,14 @@ impl Writer {
                     }
                 }
             }
+            let started = Instant::now();
+            self.stages = Stages::default();
+            let events = queued.events.len();
             queued.apply(&mut self).await;
             // Published before anyone hears back: a sender's next read sees its change.
             published.send_replace(self.snapshot());
             queued.answer();
+            self.stages.trace(events, started);
         }
         self
     }
@@ -261,6 +293,7 @@ impl Writer {
     /// otherwise every accepted event gets that error.
     pub async fn submit_batch(&mut self, events: &[Event]) -> Vec<Reply> {
         let now = now();
+        let started = Instant::now();
         let mut next = (*self.model).clone();
         let mut results = Vec::with_capacity(events.len());
         let mut accepted = Vec::new();
@@ -299,6 +332,7 @@ impl Writer {
             }
             results.push(result);
         }
+        self.stages.model += started.elapsed();
         if accepted.is_empty() {
             return results;
         }
@@ -337,11 +371,15 @@ impl Writer {
         change: Change<'_>,
         persist: impl FnOnce(&mut Store, &Model) -> Result<(), crate::store::StoreError>,
     ) -> Result<(), Error> {
-        let result = match self.sync_with(&next, true, change).await {
-            Ok(()) => persist(&mut self.store, &next)
-                .map_err(|e| Error::new(ErrorCode::EHost, format!("persisting the change: {e:#}"))),
-            Err(e) => Err(e),
-        };
+        let started = Instant::now();
+        let synced = self.sync_with(&next, true, change).await;
+        let written = Instant::now();
+        self.stages.dataplane += written - started;
+        let result = synced.and_then(|()| {
+            persist(&mut self.store, &next)
+                .map_err(|e| Error::new(ErrorCode::EHost, format!("persisting the change: {e:#}")))
+        });
+        self.stages.journal += written.elapsed();
         if let Err(e) = result {
             let current = self.model.clone();
             if let Err(again) = self.sync_with(&current, true, Change::Any).await {

@@ -37,6 +37,16 @@ impl Writer {
         self.dataplane
             .set_vm_ports(infos.keys().map(String::as_str))
             .map_err(DataplaneError::to_error)?;
+        // A change resolves the next hops of VTEPs it adds or removes, before the entries
+        // that send to them are written (a pause toward a VTEP new to the VN would otherwise
+        // drop its first frames, UNDERLAY_NO_NEIGH, for the ~0.7 ms netlink takes); the
+        // kernel's neighbour and route events (the underlay watch) refresh the others.
+        let known = !matches!(change, Change::Any);
+        if !(known && model.ipv4_vteps().eq(self.next_hop_vteps.iter().copied())) {
+            self.refresh_next_hops(model)
+                .await
+                .map_err(|e| host(format!("{e:#}")))?;
+        }
         // Known only once written: after a failed write the next change compares all.
         let synced_ports = self.synced_ports.take();
         match change {
@@ -58,15 +68,7 @@ impl Writer {
         }
         self.size_arrival_queues(model, &infos, change).await;
         self.synced_ports = Some(infos);
-        // A change resolves the next hops of VTEPs it adds or removes; the kernel's
-        // neighbour and route events (the underlay watch) refresh the others.
-        let known = !matches!(change, Change::Any);
-        if known && model.ipv4_vteps().eq(self.next_hop_vteps.iter().copied()) {
-            return Ok(());
-        }
-        self.refresh_next_hops(model)
-            .await
-            .map_err(|e| host(format!("{e:#}")))
+        Ok(())
     }
 
     /// Brings the maps to what `model` derives, with `infos` the VM ports. `touched`: the
