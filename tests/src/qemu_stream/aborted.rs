@@ -6,6 +6,7 @@
 //! whose migration broke off, goes, and the destination disassociates its vNIC (libvirt's
 //! `release` hook).
 use std::{
+    collections::BTreeMap,
     thread,
     time::{Duration, SystemTime},
 };
@@ -77,6 +78,9 @@ pub struct AbortFigures {
     /// Each stretch of [`PARTS`]: sent, given to the guest, lost at the destination's tap or
     /// at none; duplicates and out of order at the source's tap.
     pub losses: Aborted,
+    /// When each datagram lost at no tap was sent, ms after `migrate_cancel` (the incoming
+    /// QEMU exits after it, and its tap takes no more).
+    pub at_no_tap_sent_ms: Vec<f64>,
     /// Dropped by the source's tap (its queue full while the VM was stopped).
     pub src_tap_drops: u64,
     /// Frames the packet sockets dropped (the source's tap, the destination's, the source's
@@ -197,6 +201,14 @@ impl QemuRig {
         ];
         let losses =
             stream_losses::account_aborted(sent, &log_src.order, &log_dst.order, &marks, &PARTS);
+        let sent_at: BTreeMap<u32, SystemTime> = sent.iter().copied().collect();
+        let at_no_tap_sent_ms = losses
+            .parts
+            .iter()
+            .flat_map(|p| &p.lost_at_no_tap)
+            .filter_map(|seq| sent_at.get(seq))
+            .map(|at| ms(driven.cancel, *at))
+            .collect();
         Ok(AbortFigures {
             from: src.vtep.into(),
             to: dst.vtep.into(),
@@ -220,6 +232,7 @@ impl QemuRig {
             at_src: log_src.arrivals.len(),
             at_dst: log_dst.arrivals.len(),
             losses,
+            at_no_tap_sent_ms,
             src_tap_drops,
             packet_socket_drops: (log_src.drops, log_dst.drops, src_underlay.drops),
             through_pointer: src_underlay.arrivals.len(),
