@@ -124,8 +124,11 @@ fn send(
             if let Some(wait) = due.checked_sub(start.elapsed()) {
                 thread::sleep(wait);
             }
+            // Stamped before it leaves: a datagram stamped after an instant was sent after
+            // it (its way through the rig may end before `send_to` returns).
+            let at = SystemTime::now();
             let ok = socket.send_to(&seq.to_be_bytes(), (GUEST_IP, PORT)).is_ok();
-            sent.push(ok.then(SystemTime::now));
+            sent.push(ok.then_some(at));
         }
         sent
     })

@@ -326,12 +326,13 @@ fn assert_abort(f: &AbortFigures) {
     assert_eq!(before.lost(), 0, "lost before STOP: {before:?}\n{counters}");
     assert!(
         after.sent > 0 && after.lost() == 0,
-        "sent after {}'s resume answered: {} of {} reached no guest ({} queued at the \
-         destination's tap)\n{counters}",
+        "sent after {}'s resume answered: {} of {} reached no guest (queued at the \
+         destination's tap: {:?}; at no tap: {:?})\n{counters}",
         f.from,
         after.lost(),
         after.sent,
-        after.lost_at_dst.len(),
+        &after.lost_at_dst[..after.lost_at_dst.len().min(20)],
+        &after.lost_at_no_tap[..after.lost_at_no_tap.len().min(20)],
     );
     assert_eq!(f.losses.duplicates, 0, "datagrams delivered twice");
     // From the pause to nve's resume the pointer sends the guest's datagrams on to the
