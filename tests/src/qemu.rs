@@ -205,6 +205,11 @@ impl Guest {
             .find_map(|l| l.trim().strip_prefix(RX_REPORT)?.trim().parse().ok())
     }
 
+    /// Whether QEMU has exited (as an incoming QEMU does when its migration is cancelled).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
     /// The serial console and QEMU's own output, for failure messages.
     pub fn logs(&self) -> String {
         format!(
@@ -348,11 +353,15 @@ impl Qmp {
 
     /// When QEMU sent the first event named `name` (`STOP`, `RESUME`, ...), if it did.
     pub fn event_time(&self, name: &str) -> Option<SystemTime> {
-        let e = self.events.iter().find(|e| e["event"] == name)?;
-        let ts = &e["timestamp"];
-        let secs = ts["seconds"].as_u64()?;
-        let micros = ts["microseconds"].as_u64()?;
-        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros))
+        stamp(self.events.iter().find(|e| e["event"] == name)?)
+    }
+
+    /// Every event so far, in order: its name and when QEMU sent it.
+    pub fn timed_events(&self) -> Vec<(String, SystemTime)> {
+        self.events
+            .iter()
+            .filter_map(|e| Some((e["event"].as_str()?.to_string(), stamp(e)?)))
+            .collect()
     }
 
     /// `query-status`'s `status` (`running`, `inmigrate`, `postmigrate`, ...).
@@ -360,6 +369,14 @@ impl Qmp {
         let r = self.execute("query-status", json!({}))?;
         Ok(r["status"].as_str().unwrap_or_default().to_string())
     }
+}
+
+/// When QEMU stamped event `e` (wall clock).
+fn stamp(e: &Value) -> Option<SystemTime> {
+    let ts = &e["timestamp"];
+    let secs = ts["seconds"].as_u64()?;
+    let micros = ts["microseconds"].as_u64()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros))
 }
 
 /// A tap's counters: what it transmitted towards its guest (read by QEMU), dropped because
@@ -413,26 +430,49 @@ impl Qmp {
     /// Migrates this (source) QEMU to the destination listening on `socket`, polling
     /// `query-migrate` until it completes (or fails, or `timeout` passes).
     pub fn migrate(&mut self, socket: &Path, timeout: Duration) -> Result<Migration> {
+        self.start_migration(socket)?;
+        let r = self.wait_migration("completed", timeout)?;
+        Ok(Migration {
+            total_ms: r["total-time"].as_u64().unwrap_or(0),
+            downtime_ms: r["downtime"].as_u64().unwrap_or(0),
+            setup_ms: r["setup-time"].as_u64().unwrap_or(0),
+            ram_transferred: r["ram"]["transferred"].as_u64().unwrap_or(0),
+        })
+    }
+
+    /// Starts migrating this (source) QEMU to the destination listening on `socket`; QMP's
+    /// `migrate` returns at once, the migration goes on in QEMU.
+    pub fn start_migration(&mut self, socket: &Path) -> Result<()> {
         self.execute(
             "migrate",
             json!({ "uri": format!("unix:{}", socket.display()) }),
         )?;
+        Ok(())
+    }
+
+    /// Turns migration capability `name` (`pause-before-switchover`, ...) on or off; before
+    /// a migration starts.
+    pub fn set_migration_capability(&mut self, name: &str, on: bool) -> Result<()> {
+        self.execute(
+            "migrate-set-capabilities",
+            json!({ "capabilities": [{ "capability": name, "state": on }] }),
+        )?;
+        Ok(())
+    }
+
+    /// Polls `query-migrate` every 20 ms until its status is `status` (`completed`,
+    /// `pre-switchover`, `cancelled`, ...): its answer. Fails on another final status, or
+    /// after `timeout` (cancelling the migration then).
+    pub fn wait_migration(&mut self, status: &str, timeout: Duration) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let r = self.execute("query-migrate", json!({}))?;
             match r["status"].as_str().unwrap_or_default() {
-                "completed" => {
-                    return Ok(Migration {
-                        total_ms: r["total-time"].as_u64().unwrap_or(0),
-                        downtime_ms: r["downtime"].as_u64().unwrap_or(0),
-                        setup_ms: r["setup-time"].as_u64().unwrap_or(0),
-                        ram_transferred: r["ram"]["transferred"].as_u64().unwrap_or(0),
-                    });
-                }
-                "failed" | "cancelled" => bail!("migration {r}"),
+                s if s == status => return Ok(r),
+                "completed" | "failed" | "cancelled" => bail!("migration {r}"),
                 _ if Instant::now() > deadline => {
                     let _ = self.execute("migrate_cancel", json!({}));
-                    bail!("migration not completed within {timeout:?}: {r}")
+                    bail!("migration not {status} within {timeout:?}: {r}")
                 }
                 _ => thread::sleep(Duration::from_millis(20)),
             }

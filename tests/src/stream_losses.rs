@@ -29,6 +29,11 @@ pub struct Losses {
 }
 
 impl Losses {
+    /// Every datagram the guest did not get: the pause's and the network's.
+    pub fn lost(&self) -> usize {
+        self.in_pause.len() + self.before_stop.len() + self.after_resume.len()
+    }
+
     /// What the network lost: before STOP and after RESUME.
     pub fn network(&self) -> Vec<u32> {
         let mut v: Vec<u32> = self
@@ -108,23 +113,111 @@ pub fn account(
         .filter(|(_, at)| *at < stopped)
         .chain(dst)
         .map(|(seq, _)| *seq);
+    (l.duplicates, l.out_of_order) = repeats(given);
+    l
+}
+
+/// What became of the datagrams sent in one stretch of a stream to a VM whose migration was
+/// cancelled (see [`account_aborted`]).
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+pub struct Part {
+    /// What the stretch is (e.g. "STOP -> pause answered").
+    pub name: String,
+    /// Datagrams sent in it (without send errors).
+    pub sent: usize,
+    /// Of those, the ones the source's tap transmitted (its guest, running again, has them).
+    pub at_src: usize,
+    /// Lost: they reached the destination's tap only (its QEMU never ran) ...
+    pub lost_at_dst: Vec<u32>,
+    /// ... or no tap at all.
+    pub lost_at_no_tap: Vec<u32>,
+}
+
+impl Part {
+    /// Every datagram of the stretch that its guest did not get.
+    pub fn lost(&self) -> usize {
+        self.lost_at_dst.len() + self.lost_at_no_tap.len()
+    }
+}
+
+/// A stream to a VM whose migration was cancelled: what each stretch lost, and what the
+/// guest was given twice or out of order.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+pub struct Aborted {
+    pub parts: Vec<Part>,
+    pub duplicates: usize,
+    pub out_of_order: usize,
+}
+
+impl Aborted {
+    /// Every datagram the guest did not get.
+    pub fn lost(&self) -> usize {
+        self.parts.iter().map(Part::lost).sum()
+    }
+}
+
+/// Accounts for `sent` to a VM whose migration was cancelled, given what the source's tap
+/// (`src`) and the destination's (`dst`) transmitted. The source's guest runs again, and a
+/// stopped VM's tap keeps its frames for it, so the guest has exactly what reached the
+/// source's tap; the destination's QEMU never ran, so what reached only its tap is lost.
+/// Datagrams are split by when they were sent at `marks` (ascending, one name each in
+/// `names`, which has one more: the stretch before the first mark).
+pub fn account_aborted(
+    sent: &[(u32, SystemTime)],
+    src: &Arrivals,
+    dst: &Arrivals,
+    marks: &[SystemTime],
+    names: &[&str],
+) -> Aborted {
+    let at_src: BTreeSet<u32> = src.iter().map(|(seq, _)| *seq).collect();
+    let at_dst: BTreeSet<u32> = dst.iter().map(|(seq, _)| *seq).collect();
+    let mut parts: Vec<Part> = names
+        .iter()
+        .map(|n| Part {
+            name: (*n).to_string(),
+            ..Part::default()
+        })
+        .collect();
+    for &(seq, sent_at) in sent {
+        let part = &mut parts[marks.iter().take_while(|m| **m <= sent_at).count()];
+        part.sent += 1;
+        if at_src.contains(&seq) {
+            part.at_src += 1;
+        } else if at_dst.contains(&seq) {
+            part.lost_at_dst.push(seq);
+        } else {
+            part.lost_at_no_tap.push(seq);
+        }
+    }
+    let (duplicates, out_of_order) = repeats(src.iter().map(|(seq, _)| *seq));
+    Aborted {
+        parts,
+        duplicates,
+        out_of_order,
+    }
+}
+
+/// Of the sequence numbers `given` (in the order a guest was given them): how many it was
+/// given again, and how many came after a higher one.
+fn repeats(given: impl Iterator<Item = u32>) -> (usize, usize) {
     let (mut seen, mut highest) = (BTreeSet::new(), None);
+    let (mut duplicates, mut out_of_order) = (0, 0);
     for seq in given {
         if !seen.insert(seq) {
-            l.duplicates += 1;
+            duplicates += 1;
         } else if highest.is_some_and(|h| seq < h) {
-            l.out_of_order += 1;
+            out_of_order += 1;
         }
         highest = highest.max(Some(seq));
     }
-    l
+    (duplicates, out_of_order)
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use super::account;
+    use super::{account, account_aborted};
 
     fn t(ms: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
@@ -149,5 +242,32 @@ mod tests {
         assert_eq!(l.network(), [3, 20, 21, 22, 28]);
         assert_eq!(l.duplicates, 2);
         assert_eq!(l.out_of_order, 1);
+    }
+
+    #[test]
+    fn an_aborted_migration_s_losses_split_by_send_time() {
+        // Datagram n is sent at n ms; marks at 10 and 20 ms.
+        let sent: Vec<_> = (0..30).map(|n| (n, t(u64::from(n)))).collect();
+        // The source's tap: all but 12..18; 24 and 25 last (25 twice): 2 out of order.
+        let src: Vec<_> = (0..30)
+            .filter(|n| !(12..18).contains(n) && *n != 24 && *n != 25)
+            .chain([25, 25, 24])
+            .map(|n| (n, t(u64::from(n))))
+            .collect();
+        // The destination's tap: 12..16 (16 and 17 reached no tap).
+        let dst: Vec<_> = (12..16).map(|n| (n, t(u64::from(n)))).collect();
+        let a = account_aborted(&sent, &src, &dst, &[t(10), t(20)], &["a", "b", "c"]);
+        let summary: Vec<_> = a
+            .parts
+            .iter()
+            .map(|p| (p.name.as_str(), p.sent, p.at_src, p.lost()))
+            .collect();
+        assert_eq!(
+            summary,
+            [("a", 10, 10, 0), ("b", 10, 4, 6), ("c", 10, 10, 0)]
+        );
+        assert_eq!(a.parts[1].lost_at_dst, [12, 13, 14, 15]);
+        assert_eq!(a.parts[1].lost_at_no_tap, [16, 17]);
+        assert_eq!((a.lost(), a.duplicates, a.out_of_order), (6, 1, 2));
     }
 }

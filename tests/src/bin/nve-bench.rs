@@ -74,9 +74,10 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--only-migration") {
         return migration(migrations);
     }
-    let qemu_migrations = if quick { 1 } else { 3 };
+    // Fresh guests, and moves of one guest back and forth: 10 migrations, 3 when quick.
+    let qemu_migrations = if quick { (1, 2) } else { (5, 5) };
     if std::env::args().any(|a| a == "--only-qemu") {
-        return qemu_migration(qemu_migrations);
+        return qemu_migration(qemu_migrations.0, qemu_migrations.1);
     }
     if std::env::args().any(|a| a == "--only-nva") {
         return nva(if quick { 20 } else { 200 }, nva_macs);
@@ -95,7 +96,7 @@ fn main() -> Result<()> {
     evpn(evpn_runs, evpn_routes)?;
     nva(if quick { 20 } else { 200 }, nva_macs)?;
     migration(migrations)?;
-    qemu_migration(qemu_migrations)
+    qemu_migration(qemu_migrations.0, qemu_migrations.1)
 }
 
 /// `runs` live migrations on the three-host rig under a 10,000 datagrams/s stream: what the
@@ -150,50 +151,101 @@ fn merge_json(file: &str, key: &str, value: Value) -> Result<()> {
     Ok(())
 }
 
-/// `runs` QEMU live migrations (a real guest, QEMU's own migration between h1 and h2) under a
-/// 10,000 datagrams/s stream: QEMU's figures, what the pause cost, what the network lost (0 is
-/// the aim). Merged into `target/bench/migration.json` under "qemu".
-fn qemu_migration(runs: u32) -> Result<()> {
-    eprintln!("==> QEMU live migration under a stream, {runs} runs");
+/// QEMU live migrations (a real guest, QEMU's own migration) under a 10,000 datagrams/s
+/// stream: `fresh` guests each booted on h1 and moved to h2, and one guest moved `moves`
+/// times back and forth (a new incoming QEMU each time, the NVEs' roles swapping). Per
+/// migration: all it lost (the pause included), duplicates, out of order, STOP -> `nve vm
+/// pause` answered, the frames the destination's tap queued before RESUME; then the sum and
+/// the max of each. Merged into `target/bench/migration.json` under "qemu".
+fn qemu_migration(fresh: u32, moves: u32) -> Result<()> {
+    const RATE: u32 = 10_000;
+    eprintln!(
+        "==> QEMU live migration under a stream: {fresh} fresh guests, one guest moved {moves} \
+         times"
+    );
     let mut figures = Vec::new();
-    for i in 0..runs {
+    let mut labels = Vec::new();
+    for i in 0..fresh {
         figures.push(nve_tests::qemu_stream::migrate_guest_under_stream(
             &format!("qb{i}"),
-            10_000,
+            RATE,
             30,
         )?);
+        labels.push(format!("fresh guest {}", i + 1));
     }
-    println!("\nLive migration (QEMU guest, QEMU's own migration h1 -> h2), 10,000 datagrams/s:");
-    for (i, f) in figures.iter().enumerate() {
+    let mut rig = nve_tests::qemu_stream::QemuRig::new("qd")?;
+    for i in 0..moves {
+        figures.push(rig.migrate(RATE, 30)?);
+        labels.push(format!("one guest, move {}", i + 1));
+    }
+    drop(rig);
+    println!("\nLive migration (QEMU guest, QEMU's own migration), {RATE} datagrams/s:");
+    for (f, label) in figures.iter().zip(&labels) {
         println!(
-            "  run {}: boot {:.1} s, migration {} ms, QEMU downtime {} ms, STOP -> RESUME {:.1} ms, \
-             STOP -> nve's pause answered {}; {}; through the forwarding pointer {}",
-            i + 1,
-            f.boot_s,
+            "  {label:<18} {} -> {}: migration {} ms, QEMU downtime {} ms, STOP -> RESUME \
+             {:.1} ms, STOP -> pause answered {}; lost {} in all ({} in the pause, {} by the \
+             network), duplicates {}, out of order {}, queued at the destination's tap before \
+             RESUME {}",
+            f.from,
+            f.to,
             f.migration_ms,
             f.qemu_downtime_ms,
             f.stop_to_resume_ms,
             f.stop_signal.map_or_else(
                 || f.stop_signal_error.clone().unwrap_or_default(),
-                |s| format!("{:.2} ms", s.paused_ms)
+                |s| format!("{:.2} ms", s.answered_ms)
             ),
-            f.losses,
-            f.forwarded
+            f.losses.lost(),
+            f.losses.in_pause.len(),
+            f.losses.network().len(),
+            f.losses.duplicates,
+            f.losses.out_of_order,
+            f.early_at_dst,
         );
     }
+    let column = |v: &dyn Fn(&nve_tests::qemu_stream::QemuFigures) -> f64| {
+        let v: Vec<f64> = figures.iter().map(v).collect();
+        (v.iter().sum::<f64>(), v.iter().copied().fold(0.0, f64::max))
+    };
+    let lost = column(&|f| f.losses.lost() as f64);
+    let network = column(&|f| f.losses.network().len() as f64);
+    let duplicates = column(&|f| f.losses.duplicates as f64);
+    let out_of_order = column(&|f| f.losses.out_of_order as f64);
+    let queued = column(&|f| f.early_at_dst as f64);
     let mut paused: Vec<f64> = figures
         .iter()
-        .filter_map(|f| f.stop_signal.map(|s| s.paused_ms))
+        .filter_map(|f| f.stop_signal.map(|s| s.answered_ms))
         .collect();
-    if !paused.is_empty() {
-        let (p50, _, max) = percentiles(&mut paused);
-        println!(
-            "  QMP STOP -> `nve vm pause` answered (the bridge's reaction), {} migrations: \
-             p50 {p50:.2} ms, max {max:.2} ms",
-            paused.len()
-        );
+    let (paused_p50, _, paused_max) = if paused.is_empty() {
+        (f64::NAN, f64::NAN, f64::NAN)
+    } else {
+        percentiles(&mut paused)
+    };
+    println!(
+        "  {} migrations: lost {} in all (max {}), by the network {} (max {}), duplicates {} \
+         (max {}), out of order {} (max {}); STOP -> pause answered p50 {paused_p50:.2} ms, \
+         max {paused_max:.2} ms ({} answered); queued at the destination's tap before RESUME \
+         {} (max {})",
+        figures.len(),
+        lost.0,
+        lost.1,
+        network.0,
+        network.1,
+        duplicates.0,
+        duplicates.1,
+        out_of_order.0,
+        out_of_order.1,
+        paused.len(),
+        queued.0,
+        queued.1,
+    );
+    let mut runs = Vec::new();
+    for (f, label) in figures.iter().zip(labels) {
+        let mut v = serde_json::to_value(f)?;
+        v["label"] = label.into();
+        runs.push(v);
     }
-    merge_json("migration.json", "qemu", serde_json::to_value(&figures)?)
+    merge_json("migration.json", "qemu", Value::Array(runs))
 }
 
 /// p50, p99 and max of `samples` (sorted here).
