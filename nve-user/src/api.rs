@@ -304,7 +304,8 @@ pub enum Migration {
     None,
     /// The VM is arriving from this VTEP.
     MigratingIn(Ipv4Addr),
-    /// The VM is leaving for this VTEP.
+    /// The VM is leaving for this VTEP; 0.0.0.0: for the VTEP that the NVA says expects it
+    /// (another NVE pre-associated it migrating in).
     MigratingOut(Ipv4Addr),
 }
 

@@ -64,7 +64,10 @@ pub struct DisassocArgs {
     #[command(flatten)]
     pub id: VnicArgs,
     /// The VM migrated to this VTEP: VXLAN that still arrives for its MACs is sent on
-    /// there for the hold time (a forwarding pointer).
+    /// there for the hold time (a forwarding pointer). 0.0.0.0: where it was paused
+    /// toward, or where the NVA says it is expected. Without it, a vNIC paused toward a
+    /// destination points there, and one pre-associated migrating in that never ran here
+    /// (an aborted migration) points back to where it came from.
     #[arg(long)]
     pub migrating_out: Option<Ipv4Addr>,
     /// With --migrating-out: seconds the forwarding pointer lasts (default 60).
@@ -79,6 +82,7 @@ pub struct PauseArgs {
     pub id: VnicArgs,
     /// The VM stopped to migrate to this VTEP: from now on frames for its MACs are sent
     /// there (a forwarding pointer) instead of into its stopped port; `resume` undoes it.
+    /// 0.0.0.0: to the NVE that pre-associated it migrating in, as the NVA says (etcd).
     #[arg(long)]
     pub migrating_out: Option<Ipv4Addr>,
 }

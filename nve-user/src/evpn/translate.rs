@@ -98,7 +98,9 @@ pub fn advertised(
                     out.push((route, attrs.clone()));
                 }
             }
-            Some(Key::Vn(..)) | None => {}
+            // EVPN has no route for an arrival expected (an intent, not a claim): FRR's
+            // speakers learn the MAC from the destination's route once the VM runs there.
+            Some(Key::Vn(..) | Key::Arriving(..)) | None => {}
         }
     }
     out

@@ -94,8 +94,12 @@ impl Vnic {
     /// Whether frames for it are delivered into its port: it forwards, or it is
     /// pre-associated as migrating in (its port queues them until the VM resumes).
     pub fn receives(&self) -> bool {
-        self.state.forwards()
-            || (self.state == VnicState::PreAssociated && self.migration.is_migrating_in())
+        self.state.forwards() || self.is_arriving()
+    }
+
+    /// Whether it is pre-associated as migrating in: the VM is on its way here.
+    pub fn is_arriving(&self) -> bool {
+        self.state == VnicState::PreAssociated && self.migration.is_migrating_in()
     }
 
     /// The VTEP its frames go to while it is paused (`pause` with a migrating-out hint).
@@ -200,9 +204,18 @@ fn state_err(message: String) -> Error {
 }
 
 /// The VTEP a `pause` sends the vNIC's frames to (its `migrating-out` hint), if any
-/// (`resume` and `keep-alive` ignore hints, as they always did).
-fn pause_toward(req: &VnicRequest) -> Result<Option<Ipv4Addr>> {
+/// (`resume` and `keep-alive` ignore hints, as they always did). 0.0.0.0 names no VTEP:
+/// the destination is where the NVA says another NVE expects the vNIC.
+fn pause_toward(model: &Model, id: &VnicId, req: &VnicRequest) -> Result<Option<Ipv4Addr>> {
     match (req.op, req.migration) {
+        (Op::Pause, Migration::MigratingOut(Ipv4Addr::UNSPECIFIED)) => {
+            model.expected_at(id).map(Some).ok_or_else(|| {
+                state_err(format!(
+                    "vNIC {id}: no NVE expects it (none has pre-associated it migrating in, \
+                     as far as the NVA says): name the destination with --migrating-out VTEP"
+                ))
+            })
+        }
         (Op::Pause, Migration::MigratingOut(vtep)) => {
             check_host_ip("migrating-out", IpAddr::V4(vtep))?;
             Ok(Some(vtep))
@@ -211,6 +224,33 @@ fn pause_toward(req: &VnicRequest) -> Result<Option<Ipv4Addr>> {
             "pause takes a migrating-out VTEP (where the VM goes), not migrating-in".into(),
         )),
         _ => Ok(None),
+    }
+}
+
+impl Model {
+    /// The VTEP another NVE expects vNIC `id` at (the first of its MACs the NVA names).
+    fn expected_at(&self, id: &VnicId) -> Option<Ipv4Addr> {
+        let v = self.vnics.get(id)?;
+        v.params
+            .macs
+            .iter()
+            .find_map(|&mac| match self.nva.expected_at(v.vni, mac) {
+                Some(IpAddr::V4(vtep)) => Some(vtep),
+                _ => None,
+            })
+    }
+
+    /// Where a disassociated vNIC's frames go on to (its forwarding pointer), if anywhere:
+    /// where the message says (0.0.0.0: where its pause sent them, else where another NVE
+    /// expects it), or where its pause sent them.
+    fn went(&self, id: &VnicId, v: &Vnic, req: &VnicRequest) -> Option<Ipv4Addr> {
+        match req.migration {
+            Migration::MigratingOut(Ipv4Addr::UNSPECIFIED) => {
+                v.paused_toward().or_else(|| self.expected_at(id))
+            }
+            Migration::MigratingOut(vtep) => Some(vtep),
+            _ => v.paused_toward(),
+        }
     }
 }
 
@@ -264,12 +304,7 @@ impl Model {
                 Ok(Some(self.vnic_view(id)))
             }
             Op::Disassociate => {
-                // Where it went: the message says, or the pause before it did.
-                let went = match (req.migration, current) {
-                    (Migration::MigratingOut(vtep), Some(v)) => Some((vtep, v)),
-                    (_, Some(v)) => v.paused_toward().map(|vtep| (vtep, v)),
-                    _ => None,
-                };
+                let went = current.and_then(|v| Some((self.went(id, v, req)?, v)));
                 let pointer = went.map(|(vtep, v)| {
                     // The forwarding pointer: frames that still arrive for the VM go on to
                     // where it went, for the hold time (remote NVEs may not know yet).
@@ -291,7 +326,7 @@ impl Model {
                 Ok(None)
             }
             Op::Pause | Op::Resume | Op::KeepAlive => {
-                let toward = pause_toward(req)?;
+                let toward = pause_toward(self, id, req)?;
                 self.set_pause_pointer(id, None);
                 self.vnics
                     .update(id, |v| {
@@ -717,6 +752,52 @@ mod tests {
         let d = m.desired(info);
         assert_eq!(d.fdb[&key].kind, nve_common::maps::FDB_MOVED);
         assert_eq!(m.next_expiry(), Some(6 + MOVED_HOLD_MS));
+    }
+
+    #[test]
+    fn the_nva_says_where_a_pause_toward_where_the_vnic_is_expected_goes() {
+        let mut m = Model::default();
+        m.create_vn(&CreateVn::new("blue", 100)).unwrap();
+        let id = VnicId::new(VMS[0], 0).unwrap();
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let h2 = Ipv4Addr::new(10, 0, 0, 2);
+        let somewhere = Migration::MigratingOut(Ipv4Addr::UNSPECIFIED);
+        let info = |_: &str| {
+            Some(PortInfo {
+                ifindex: 7,
+                tap: true,
+            })
+        };
+        let fdb = |m: &Model| m.desired(info).fdb[&FdbKey::new(100, mac.0)];
+        let moved = |vtep: Ipv4Addr| FdbEntry::moved(nve_common::maps::vtep_v4(vtep.octets()));
+        // The source: no NVE expects the vNIC yet, so a pause toward "where it is expected"
+        // is refused and changes nothing.
+        m.signal(&id, &message(Op::Associate, Migration::None), 0)
+            .unwrap();
+        let refused = m.signal(&id, &message(Op::Pause, somewhere), 1);
+        assert_eq!(refused.unwrap_err().code, ErrorCode::EState);
+        assert_eq!(fdb(&m).kind, nve_common::maps::FDB_LOCAL);
+        // h2 pre-associated it migrating in: the pause goes there, and says so.
+        m.nva
+            .arriving
+            .entry(100)
+            .or_default()
+            .insert(mac, h2.into());
+        let view = m.signal(&id, &message(Op::Pause, somewhere), 2).unwrap();
+        assert_eq!(view.unwrap().migration, Migration::MigratingOut(h2));
+        assert_eq!(fdb(&m), moved(h2));
+
+        // Disassociated toward "where it went": where the pause sent it.
+        m.signal(&id, &message(Op::Disassociate, somewhere), 3)
+            .unwrap();
+        assert_eq!(fdb(&m), moved(h2));
+        // Where no NVE expects it: no pointer at all (never one to 0.0.0.0).
+        m.nva.arriving.clear();
+        m.signal(&id, &message(Op::Associate, Migration::None), 4)
+            .unwrap();
+        m.signal(&id, &message(Op::Disassociate, somewhere), 5)
+            .unwrap();
+        assert!(!m.desired(info).fdb.contains_key(&FdbKey::new(100, mac.0)));
     }
 
     #[test]

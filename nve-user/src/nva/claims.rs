@@ -6,7 +6,7 @@ use std::{
     net::IpAddr,
 };
 
-use super::{Entry, PREFIX};
+use super::{Arriving, Entry, PREFIX};
 use crate::{api::CreateVn, mac::MacAddr};
 
 pub fn key(vni: u32, mac: MacAddr, vtep: IpAddr) -> String {
@@ -21,10 +21,18 @@ pub fn member_key(vni: u32, vtep: IpAddr) -> String {
     format!("{PREFIX}{vni}/member/{vtep}")
 }
 
+/// The key of an intent, not a claim: `vtep` expects `mac` to arrive (its vNIC is
+/// pre-associated there migrating in). It never wins a MAC; it tells the source where a
+/// vNIC paused for its migration goes (`pause` with migrating-out 0.0.0.0).
+pub fn arriving_key(vni: u32, mac: MacAddr, vtep: IpAddr) -> String {
+    format!("{PREFIX}{vni}/arriving/{mac}/vtep/{vtep}")
+}
+
 /// What a key under the prefix names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Key {
     Mac(u32, MacAddr, IpAddr),
+    Arriving(u32, MacAddr, IpAddr),
     Member(u32, IpAddr),
     Vn(u32, IpAddr),
 }
@@ -35,9 +43,14 @@ pub fn parse(key: &str) -> Option<Key> {
     let vni: u32 = vni.parse().ok()?;
     let (kind, rest) = rest.split_once('/')?;
     match kind {
-        "mac" => {
+        "mac" | "arriving" => {
             let (mac, vtep) = rest.split_once("/vtep/")?;
-            Some(Key::Mac(vni, mac.parse().ok()?, vtep.parse().ok()?))
+            let (mac, vtep) = (mac.parse().ok()?, vtep.parse().ok()?);
+            Some(if kind == "mac" {
+                Key::Mac(vni, mac, vtep)
+            } else {
+                Key::Arriving(vni, mac, vtep)
+            })
         }
         "member" => Some(Key::Member(vni, rest.parse().ok()?)),
         "vn" => Some(Key::Vn(vni, rest.parse().ok()?)),
@@ -55,6 +68,8 @@ pub struct Claims {
     /// holds room for eleven: at 100,000 MACs that was most of the daemon's memory).
     macs: HashMap<MacId, Vec<(IpAddr, Entry)>>,
     members: BTreeMap<(u32, IpAddr), ()>,
+    /// Who expects which MAC (see [`arriving_key`]).
+    arriving: BTreeSet<(MacId, IpAddr)>,
     vns: BTreeMap<(u32, IpAddr), CreateVn>,
 }
 
@@ -78,6 +93,10 @@ impl Claims {
             }
             Key::Member(vni, vtep) => {
                 self.members.insert((vni, vtep), ());
+                None
+            }
+            Key::Arriving(vni, mac, vtep) => {
+                self.arriving.insert(((vni, mac), vtep));
                 None
             }
             Key::Vn(vni, vtep) => {
@@ -104,6 +123,10 @@ impl Claims {
             }
             Key::Member(vni, vtep) => {
                 self.members.remove(&(vni, vtep));
+                None
+            }
+            Key::Arriving(vni, mac, vtep) => {
+                self.arriving.remove(&((vni, mac), vtep));
                 None
             }
             Key::Vn(vni, vtep) => {
@@ -144,6 +167,15 @@ impl Claims {
         out
     }
 
+    /// The MACs other NVEs expect to arrive, and where (the lowest VTEP, if several do).
+    pub fn arriving(&self, except: IpAddr) -> Arriving {
+        let mut out = Arriving::new();
+        for &((vni, mac), vtep) in self.arriving.iter().filter(|(_, v)| *v != except) {
+            out.entry(vni).or_default().entry(mac).or_insert(vtep);
+        }
+        out
+    }
+
     /// The VNs other NVEs define, by name (the lowest VTEP's definition of a name).
     pub fn vns(&self, except: IpAddr) -> BTreeMap<String, CreateVn> {
         let mut out = BTreeMap::new();
@@ -168,7 +200,25 @@ mod tests {
         assert_eq!(parse(&key(7, mac, v6)), Some(Key::Mac(7, mac, v6)));
         assert_eq!(parse(&member_key(7, v4)), Some(Key::Member(7, v4)));
         assert_eq!(parse(&vn_key(7, v4)), Some(Key::Vn(7, v4)));
+        assert_eq!(
+            parse(&arriving_key(7, mac, v4)),
+            Some(Key::Arriving(7, mac, v4))
+        );
         assert_eq!(parse("/nve/v1/vni/x/mac/y"), None);
+    }
+
+    #[test]
+    fn an_arrival_expected_is_no_claim() {
+        let mut c = Claims::default();
+        let mac: MacAddr = "02:00:00:00:00:01".parse().unwrap();
+        let (me, h2): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let expected = serde_json::to_vec(&Entry::at(h2)).unwrap();
+        assert_eq!(c.put(&arriving_key(7, mac, h2), &expected), None);
+        assert!(c.winner((7, mac), me).is_none());
+        assert_eq!(c.arriving(me)[&7][&mac], h2);
+        assert!(c.arriving(h2).is_empty(), "its own intent is no news to h2");
+        c.delete(&arriving_key(7, mac, h2));
+        assert!(c.arriving(me).is_empty());
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 pub use mobility::{DUP_MOVES, DUP_WINDOW, Mobility};
-pub use table::{Delta, MacChange, Table};
+pub use table::{Arriving, Delta, MacChange, Table};
 
 use crate::api::CreateVn;
 

@@ -15,6 +15,9 @@ use crate::{api::CreateVn, mac::MacAddr};
 
 type Macs = imbl::OrdMap<u32, imbl::OrdMap<MacAddr, Entry>>;
 
+/// VNI -> MAC -> the VTEP expecting it (its vNIC pre-associated there migrating in).
+pub type Arriving = BTreeMap<u32, BTreeMap<MacAddr, IpAddr>>;
+
 /// The other NVEs' MACs (the winning claim of each), VN memberships and VN definitions.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "Stored", into = "Stored")]
@@ -29,6 +32,9 @@ pub struct Table {
     /// VNI -> the other NVEs with a vNIC in the VN, pre-associated ones included: they join
     /// its flood list and decapsulation allow-list before a migration's first frame.
     pub members: BTreeMap<u32, BTreeSet<IpAddr>>,
+    /// The MACs other NVEs expect to arrive: where a vNIC paused for its migration toward
+    /// "wherever it is expected" (migrating-out 0.0.0.0) goes.
+    pub arriving: Arriving,
     /// VN definitions other NVEs serve, by name: an associate in a VN this NVE does not
     /// have creates it from here.
     pub vns: BTreeMap<String, CreateVn>,
@@ -41,6 +47,8 @@ struct Stored {
     macs: Macs,
     #[serde(default)]
     members: BTreeMap<u32, BTreeSet<IpAddr>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    arriving: Arriving,
     #[serde(default)]
     vns: BTreeMap<String, CreateVn>,
 }
@@ -49,6 +57,7 @@ impl From<Stored> for Table {
     fn from(s: Stored) -> Self {
         let mut table = Table {
             members: s.members,
+            arriving: s.arriving,
             vns: s.vns,
             ..Table::default()
         };
@@ -66,6 +75,7 @@ impl From<Table> for Stored {
         Stored {
             macs: t.macs,
             members: t.members,
+            arriving: t.arriving,
             vns: t.vns,
         }
     }
@@ -87,6 +97,9 @@ pub struct Delta {
     /// The memberships, when they changed (they are few: replaced whole).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members: Option<BTreeMap<u32, BTreeSet<IpAddr>>>,
+    /// The MACs expected elsewhere, when they changed (few: replaced whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arriving: Option<Arriving>,
     /// The VN definitions, when they changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vns: Option<BTreeMap<String, CreateVn>>,
@@ -94,18 +107,29 @@ pub struct Delta {
 
 impl Delta {
     pub fn is_empty(&self) -> bool {
-        self.macs.is_empty() && self.members.is_none() && self.vns.is_none()
+        self.macs.is_empty()
+            && self.members.is_none()
+            && self.arriving.is_none()
+            && self.vns.is_none()
     }
 }
 
 impl Table {
     pub fn is_empty(&self) -> bool {
-        self.macs.is_empty() && self.members.is_empty() && self.vns.is_empty()
+        self.macs.is_empty()
+            && self.members.is_empty()
+            && self.arriving.is_empty()
+            && self.vns.is_empty()
     }
 
     /// MACs held, over all VNs.
     pub fn len(&self) -> usize {
         self.macs.values().map(imbl::OrdMap::len).sum()
+    }
+
+    /// The VTEP expecting `mac` of `vni`, if another NVE does.
+    pub fn expected_at(&self, vni: u32, mac: MacAddr) -> Option<IpAddr> {
+        self.arriving.get(&vni)?.get(&mac).copied()
     }
 
     pub fn get(&self, vni: u32, mac: MacAddr) -> Option<&Entry> {
@@ -190,6 +214,9 @@ impl Table {
         }
         if let Some(members) = &delta.members {
             self.members = members.clone();
+        }
+        if let Some(arriving) = &delta.arriving {
+            self.arriving = arriving.clone();
         }
         if let Some(vns) = &delta.vns {
             self.vns = vns.clone();

@@ -1,5 +1,5 @@
-//! A migration whose source pauses toward the destination (`nve vm pause --migrating-out`)
-//! at the instant the VM stops, under a stream from h3 (see `nve_tests::pause_stream`). The
+//! A migration whose source pauses toward the destination (`nve vm pause --migrating-out`;
+//! 0.0.0.0: wherever the NVA says the vNIC is expected) at the instant the VM stops, under a stream from h3 (see `nve_tests::pause_stream`). The
 //! rig's VM "stops" when its link goes down on h1; its new incarnation on h2 has its port
 //! open (link up, as QEMU's `-incoming` has its tap) but has not spoken yet, so h2's vNIC
 //! is only pre-associated (migrating in) until the RARP.
@@ -40,8 +40,8 @@ fn a_paused_vm_s_frames_wait_at_the_destination_and_none_is_lost() {
     let (before, decap_before) = (stream.sent(), decapsulated());
     let flooded = || r.d3.counter("vm_egress", "FLOODED").unwrap();
     let flooded_before = flooded();
-    let out = ["--migrating-out", H2_VTEP];
-    r.d1.nve(&["vm", "pause", "--vm", VMX, out[0], out[1]])
+    // Toward "where it is expected": h2's pre-association, as the NVA (etcd) told h1.
+    r.d1.nve(&["vm", "pause", "--vm", VMX, "--migrating-out", "0.0.0.0"])
         .unwrap();
     let paused_at = stream.sent();
     assert_eq!(

@@ -12,7 +12,7 @@ use crate::{
     model::{Event, Model},
     nva::{
         Delta, Entry, MacChange, Mobility, Table,
-        claims::{Claims, MacId, key, member_key, vn_key},
+        claims::{Claims, MacId, arriving_key, key, member_key, vn_key},
         mobility::installed,
     },
 };
@@ -83,8 +83,9 @@ impl Link {
     }
 }
 
-/// What this NVE publishes: its associated vNICs. A MAC it already claims keeps its
-/// sequence number; one it starts to claim takes the highest other claim's plus one.
+/// What this NVE publishes: its associated vNICs (and those paused toward their migration's
+/// destination), the MACs it expects to arrive by migration, its memberships and VNs. A MAC it already claims keeps its sequence number; one it starts to claim takes the
+/// highest other claim's plus one.
 pub fn local_entries(
     model: &Model,
     vtep: IpAddr,
@@ -119,6 +120,13 @@ pub fn local_entries(
     // A vNIC paused toward its destination stays published here: its MACs are still
     // reached through this VTEP (the pointer sends them on), where a withdrawal would make
     // the others flood them, to the destination too, which delivers them twice.
+    // A vNIC pre-associated migrating in is expected here: an intent, not a claim, for the
+    // source to find its destination by.
+    for (_, v) in model.vnics().filter(|(_, v)| v.is_arriving()) {
+        for &mac in &v.params.macs {
+            out.insert(arriving_key(v.vni, mac, vtep), Entry::at(vtep));
+        }
+    }
     let reached = |v: &crate::model::Vnic| v.state.forwards() || v.paused_toward().is_some();
     for (_, v) in model.vnics().filter(|(_, v)| reached(v)) {
         let v4 = v.params.ipv4.iter().map(|&a| IpAddr::from(a));
@@ -156,6 +164,7 @@ pub async fn install_all(
         }
     }
     table.members = claims.members(vtep);
+    table.arriving = claims.arriving(vtep);
     table.vns = claims.vns(vtep);
     // This port is the only one that changes the NVA's table: the snapshot is current.
     if handle.snapshot().model.nva() == &table {
@@ -182,6 +191,7 @@ pub async fn install(
         .map(|&id| (id, installed(claims, id, vtep, mobility)))
         .collect();
     let members = claims.members(vtep);
+    let arriving = claims.arriving(vtep);
     let vns = claims.vns(vtep);
     let snapshot = handle.snapshot();
     let table = snapshot.model.nva();
@@ -192,6 +202,7 @@ pub async fn install(
             .map(|((vni, mac), entry)| MacChange { vni, mac, entry })
             .collect(),
         members: (table.members != members).then_some(members),
+        arriving: (table.arriving != arriving).then_some(arriving),
         vns: (table.vns != vns).then_some(vns),
     };
     if delta.is_empty() {
