@@ -360,8 +360,8 @@ fn tail(s: &str) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-/// `ping -D -i 0.01` (100 a second) from a namespace: a stream whose replies say, with their
-/// times, when the guest was reachable.
+/// `ping -D` at a given rate from a namespace: a stream whose replies say, with their times
+/// and sequence numbers, when the guest was reachable and which requests it never answered.
 pub struct PingStream {
     child: Child,
 }
@@ -375,13 +375,28 @@ pub struct PingFigures {
     /// The longest time without a reply, ms, and the sequence numbers it fell between.
     pub longest_gap_ms: f64,
     pub gap_between: (u32, u32),
+    /// The sequence numbers answered (ping's own: from 1, 16 bits).
+    pub answered: std::collections::BTreeSet<u32>,
+}
+
+impl PingFigures {
+    /// The requests never answered, by sequence number.
+    pub fn lost(&self) -> Vec<u32> {
+        (1..=self.sent)
+            .filter(|s| !self.answered.contains(s))
+            .collect()
+    }
 }
 
 impl PingStream {
-    pub fn start(ns: &Netns, dst: &str) -> Result<Self> {
+    /// Pings `dst` `per_second` times a second (at most 60 s: ping's sequence numbers are
+    /// 16 bits).
+    pub fn start(ns: &Netns, dst: &str, per_second: u32) -> Result<Self> {
+        let interval = format!("{:.4}", 1.0 / f64::from(per_second.max(1)));
+        let deadline = (65_000 / per_second.max(1)).clamp(1, 120).to_string();
         let child = ns
             .command("ping")
-            .args(["-D", "-n", "-i", "0.01", "-W", "1", "-w", "120", dst])
+            .args(["-D", "-n", "-i", &interval, "-W", "1", "-w", &deadline, dst])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -430,6 +445,7 @@ impl PingStream {
             received: replies.len() as u32,
             longest_gap_ms,
             gap_between,
+            answered: replies.iter().map(|r| r.1).collect(),
         })
     }
 }

@@ -92,22 +92,26 @@ pub fn parse(line: &str) -> Line {
 }
 
 /// virsh's `--timestamp`, `YYYY-MM-DD HH:MM:SS.mmm+0000` (libvirt's virTimeStringNowRaw:
-/// always UTC).
-fn parse_stamp(s: &str) -> Option<SystemTime> {
-    let s = s.strip_suffix("+0000")?;
-    let (date, time) = s.split_once(' ')?;
+/// always UTC); also RFC 3339's `YYYY-MM-DDTHH:MM:SS.ffffffZ` (tracing's log lines), any
+/// number of fraction digits up to nanoseconds.
+pub fn parse_stamp(s: &str) -> Option<SystemTime> {
+    let s = s.strip_suffix("+0000").or_else(|| s.strip_suffix('Z'))?;
+    let (date, time) = s.split_once([' ', 'T'])?;
     let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
     let (y, mo, day) = (d.next()??, d.next()??, d.next()??);
-    let (hms, millis) = time.split_once('.')?;
+    let (hms, fraction) = time.split_once('.')?;
     let mut t = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
     let (h, mi, sec) = (t.next()??, t.next()??, t.next()??);
-    let millis: u64 = millis.parse().ok()?;
+    if fraction.is_empty() || fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos = fraction.parse::<u32>().ok()? * 10u32.pow(9 - fraction.len() as u32);
     if !(1..=12).contains(&mo) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec > 60 {
         return None;
     }
     let days = u64::try_from(days_from_civil(y, mo, day)).ok()?;
     let secs = days * 86_400 + h * 3600 + mi * 60 + sec;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis))
+    Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
@@ -224,5 +228,12 @@ mod tests {
             parse_stamp("1970-01-01 00:00:01.002+0000"),
             Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1002))
         );
+        assert_eq!(
+            parse_stamp("2026-12-01T17:48:02.611250Z"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_micros(1_796_147_282_611_250))
+        );
+        for bad in ["1970-01-01 00:00:01.+0000", "1970-01-01 00:00:01.-1+0000"] {
+            assert_eq!(parse_stamp(bad), None, "{bad}");
+        }
     }
 }
