@@ -270,3 +270,185 @@ pub fn journaled_signals(d: &Daemon, vm: &str) -> Result<Vec<(String, serde_json
         })
         .collect())
 }
+
+/// ICMP echo requests from a namespace to a guest, paced (`rate` a second, request `seq`
+/// leaving at `seq / rate` s: ping paces only to 10 ms bursts and slows while requests go
+/// unanswered), numbered from 0, and the replies that came back, until stopped (at most
+/// 65,536 requests).
+pub struct PacedPings {
+    /// Stops the sender, then the receiver.
+    stop: [Arc<AtomicBool>; 2],
+    sender: Option<thread::JoinHandle<Result<u32>>>,
+    receiver: Option<thread::JoinHandle<Result<std::collections::BTreeSet<u16>>>>,
+}
+
+/// What a [`PacedPings`] stream did.
+#[derive(Debug)]
+pub struct PingsAnswered {
+    pub sent: u32,
+    pub answered: std::collections::BTreeSet<u16>,
+}
+
+impl PingsAnswered {
+    /// The requests never answered.
+    pub fn lost(&self) -> Vec<u16> {
+        (0..self.sent)
+            .map(|s| s as u16)
+            .filter(|s| !self.answered.contains(s))
+            .collect()
+    }
+}
+
+/// The echo identifier of [`PacedPings`].
+const PACED_ID: u16 = 0x4e56;
+
+impl PacedPings {
+    /// Starts the stream; the replies are watched before the first request leaves.
+    pub fn start(ns: &Netns, guest: std::net::Ipv4Addr, rate: u32) -> Result<Self> {
+        let (tx, rx) = crate::rig::in_netns(ns, || Ok((icmp_socket()?, icmp_socket()?)))?;
+        crate::rig::recv_timeout(&rx, Duration::from_millis(50))?;
+        let stop = [(); 2].map(|()| Arc::new(AtomicBool::new(false)));
+        let flag = stop[1].clone();
+        let receiver = thread::spawn(move || replies(&rx, &flag));
+        let (flag, rate) = (stop[0].clone(), rate.max(1));
+        let sender = thread::spawn(move || send_paced(&tx, guest, rate, &flag));
+        Ok(Self {
+            stop,
+            sender: Some(sender),
+            receiver: Some(receiver),
+        })
+    }
+
+    /// Stops sending, waits `linger` for the last replies, and says what came back.
+    pub fn finish(mut self, linger: Duration) -> Result<PingsAnswered> {
+        let sender = self.sender.take().expect("joined only here");
+        let receiver = self.receiver.take().expect("joined only here");
+        self.stop[0].store(true, Ordering::Relaxed);
+        let sent = sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("the sender panicked"))??;
+        thread::sleep(linger);
+        self.stop[1].store(true, Ordering::Relaxed);
+        let answered = receiver
+            .join()
+            .map_err(|_| anyhow::anyhow!("the receiver panicked"))??;
+        Ok(PingsAnswered { sent, answered })
+    }
+}
+
+impl Drop for PacedPings {
+    fn drop(&mut self) {
+        for flag in &self.stop {
+            flag.store(true, Ordering::Relaxed);
+        }
+        if let Some(t) = self.sender.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.receiver.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends echo requests `0..` on `fd` to `guest`, `rate` a second, until `stop` (or 65,536
+/// of them): how many.
+fn send_paced(
+    fd: &std::os::fd::OwnedFd,
+    guest: std::net::Ipv4Addr,
+    rate: u32,
+    stop: &AtomicBool,
+) -> Result<u32> {
+    let dst = sockaddr(guest);
+    let start = Instant::now();
+    let mut seq = 0u32;
+    while seq <= u32::from(u16::MAX) && !stop.load(Ordering::Relaxed) {
+        let due = Duration::from_secs_f64(f64::from(seq) / f64::from(rate));
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            thread::sleep(wait);
+        }
+        let echo = crate::packet::icmp_echo(PACED_ID, seq as u16, 8);
+        // SAFETY: sendto(2) of a buffer we own to a sockaddr_in we built.
+        let rc = unsafe {
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(fd),
+                echo.as_ptr().cast(),
+                echo.len(),
+                0,
+                (&raw const dst).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        if rc < 0 {
+            bail!("sending echo {seq}: {}", std::io::Error::last_os_error());
+        }
+        seq += 1;
+    }
+    Ok(seq)
+}
+
+/// The sequence numbers of the [`PACED_ID`] echo replies `fd` receives until `stop` (ten
+/// minutes at most).
+fn replies(
+    fd: &std::os::fd::OwnedFd,
+    stop: &AtomicBool,
+) -> Result<std::collections::BTreeSet<u16>> {
+    let mut answered = std::collections::BTreeSet::new();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        // SAFETY: recv(2) into a buffer we own.
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(fd),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+            )
+        };
+        let Some(icmp) = usize::try_from(n).ok().and_then(|n| {
+            let ihl = usize::from(buf.first()? & 0x0f) * 4;
+            buf.get(ihl..n)
+        }) else {
+            continue;
+        };
+        if icmp.first() == Some(&0) && icmp.get(4..6) == Some(&PACED_ID.to_be_bytes()[..]) {
+            answered.insert(u16::from_be_bytes([icmp[6], icmp[7]]));
+        }
+    }
+    Ok(answered)
+}
+
+/// A raw ICMP socket (IPv4): sends echo requests, receives every ICMP message, its IP
+/// header first; a large receive buffer, so a stream's replies wait for the reader.
+fn icmp_socket() -> Result<std::os::fd::OwnedFd> {
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    if fd < 0 {
+        bail!("raw ICMP socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor we just opened.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let size: i32 = 16 << 20;
+    // SAFETY: setsockopt with an int on a socket we own.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const size).cast(),
+            size_of::<i32>() as u32,
+        )
+    };
+    Ok(fd)
+}
+
+fn sockaddr(ip: std::net::Ipv4Addr) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}

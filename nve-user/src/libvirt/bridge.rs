@@ -177,6 +177,7 @@ impl Bridge<'_> {
                 .iter()
                 .find(|v| v.vm == domain.uuid && v.index == iface.index);
             let Some(req) = on_resumed(iface, current) else {
+                tracing::debug!(domain = %ev.domain, vnic = iface.index, state = ?current.map(|v| v.state), "Resumed: nothing to signal");
                 continue;
             };
             let answer = self.signal(&domain, iface, &req).await;

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use nve_tests::{
     etcd::EtcdServer,
-    libvirt::{Domain, Libvirtd, PingFigures, PingStream},
+    libvirt::{Domain, Libvirtd, PingStream},
     libvirt_events::{
-        BridgeAnswer, EventsBridge, Swallowed, TapPingWatch, TapPings, journaled_signals,
+        BridgeAnswer, EventsBridge, PacedPings, PingsAnswered, Swallowed, TapPingWatch, TapPings,
+        journaled_signals,
     },
     overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM2_IP, VM2_MAC},
     rig::{Daemon, Netns, TempFile, Vm, fdb_vtep, require_root, wait_until},
@@ -210,12 +211,13 @@ enum Way {
     Back,
 }
 
-/// One `virsh migrate --live` under a ping stream from vm3.
-struct LiveMove {
+/// One `virsh migrate --live` under a stream of pings from vm3.
+struct LiveMove<S> {
     migrate_s: f64,
     /// libvirt's "Total downtime", ms.
     downtime_ms: f64,
-    ping: PingFigures,
+    /// What the stream saw.
+    stream: S,
     /// The pings at the source's tap.
     at_source: TapPings,
 }
@@ -266,16 +268,22 @@ impl LiveRig {
         }
     }
 
-    /// Live-migrates the guest `way` while vm3 pings it `rate` times a second, from a
-    /// second before until a second after the destination's vNIC is active.
-    fn migrate(&self, way: Way, rate: u32) -> LiveMove {
+    /// Live-migrates the guest `way` under the stream of pings `start` starts from vm3,
+    /// from a second before until a second after the destination's vNIC is active, when
+    /// `finish` ends it.
+    fn migrate<S, F>(
+        &self,
+        way: Way,
+        start: impl FnOnce(&Netns) -> S,
+        finish: impl FnOnce(S) -> F,
+    ) -> LiveMove<F> {
         let (from, to, from_host, to_host, to_nve) = match way {
             Way::Out => (&self.src, &self.dst, &self.h1, &self.h2, &self.d2),
             Way::Back => (&self.dst, &self.src, &self.h2, &self.h1, &self.d1),
         };
         let socket = TempFile(format!("/tmp/{}-migrate.sock", to_host.name).into());
         let watch = TapPingWatch::start(from_host, TAP, GUEST_IP.parse().unwrap()).unwrap();
-        let stream = PingStream::start(&self.vm3.ns, GUEST_IP, rate).unwrap();
+        let stream = start(&self.vm3.ns);
         std::thread::sleep(Duration::from_secs(1));
         let started = std::time::Instant::now();
         let out = from.virsh(&[
@@ -302,7 +310,7 @@ impl LiveRig {
                 .any(|v| v.vm == UUID && v.state == VnicState::Associated)
         });
         std::thread::sleep(Duration::from_secs(1));
-        let ping = stream.finish().unwrap();
+        let stream = finish(stream);
         let at_source = watch.finish().unwrap();
         let job = to
             .virsh_ok(&["domjobinfo", "--completed", &self.guest.name])
@@ -311,7 +319,7 @@ impl LiveRig {
         LiveMove {
             migrate_s,
             downtime_ms,
-            ping,
+            stream,
             at_source,
         }
     }
@@ -329,8 +337,12 @@ impl LiveRig {
 fn virsh_migrate_live_moves_the_vnic_under_a_stream() {
     require_root();
     let r = LiveRig::new("lm");
-    let m = r.migrate(Way::Out, 100);
-    let (ping, downtime) = (&m.ping, m.downtime_ms);
+    let m = r.migrate(
+        Way::Out,
+        |ns| PingStream::start(ns, GUEST_IP).unwrap(),
+        |s| s.finish().unwrap(),
+    );
+    let (ping, downtime) = (&m.stream, m.downtime_ms);
 
     let (h1_calls, h2_calls) = (hook_trace(&r.src), hook_trace(&r.dst));
     println!(
@@ -371,12 +383,23 @@ fn virsh_migrate_live_moves_the_vnic_under_a_stream() {
     r.vm3.ping_until_reachable(GUEST_IP, 5).unwrap();
 }
 
-/// The ping stream's rate in the events bridge's test: a request a millisecond, so that the
-/// bridge's signaling window (milliseconds) shows in what the stopped VM swallows.
-const BRIDGE_RATE: u32 = 1000;
+/// The ping stream's rate in the events bridge's test: two requests a millisecond, so that
+/// the bridge's signaling window (milliseconds) shows in what the stopped VM swallows (the
+/// TCG guest answers them all while it runs).
+const BRIDGE_RATE: u32 = 2000;
+
+/// A [`PacedPings`] stream at [`BRIDGE_RATE`].
+fn paced(ns: &Netns) -> PacedPings {
+    PacedPings::start(ns, GUEST_IP.parse().unwrap(), BRIDGE_RATE).unwrap()
+}
+
+/// Ends a [`PacedPings`] stream, waiting 200 ms for the last replies.
+fn finish_paced(p: PacedPings) -> PingsAnswered {
+    p.finish(Duration::from_millis(200)).unwrap()
+}
 
 /// `nve libvirt-events` on both hosts (as its unit runs it: no capabilities) during `virsh
-/// migrate --live` h1 -> h2 under a 1000/s ping stream from vm3: at libvirt's Suspended
+/// migrate --live` h1 -> h2 under 2000 pings a second from vm3: at libvirt's Suspended
 /// Migrated on h1 it pauses the guest's vNIC toward 0.0.0.0, which h1's NVE sends to h2 (the
 /// NVE that pre-associated it migrating in, through etcd). h1's journal has that pause
 /// before the hook's disassociate, and h1 keeps the pointer to h2 (the hook's disassociate
@@ -391,7 +414,7 @@ fn the_events_bridge_pauses_the_source_at_the_switchover() {
     let r = LiveRig::new("le");
     let b1 = EventsBridge::start(&r.h1, "h1", &r.src, &r.d1).unwrap();
     let b2 = EventsBridge::start(&r.h2, "h2", &r.dst, &r.d2).unwrap();
-    let with = r.migrate(Way::Out, BRIDGE_RATE);
+    let with = r.migrate(Way::Out, paced, finish_paced);
     let (a1, a2) = (b1.answers(), b2.answers());
     let pause = a1
         .iter()
@@ -432,13 +455,14 @@ fn the_events_bridge_pauses_the_source_at_the_switchover() {
         "after the pause h1's tap still got {late:?}"
     );
     let swallowed = with.at_source.swallowed().expect("the guest replied on h1");
-    let lost = with.ping.lost();
+    let lost = with.stream.lost();
+    let elsewhere: Vec<&u16> = lost
+        .iter()
+        .filter(|s| !swallowed.seqs.contains(s))
+        .collect();
     assert!(
-        lost.iter().all(|s| swallowed.seqs.contains(&(*s as u16))),
-        "lost {lost:?}, of which not swallowed by h1's stopped VM: {:?}",
-        lost.iter()
-            .filter(|s| !swallowed.seqs.contains(&(**s as u16)))
-            .collect::<Vec<_>>()
+        elsewhere.is_empty(),
+        "lost {lost:?}, of which not swallowed by h1's stopped VM: {elsewhere:?}"
     );
     assert_eq!(with.at_source.socket_drops, 0);
     let latencies = |a: &[BridgeAnswer]| {
@@ -460,7 +484,7 @@ fn the_events_bridge_pauses_the_source_at_the_switchover() {
     drop((b1, b2));
 
     r.vm3.ping_until_reachable(GUEST_IP, 5).unwrap();
-    let without = r.migrate(Way::Back, BRIDGE_RATE);
+    let without = r.migrate(Way::Back, paced, finish_paced);
     let swallowed_back = without
         .at_source
         .swallowed()
@@ -499,16 +523,16 @@ fn pause_answered_at(a: &BridgeAnswer) -> std::time::SystemTime {
 }
 
 /// A migration's figures, one line.
-fn figures(m: &LiveMove, swallowed: &Swallowed) -> String {
+fn figures(m: &LiveMove<PingsAnswered>, swallowed: &Swallowed) -> String {
     format!(
-        "virsh migrate --live {:.1} s, downtime {} ms; ping {}/s: sent {}, lost {}; the \
+        "virsh migrate --live {:.1} s, downtime {} ms; pings {}/s: sent {}, lost {}; the \
          stopped source's tap swallowed {} requests in {:.1} ms after the guest's last reply",
         m.migrate_s,
         m.downtime_ms,
         BRIDGE_RATE,
-        m.ping.sent,
-        m.ping.lost().len(),
+        m.stream.sent,
+        m.stream.lost().len(),
         swallowed.seqs.len(),
-        swallowed.window_ms
+        swallowed.window_ms,
     )
 }
