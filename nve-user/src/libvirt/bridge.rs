@@ -115,6 +115,7 @@ impl Bridge<'_> {
 
     async fn on_line(&self, line: &str) {
         let read_at = Instant::now();
+        tracing::debug!(line, "from virsh");
         let Line::Lifecycle(ev) = event_line::parse(line) else {
             if !line.trim().is_empty() {
                 tracing::info!(line, "not a lifecycle event: skipped");

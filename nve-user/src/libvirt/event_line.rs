@@ -135,14 +135,16 @@ mod tests {
         }
     }
 
-    /// Lines virsh 11.3 printed for the libvirt migration test's domain (`virsh event
-    /// --loop --event lifecycle --timestamp` on both hosts, LC_ALL=C; tests/tests/all/
-    /// libvirtd.rs), source then destination.
+    /// Lines virsh 11.3 printed in the libvirt migration test (tests/tests/all/libvirtd.rs,
+    /// `the_events_bridge_pauses_the_source_at_the_switchover`; `virsh event --loop --event
+    /// lifecycle --timestamp`, LC_ALL=C, as the bridge's debug log shows them): the source,
+    /// then the destination.
     const CAPTURED: &str = "\
-2026-12-01 17:48:02.611+0000: event 'lifecycle' for domain 'le-guest': Suspended Migrated
-2026-12-01 17:48:02.741+0000: event 'lifecycle' for domain 'le-guest': Stopped Migrated
-2026-12-01 17:47:55.108+0000: event 'lifecycle' for domain 'le-guest': Started Migrated
-2026-12-01 17:48:02.785+0000: event 'lifecycle' for domain 'le-guest': Resumed Migrated
+2026-12-01 17:42:20.211+0000: event 'lifecycle' for domain 'le-guest': Suspended Migrated
+2026-12-01 17:42:22.493+0000: event 'lifecycle' for domain 'le-guest': Shutdown Finished after host request
+2026-12-01 17:42:22.616+0000: event 'lifecycle' for domain 'le-guest': Stopped Migrated
+2026-12-01 17:42:19.769+0000: event 'lifecycle' for domain 'le-guest': Started Migrated
+2026-12-01 17:42:20.245+0000: event 'lifecycle' for domain 'le-guest': Resumed Migrated
 ";
 
     #[test]
@@ -156,15 +158,16 @@ mod tests {
             words,
             [
                 ("le-guest", Event::Suspended, "Migrated"),
+                ("le-guest", Event::Shutdown, "Finished after host request"),
                 ("le-guest", Event::Stopped, "Migrated"),
                 ("le-guest", Event::Started, "Migrated"),
                 ("le-guest", Event::Resumed, "Migrated"),
             ]
         );
-        // 2026-12-01 17:48:02.611 UTC.
+        // 2026-12-01 17:42:20.211 UTC.
         assert_eq!(
             events[0].at,
-            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_147_282_611))
+            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_146_940_211))
         );
     }
 
