@@ -59,7 +59,7 @@ impl Libvirtd {
     /// refuses to migrate between daemons with the same host UUID: `host_id` makes each
     /// daemon's distinct.
     pub fn start(host: &Netns, tag: &str, host_id: u8, nve: &Daemon) -> Result<Self> {
-        let dir = PathBuf::from(format!("/tmp/{}-libvirt-{tag}", host.name));
+        let dir = Self::dir_of(host, tag);
         let _ = std::fs::remove_dir_all(&dir);
         for (_, sub) in PRIVATE_DIRS {
             std::fs::create_dir_all(dir.join(sub))?;
@@ -88,13 +88,23 @@ impl Libvirtd {
         let mut c = host.command("unshare");
         c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
         let child = spawn_logged(&mut c, log, "libvirtd (Debian's libvirt-daemon)")?;
-        let uri = format!(
-            "qemu+unix:///system?socket={}",
-            dir.join("run/libvirt-sock").display()
-        );
+        let uri = Self::uri_of(host, tag);
         let mut d = Self { child, dir, uri };
         d.wait_ready()?;
         Ok(d)
+    }
+
+    /// The directory of the libvirtd `start` would start in `host` as `tag`.
+    fn dir_of(host: &Netns, tag: &str) -> PathBuf {
+        PathBuf::from(format!("/tmp/{}-libvirt-{tag}", host.name))
+    }
+
+    /// The URI of the libvirtd `start` would start in `host` as `tag` (before it runs).
+    pub fn uri_of(host: &Netns, tag: &str) -> String {
+        format!(
+            "qemu+unix:///system?socket={}",
+            Self::dir_of(host, tag).join("run/libvirt-sock").display()
+        )
     }
 
     fn wait_ready(&mut self) -> Result<()> {

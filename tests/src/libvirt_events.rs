@@ -49,6 +49,14 @@ impl EventsBridge {
     /// Starts the bridge for `nve`'s daemon following `libvirtd`, named by `tag`; waits
     /// until it has cached the active domains (it follows the events from before that).
     pub fn start(host: &Netns, tag: &str, libvirtd: &Libvirtd, nve: &Daemon) -> Result<Self> {
+        let mut b = Self::spawn(host, tag, &libvirtd.uri, nve)?;
+        b.wait_for("cached the active domains", 1)?;
+        Ok(b)
+    }
+
+    /// Starts the bridge for `nve`'s daemon following libvirt at `uri` (which may not
+    /// answer yet), named by `tag`; its debug log has every line virsh printed.
+    pub fn spawn(host: &Netns, tag: &str, uri: &str, nve: &Daemon) -> Result<Self> {
         let log = PathBuf::from(format!("/tmp/{}-events-{tag}.log", host.name));
         let file = std::fs::File::create(&log)?;
         let mut c = host.command("setpriv");
@@ -56,28 +64,28 @@ impl EventsBridge {
             .arg(nve_bin())
             .arg("--socket")
             .arg(&nve.socket)
-            .args(["libvirt-events", "--connect", &libvirtd.uri])
-            .env("NO_COLOR", "1");
+            .args(["libvirt-events", "--connect", uri])
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info,nve_user::libvirt=debug");
         let child = spawn_logged(&mut c, file, "nve libvirt-events")?;
-        let mut b = Self { child, log };
-        b.wait_for("cached the active domains")?;
-        Ok(b)
+        Ok(Self { child, log })
     }
 
-    /// Waits (10 s at most) until the log has a line containing `what`.
-    pub fn wait_for(&mut self, what: &str) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    /// Waits (30 s at most) until the log has `times` lines containing `what`; fails if the
+    /// bridge exited.
+    pub fn wait_for(&mut self, what: &str, times: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if self.log_text().contains(what) {
-                return Ok(());
-            }
             if let Some(status) = self.child.try_wait()? {
                 bail!("nve libvirt-events exited ({status}):\n{}", self.log_text());
+            }
+            if self.log_text().lines().filter(|l| l.contains(what)).count() >= times {
+                return Ok(());
             }
             thread::sleep(Duration::from_millis(50));
         }
         bail!(
-            "nve libvirt-events logged no {what:?}:\n{}",
+            "nve libvirt-events logged {what:?} fewer than {times} times:\n{}",
             self.log_text()
         )
     }

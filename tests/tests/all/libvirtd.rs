@@ -16,7 +16,7 @@ use nve_tests::{
         journaled_signals,
     },
     overlay::{self, H1_VTEP, H2_VTEP, TwoHosts, VM2_IP, VM2_MAC},
-    rig::{Daemon, Netns, TempFile, Vm, fdb_vtep, require_root, wait_until},
+    rig::{Daemon, Netns, TempFile, Vm, fdb_vtep, lone_host, require_root, wait_until},
     three_hosts::{self, H3_VTEP, VM3_IP, VM3_MAC},
 };
 use nve_user::vnic::VnicState;
@@ -535,4 +535,46 @@ fn figures(m: &LiveMove<PingsAnswered>, swallowed: &Swallowed) -> String {
         swallowed.seqs.len(),
         swallowed.window_ms,
     )
+}
+
+/// The bridge outlives libvirtd: started before any libvirtd answers, it says it does not
+/// follow libvirt's events and retries; once a libvirtd runs it follows its events (a
+/// `virsh define`'s Defined Added); with libvirtd gone it says so and retries, and follows
+/// the next one. It never exits.
+#[test]
+fn the_events_bridge_follows_libvirtd_as_it_comes_and_goes() {
+    require_root();
+    let host = lone_host("lf", "10.0.0.1/24").unwrap();
+    let d = Daemon::start(&host, "lf", "10.0.0.1", "ul", &[]).unwrap();
+    let uri = Libvirtd::uri_of(&host, "lf");
+    let mut bridge = EventsBridge::spawn(&host, "lf", &uri, &d).unwrap();
+    let away = "not following libvirt's events";
+    bridge.wait_for(away, 1).unwrap();
+
+    let libvirtd = Libvirtd::start(&host, "lf", 1, &d).unwrap();
+    bridge.wait_for("cached the active domains", 1).unwrap();
+    let guest = guest("lf-guest", UUID, overlay::VN);
+    libvirtd.define(&guest).unwrap();
+    bridge
+        .wait_for("for domain 'lf-guest': Defined Added", 1)
+        .unwrap();
+
+    drop(libvirtd);
+    let before = bridge
+        .log_text()
+        .lines()
+        .filter(|l| l.contains(away))
+        .count();
+    bridge.wait_for(away, before + 1).unwrap();
+    let _libvirtd = Libvirtd::start(&host, "lf", 1, &d).unwrap();
+    bridge.wait_for("cached the active domains", 2).unwrap();
+    println!(
+        "bridge log:\n{}",
+        bridge
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("INFO"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
