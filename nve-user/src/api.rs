@@ -351,6 +351,25 @@ pub struct VnicRequest {
     pub reserve: bool,
 }
 
+impl VnicRequest {
+    /// `op` alone: no parameters, no hint (pause, resume, keep-alive, disassociate).
+    pub fn bare(op: crate::vnic::Op) -> Self {
+        Self {
+            op,
+            request_id: 0,
+            vn: None,
+            macs: Vec::new(),
+            ipv4: Vec::new(),
+            ipv6: Vec::new(),
+            port: None,
+            vid: VidRequest::default(),
+            migration: Migration::None,
+            reserve: false,
+            hold_time: None,
+        }
+    }
+}
+
 /// A vNIC as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VnicView {

@@ -19,6 +19,15 @@
 //! `<source network='NAME'/>` (type network) or, for any type, the interface's `<alias
 //! name='nve-NAME'/>`. The vNIC is (domain `<uuid>`, the interface's position). Interfaces
 //! without a VN are not nve's and are skipped.
+//!
+//! The hook is not called when a migrating VM stops on the source for the switchover or
+//! runs again after a failed one: [`bridge`] (`nve libvirt-events`) follows libvirt's
+//! lifecycle events for those.
+pub mod bridge;
+pub mod domains;
+pub mod event_line;
+pub mod virsh;
+
 use anyhow::{Context as _, bail};
 
 use crate::{

@@ -4,6 +4,7 @@ pub mod evpn_rig;
 pub mod frr;
 pub mod fuzz;
 pub mod libvirt;
+pub mod libvirt_events;
 pub mod live_stream;
 pub mod lldpad;
 pub mod nva_bench;

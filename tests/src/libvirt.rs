@@ -21,7 +21,7 @@ use nve_user::api::VnicView;
 
 use crate::{
     qemu::{GUEST_MTU, READY, guest_dir},
-    rig::{Daemon, Netns, mac_str, nve_bin, spawn_logged},
+    rig::{Daemon, Netns, TempFile, mac_str, nve_bin, spawn_logged},
 };
 
 /// The system directories a private libvirtd gets its own copy of: (mount point, subdirectory).
@@ -59,7 +59,7 @@ impl Libvirtd {
     /// refuses to migrate between daemons with the same host UUID: `host_id` makes each
     /// daemon's distinct.
     pub fn start(host: &Netns, tag: &str, host_id: u8, nve: &Daemon) -> Result<Self> {
-        let dir = PathBuf::from(format!("/tmp/{}-libvirt-{tag}", host.name));
+        let dir = Self::dir_of(host, tag);
         let _ = std::fs::remove_dir_all(&dir);
         for (_, sub) in PRIVATE_DIRS {
             std::fs::create_dir_all(dir.join(sub))?;
@@ -88,13 +88,23 @@ impl Libvirtd {
         let mut c = host.command("unshare");
         c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
         let child = spawn_logged(&mut c, log, "libvirtd (Debian's libvirt-daemon)")?;
-        let uri = format!(
-            "qemu+unix:///system?socket={}",
-            dir.join("run/libvirt-sock").display()
-        );
+        let uri = Self::uri_of(host, tag);
         let mut d = Self { child, dir, uri };
         d.wait_ready()?;
         Ok(d)
+    }
+
+    /// The directory of the libvirtd `start` would start in `host` as `tag`.
+    fn dir_of(host: &Netns, tag: &str) -> PathBuf {
+        PathBuf::from(format!("/tmp/{}-libvirt-{tag}", host.name))
+    }
+
+    /// The URI of the libvirtd `start` would start in `host` as `tag` (before it runs).
+    pub fn uri_of(host: &Netns, tag: &str) -> String {
+        format!(
+            "qemu+unix:///system?socket={}",
+            Self::dir_of(host, tag).join("run/libvirt-sock").display()
+        )
     }
 
     fn wait_ready(&mut self) -> Result<()> {
@@ -361,9 +371,11 @@ fn tail(s: &str) -> String {
 }
 
 /// `ping -D -i 0.01` (100 a second) from a namespace: a stream whose replies say, with their
-/// times, when the guest was reachable.
+/// times, when the guest was reachable. Its output goes to a file: into a pipe nobody reads
+/// ping stops at 64 KiB of it (some 800 replies, 8 s).
 pub struct PingStream {
     child: Child,
+    output: TempFile,
 }
 
 /// What a [`PingStream`] saw.
@@ -379,27 +391,24 @@ pub struct PingFigures {
 
 impl PingStream {
     pub fn start(ns: &Netns, dst: &str) -> Result<Self> {
+        let output = TempFile(format!("/tmp/{}-ping-{dst}.txt", ns.name).into());
         let child = ns
             .command("ping")
             .args(["-D", "-n", "-i", "0.01", "-W", "1", "-w", "120", dst])
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(std::fs::File::create(&output.0)?)
             .stderr(Stdio::null())
             .spawn()
             .context("spawning ping")?;
-        Ok(Self { child })
+        Ok(Self { child, output })
     }
 
     /// Stops the stream (SIGINT: ping prints its totals) and reads the replies.
     pub fn finish(mut self) -> Result<PingFigures> {
         // SAFETY: a plain kill(2) of the ping this stream started.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let out = std::mem::replace(
-            &mut self.child,
-            Command::new("true").spawn().context("spawning true")?,
-        )
-        .wait_with_output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
+        self.child.wait()?;
+        let text = std::fs::read_to_string(&self.output.0)?;
         let replies: Vec<(f64, u32)> = text
             .lines()
             .filter_map(|l| {

@@ -120,6 +120,15 @@ pub enum Command {
         #[arg(trailing_var_arg = true)]
         extra: Vec<String>,
     },
+    /// Follow libvirt's domain lifecycle events and signal nve where the qemu hook is not
+    /// called: at a migration's switchover (Suspended Migrated) pause the source's vNICs
+    /// toward the destination, at Resumed resume a paused vNIC or associate an arriving one.
+    /// Runs until SIGTERM; needs virsh (libvirt's client).
+    LibvirtEvents {
+        /// libvirt URI to follow (virsh -c; default: virsh's, e.g. qemu:///system).
+        #[arg(long)]
+        connect: Option<String>,
+    },
     /// Signal VM lifecycle events for a vNIC (what a hypervisor hook calls).
     Vm {
         #[command(subcommand)]
@@ -228,6 +237,10 @@ async fn run(cli: Cli, pins: Option<crate::bpffs::Settled>) -> anyhow::Result<()
             sub_operation,
             ..
         } => vm::hook(&c, &driver, &domain, &operation, &sub_operation).await,
+        Command::LibvirtEvents { connect } => {
+            init_logging(false);
+            crate::libvirt::bridge::run(&c, connect).await
+        }
         Command::Status(j) => {
             let s: StatusView = c.get("/v1/status").await?;
             print(&s, j.json, tables::status)

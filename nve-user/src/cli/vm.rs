@@ -158,7 +158,7 @@ pub async fn vm(c: &Client, command: VmCommand) -> anyhow::Result<()> {
                     .migrating_out
                     .map_or(Migration::None, Migration::MigratingOut),
                 hold_time: d.hold_time,
-                ..bare(Op::Disassociate)
+                ..VnicRequest::bare(Op::Disassociate)
             },
         ),
         VmCommand::Pause(p) => (
@@ -167,11 +167,11 @@ pub async fn vm(c: &Client, command: VmCommand) -> anyhow::Result<()> {
                 migration: p
                     .migrating_out
                     .map_or(Migration::None, Migration::MigratingOut),
-                ..bare(Op::Pause)
+                ..VnicRequest::bare(Op::Pause)
             },
         ),
-        VmCommand::Resume(id) => (id, bare(Op::Resume)),
-        VmCommand::KeepAlive(id) => (id, bare(Op::KeepAlive)),
+        VmCommand::Resume(id) => (id, VnicRequest::bare(Op::Resume)),
+        VmCommand::KeepAlive(id) => (id, VnicRequest::bare(Op::KeepAlive)),
     };
     let req = VnicRequest {
         request_id: id.request_id,
@@ -188,22 +188,6 @@ pub async fn vm(c: &Client, command: VmCommand) -> anyhow::Result<()> {
         None => println!("OK: vNIC {}/{} removed", id.vm, id.vnic),
     }
     Ok(())
-}
-
-fn bare(op: Op) -> VnicRequest {
-    VnicRequest {
-        op,
-        request_id: 0,
-        vn: None,
-        macs: Vec::new(),
-        ipv4: Vec::new(),
-        ipv6: Vec::new(),
-        port: None,
-        vid: VidRequest::default(),
-        migration: Migration::None,
-        reserve: false,
-        hold_time: None,
-    }
 }
 
 fn assoc(op: Op, a: AssocArgs) -> anyhow::Result<(VnicArgs, VnicRequest)> {
@@ -239,7 +223,7 @@ fn assoc(op: Op, a: AssocArgs) -> anyhow::Result<(VnicArgs, VnicRequest)> {
         vid,
         migration,
         hold_time: a.hold_time,
-        ..bare(op)
+        ..VnicRequest::bare(op)
     };
     Ok((a.id, req))
 }

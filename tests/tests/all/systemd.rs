@@ -1,4 +1,5 @@
-//! contrib/systemd/nve@.service: systemd's own analyzer accepts it, and the daemon started
+//! contrib/systemd/nve@.service: systemd's own analyzer accepts it (and
+//! nve-libvirt-events@.service beside it), and the daemon started
 //! as the unit starts it (only `--instance`, the settings from /etc/nve/<instance>.toml,
 //! only the unit's capabilities, a notify socket in NOTIFY_SOCKET) says READY=1 once its
 //! socket answers, RELOADING=1 and READY=1 around a SIGHUP, STOPPING=1 on SIGTERM.
@@ -12,7 +13,14 @@ use std::{
 use nve_tests::rig::{Daemon, TempFile, http, lone_host, nve_bin, require_root, run};
 
 fn unit_file() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/systemd/nve@.service")
+    contrib_unit("nve@.service")
+}
+
+/// `contrib/systemd/NAME`.
+fn contrib_unit(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../contrib/systemd")
+        .join(name)
 }
 
 fn unit_text() -> String {
@@ -48,12 +56,31 @@ fn only(caps: &[String]) -> Vec<String> {
 #[test]
 fn the_unit_passes_systemd_analyze_verify() {
     require_root();
-    let dir = PathBuf::from(format!("/tmp/nvet-{}-unit", std::process::id()));
+    verify(&["nve@.service"], "unit");
+}
+
+/// The libvirt events bridge's unit, beside the daemon's it requires.
+#[test]
+fn the_libvirt_events_unit_passes_systemd_analyze_verify() {
+    require_root();
+    verify(&["nve-libvirt-events@.service", "nve@.service"], "lvunit");
+}
+
+/// `systemd-analyze verify` on the first of `units` (contrib/systemd), the others beside
+/// it, as installed but running the nve under test; `man:` references resolve against the
+/// man pages `nve manpages` writes. `tag` names the scratch directory.
+fn verify(units: &[&str], tag: &str) {
+    let dir = PathBuf::from(format!("/tmp/nvet-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    // The unit as installed, but running the nve under test; `man:` references resolve
-    // against the man pages `nve manpages` writes.
-    let text = unit_text().replace("/usr/local/bin/nve", nve_bin().to_str().unwrap());
-    let unit = TempFile::write(dir.join("nve@.service"), &text).unwrap();
+    let installed: Vec<TempFile> = units
+        .iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(contrib_unit(name))
+                .unwrap()
+                .replace("/usr/local/bin/nve", nve_bin().to_str().unwrap());
+            TempFile::write(dir.join(name), &text).unwrap()
+        })
+        .collect();
     let man = dir.join("man");
     run(&[
         nve_bin().to_str().unwrap(),
@@ -62,17 +89,20 @@ fn the_unit_passes_systemd_analyze_verify() {
     ])
     .unwrap();
     let out = Command::new("systemd-analyze")
-        .args(["verify", unit.path()])
+        .args(["verify", installed[0].path()])
         .env("MANPATH", &man)
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.display()))
         .output()
         .expect("systemd-analyze (Debian's systemd package; cargo xtask installs it)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     // It exits 0 on some warnings (an unknown Restart= value, say): none may be printed.
     assert!(
         out.status.success() && stderr.trim().is_empty(),
-        "systemd-analyze verify: {}\n{stderr}",
+        "systemd-analyze verify {}: {}\n{stderr}",
+        units[0],
         out.status
     );
+    drop(installed);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
