@@ -153,6 +153,42 @@ pub fn request(op: Op, migration: Migration, iface: &Interface) -> anyhow::Resul
     })
 }
 
+/// A domain's interface and nve's vNIC for it, for the tests of the hook and the bridge.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// Interface 0 of a domain: VN blue on tap vnet0.
+    pub fn iface() -> Interface {
+        Interface {
+            index: 0,
+            mac: "52:54:00:12:34:56".parse().unwrap(),
+            vn: "blue".into(),
+            port: Some("vnet0".into()),
+        }
+    }
+
+    /// nve's vNIC for [`iface`], in `state` with `migration`.
+    pub fn held(state: VnicState, migration: Migration) -> VnicView {
+        VnicView {
+            vm: "6f1c7a2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b".into(),
+            index: 0,
+            state,
+            vn: "blue".into(),
+            vni: 100,
+            port: "vnet0".into(),
+            vid: 0,
+            macs: vec![iface().mac],
+            ipv4: Vec::new(),
+            ipv6: Vec::new(),
+            migration,
+            request_id: 0,
+            expires_at: None,
+            port_present: true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,28 +225,8 @@ mod tests {
 
     #[test]
     fn an_arriving_vnic_is_left_for_the_vms_announcements() {
-        let iface = Interface {
-            index: 0,
-            mac: "52:54:00:12:34:56".parse().unwrap(),
-            vn: "blue".into(),
-            port: Some("vnet0".into()),
-        };
-        let held = |state, migration| VnicView {
-            vm: "6f1c7a2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b".into(),
-            index: 0,
-            state,
-            vn: "blue".into(),
-            vni: 100,
-            port: "vnet0".into(),
-            vid: 0,
-            macs: vec![iface.mac],
-            ipv4: Vec::new(),
-            ipv6: Vec::new(),
-            migration,
-            request_id: 0,
-            expires_at: None,
-            port_present: true,
-        };
+        let iface = fixtures::iface();
+        let held = fixtures::held;
         let step_at = |op: &str, sub: &str, current: Option<&VnicView>| {
             let (op, migration) = operation(op, sub).unwrap();
             step(op, migration, &iface, current).unwrap()

@@ -312,35 +312,7 @@ fn ms_since(a: SystemTime, b: SystemTime) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn iface() -> Interface {
-        Interface {
-            index: 0,
-            mac: "52:54:00:12:34:56".parse().unwrap(),
-            vn: "blue".into(),
-            port: Some("vnet0".into()),
-        }
-    }
-
-    fn held(state: VnicState, migration: Migration) -> VnicView {
-        VnicView {
-            vm: "6f1c7a2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b".into(),
-            index: 0,
-            state,
-            vn: "blue".into(),
-            vni: 100,
-            port: "vnet0".into(),
-            vid: 0,
-            macs: vec![iface().mac],
-            ipv4: Vec::new(),
-            ipv6: Vec::new(),
-            migration,
-            request_id: 0,
-            expires_at: None,
-            port_present: true,
-        }
-    }
+    use super::{super::fixtures::*, *};
 
     #[test]
     fn resumed_resumes_the_paused_and_associates_the_arriving() {
