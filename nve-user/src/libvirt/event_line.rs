@@ -11,7 +11,13 @@
 //! may hold quotes, colons and spaces; the event and detail words never hold `': `, so the
 //! name ends at the line's last `': `. Anything else (virsh's own messages, another event
 //! type, a torn line) is [`Line::Other`]: logged by the caller, never fatal.
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
+
+use time::{
+    OffsetDateTime, PrimitiveDateTime,
+    format_description::{BorrowedFormatItem, well_known::Rfc3339},
+    macros::format_description,
+};
 
 /// What a line of virsh's event loop says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,41 +97,24 @@ pub fn parse(line: &str) -> Line {
     }
 }
 
-/// virsh's `--timestamp`, `YYYY-MM-DD HH:MM:SS.mmm+0000` (libvirt's virTimeStringNowRaw:
-/// always UTC); also RFC 3339's `YYYY-MM-DDTHH:MM:SS.ffffffZ` (tracing's log lines), any
-/// number of fraction digits up to nanoseconds.
-pub fn parse_stamp(s: &str) -> Option<SystemTime> {
-    let s = s.strip_suffix("+0000").or_else(|| s.strip_suffix('Z'))?;
-    let (date, time) = s.split_once([' ', 'T'])?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, mo, day) = (d.next()??, d.next()??, d.next()??);
-    let (hms, fraction) = time.split_once('.')?;
-    let mut t = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
-    let (h, mi, sec) = (t.next()??, t.next()??, t.next()??);
-    if fraction.is_empty() || fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let nanos = fraction.parse::<u32>().ok()? * 10u32.pow(9 - fraction.len() as u32);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let days = u64::try_from(days_from_civil(y, mo, day)).ok()?;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec;
-    Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
-}
+/// virsh's `--timestamp` (libvirt's virTimeStringNowRaw: always UTC, milliseconds).
+const VIRSH_STAMP: &[BorrowedFormatItem<'_>] =
+    format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond]+0000");
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// virsh's `--timestamp`, `YYYY-MM-DD HH:MM:SS.mmm+0000`, or an RFC 3339 time in UTC
+/// (tracing's log lines: `YYYY-MM-DDTHH:MM:SS.ffffffZ`).
+pub fn parse_stamp(s: &str) -> Option<SystemTime> {
+    if let Ok(t) = PrimitiveDateTime::parse(s, VIRSH_STAMP) {
+        return Some(t.assume_utc().into());
+    }
+    let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
+    t.offset().is_utc().then(|| t.into())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn lifecycle(line: &str) -> Lifecycle {
