@@ -644,6 +644,14 @@ mod tests {
             })
     }
 
+    /// Every port is a tap, ifindex 7 (what [`message`]'s tap0 resolves to).
+    fn info(_: &str) -> Option<PortInfo> {
+        Some(PortInfo {
+            ifindex: 7,
+            tap: true,
+        })
+    }
+
     /// A message for MAC 02:00:00:00:00:01 of VN blue on tap0.
     fn message(op: Op, migration: Migration) -> VnicRequest {
         VnicRequest {
@@ -708,12 +716,6 @@ mod tests {
         let mac = MacAddr([2, 0, 0, 0, 0, 1]);
         let dest = Ipv4Addr::new(10, 0, 0, 2);
         let req = message;
-        let info = |_: &str| {
-            Some(PortInfo {
-                ifindex: 7,
-                tap: true,
-            })
-        };
         let key = FdbKey::new(100, mac.0);
         let local = |m: &Model| m.desired(info).fdb[&key].kind == nve_common::maps::FDB_LOCAL;
         let out = Migration::MigratingOut(dest);
@@ -762,12 +764,6 @@ mod tests {
         let mac = MacAddr([2, 0, 0, 0, 0, 1]);
         let h2 = Ipv4Addr::new(10, 0, 0, 2);
         let somewhere = Migration::MigratingOut(Ipv4Addr::UNSPECIFIED);
-        let info = |_: &str| {
-            Some(PortInfo {
-                ifindex: 7,
-                tap: true,
-            })
-        };
         let fdb = |m: &Model| m.desired(info).fdb[&FdbKey::new(100, mac.0)];
         let moved = |vtep: Ipv4Addr| FdbEntry::moved(nve_common::maps::vtep_v4(vtep.octets()));
         // The source: no NVE expects the vNIC yet, so a pause toward "where it is expected"
@@ -807,12 +803,6 @@ mod tests {
         let id = VnicId::new(VMS[0], 0).unwrap();
         let arriving = Migration::MigratingIn(Ipv4Addr::new(10, 0, 0, 1));
         let mut req = message(Op::PreAssociate, arriving);
-        let info = |_: &str| {
-            Some(PortInfo {
-                ifindex: 7,
-                tap: true,
-            })
-        };
         m.signal(&id, &req, 0).unwrap();
         let port = m.desired(info).ports[&PortKey::new(7, 0)];
         assert!(!port.is_active() && port.receives());

@@ -9,6 +9,7 @@ use std::{
 use crate::{
     api::{CreateVn, NvaNeighbor, NvaStatus},
     daemon::handle::Handle,
+    mac::MacAddr,
     model::{Event, Model},
     nva::{
         Delta, Entry, MacChange, Mobility, Table,
@@ -141,8 +142,8 @@ fn arrivals(model: &Model, vtep: IpAddr, out: &mut BTreeMap<String, Entry>) {
     }
 }
 
-/// Whether another NVE's claim on `key`'s MAC beats `mine`.
-fn beaten(claims: &Claims, vni: u32, mac: crate::mac::MacAddr, vtep: IpAddr, mine: &Entry) -> bool {
+/// Whether another NVE's claim on (`vni`, `mac`) beats `mine`, this VTEP's.
+fn beaten(claims: &Claims, vni: u32, mac: MacAddr, vtep: IpAddr, mine: &Entry) -> bool {
     claims
         .winner((vni, mac), vtep)
         .is_some_and(|w| w.beats(mine))
